@@ -1,0 +1,275 @@
+//! The block device under the engine: an image file or a raw block device opened with
+//! O_DIRECT, behind the [`Device`] trait so tests can substitute a failing or recording
+//! backend. All I/O is in whole 4 KiB blocks from [`AlignedBuf`]s.
+
+use std::alloc::{self, Layout};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::format::BLOCK_SIZE;
+
+/// A heap buffer aligned to 4 KiB whose length is a multiple of 4 KiB, as O_DIRECT needs.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Box<[u8]>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only allow reads of the owned allocation.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `blocks` 4 KiB blocks (at least one).
+    pub fn zeroed(blocks: usize) -> Self {
+        let len = blocks.max(1) * BLOCK_SIZE;
+        let layout = Layout::from_size_align(len, BLOCK_SIZE).expect("4 KiB multiple is a valid layout");
+        // SAFETY: layout has non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        AlignedBuf { ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.len / BLOCK_SIZE
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is a live allocation of len initialised (zeroed) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in deref, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len, BLOCK_SIZE).expect("layout was valid at allocation");
+        // SAFETY: ptr was allocated with exactly this layout and is freed once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+/// What the engine needs from storage. Offsets and lengths are multiples of 4 KiB.
+pub trait Device: Send + Sync {
+    /// Size in bytes (a multiple of 4 KiB).
+    fn size(&self) -> u64;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+    /// The O_DIRECT file descriptor, when the io_uring path may use it directly.
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// An image file or block device opened with O_DIRECT and locked against a second daemon.
+pub struct FileDevice {
+    file: File,
+    size: u64,
+}
+
+impl FileDevice {
+    /// Open for the daemon: O_DIRECT, read-write, exclusive.
+    pub fn open(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::Unusable(format!("cannot open {}: {e}", path.display())))?;
+        let is_blk = meta.file_type().is_block_device();
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        let mut flags = libc::O_DIRECT | libc::O_CLOEXEC;
+        if is_blk {
+            flags |= libc::O_EXCL;
+        }
+        opts.custom_flags(flags);
+        let file = match opts.open(path) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(Error::Unusable(format!(
+                    "{} does not support O_DIRECT (is it on tmpfs?); Strata needs a file system or device with direct I/O",
+                    path.display()
+                )))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) || e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(Error::Unusable(format!(
+                    "{} cannot be opened for writing ({e}); Strata needs a writable device",
+                    path.display()
+                )))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(Error::Unusable(format!("{} is in use by another program", path.display())))
+            }
+            Err(e) => return Err(Error::Unusable(format!("cannot open {}: {e}", path.display()))),
+        };
+        // SAFETY: flock on a valid, owned descriptor has no memory-safety requirements.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(Error::Unusable(format!(
+                "{} is already in use (another strata daemon has it mounted)",
+                path.display()
+            )));
+        }
+        let size = if is_blk { block_device_size(&file)? } else { meta.len() };
+        let size = size / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
+        let dev = FileDevice { file, size };
+        // Probe that direct I/O really works here (some file systems accept the flag at open
+        // and refuse the I/O).
+        if size >= BLOCK_SIZE as u64 {
+            let mut probe = AlignedBuf::zeroed(1);
+            if let Err(e) = dev.read_at(&mut probe, 0) {
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    return Err(Error::Unusable(format!(
+                        "{} refuses O_DIRECT reads (is it on tmpfs?); Strata needs direct I/O",
+                        path.display()
+                    )));
+                }
+                return Err(Error::io("read", 0, e));
+            }
+        }
+        Ok(dev)
+    }
+}
+
+fn block_device_size(file: &File) -> Result<u64> {
+    let mut size: u64 = 0;
+    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    // SAFETY: the ioctl writes one u64 into `size`, which outlives the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc != 0 {
+        return Err(Error::Unusable(format!("cannot read block device size: {}", io::Error::last_os_error())));
+    }
+    Ok(size)
+}
+
+impl Device for FileDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+}
+
+/// Create (sparse) or size an image file for mkfs. Returns its size.
+pub fn prepare_image(path: &Path, size: Option<u64>) -> Result<u64> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => {
+            let f = File::open(path).map_err(|e| Error::Unusable(format!("cannot open {}: {e}", path.display())))?;
+            block_device_size(&f)
+        }
+        Ok(m) if m.is_file() => {
+            let want = size.unwrap_or(if m.len() == 0 { DEFAULT_IMAGE_SIZE } else { m.len() });
+            if want != m.len() {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::Unusable(format!("cannot open {}: {e}", path.display())))?;
+                f.set_len(want).map_err(|e| Error::Unusable(format!("cannot size {}: {e}", path.display())))?;
+            }
+            Ok(want)
+        }
+        Ok(_) => Err(Error::Unusable(format!("{} is neither a regular file nor a block device", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let want = size.unwrap_or(DEFAULT_IMAGE_SIZE);
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| Error::Unusable(format!("cannot create {}: {e}", path.display())))?;
+            f.set_len(want).map_err(|e| Error::Unusable(format!("cannot size {}: {e}", path.display())))?;
+            Ok(want)
+        }
+        Err(e) => Err(Error::Unusable(format!("cannot open {}: {e}", path.display()))),
+    }
+}
+
+/// Default size of a new image file: 8 GiB, sparse.
+pub const DEFAULT_IMAGE_SIZE: u64 = 8 << 30;
+
+/// An in-memory device for unit tests.
+pub struct MemDevice {
+    data: parking_lot::Mutex<Vec<u8>>,
+}
+
+impl MemDevice {
+    pub fn new(size: u64) -> Self {
+        MemDevice { data: parking_lot::Mutex::new(vec![0; size as usize]) }
+    }
+    /// A copy of the current contents (what a crash would leave, as nothing is cached).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.data.lock().clone()
+    }
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        MemDevice { data: parking_lot::Mutex::new(bytes) }
+    }
+}
+
+impl Device for MemDevice {
+    fn size(&self) -> u64 {
+        self.data.lock().len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let d = self.data.lock();
+        let o = offset as usize;
+        if o + buf.len() > d.len() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        buf.copy_from_slice(&d[o..o + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut d = self.data.lock();
+        let o = offset as usize;
+        if o + buf.len() > d.len() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        d[o..o + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,1770 @@
+//! The engine: metadata operations under one lock, data I/O through the ring, durability
+//! through the commit thread (journal group commit and checkpoints), recovery at open.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::alloc::Allocator;
+use crate::cache::BlockCache;
+use crate::codec::Enc;
+use crate::device::{AlignedBuf, Device};
+use crate::error::{errno, Error, Result};
+use crate::format::*;
+use crate::journal;
+use crate::meta::*;
+use crate::ring::{IoReq, Op, Ring};
+
+/// Options for opening an engine.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Block cache size in bytes.
+    pub cache_bytes: u64,
+    /// Interval of the background journal commit.
+    pub commit_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { cache_bytes: 256 << 20, commit_interval: Duration::from_secs(1) }
+    }
+}
+
+/// What getattr and friends return.
+#[derive(Clone, Copy, Debug)]
+pub struct Stat {
+    pub ino: Ino,
+    pub attr: Attr,
+    /// 512-byte sectors allocated.
+    pub blocks: u64,
+}
+
+/// Attribute changes for setattr. `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    pub ctime: Option<Time>,
+    /// Clear set-user-id and set-group-id (as a write by an unprivileged user does).
+    pub kill_suidgid: bool,
+}
+
+/// Who is asking (for ownership of new files).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: Name,
+    pub ino: Ino,
+    pub kind: u32,
+    /// Cookie to resume after this entry.
+    pub offset: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Default)]
+pub struct Counters {
+    pub read_ops: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_ops: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub journal_commits: AtomicU64,
+    pub journal_bytes: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub checkpoint_nanos: AtomicU64,
+    pub io_errors: AtomicU64,
+}
+
+struct Meta {
+    tree: Tree,
+    alloc: Allocator,
+    /// Encoded records not yet in the journal.
+    pending: Enc,
+    /// Inodes whose attributes changed without a record (mtime of in-place writes).
+    dirty: HashSet<Ino>,
+    opens: HashMap<Ino, u32>,
+    /// Which data-write epoch new allocating writes belong to.
+    epoch: usize,
+}
+
+struct JournalPos {
+    sb: Superblock,
+    /// Next journal block to write and the sequence number it gets.
+    pos: u64,
+    seq: u64,
+    /// Journal blocks written since the checkpoint.
+    used: u64,
+    /// Blocks of the current checkpoint (freed when the next one is durable).
+    ckpt_blocks: Vec<u64>,
+}
+
+struct CommitQueue {
+    waiters: Vec<Box<dyn FnOnce(Result<()>) + Send>>,
+    stop: bool,
+}
+
+struct Inner {
+    dev: Arc<dyn Device>,
+    ring: Ring,
+    cache: BlockCache,
+    meta: Mutex<Meta>,
+    jpos: Mutex<JournalPos>,
+    fsid: u64,
+    poisoned: AtomicBool,
+    /// Allocating data writes in flight per epoch; a commit waits for its epoch to drain.
+    data_inflight: [AtomicU64; 2],
+    data_cv: (Mutex<()>, Condvar),
+    commitq: Mutex<CommitQueue>,
+    commit_cv: Condvar,
+    /// Per-inode lock serialising changes of a file's block map.
+    file_locks: Mutex<HashMap<Ino, Arc<Mutex<()>>>>,
+    opts: Options,
+    pub counters: Counters,
+}
+
+/// A mounted Strata file system.
+pub struct Engine {
+    inner: Arc<Inner>,
+    commit_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+type Cb<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+fn fsid_of(uuid: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(uuid[..8].try_into().unwrap_or([0; 8]))
+}
+
+fn random_uuid() -> [u8; 16] {
+    let mut u = [0u8; 16];
+    // SAFETY: getrandom writes at most 16 bytes into `u`.
+    let n = unsafe { libc::getrandom(u.as_mut_ptr() as *mut libc::c_void, 16, 0) };
+    if n != 16 {
+        let t = Time::now();
+        u[..8].copy_from_slice(&t.sec.to_le_bytes());
+        u[8..12].copy_from_slice(&t.nsec.to_le_bytes());
+        u[12..16].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    u
+}
+
+fn read_blocks(dev: &dyn Device, block: u64, n: u64) -> Result<AlignedBuf> {
+    let mut buf = AlignedBuf::zeroed(n as usize);
+    dev.read_at(&mut buf, block * BLOCK).map_err(|e| Error::io("read", block * BLOCK, e))?;
+    Ok(buf)
+}
+
+fn write_blocks(dev: &dyn Device, block: u64, data: &[u8]) -> Result<()> {
+    let mut buf = AlignedBuf::zeroed(data.len().div_ceil(BLOCK_SIZE));
+    buf[..data.len()].copy_from_slice(data);
+    dev.write_at(&buf, block * BLOCK).map_err(|e| Error::io("write", block * BLOCK, e))
+}
+
+/// Write a checkpoint of `tree` into newly allocated blocks. Returns (first block, block list, bytes, crc).
+fn write_checkpoint(dev: &dyn Device, tree_bytes: &[u8], gen: u64, runs: &[(u64, u64)]) -> Result<(u64, u64, u32)> {
+    let blocks: Vec<u64> = runs.iter().flat_map(|(b, n)| *b..*b + *n).collect();
+    let chunks: Vec<&[u8]> = tree_bytes.chunks(journal::CKPT_PAYLOAD).collect();
+    let nchunks = chunks.len().max(1);
+    if blocks.len() < nchunks {
+        return Err(Error::NoSpace);
+    }
+    let mut encoded = Vec::with_capacity(nchunks);
+    for i in 0..nchunks {
+        let next = if i + 1 < nchunks { blocks[i + 1] } else { 0 };
+        let payload = chunks.get(i).copied().unwrap_or(&[]);
+        encoded.push(journal::encode_ckpt_block(gen, next, payload));
+    }
+    // One write per physically contiguous run.
+    let mut i = 0;
+    while i < nchunks {
+        let mut j = i + 1;
+        while j < nchunks && blocks[j] == blocks[j - 1] + 1 {
+            j += 1;
+        }
+        let data: Vec<u8> = encoded[i..j].concat();
+        write_blocks(dev, blocks[i], &data)?;
+        i = j;
+    }
+    Ok((blocks[0], tree_bytes.len() as u64, crc32c::crc32c(tree_bytes)))
+}
+
+fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Tree, Vec<u64>)> {
+    let mut bytes = Vec::with_capacity(sb.ckpt_bytes as usize);
+    let mut blocks = Vec::new();
+    let mut b = sb.ckpt_block;
+    for _ in 0..sb.ckpt_blocks {
+        if b < sb.data_start || b >= sb.total_blocks {
+            return Err(Error::corrupt(format!("checkpoint chain points outside the data region ({b})"), b));
+        }
+        let buf = read_blocks(dev, b, 1)?;
+        let (payload, next) = journal::decode_ckpt_block(&buf, sb.generation_of_ckpt(), b)?;
+        bytes.extend_from_slice(payload);
+        blocks.push(b);
+        b = next;
+    }
+    if bytes.len() as u64 != sb.ckpt_bytes || crc32c::crc32c(&bytes) != sb.ckpt_crc {
+        return Err(Error::corrupt("checkpoint contents do not match the superblock's length and checksum", sb.ckpt_block));
+    }
+    Ok((Tree::decode(&bytes, sb.ckpt_block)?, blocks))
+}
+
+impl Superblock {
+    /// Checkpoint blocks carry the generation of the superblock that first pointed at them,
+    /// which is stored in the superblock's ckpt_crc companion: we use the checkpoint's own
+    /// block number as its identity, so the generation written into checkpoint blocks is the
+    /// first block number (stable across superblock rewrites).
+    fn generation_of_ckpt(&self) -> u64 {
+        self.ckpt_block
+    }
+}
+
+/// Read both superblock slots and return the newest valid one.
+pub fn read_superblock(dev: &dyn Device) -> Result<Superblock> {
+    if dev.size() < 2 * BLOCK {
+        return Err(Error::NotStrata(format!("device is only {} bytes", dev.size())));
+    }
+    let buf = read_blocks(dev, 0, 2)?;
+    let a = Superblock::decode(&buf[..BLOCK_SIZE], 0);
+    let b = Superblock::decode(&buf[BLOCK_SIZE..], 1);
+    let sb = match (a, b) {
+        (Ok(a), Ok(b)) => {
+            if a.generation >= b.generation {
+                a
+            } else {
+                b
+            }
+        }
+        (Ok(a), Err(e)) | (Err(e), Ok(a)) => {
+            log::warn!("one superblock slot is unusable ({e}); using the other");
+            a
+        }
+        (Err(Error::NotStrata(_)), Err(Error::NotStrata(w))) => return Err(Error::NotStrata(w)),
+        (Err(e), Err(_)) => return Err(e),
+    };
+    if sb.total_blocks * BLOCK > dev.size() {
+        return Err(Error::Unusable(format!(
+            "the image is truncated: the file system needs {} bytes, the device has {}",
+            sb.total_blocks * BLOCK,
+            dev.size()
+        )));
+    }
+    Ok(sb)
+}
+
+/// Format a device.
+pub fn mkfs(dev: &dyn Device, uid: u32, gid: u32) -> Result<Superblock> {
+    let size = dev.size();
+    if size < MIN_DEVICE_SIZE {
+        return Err(Error::Unusable(format!("device is {size} bytes; Strata needs at least {MIN_DEVICE_SIZE}")));
+    }
+    let total = size / BLOCK;
+    let (jblocks, data_start) = Superblock::layout(total);
+    // Clear the superblocks and the first journal block so nothing old is mistaken for ours.
+    write_blocks(dev, 0, &vec![0u8; 3 * BLOCK_SIZE])?;
+    let tree = Tree::new_root(uid, gid);
+    let bytes = tree.encode();
+    let n = bytes.len().div_ceil(journal::CKPT_PAYLOAD) as u64;
+    let (first, len, crc) = write_checkpoint(dev, &bytes, data_start, &[(data_start, n)])?;
+    let uuid = random_uuid();
+    let mut sb = Superblock {
+        version: FORMAT_VERSION,
+        generation: 1,
+        total_blocks: total,
+        journal_start: JOURNAL_START,
+        journal_blocks: jblocks,
+        data_start,
+        ckpt_block: first,
+        ckpt_blocks: n,
+        ckpt_bytes: len,
+        ckpt_crc: crc,
+        replay_block: JOURNAL_START,
+        replay_seq: 1,
+        uuid,
+        clean: true,
+    };
+    dev.flush().map_err(|e| Error::io("flush", 0, e))?;
+    write_blocks(dev, 1, &sb.encode())?;
+    sb.generation = 0;
+    write_blocks(dev, 0, &sb.encode())?;
+    sb.generation = 1;
+    dev.flush().map_err(|e| Error::io("flush", 0, e))?;
+    Ok(sb)
+}
+
+/// State loaded from disk: the tree after checkpoint + journal replay.
+pub struct Loaded {
+    pub sb: Superblock,
+    pub tree: Tree,
+    pub alloc: Allocator,
+    pub ckpt_blocks: Vec<u64>,
+    /// Where the journal continues.
+    pub pos: u64,
+    pub seq: u64,
+    pub used: u64,
+    pub chunks_replayed: u64,
+    /// Problems that do not stop a mount but fsck reports (blocks owned twice, ...).
+    pub problems: Vec<String>,
+}
+
+/// Recovery: newest valid superblock, its checkpoint, then the journal until the first bad chunk.
+pub fn load(dev: &dyn Device) -> Result<Loaded> {
+    let sb = read_superblock(dev)?;
+    let fsid = fsid_of(&sb.uuid);
+    let (mut tree, ckpt_blocks) = read_checkpoint(dev, &sb)?;
+    let mut alloc = Allocator::new(sb.data_start, sb.total_blocks);
+    let mut problems = Vec::new();
+    for b in &ckpt_blocks {
+        alloc.mark_used(*b, 1);
+    }
+    for (ino, i) in tree.inodes.iter() {
+        if let Some(x) = i.extents() {
+            for (l, e) in x.iter() {
+                if e.pblk < sb.data_start || e.pblk + e.len > sb.total_blocks {
+                    return Err(Error::corrupt(format!("inode {ino} maps logical block {l} outside the data region"), e.pblk));
+                }
+                let dup = alloc.mark_used(e.pblk, e.len);
+                if dup > 0 {
+                    problems.push(format!("inode {ino}: {dup} block(s) at {} are referenced twice", e.pblk));
+                }
+            }
+        }
+    }
+    let jstart = sb.journal_start;
+    let jend = sb.journal_start + sb.journal_blocks;
+    let mut pos = sb.replay_block;
+    let mut seq = sb.replay_seq;
+    let mut used = 0u64;
+    let mut replayed = 0u64;
+    loop {
+        let mut found = None;
+        for cand in [pos, jstart] {
+            let hdr = read_blocks(dev, cand, 1)?;
+            if let Some(h) = journal::decode_chunk_header(&hdr) {
+                if h.seq == seq && h.fsid == fsid && h.nblocks >= 1 && cand + h.nblocks as u64 <= jend {
+                    found = Some((cand, h));
+                    break;
+                }
+            }
+        }
+        let Some((at, h)) = found else { break };
+        let blocks = read_blocks(dev, at, h.nblocks as u64)?;
+        let Some(payload) = journal::chunk_payload(&h, &blocks) else { break };
+        let recs = journal::decode_records(&payload, at)?;
+        let (mut freed, mut mapped) = (Vec::new(), Vec::new());
+        for r in &recs {
+            tree.apply(r, &mut freed, &mut mapped)?;
+        }
+        for (b, n) in freed {
+            alloc.release(b, n);
+        }
+        for (b, n) in mapped {
+            if b < sb.data_start || b + n > sb.total_blocks {
+                return Err(Error::corrupt(format!("journal maps blocks outside the data region ({b})"), at));
+            }
+            let dup = alloc.mark_used(b, n);
+            if dup > 0 {
+                problems.push(format!("journal chunk {seq} maps {dup} block(s) at {b} that are already in use"));
+            }
+        }
+        if at != pos {
+            used += jend - pos;
+        }
+        used += h.nblocks as u64;
+        pos = at + h.nblocks as u64;
+        if pos >= jend {
+            pos = jstart;
+        }
+        seq += 1;
+        replayed += 1;
+    }
+    Ok(Loaded { sb, tree, alloc, ckpt_blocks, pos, seq, used, chunks_replayed: replayed, problems })
+}
+
+fn sectors(attr: &Attr, i: &Inode) -> u64 {
+    match i.extents() {
+        Some(x) => x.blocks() * (BLOCK / 512),
+        None if attr.is_dir() => BLOCK / 512,
+        None => 0,
+    }
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > MAX_NAME {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(errno(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// A metadata transaction: records are applied as they are added.
+struct Txn<'a> {
+    m: &'a mut Meta,
+    freed: Vec<(u64, u64)>,
+}
+
+impl Txn<'_> {
+    fn rec(&mut self, r: Record) -> Result<()> {
+        let mut mapped = Vec::new();
+        self.m.tree.apply(&r, &mut self.freed, &mut mapped)?;
+        r.encode(&mut self.m.pending);
+        Ok(())
+    }
+    fn inode(&self, ino: Ino) -> Result<&Inode> {
+        self.m.tree.get(ino).ok_or(errno(libc::ENOENT))
+    }
+    fn attr(&self, ino: Ino) -> Result<Attr> {
+        Ok(self.inode(ino)?.attr)
+    }
+    fn set_attr(&mut self, ino: Ino, attr: Attr) -> Result<()> {
+        self.m.dirty.remove(&ino);
+        self.rec(Record::SetAttr { ino, attr })
+    }
+    fn dir(&self, ino: Ino) -> Result<&Dir> {
+        let i = self.inode(ino)?;
+        i.dir().ok_or(errno(libc::ENOTDIR))
+    }
+    fn stat(&self, ino: Ino) -> Result<Stat> {
+        let i = self.inode(ino)?;
+        Ok(Stat { ino, attr: i.attr, blocks: sectors(&i.attr, i) })
+    }
+    /// Drop a link to `ino` (the directory entry is already gone).
+    fn drop_link(&mut self, ino: Ino, now: Time) -> Result<()> {
+        let mut a = self.attr(ino)?;
+        if a.is_dir() {
+            a.nlink = 0;
+        } else {
+            a.nlink = a.nlink.saturating_sub(1);
+        }
+        a.ctime = now;
+        if a.nlink == 0 && !self.m.opens.contains_key(&ino) {
+            self.m.dirty.remove(&ino);
+            self.rec(Record::DelInode { ino })
+        } else {
+            self.set_attr(ino, a)
+        }
+    }
+    fn touch_dir(&mut self, dir: Ino, now: Time, nlink_delta: i32) -> Result<()> {
+        let mut a = self.attr(dir)?;
+        a.mtime = now;
+        a.ctime = now;
+        a.nlink = (a.nlink as i64 + nlink_delta as i64).max(0) as u32;
+        self.set_attr(dir, a)
+    }
+}
+
+impl Engine {
+    /// Open (recover) a Strata file system on `dev`.
+    pub fn open(dev: Arc<dyn Device>, opts: Options) -> Result<Arc<Engine>> {
+        let l = load(dev.as_ref())?;
+        if !l.problems.is_empty() {
+            return Err(Error::corrupt(
+                format!("{} (run `strata fsck`)", l.problems.join("; ")),
+                l.sb.ckpt_block,
+            ));
+        }
+        let fsid = fsid_of(&l.sb.uuid);
+        let ring = Ring::start(dev.clone()).map_err(|e| Error::Unusable(format!("cannot start io_uring: {e}")))?;
+        let alloc = l.alloc;
+        let meta = Meta { tree: l.tree, alloc, pending: Enc::new(), dirty: HashSet::new(), opens: HashMap::new(), epoch: 0 };
+        let replayed = l.chunks_replayed;
+        let inner = Arc::new(Inner {
+            cache: BlockCache::new(opts.cache_bytes),
+            dev,
+            ring,
+            meta: Mutex::new(meta),
+            jpos: Mutex::new(JournalPos { sb: l.sb, pos: l.pos, seq: l.seq, used: l.used, ckpt_blocks: l.ckpt_blocks }),
+            fsid,
+            poisoned: AtomicBool::new(false),
+            data_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
+            data_cv: (Mutex::new(()), Condvar::new()),
+            commitq: Mutex::new(CommitQueue { waiters: Vec::new(), stop: false }),
+            commit_cv: Condvar::new(),
+            file_locks: Mutex::new(HashMap::new()),
+            opts,
+            counters: Counters::default(),
+        });
+        // Files unlinked while open when the last session ended.
+        {
+            let mut m = inner.meta.lock();
+            let orphans: Vec<Ino> =
+                m.tree.inodes.iter().filter(|(i, n)| **i != ROOT_INO && n.attr.nlink == 0).map(|(i, _)| *i).collect();
+            let mut t = Txn { m: &mut m, freed: Vec::new() };
+            for ino in &orphans {
+                t.rec(Record::DelInode { ino: *ino })?;
+            }
+            let freed = std::mem::take(&mut t.freed);
+            for (b, n) in freed {
+                m.alloc.defer_free(b, n);
+            }
+            if !orphans.is_empty() {
+                log::info!("removed {} orphaned inode(s) left by the previous session", orphans.len());
+            }
+        }
+        if replayed > 0 {
+            log::info!("replayed {replayed} journal chunk(s)");
+        }
+        // Mark the file system in use and compact the journal into a fresh checkpoint.
+        inner.checkpoint(false)?;
+        let engine = Arc::new(Engine { inner: inner.clone(), commit_thread: Mutex::new(None) });
+        let t = std::thread::Builder::new()
+            .name("strata-commit".into())
+            .spawn(move || inner.commit_loop())
+            .map_err(|e| Error::Unusable(format!("cannot start commit thread: {e}")))?;
+        *engine.commit_thread.lock() = Some(t);
+        Ok(engine)
+    }
+
+    /// Clean shutdown: final checkpoint marked clean, threads stopped.
+    pub fn shutdown(&self) -> Result<()> {
+        let t = self.commit_thread.lock().take();
+        if let Some(t) = t {
+            self.inner.commitq.lock().stop = true;
+            self.inner.commit_cv.notify_all();
+            let _ = t.join();
+        } else {
+            return Ok(());
+        }
+        // Wait for data writes to land.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.inner.ring.inflight() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let r = if self.inner.poisoned.load(Ordering::SeqCst) { Err(Error::Poisoned) } else { self.inner.checkpoint(true) };
+        self.inner.ring.stop();
+        r
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub fn cache_stats(&self) -> (u64, u64, u64) {
+        let c = &self.inner.cache;
+        (c.hits.load(Ordering::Relaxed), c.misses.load(Ordering::Relaxed), c.len_bytes())
+    }
+
+    pub fn io_inflight(&self) -> u64 {
+        self.inner.ring.inflight()
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::SeqCst)
+    }
+
+    fn change<T>(&self, f: impl FnOnce(&mut Txn) -> Result<T>) -> Result<T> {
+        if self.inner.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let mut m = self.inner.meta.lock();
+        let mut t = Txn { m: &mut m, freed: Vec::new() };
+        let r = f(&mut t);
+        let freed = std::mem::take(&mut t.freed);
+        for (b, n) in freed {
+            self.inner.cache.invalidate(b, n);
+            m.alloc.defer_free(b, n);
+        }
+        r
+    }
+
+    fn read_meta<T>(&self, f: impl FnOnce(&Meta) -> Result<T>) -> Result<T> {
+        let m = self.inner.meta.lock();
+        f(&m)
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Stat> {
+        self.read_meta(|m| {
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            Ok(Stat { ino, attr: i.attr, blocks: sectors(&i.attr, i) })
+        })
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Stat> {
+        if name.len() > MAX_NAME {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        self.read_meta(|m| {
+            let p = m.tree.get(parent).ok_or(errno(libc::ENOENT))?;
+            let d = p.dir().ok_or(errno(libc::ENOTDIR))?;
+            let ino = match name {
+                b"." => parent,
+                _ => d.get(name).ok_or(errno(libc::ENOENT))?,
+            };
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            Ok(Stat { ino, attr: i.attr, blocks: sectors(&i.attr, i) })
+        })
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Name> {
+        self.read_meta(|m| match &m.tree.get(ino).ok_or(errno(libc::ENOENT))?.content {
+            Content::Symlink(s) => Ok(s.clone()),
+            _ => Err(errno(libc::EINVAL)),
+        })
+    }
+
+    /// Create a node of any type (regular, dir, symlink, device, fifo, socket).
+    pub fn mknod(&self, parent: Ino, name: &[u8], mode: u32, rdev: u32, who: Caller, symlink: Option<&[u8]>) -> Result<Stat> {
+        check_name(name)?;
+        if let Some(t) = symlink {
+            if t.len() > MAX_SYMLINK || t.is_empty() {
+                return Err(errno(if t.is_empty() { libc::ENOENT } else { libc::ENAMETOOLONG }));
+            }
+        }
+        self.change(|t| {
+            let pattr = t.attr(parent)?;
+            let d = t.dir(parent)?;
+            if pattr.nlink == 0 {
+                return Err(errno(libc::ENOENT));
+            }
+            if d.get(name).is_some() {
+                return Err(errno(libc::EEXIST));
+            }
+            let now = Time::now();
+            let mut mode = mode;
+            let mut gid = who.gid;
+            if pattr.mode & libc::S_ISGID != 0 {
+                gid = pattr.gid;
+                if mode & S_IFMT == S_IFDIR {
+                    mode |= libc::S_ISGID;
+                }
+            }
+            let is_dir = mode & S_IFMT == S_IFDIR;
+            let attr = Attr {
+                mode,
+                uid: who.uid,
+                gid,
+                nlink: if is_dir { 2 } else { 1 },
+                size: symlink.map(|s| s.len() as u64).unwrap_or(0),
+                atime: now,
+                mtime: now,
+                ctime: now,
+                btime: now,
+                rdev,
+                flags: 0,
+            };
+            let ino = t.m.tree.next_ino;
+            t.rec(Record::NewInode { ino, attr, symlink: symlink.map(Arc::from) })?;
+            t.rec(Record::Link { dir: parent, name: Arc::from(name), ino })?;
+            t.touch_dir(parent, now, if is_dir { 1 } else { 0 })?;
+            t.stat(ino)
+        })
+    }
+
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Stat> {
+        check_name(name)?;
+        self.change(|t| {
+            let mut a = t.attr(ino)?;
+            if a.is_dir() {
+                return Err(errno(libc::EPERM));
+            }
+            if a.nlink == 0 {
+                return Err(errno(libc::ENOENT));
+            }
+            if t.dir(parent)?.get(name).is_some() {
+                return Err(errno(libc::EEXIST));
+            }
+            if a.nlink >= 65000 {
+                return Err(errno(libc::EMLINK));
+            }
+            let now = Time::now();
+            t.rec(Record::Link { dir: parent, name: Arc::from(name), ino })?;
+            a.nlink += 1;
+            a.ctime = now;
+            t.set_attr(ino, a)?;
+            t.touch_dir(parent, now, 0)?;
+            t.stat(ino)
+        })
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if name.len() > MAX_NAME {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        self.change(|t| {
+            let ino = t.dir(parent)?.get(name).ok_or(errno(libc::ENOENT))?;
+            if t.attr(ino)?.is_dir() {
+                return Err(errno(libc::EISDIR));
+            }
+            let now = Time::now();
+            t.rec(Record::Unlink { dir: parent, name: Arc::from(name) })?;
+            t.drop_link(ino, now)?;
+            t.touch_dir(parent, now, 0)
+        })
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if name.len() > MAX_NAME {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        if name == b"." {
+            return Err(errno(libc::EINVAL));
+        }
+        if name == b".." {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        self.change(|t| {
+            let ino = t.dir(parent)?.get(name).ok_or(errno(libc::ENOENT))?;
+            let d = t.dir(ino)?;
+            if !d.is_empty() {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+            let now = Time::now();
+            t.rec(Record::Unlink { dir: parent, name: Arc::from(name) })?;
+            t.drop_link(ino, now)?;
+            t.touch_dir(parent, now, -1)
+        })
+    }
+
+    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
+    pub fn rename(&self, op: Ino, oname: &[u8], np: Ino, nname: &[u8], flags: u32) -> Result<()> {
+        check_name(nname)?;
+        if oname.len() > MAX_NAME {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+            return Err(errno(libc::EINVAL));
+        }
+        self.change(|t| {
+            let src = t.dir(op)?.get(oname).ok_or(errno(libc::ENOENT))?;
+            let dst = t.dir(np)?.get(nname);
+            let sattr = t.attr(src)?;
+            let now = Time::now();
+            let (oname_a, nname_a): (Name, Name) = (Arc::from(oname), Arc::from(nname));
+            // A directory may not move below itself.
+            if sattr.is_dir() && op != np && Self::is_ancestor(t, src, np)? {
+                return Err(errno(libc::EINVAL));
+            }
+            if exchange {
+                let dst = dst.ok_or(errno(libc::ENOENT))?;
+                let dattr = t.attr(dst)?;
+                if dattr.is_dir() && op != np && Self::is_ancestor(t, dst, op)? {
+                    return Err(errno(libc::EINVAL));
+                }
+                t.rec(Record::Link { dir: op, name: oname_a, ino: dst })?;
+                t.rec(Record::Link { dir: np, name: nname_a, ino: src })?;
+                if op != np && sattr.is_dir() != dattr.is_dir() {
+                    let d = if sattr.is_dir() { 1 } else { -1 };
+                    t.touch_dir(op, now, -d)?;
+                    t.touch_dir(np, now, d)?;
+                } else {
+                    t.touch_dir(op, now, 0)?;
+                    if op != np {
+                        t.touch_dir(np, now, 0)?;
+                    }
+                }
+                for i in [src, dst] {
+                    let mut a = t.attr(i)?;
+                    a.ctime = now;
+                    t.set_attr(i, a)?;
+                }
+                return Ok(());
+            }
+            if let Some(dst) = dst {
+                if noreplace {
+                    return Err(errno(libc::EEXIST));
+                }
+                if dst == src {
+                    return Ok(());
+                }
+                let dattr = t.attr(dst)?;
+                match (sattr.is_dir(), dattr.is_dir()) {
+                    (true, false) => return Err(errno(libc::ENOTDIR)),
+                    (false, true) => return Err(errno(libc::EISDIR)),
+                    (true, true) if !t.dir(dst)?.is_empty() => return Err(errno(libc::ENOTEMPTY)),
+                    _ => {}
+                }
+                t.rec(Record::Unlink { dir: np, name: nname_a.clone() })?;
+                t.drop_link(dst, now)?;
+                if dattr.is_dir() {
+                    t.touch_dir(np, now, -1)?;
+                }
+            }
+            t.rec(Record::Unlink { dir: op, name: oname_a })?;
+            t.rec(Record::Link { dir: np, name: nname_a, ino: src })?;
+            let d = if sattr.is_dir() { 1 } else { 0 };
+            t.touch_dir(op, now, -d)?;
+            t.touch_dir(np, now, if op != np { d } else { d })?;
+            let mut a = t.attr(src)?;
+            a.ctime = now;
+            t.set_attr(src, a)
+        })
+    }
+
+    fn is_ancestor(t: &Txn, a: Ino, mut b: Ino) -> Result<bool> {
+        // Walk from b up to the root by searching parents; directories have one parent.
+        // Build a parent lookup lazily: directory trees are small relative to this rare op.
+        let mut guard = 0;
+        while b != ROOT_INO && guard < 100_000 {
+            if b == a {
+                return Ok(true);
+            }
+            let parent = t.m.tree.inodes.iter().find_map(|(pino, i)| match i.dir() {
+                Some(d) if d.entries.values().any(|(c, _)| *c == b) => Some(*pino),
+                _ => None,
+            });
+            match parent {
+                Some(p) => b = p,
+                None => return Ok(false),
+            }
+            guard += 1;
+        }
+        Ok(b == a)
+    }
+
+    pub fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        self.read_meta(|m| {
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            let d = i.dir().ok_or(errno(libc::ENOTDIR))?;
+            let mut out = Vec::new();
+            if offset < 1 {
+                out.push(DirEntry { name: Arc::from(&b"."[..]), ino, kind: S_IFDIR, offset: 1 });
+            }
+            if offset < 2 {
+                out.push(DirEntry { name: Arc::from(&b".."[..]), ino, kind: S_IFDIR, offset: 2 });
+            }
+            for (c, name) in d.by_cookie.range(offset.max(2) + 1..) {
+                if out.len() >= max {
+                    break;
+                }
+                let Some(&(child, _)) = d.entries.get(name) else { continue };
+                let kind = m.tree.get(child).map(|c| c.attr.kind()).unwrap_or(S_IFREG);
+                out.push(DirEntry { name: name.clone(), ino: child, kind, offset: *c });
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn setattr(&self, ino: Ino, s: SetAttr) -> Result<Stat> {
+        let _fl = s.size.map(|_| self.file_lock(ino));
+        let _g = _fl.as_ref().map(|l| l.lock());
+        let mut zero_tail: Option<(u64, usize)> = None;
+        let st = self.change(|t| {
+            let mut a = t.attr(ino)?;
+            let now = Time::now();
+            if let Some(mode) = s.mode {
+                a.mode = (a.mode & S_IFMT) | (mode & 0o7777);
+            }
+            if let Some(uid) = s.uid {
+                a.uid = uid;
+            }
+            if let Some(gid) = s.gid {
+                a.gid = gid;
+            }
+            if s.kill_suidgid {
+                a.mode &= !libc::S_ISUID;
+                if a.mode & 0o010 != 0 {
+                    a.mode &= !libc::S_ISGID;
+                }
+            }
+            if let Some(size) = s.size {
+                if a.is_dir() {
+                    return Err(errno(libc::EISDIR));
+                }
+                if !a.is_reg() {
+                    return Err(errno(libc::EINVAL));
+                }
+                if size > MAX_FILE_SIZE {
+                    return Err(errno(libc::EFBIG));
+                }
+                if size < a.size {
+                    let first_gone = size.div_ceil(BLOCK);
+                    t.rec(Record::Unmap { ino, lblk: first_gone, len: u64::MAX - first_gone })?;
+                    if size % BLOCK != 0 {
+                        if let Some(p) = t.inode(ino)?.extents().and_then(|x| x.lookup(size / BLOCK)) {
+                            zero_tail = Some((p, (size % BLOCK) as usize));
+                        }
+                    }
+                }
+                a.size = size;
+                a.mtime = now;
+            }
+            if let Some(x) = s.atime {
+                a.atime = x;
+            }
+            if let Some(x) = s.mtime {
+                a.mtime = x;
+            }
+            a.ctime = s.ctime.unwrap_or(now);
+            t.set_attr(ino, a)?;
+            t.stat(ino)
+        })?;
+        if let Some((pblk, keep)) = zero_tail {
+            // Bytes past EOF in the last block are kept zero on disk.
+            let mut buf = self.read_block_sync(pblk)?;
+            buf[keep..].fill(0);
+            self.write_block_sync(pblk, buf)?;
+        }
+        Ok(st)
+    }
+
+    fn file_lock(&self, ino: Ino) -> Arc<Mutex<()>> {
+        self.inner.file_locks.lock().entry(ino).or_default().clone()
+    }
+
+    fn read_block_sync(&self, pblk: u64) -> Result<AlignedBuf> {
+        let mut buf = AlignedBuf::zeroed(1);
+        if self.inner.cache.get(pblk, &mut buf) {
+            return Ok(buf);
+        }
+        self.inner.ring.run_sync(Op::Read, pblk * BLOCK, buf).map_err(|e| self.inner.io_failed("read", pblk, e, false))
+    }
+
+    fn write_block_sync(&self, pblk: u64, buf: AlignedBuf) -> Result<()> {
+        self.inner.cache.write(pblk, &buf);
+        self.inner.ring.run_sync(Op::Write, pblk * BLOCK, buf).map_err(|e| self.inner.io_failed("write", pblk, e, true))?;
+        Ok(())
+    }
+
+    pub fn open_file(&self, ino: Ino) -> Result<Stat> {
+        let mut m = self.inner.meta.lock();
+        let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+        let st = Stat { ino, attr: i.attr, blocks: sectors(&i.attr, i) };
+        *m.opens.entry(ino).or_insert(0) += 1;
+        Ok(st)
+    }
+
+    pub fn release(&self, ino: Ino) -> Result<()> {
+        let delete = {
+            let mut m = self.inner.meta.lock();
+            let c = m.opens.entry(ino).or_insert(1);
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                m.opens.remove(&ino);
+                matches!(m.tree.get(ino), Some(i) if i.attr.nlink == 0 && ino != ROOT_INO)
+            } else {
+                false
+            }
+        };
+        if delete {
+            self.change(|t| {
+                if matches!(t.m.tree.get(ino), Some(i) if i.attr.nlink == 0) && !t.m.opens.contains_key(&ino) {
+                    t.m.dirty.remove(&ino);
+                    t.rec(Record::DelInode { ino })?;
+                }
+                Ok(())
+            })?;
+            self.inner.file_locks.lock().remove(&ino);
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let m = self.inner.meta.lock();
+        let files = m.tree.inodes.len() as u64;
+        StatFs {
+            blocks: m.alloc.total(),
+            bfree: m.alloc.free(),
+            files: files + m.alloc.free(),
+            ffree: m.alloc.free(),
+            bsize: BLOCK_SIZE as u32,
+            namelen: MAX_NAME as u32,
+        }
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Name> {
+        self.read_meta(|m| {
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            i.xattrs.get(name).cloned().ok_or(errno(libc::ENODATA))
+        })
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.read_meta(|m| {
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            let mut out = Vec::new();
+            for k in i.xattrs.keys() {
+                out.extend_from_slice(k);
+                out.push(0);
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(errno(libc::ERANGE));
+        }
+        if value.len() > MAX_XATTR_VALUE {
+            return Err(errno(libc::E2BIG));
+        }
+        if name.starts_with(b"system.") {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        self.change(|t| {
+            let exists = t.inode(ino)?.xattrs.contains_key(name);
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(errno(libc::EEXIST));
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(errno(libc::ENODATA));
+            }
+            t.rec(Record::SetXattr { ino, name: Arc::from(name), value: Arc::from(value) })?;
+            let mut a = t.attr(ino)?;
+            a.ctime = Time::now();
+            t.set_attr(ino, a)
+        })
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.change(|t| {
+            if !t.inode(ino)?.xattrs.contains_key(name) {
+                return Err(errno(libc::ENODATA));
+            }
+            t.rec(Record::RmXattr { ino, name: Arc::from(name) })?;
+            let mut a = t.attr(ino)?;
+            a.ctime = Time::now();
+            t.set_attr(ino, a)
+        })
+    }
+
+    /// SEEK_DATA / SEEK_HOLE.
+    pub fn lseek(&self, ino: Ino, offset: u64, whence: i32) -> Result<u64> {
+        self.read_meta(|m| {
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            let size = i.attr.size;
+            if offset >= size {
+                return Err(errno(libc::ENXIO));
+            }
+            let x = i.extents().ok_or(errno(libc::EINVAL))?;
+            let nblk = size.div_ceil(BLOCK);
+            let start = offset / BLOCK;
+            for (l, p, n) in x.runs(start, nblk - start) {
+                let at = (l * BLOCK).max(offset);
+                match (whence, p) {
+                    (libc::SEEK_DATA, Some(_)) => return Ok(at),
+                    (libc::SEEK_HOLE, None) => return Ok(at.min(size)),
+                    _ => {
+                        let _ = n;
+                    }
+                }
+            }
+            match whence {
+                libc::SEEK_DATA => Err(errno(libc::ENXIO)),
+                libc::SEEK_HOLE => Ok(size),
+                _ => Err(errno(libc::EINVAL)),
+            }
+        })
+    }
+
+    /// Read up to `size` bytes at `offset`; `cb` runs on the I/O thread (or here on a cache hit).
+    pub fn read(&self, ino: Ino, offset: u64, size: u32, cb: Box<dyn FnOnce(Result<&[u8]>) + Send>) {
+        let plan = self.read_meta(|m| {
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            if i.attr.is_dir() {
+                return Err(errno(libc::EISDIR));
+            }
+            let x = i.extents().ok_or(errno(libc::EINVAL))?;
+            let fsize = i.attr.size;
+            if offset >= fsize || size == 0 {
+                return Ok(None);
+            }
+            let end = (offset + size as u64).min(fsize);
+            let b0 = offset / BLOCK;
+            let b1 = end.div_ceil(BLOCK);
+            Ok(Some((x.runs(b0, b1 - b0), b0, end)))
+        });
+        let (runs, b0, end) = match plan {
+            Err(e) => return cb(Err(e)),
+            Ok(None) => return cb(Ok(&[])),
+            Ok(Some(p)) => p,
+        };
+        let c = &self.inner.counters;
+        c.read_ops.fetch_add(1, Ordering::Relaxed);
+        c.read_bytes.fetch_add(end - offset, Ordering::Relaxed);
+        let nblocks = (end.div_ceil(BLOCK) - b0) as usize;
+        let skip = (offset - b0 * BLOCK) as usize;
+        let len = (end - offset) as usize;
+        // Blocks still to fetch from the device: (index in buffer, physical block, count).
+        let mut out = AlignedBuf::zeroed(nblocks);
+        let mut fetch: Vec<(usize, u64, usize)> = Vec::new();
+        for (l, p, n) in runs {
+            let Some(p) = p else { continue };
+            for k in 0..n {
+                let idx = (l - b0 + k) as usize;
+                let pb = p + k;
+                if self.inner.cache.get(pb, &mut out[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE]) {
+                    continue;
+                }
+                match fetch.last_mut() {
+                    Some(f) if f.0 + f.2 == idx && f.1 + f.2 as u64 == pb => f.2 += 1,
+                    _ => fetch.push((idx, pb, 1)),
+                }
+            }
+        }
+        if fetch.is_empty() {
+            return cb(Ok(&out[skip..skip + len]));
+        }
+        // Fast path: one device read covering the whole request, reply from its buffer.
+        let inner = self.inner.clone();
+        if fetch.len() == 1 && fetch[0].0 == 0 && fetch[0].2 == nblocks {
+            let pb = fetch[0].1;
+            let epochs: Vec<u64> = (0..nblocks as u64).map(|k| inner.cache.epoch(pb + k)).collect();
+            self.inner.ring.submit(vec![IoReq {
+                op: Op::Read,
+                offset: pb * BLOCK,
+                buf: out,
+                done: Box::new(move |r| match r {
+                    Ok(buf) => {
+                        for (k, ep) in epochs.iter().enumerate() {
+                            inner.cache.fill(pb + k as u64, &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE], *ep);
+                        }
+                        cb(Ok(&buf[skip..skip + len]))
+                    }
+                    Err(e) => cb(Err(inner.io_failed("read", pb, e, false))),
+                }),
+            }]);
+            return;
+        }
+        struct Gather {
+            out: AlignedBuf,
+            left: usize,
+            err: Option<Error>,
+            cb: Option<Box<dyn FnOnce(Result<&[u8]>) + Send>>,
+        }
+        let g = Arc::new(Mutex::new(Gather { out, left: fetch.len(), err: None, cb: Some(cb) }));
+        let reqs = fetch
+            .into_iter()
+            .map(|(idx, pb, n)| {
+                let g = g.clone();
+                let inner = inner.clone();
+                let epochs: Vec<u64> = (0..n as u64).map(|k| inner.cache.epoch(pb + k)).collect();
+                IoReq {
+                    op: Op::Read,
+                    offset: pb * BLOCK,
+                    buf: AlignedBuf::zeroed(n),
+                    done: Box::new(move |r| {
+                        let mut g = g.lock();
+                        match r {
+                            Ok(buf) => {
+                                for (k, ep) in epochs.iter().enumerate() {
+                                    inner.cache.fill(pb + k as u64, &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE], *ep);
+                                }
+                                g.out[idx * BLOCK_SIZE..(idx + n) * BLOCK_SIZE].copy_from_slice(&buf);
+                            }
+                            Err(e) => g.err = Some(inner.io_failed("read", pb, e, false)),
+                        }
+                        g.left -= 1;
+                        if g.left == 0 {
+                            let cb = g.cb.take();
+                            if let Some(cb) = cb {
+                                match g.err.take() {
+                                    Some(e) => cb(Err(e)),
+                                    None => cb(Ok(&g.out[skip..skip + len])),
+                                }
+                            }
+                        }
+                    }),
+                }
+            })
+            .collect();
+        self.inner.ring.submit(reqs);
+    }
+
+    /// Write `data` at `offset`; `cb` gets the byte count when the data is on the device.
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) {
+        if let Err(e) = self.write_inner(ino, offset, data, kill_suidgid, cb) {
+            // write_inner only returns errors before consuming the callback.
+            let _ = e;
+        }
+    }
+
+    fn write_inner(&self, ino: Ino, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) -> Result<()> {
+        if data.is_empty() {
+            cb(Ok(0));
+            return Ok(());
+        }
+        let end = offset.saturating_add(data.len() as u64);
+        if end > MAX_FILE_SIZE {
+            cb(Err(errno(libc::EFBIG)));
+            return Ok(());
+        }
+        let lock = self.file_lock(ino);
+        let guard = lock.lock();
+        let b0 = offset / BLOCK;
+        let b1 = end.div_ceil(BLOCK);
+        let n = (b1 - b0) as usize;
+        // Edge blocks only partly covered by the write need their old contents.
+        let head_partial = offset % BLOCK != 0;
+        let tail_partial = end % BLOCK != 0;
+        let edges = self.read_meta(|m| {
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            let x = i.extents().ok_or(errno(if i.attr.is_dir() { libc::EISDIR } else { libc::EINVAL }))?;
+            let mut v = Vec::new();
+            if head_partial {
+                v.push((0usize, x.lookup(b0)));
+            }
+            if tail_partial && (n > 1 || !head_partial) {
+                v.push((n - 1, x.lookup(b1 - 1)));
+            }
+            Ok(v)
+        });
+        let edges = match edges {
+            Ok(e) => e,
+            Err(e) => {
+                cb(Err(e));
+                return Ok(());
+            }
+        };
+        let mut buf = AlignedBuf::zeroed(n);
+        for (idx, p) in edges {
+            if let Some(p) = p {
+                match self.read_block_sync(p) {
+                    Ok(old) => buf[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE].copy_from_slice(&old),
+                    Err(e) => {
+                        cb(Err(e));
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let skip = (offset - b0 * BLOCK) as usize;
+        buf[skip..skip + data.len()].copy_from_slice(data);
+        // Map holes to new blocks, update size and times, all under the metadata lock.
+        let plan = self.change(|t| {
+            let epoch = t.m.epoch;
+            let i = t.inode(ino)?;
+            let mut a = i.attr;
+            let x = i.extents().ok_or(errno(libc::EINVAL))?;
+            let runs = x.runs(b0, n as u64);
+            let holes: u64 = runs.iter().filter(|r| r.1.is_none()).map(|r| r.2).sum();
+            let mut phys: Vec<(u64, u64, u64)> = Vec::new(); // (logical, physical, len)
+            let mut allocating = false;
+            if holes > 0 {
+                let hint = x.lookup(b0.saturating_sub(1)).map(|p| p + 1);
+                let mut got = t.m.alloc.alloc(holes, hint).ok_or(Error::NoSpace)?.into_iter();
+                let mut cur = got.next();
+                for (l, p, len) in runs {
+                    match p {
+                        Some(p) => phys.push((l, p, len)),
+                        None => {
+                            let mut l = l;
+                            let mut left = len;
+                            while left > 0 {
+                                let Some((pb, pn)) = cur.as_mut() else { return Err(Error::NoSpace) };
+                                let take = left.min(*pn);
+                                phys.push((l, *pb, take));
+                                t.rec(Record::Map { ino, lblk: l, pblk: *pb, len: take })?;
+                                *pb += take;
+                                *pn -= take;
+                                l += take;
+                                left -= take;
+                                if *pn == 0 {
+                                    cur = got.next();
+                                }
+                            }
+                        }
+                    }
+                }
+                allocating = true;
+            } else {
+                phys = runs.into_iter().map(|(l, p, len)| (l, p.unwrap_or(0), len)).collect();
+            }
+            let now = Time::now();
+            a.mtime = now;
+            a.ctime = now;
+            if kill_suidgid {
+                a.mode &= !libc::S_ISUID;
+                if a.mode & 0o010 != 0 {
+                    a.mode &= !libc::S_ISGID;
+                }
+            }
+            if end > a.size || allocating || kill_suidgid {
+                a.size = a.size.max(end);
+                t.set_attr(ino, a)?;
+            } else {
+                t.m.tree.inodes.get_mut(&ino).ok_or(errno(libc::ENOENT))?.attr = a;
+                t.m.dirty.insert(ino);
+            }
+            if allocating {
+                self.inner.data_inflight[epoch].fetch_add(1, Ordering::SeqCst);
+            }
+            Ok((phys, allocating.then_some(epoch)))
+        });
+        let (phys, epoch) = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                cb(Err(e));
+                return Ok(());
+            }
+        };
+        // Merge physically contiguous pieces into device writes.
+        let mut ios: Vec<(usize, u64, usize)> = Vec::new();
+        for (l, p, len) in phys {
+            let idx = (l - b0) as usize;
+            match ios.last_mut() {
+                Some(io) if io.0 + io.2 == idx && io.1 + io.2 as u64 == p => io.2 += len as usize,
+                _ => ios.push((idx, p, len as usize)),
+            }
+        }
+        for (idx, p, len) in &ios {
+            for k in 0..*len {
+                let i = idx + k;
+                self.inner.cache.write(p + k as u64, &buf[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE]);
+            }
+        }
+        drop(guard);
+        let c = &self.inner.counters;
+        c.write_ops.fetch_add(1, Ordering::Relaxed);
+        c.write_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let total = data.len() as u32;
+        let inner = self.inner.clone();
+        let finish = move |res: Result<()>| {
+            if let Some(e) = epoch {
+                inner.data_inflight[e].fetch_sub(1, Ordering::SeqCst);
+                let _l = inner.data_cv.0.lock();
+                inner.data_cv.1.notify_all();
+            }
+            cb(res.map(|_| total));
+        };
+        if ios.len() == 1 {
+            let (_, p, _) = ios[0];
+            let inner = self.inner.clone();
+            self.inner.ring.submit(vec![IoReq {
+                op: Op::Write,
+                offset: p * BLOCK,
+                buf,
+                done: Box::new(move |r| finish(r.map(|_| ()).map_err(|e| inner.io_failed("write", p, e, true)))),
+            }]);
+            return Ok(());
+        }
+        struct Join {
+            left: usize,
+            err: Option<Error>,
+            finish: Option<Box<dyn FnOnce(Result<()>) + Send>>,
+        }
+        let j = Arc::new(Mutex::new(Join { left: ios.len(), err: None, finish: Some(Box::new(finish)) }));
+        let reqs = ios
+            .into_iter()
+            .map(|(idx, p, len)| {
+                let mut b = AlignedBuf::zeroed(len);
+                b.copy_from_slice(&buf[idx * BLOCK_SIZE..(idx + len) * BLOCK_SIZE]);
+                let j = j.clone();
+                let inner = self.inner.clone();
+                IoReq {
+                    op: Op::Write,
+                    offset: p * BLOCK,
+                    buf: b,
+                    done: Box::new(move |r| {
+                        let mut j = j.lock();
+                        if let Err(e) = r {
+                            j.err = Some(inner.io_failed("write", p, e, true));
+                        }
+                        j.left -= 1;
+                        if j.left == 0 {
+                            let e = j.err.take();
+                            if let Some(f) = j.finish.take() {
+                                drop(j);
+                                f(match e {
+                                    Some(e) => Err(e),
+                                    None => Ok(()),
+                                });
+                            }
+                        }
+                    }),
+                }
+            })
+            .collect();
+        self.inner.ring.submit(reqs);
+        Ok(())
+    }
+
+    /// Blocking write helper (copy_file_range, fallocate).
+    pub fn write_sync(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.write(
+            ino,
+            offset,
+            data,
+            false,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap_or(Err(Error::Poisoned))
+    }
+
+    /// Blocking read helper.
+    pub fn read_sync(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.read(
+            ino,
+            offset,
+            size,
+            Box::new(move |r| {
+                let _ = tx.send(r.map(|d| d.to_vec()));
+            }),
+        );
+        rx.recv().unwrap_or(Err(Error::Poisoned))
+    }
+
+    pub fn copy_file_range(&self, ino_in: Ino, off_in: u64, ino_out: Ino, off_out: u64, len: u64) -> Result<u64> {
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(1 << 20) as u32;
+            let data = self.read_sync(ino_in, off_in + done, chunk)?;
+            if data.is_empty() {
+                break;
+            }
+            self.write_sync(ino_out, off_out + done, &data)?;
+            done += data.len() as u64;
+            if data.len() < chunk as usize {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// fallocate: mode 0 / KEEP_SIZE allocate (zeroed), PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE.
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if punch && !keep {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if len == 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let end = offset.checked_add(len).ok_or(errno(libc::EFBIG))?;
+        if end > MAX_FILE_SIZE {
+            return Err(errno(libc::EFBIG));
+        }
+        let st = self.getattr(ino)?;
+        if !st.attr.is_reg() {
+            return Err(errno(if st.attr.is_dir() { libc::EISDIR } else { libc::ENODEV }));
+        }
+        if punch || zero {
+            let size = st.attr.size;
+            let pend = if punch { end.min(size) } else { end };
+            if offset < pend {
+                self.zero_range(ino, offset, pend)?;
+            }
+            if zero && !keep && end > size {
+                self.setattr(ino, SetAttr { size: Some(end), ..Default::default() })?;
+            }
+            return Ok(());
+        }
+        // Allocate: write zeros into holes only.
+        let holes: Vec<(u64, u64)> = self.read_meta(|m| {
+            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+            let x = i.extents().ok_or(errno(libc::EINVAL))?;
+            let b0 = offset / BLOCK;
+            let b1 = end.div_ceil(BLOCK);
+            Ok(x.runs(b0, b1 - b0).into_iter().filter(|r| r.1.is_none()).map(|r| (r.0, r.2)).collect())
+        })?;
+        let needed: u64 = holes.iter().map(|h| h.1).sum();
+        if needed > self.statfs().bfree {
+            return Err(Error::NoSpace);
+        }
+        let size = st.attr.size;
+        for (l, n) in holes {
+            let mut pos = l * BLOCK;
+            let hend = (l + n) * BLOCK;
+            while pos < hend {
+                let chunk = (hend - pos).min(1 << 20);
+                let zeros = vec![0u8; chunk as usize];
+                self.write_sync(ino, pos, &zeros)?;
+                pos += chunk;
+            }
+        }
+        // write_sync extended the size to whole blocks; set the size fallocate asks for.
+        let new_size = if keep { size } else { size.max(end) };
+        let cur = self.getattr(ino)?.attr.size;
+        if cur != new_size {
+            self.setattr_size_keep_blocks(ino, new_size)?;
+        }
+        Ok(())
+    }
+
+    /// Set i_size without unmapping blocks past it (fallocate KEEP_SIZE).
+    fn setattr_size_keep_blocks(&self, ino: Ino, size: u64) -> Result<()> {
+        self.change(|t| {
+            let mut a = t.attr(ino)?;
+            a.size = size;
+            a.ctime = Time::now();
+            t.set_attr(ino, a)
+        })
+    }
+
+    /// Make `[start, end)` read as zeros: whole blocks unmapped, partial ones rewritten.
+    fn zero_range(&self, ino: Ino, start: u64, end: u64) -> Result<()> {
+        let b_first_full = start.div_ceil(BLOCK);
+        let b_end_full = end / BLOCK;
+        if b_first_full < b_end_full {
+            let lock = self.file_lock(ino);
+            let _g = lock.lock();
+            self.change(|t| {
+                t.rec(Record::Unmap { ino, lblk: b_first_full, len: b_end_full - b_first_full })?;
+                let mut a = t.attr(ino)?;
+                let now = Time::now();
+                a.mtime = now;
+                a.ctime = now;
+                t.set_attr(ino, a)
+            })?;
+        }
+        // Partial edges: write zeros where data exists.
+        let mut edges = Vec::new();
+        if start % BLOCK != 0 {
+            edges.push((start, (start.div_ceil(BLOCK) * BLOCK).min(end)));
+        }
+        if end % BLOCK != 0 && (end / BLOCK * BLOCK) >= start && end / BLOCK != start / BLOCK {
+            edges.push((end / BLOCK * BLOCK, end));
+        } else if end % BLOCK != 0 && start % BLOCK == 0 && end / BLOCK == start / BLOCK {
+            edges.push((start, end));
+        }
+        for (s, e) in edges {
+            let mapped = self.read_meta(|m| {
+                Ok(m.tree.get(ino).and_then(|i| i.extents()).and_then(|x| x.lookup(s / BLOCK)).is_some())
+            })?;
+            if mapped && e > s {
+                let size = self.getattr(ino)?.attr.size;
+                let e2 = e.min(size.max(s));
+                if e2 > s {
+                    self.write_sync(ino, s, &vec![0u8; (e2 - s) as usize])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// fsync/fdatasync: `cb` runs when everything written so far (data and metadata) is durable.
+    pub fn fsync(&self, cb: Cb<()>) {
+        if self.inner.poisoned.load(Ordering::SeqCst) {
+            return cb(Err(Error::Poisoned));
+        }
+        let mut q = self.inner.commitq.lock();
+        if q.stop {
+            drop(q);
+            return cb(self.inner.commit());
+        }
+        q.waiters.push(cb);
+        drop(q);
+        self.inner.commit_cv.notify_one();
+    }
+
+    pub fn fsync_sync(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.fsync(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.recv().unwrap_or(Err(Error::Poisoned))
+    }
+
+    /// Force a checkpoint now.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint(false)
+    }
+}
+
+/// Largest file: 2^40 blocks is beyond any device; cap at 8 EiB / 4 KiB blocks sensible for u64 math.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+
+impl Inner {
+    fn io_failed(&self, op: &'static str, pblk: u64, e: std::io::Error, poison: bool) -> Error {
+        self.counters.io_errors.fetch_add(1, Ordering::Relaxed);
+        if poison && !self.poisoned.swap(true, Ordering::SeqCst) {
+            log::error!("device {op} failed at block {pblk}: {e}; the file system is now read-only");
+        } else if !poison {
+            log::error!("device {op} failed at block {pblk}: {e}");
+        }
+        Error::io(op, pblk * BLOCK, e)
+    }
+
+    fn poison(&self, e: Error) -> Error {
+        if !self.poisoned.swap(true, Ordering::SeqCst) {
+            log::error!("{e}; the file system is now read-only");
+        }
+        e
+    }
+
+    fn commit_loop(self: Arc<Self>) {
+        loop {
+            let waiters = {
+                let mut q = self.commitq.lock();
+                if q.waiters.is_empty() && !q.stop {
+                    self.commit_cv.wait_for(&mut q, self.opts.commit_interval);
+                }
+                if q.stop && q.waiters.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut q.waiters)
+            };
+            let r = self.commit();
+            for w in waiters {
+                w(match &r {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Error::Poisoned),
+                });
+            }
+            if r.is_ok() {
+                let half = { self.jpos.lock().sb.journal_blocks / 2 };
+                let used = self.jpos.lock().used;
+                if used > half {
+                    if let Err(e) = self.checkpoint(false) {
+                        log::error!("checkpoint failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take pending records and frees, flip the data epoch; wait for the old epoch's data.
+    fn seal(&self, snapshot: bool) -> (Vec<u8>, Vec<(u64, u64)>, Option<Tree>) {
+        let (bytes, frees, tree, epoch) = {
+            let mut m = self.meta.lock();
+            let dirty: Vec<Ino> = m.dirty.drain().collect();
+            for ino in dirty {
+                if let Some(i) = m.tree.get(ino) {
+                    let attr = i.attr;
+                    Record::SetAttr { ino, attr }.encode(&mut m.pending);
+                }
+            }
+            let bytes = std::mem::take(&mut m.pending.buf);
+            let frees = m.alloc.take_pending();
+            let tree = snapshot.then(|| m.tree.clone());
+            let e = m.epoch;
+            m.epoch ^= 1;
+            (bytes, frees, tree, e)
+        };
+        let mut l = self.data_cv.0.lock();
+        while self.data_inflight[epoch].load(Ordering::SeqCst) > 0 {
+            self.data_cv.1.wait_for(&mut l, Duration::from_millis(50));
+        }
+        (bytes, frees, tree)
+    }
+
+    /// Group commit: data flushed, then the journal chunk, then flushed again.
+    fn commit(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let (bytes, frees, _) = self.seal(false);
+        self.dev.flush().map_err(|e| self.poison(Error::io("flush", 0, e)))?;
+        if !bytes.is_empty() {
+            let mut j = self.jpos.lock();
+            let chunk = journal::encode_chunk(j.seq, self.fsid, &bytes);
+            let nb = (chunk.len() / BLOCK_SIZE) as u64;
+            let jend = j.sb.journal_start + j.sb.journal_blocks;
+            let mut at = j.pos;
+            let mut wasted = 0;
+            if at + nb > jend {
+                wasted = jend - at;
+                at = j.sb.journal_start;
+            }
+            if j.used + wasted + nb + 1 > j.sb.journal_blocks {
+                // No room: a checkpoint makes these records durable instead.
+                drop(j);
+                self.meta.lock().alloc_return(frees);
+                return self.checkpoint(false);
+            }
+            write_blocks(self.dev.as_ref(), at, &chunk).map_err(|e| self.poison(e))?;
+            self.dev.flush().map_err(|e| self.poison(Error::io("flush", 0, e)))?;
+            j.pos = at + nb;
+            if j.pos >= jend {
+                j.pos = j.sb.journal_start;
+            }
+            j.seq += 1;
+            j.used += wasted + nb;
+            self.counters.journal_commits.fetch_add(1, Ordering::Relaxed);
+            self.counters.journal_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        let mut m = self.meta.lock();
+        for (b, n) in frees {
+            m.alloc.release(b, n);
+        }
+        Ok(())
+    }
+
+    /// Write the whole tree to new blocks and flip the superblock to it.
+    fn checkpoint(&self, clean: bool) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let t0 = Instant::now();
+        let (_, frees, tree) = self.seal(true);
+        let Some(tree) = tree else { return Ok(()) };
+        let bytes = tree.encode();
+        let n = bytes.len().div_ceil(journal::CKPT_PAYLOAD).max(1) as u64;
+        let runs = {
+            let mut m = self.meta.lock();
+            m.alloc.alloc(n, None)
+        };
+        let Some(runs) = runs else {
+            self.meta.lock().alloc_return(frees);
+            return Err(self.poison(Error::NoSpace));
+        };
+        let first = runs[0].0;
+        let res = (|| -> Result<Vec<u64>> {
+            let (first, len, crc) = write_checkpoint(self.dev.as_ref(), &bytes, first, &runs)?;
+            self.dev.flush().map_err(|e| Error::io("flush", 0, e))?;
+            let mut j = self.jpos.lock();
+            let mut sb = j.sb.clone();
+            sb.generation += 1;
+            sb.ckpt_block = first;
+            sb.ckpt_blocks = n;
+            sb.ckpt_bytes = len;
+            sb.ckpt_crc = crc;
+            sb.replay_block = j.pos;
+            sb.replay_seq = j.seq;
+            sb.clean = clean;
+            let slot = SB_SLOTS[(sb.generation % 2) as usize];
+            write_blocks(self.dev.as_ref(), slot, &sb.encode())?;
+            self.dev.flush().map_err(|e| Error::io("flush", 0, e))?;
+            j.sb = sb;
+            j.used = 0;
+            let new_blocks: Vec<u64> = runs.iter().flat_map(|(b, n)| *b..*b + *n).collect();
+            Ok(std::mem::replace(&mut j.ckpt_blocks, new_blocks))
+        })();
+        match res {
+            Ok(old_blocks) => {
+                let mut m = self.meta.lock();
+                for b in old_blocks {
+                    m.alloc.release(b, 1);
+                }
+                for (b, n) in frees {
+                    m.alloc.release(b, n);
+                }
+                self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.counters.checkpoint_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(self.poison(e)),
+        }
+    }
+}
+
+impl Meta {
+    /// Put frees taken by a seal back (the commit that took them did not happen).
+    fn alloc_return(&mut self, frees: Vec<(u64, u64)>) {
+        for (b, n) in frees {
+            self.alloc.defer_free(b, n);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The I/O engine thread: owns an io_uring ring over the O_DIRECT device, takes requests
+//! over a queue (woken through an eventfd), keeps in-flight operations in a `slab`, and runs
+//! each request's completion on this thread (FUSE replies are sent from here). Devices
+//! without a file descriptor (test backends) are served synchronously on the same thread.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use io_uring::{opcode, types, IoUring};
+use parking_lot::Mutex;
+use slab::Slab;
+
+use crate::device::{AlignedBuf, Device};
+
+/// A finished operation hands its buffer back with the result.
+pub type Done = Box<dyn FnOnce(io::Result<AlignedBuf>) + Send>;
+
+pub enum Op {
+    Read,
+    Write,
+}
+
+pub struct IoReq {
+    pub op: Op,
+    pub offset: u64,
+    pub buf: AlignedBuf,
+    pub done: Done,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<IoReq>>,
+    stop: AtomicBool,
+    wake_fd: RawFd,
+    pub inflight: AtomicU64,
+}
+
+/// Handle to the I/O thread.
+pub struct Ring {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+const WAKE: u64 = u64::MAX;
+const RING_ENTRIES: u32 = 256;
+
+impl Ring {
+    pub fn start(dev: Arc<dyn Device>) -> io::Result<Ring> {
+        // SAFETY: eventfd has no pointer arguments; we own the returned descriptor.
+        let wake_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if wake_fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            stop: AtomicBool::new(false),
+            wake_fd,
+            inflight: AtomicU64::new(0),
+        });
+        let ring = match dev.raw_fd() {
+            Some(_) => Some(IoUring::new(RING_ENTRIES)?),
+            None => None,
+        };
+        let s = shared.clone();
+        let thread = std::thread::Builder::new().name("strata-io".into()).spawn(move || match ring {
+            Some(r) => run_uring(s, dev, r),
+            None => run_sync(s, dev),
+        })?;
+        Ok(Ring { shared, thread: Mutex::new(Some(thread)) })
+    }
+
+    pub fn submit(&self, reqs: Vec<IoReq>) {
+        if reqs.is_empty() {
+            return;
+        }
+        self.shared.inflight.fetch_add(reqs.len() as u64, Ordering::Relaxed);
+        self.shared.queue.lock().extend(reqs);
+        self.wake();
+    }
+
+    /// Submit and wait (for engine-side callers that may block).
+    pub fn run_sync(&self, op: Op, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(vec![IoReq {
+            op,
+            offset,
+            buf,
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        }]);
+        rx.recv().unwrap_or_else(|_| Err(io::Error::other("I/O thread stopped")))
+    }
+
+    pub fn inflight(&self) -> u64 {
+        self.shared.inflight.load(Ordering::Relaxed)
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.shared.wake_fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.stop();
+        // SAFETY: closing the eventfd we created; the I/O thread has exited.
+        unsafe { libc::close(self.shared.wake_fd) };
+    }
+}
+
+fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
+    let mut counter = [0u8; 8];
+    loop {
+        let batch: Vec<IoReq> = s.queue.lock().drain(..).collect();
+        if batch.is_empty() {
+            if s.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            // SAFETY: reads 8 bytes into a live buffer from our eventfd (blocks until woken).
+            unsafe { libc::read(s.wake_fd, counter.as_mut_ptr() as *mut libc::c_void, 8) };
+            continue;
+        }
+        for mut r in batch {
+            let res = match r.op {
+                Op::Read => dev.read_at(&mut r.buf, r.offset),
+                Op::Write => dev.write_at(&r.buf, r.offset),
+            };
+            s.inflight.fetch_sub(1, Ordering::Relaxed);
+            (r.done)(res.map(|_| r.buf));
+        }
+    }
+}
+
+struct InFlight {
+    req: IoReq,
+    /// Bytes already transferred (short I/O is resubmitted for the rest).
+    done_bytes: usize,
+}
+
+fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
+    let fd = types::Fd(dev.raw_fd().expect("uring path only with a descriptor"));
+    let mut ops: Slab<InFlight> = Slab::new();
+    // The kernel writes into this from the armed eventfd read; leaked so it outlives the ring.
+    let counter: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
+    let mut wake_armed = false;
+    let mut backlog: VecDeque<IoReq> = VecDeque::new();
+    loop {
+        if !wake_armed {
+            let e = opcode::Read::new(types::Fd(s.wake_fd), counter.as_mut_ptr(), 8).build().user_data(WAKE);
+            // SAFETY: `counter` is leaked ('static), so the kernel's write into it is always valid.
+            if unsafe { ring.submission().push(&e) }.is_ok() {
+                wake_armed = true;
+            }
+        }
+        backlog.extend(s.queue.lock().drain(..));
+        while let Some(req) = backlog.pop_front() {
+            if ops.len() >= (RING_ENTRIES as usize - 1) || ring.submission().is_full() {
+                backlog.push_front(req);
+                break;
+            }
+            let id = ops.insert(InFlight { req, done_bytes: 0 });
+            push_op(&mut ring, fd, &mut ops, id);
+        }
+        if s.stop.load(Ordering::SeqCst) && ops.is_empty() && backlog.is_empty() {
+            return;
+        }
+        if let Err(e) = ring.submit_and_wait(1) {
+            if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                log::error!("io_uring submit failed: {e}");
+            }
+        }
+        let completions: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        for (ud, res) in completions {
+            if ud == WAKE {
+                wake_armed = false;
+                continue;
+            }
+            let id = ud as usize;
+            if !ops.contains(id) {
+                continue;
+            }
+            if res < 0 {
+                let f = ops.remove(id);
+                s.inflight.fetch_sub(1, Ordering::Relaxed);
+                (f.req.done)(Err(io::Error::from_raw_os_error(-res)));
+                continue;
+            }
+            let f = &mut ops[id];
+            f.done_bytes += res as usize;
+            if res == 0 || f.done_bytes >= f.req.buf.len() {
+                let f = ops.remove(id);
+                s.inflight.fetch_sub(1, Ordering::Relaxed);
+                if f.done_bytes < f.req.buf.len() {
+                    (f.req.done)(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short I/O at end of device")));
+                } else {
+                    (f.req.done)(Ok(f.req.buf));
+                }
+            } else {
+                push_op(&mut ring, fd, &mut ops, id);
+            }
+        }
+    }
+}
+
+fn push_op(ring: &mut IoUring, fd: types::Fd, ops: &mut Slab<InFlight>, id: usize) {
+    let f = &mut ops[id];
+    let off = f.req.offset + f.done_bytes as u64;
+    let len = (f.req.buf.len() - f.done_bytes) as u32;
+    let entry = match f.req.op {
+        Op::Read => {
+            // SAFETY: pointer stays inside the owned buffer, which lives in the slab until completion.
+            let p = unsafe { f.req.buf.as_mut_ptr().add(f.done_bytes) };
+            opcode::Read::new(fd, p, len).offset(off).build()
+        }
+        Op::Write => {
+            // SAFETY: as above.
+            let p = unsafe { f.req.buf.as_ptr().add(f.done_bytes) };
+            opcode::Write::new(fd, p, len).offset(off).build()
+        }
+    }
+    .user_data(id as u64);
+    // SAFETY: the buffer referenced by the entry is owned by the slab slot and is not moved or
+    // freed until its completion has been reaped. The queue has room: callers checked is_full
+    // and kept ops below the ring size.
+    if unsafe { ring.submission().push(&entry) }.is_err() {
+        // Submission queue full: flush it and retry once.
+        let _ = ring.submit();
+        // SAFETY: as above.
+        let _ = unsafe { ring.submission().push(&entry) };
+    }
+}

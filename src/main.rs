@@ -1,0 +1,297 @@
+//! `strata`: the daemon and its command-line tools.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use engine::{Engine, FileDevice, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a layer-cloning file system for container hosts",
+    long_about = "Strata: a layer-cloning file system for container hosts.\n\n\
+        Quick start: `strata up` creates ./strata.img (8 GiB, sparse), mounts it at ./mnt and serves\n\
+        Prometheus metrics on 127.0.0.1:9477. Stop it with Ctrl-C or `umount ./mnt`."
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct MountArgs {
+    /// Block cache size (e.g. 256M, 1G; 0 disables the cache).
+    #[arg(long, default_value = "256M")]
+    cache_size: String,
+    /// Prometheus endpoint address, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    metrics_addr: String,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Format an image file (created sparse if missing) or a block device.
+    Mkfs {
+        /// Image file or block device.
+        path: PathBuf,
+        /// Size of a new or resized image file (e.g. 8G). Default: 8G for a new file.
+        #[arg(long)]
+        size: Option<String>,
+        /// Format even if PATH already holds a Strata file system.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the daemon in the foreground: mount PATH at MOUNTPOINT until SIGINT/SIGTERM or `umount`.
+    Mount {
+        path: PathBuf,
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        opts: MountArgs,
+    },
+    /// Create ./strata.img if absent, mount it at ./mnt with metrics on 127.0.0.1:9477.
+    Up {
+        /// Image file to use (created and formatted if missing).
+        #[arg(long, default_value = "strata.img")]
+        image: PathBuf,
+        /// Where to mount.
+        #[arg(long, default_value = "mnt")]
+        mountpoint: PathBuf,
+        /// Size of a new image.
+        #[arg(long, default_value = "8G")]
+        size: String,
+        #[command(flatten)]
+        opts: MountArgs,
+    },
+    /// Check a Strata file system (not mounted). Exit 0 clean, 1 problems found, 2 error.
+    Fsck {
+        path: PathBuf,
+        /// Repair what is safe to repair (mounts and checkpoints the file system, which replays
+        /// the journal and removes orphaned inodes).
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+struct Logger {
+    level: log::LevelFilter,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        // fuser's own warnings (e.g. its second unmount attempt after `umount`) are noise
+        // unless debugging.
+        let ours = !m.target().starts_with("fuser");
+        m.level() <= self.level && (ours || m.level() <= log::Level::Error || self.level >= log::LevelFilter::Debug)
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("strata: {}: {}", r.level().as_str().to_lowercase(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let num_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (n, unit) = lower.split_at(num_end);
+    let n: u64 = n.parse().map_err(|_| format!("cannot read size {s:?} (use e.g. 512M, 8G)"))?;
+    let mul: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => return Err(format!("unknown size unit {u:?} in {s:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = cli.log_level.parse().unwrap_or(log::LevelFilter::Info);
+    let _ = log::set_logger(Box::leak(Box::new(Logger { level })));
+    log::set_max_level(level);
+    let r = match cli.cmd {
+        Cmd::Mkfs { path, size, force } => mkfs(&path, size.as_deref(), force),
+        Cmd::Mount { path, mountpoint, opts } => mount(&path, &mountpoint, &opts),
+        Cmd::Up { image, mountpoint, size, opts } => up(&image, &mountpoint, &size, &opts),
+        Cmd::Fsck { path, repair } => return fsck(&path, repair),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mkfs(path: &Path, size: Option<&str>, force: bool) -> Result<(), String> {
+    let size = size.map(parse_size).transpose()?;
+    let existed = path.exists();
+    let bytes = engine::device::prepare_image(path, size).map_err(|e| e.to_string())?;
+    let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
+    if existed && !force && engine::fs::read_superblock(&dev).is_ok() {
+        return Err(format!("{} already holds a Strata file system; use --force to format it anyway", path.display()));
+    }
+    let (uid, gid) = engine::sys::ids();
+    let sb = engine::fs::mkfs(&dev, uid, gid).map_err(|e| e.to_string())?;
+    println!(
+        "formatted {}: {} MiB, journal {} MiB, data from block {}",
+        path.display(),
+        bytes >> 20,
+        sb.journal_blocks * 4096 >> 20,
+        sb.data_start
+    );
+    Ok(())
+}
+
+fn check_mountpoint(mp: &Path) -> Result<(), String> {
+    match std::fs::metadata(mp) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("mount point {} is not a directory", mp.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            log::warn!("{} holds the dead mount of a daemon that was killed; detaching it", mp.display());
+            engine::sys::detach_mount(mp).map_err(|e| format!("cannot detach the dead mount at {}: {e}", mp.display()))
+        }
+        Err(e) => Err(format!("mount point {}: {e}", mp.display())),
+    }
+}
+
+fn mount(path: &Path, mp: &Path, opts: &MountArgs) -> Result<(), String> {
+    let cache_bytes = parse_size(&opts.cache_size)?;
+    let metrics: Option<SocketAddr> = match opts.metrics_addr.as_str() {
+        "off" | "" => None,
+        a => Some(a.parse().map_err(|e| format!("--metrics-addr {a:?}: {e}"))?),
+    };
+    check_mountpoint(mp)?;
+    engine::sys::block_shutdown_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
+    let eng = Engine::open(Arc::new(dev), Options { cache_bytes, ..Default::default() }).map_err(|e| e.to_string())?;
+    if let Some(addr) = metrics {
+        match control::serve_metrics(addr, eng.clone()) {
+            Ok(a) => log::info!("metrics on http://{a}/metrics"),
+            Err(e) => {
+                let _ = eng.shutdown();
+                return Err(format!("cannot serve metrics on {addr}: {e} (use --metrics-addr to pick another, or off)"));
+            }
+        }
+    }
+    let fsname = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut session = match fusefront::session(eng.clone(), mp, &fsname.to_string_lossy(), opts.threads) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = eng.shutdown();
+            return Err(format!("cannot mount at {}: {e}", mp.display()));
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    let mp_owned = mp.to_path_buf();
+    std::thread::Builder::new()
+        .name("strata-signals".into())
+        .spawn(move || {
+            let sig = engine::sys::wait_for_signal();
+            log::info!("signal {sig}: unmounting {}", mp_owned.display());
+            if let Err(e) = unmounter.unmount() {
+                log::warn!("unmount failed ({e}); detaching");
+                let _ = engine::sys::detach_mount(&mp_owned);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    log::info!("mounted {} at {}", path.display(), mp.display());
+    let run = session.run();
+    let shut = eng.shutdown();
+    if let Err(e) = &run {
+        log::error!("FUSE session ended with an error: {e}");
+    }
+    match shut {
+        Ok(()) => {
+            log::info!("unmounted cleanly; checkpoint written");
+            Ok(())
+        }
+        Err(e) => Err(format!("shutdown checkpoint failed: {e}")),
+    }
+}
+
+fn up(image: &Path, mp: &Path, size: &str, opts: &MountArgs) -> Result<(), String> {
+    if !image.exists() {
+        mkfs(image, Some(size), false)?;
+    }
+    if !mp.exists() {
+        std::fs::create_dir_all(mp).map_err(|e| format!("cannot create {}: {e}", mp.display()))?;
+    }
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    println!("strata up:");
+    println!("  image       {}", abs(image).display());
+    println!("  mounted at  {}", abs(mp).display());
+    if opts.metrics_addr != "off" {
+        println!("  metrics     http://{}/metrics", opts.metrics_addr);
+    }
+    println!("  stop with   Ctrl-C, or `umount {}`", abs(mp).display());
+    mount(image, mp, opts)
+}
+
+fn fsck(path: &Path, repair: bool) -> ExitCode {
+    let dev = match FileDevice::open(path) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("strata: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match engine::fsck::check(&dev) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata: fsck: {e}");
+            return ExitCode::from(if matches!(e, engine::Error::NotStrata(_) | engine::Error::Unusable(_)) { 2 } else { 1 });
+        }
+    };
+    println!(
+        "{}: {} inodes, {} of {} blocks in use, {} journal chunk(s) to replay",
+        path.display(),
+        report.inodes,
+        report.blocks_used,
+        report.blocks_total,
+        report.chunks_replayed
+    );
+    if report.is_clean() {
+        println!("clean");
+        if repair && report.chunks_replayed > 0 {
+            return repair_by_mount(dev);
+        }
+        return ExitCode::SUCCESS;
+    }
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    if repair {
+        eprintln!("strata: fsck: these problems cannot be repaired automatically yet");
+    }
+    ExitCode::from(1)
+}
+
+fn repair_by_mount(dev: FileDevice) -> ExitCode {
+    match Engine::open(Arc::new(dev), Options::default()).and_then(|e| e.shutdown()) {
+        Ok(()) => {
+            println!("repaired: journal replayed into a new checkpoint");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("strata: fsck: repair failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
