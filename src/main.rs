@@ -92,11 +92,16 @@ impl log::Log for Logger {
         // fuser's own warnings (e.g. its second unmount attempt after `umount`) are noise
         // unless debugging.
         let ours = !m.target().starts_with("fuser");
-        m.level() <= self.level && (ours || m.level() <= log::Level::Error || self.level >= log::LevelFilter::Debug)
+        m.level() <= self.level
+            && (ours || m.level() <= log::Level::Error || self.level >= log::LevelFilter::Debug)
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!("strata: {}: {}", r.level().as_str().to_lowercase(), r.args());
+            eprintln!(
+                "strata: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
         }
     }
     fn flush(&self) {}
@@ -105,18 +110,27 @@ impl log::Log for Logger {
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
-    let num_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let num_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
     let (n, unit) = lower.split_at(num_end);
-    let n: u64 = n.parse().map_err(|_| format!("cannot read size {s:?} (use e.g. 512M, 8G)"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("cannot read size {s:?} (use e.g. 512M, 8G)"))?;
     let mul: u64 = match unit.trim() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        u => return Err(format!("unknown size unit {u:?} in {s:?} (use K, M, G or T)")),
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use K, M, G or T)"
+            ))
+        }
     };
-    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn main() -> ExitCode {
@@ -126,8 +140,17 @@ fn main() -> ExitCode {
     log::set_max_level(level);
     let r = match cli.cmd {
         Cmd::Mkfs { path, size, force } => mkfs(&path, size.as_deref(), force),
-        Cmd::Mount { path, mountpoint, opts } => mount(&path, &mountpoint, &opts),
-        Cmd::Up { image, mountpoint, size, opts } => up(&image, &mountpoint, &size, &opts),
+        Cmd::Mount {
+            path,
+            mountpoint,
+            opts,
+        } => mount(&path, &mountpoint, &opts),
+        Cmd::Up {
+            image,
+            mountpoint,
+            size,
+            opts,
+        } => up(&image, &mountpoint, &size, &opts),
         Cmd::Fsck { path, repair } => return fsck(&path, repair),
     };
     match r {
@@ -145,7 +168,10 @@ fn mkfs(path: &Path, size: Option<&str>, force: bool) -> Result<(), String> {
     let bytes = engine::device::prepare_image(path, size).map_err(|e| e.to_string())?;
     let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
     if existed && !force && engine::fs::read_superblock(&dev).is_ok() {
-        return Err(format!("{} already holds a Strata file system; use --force to format it anyway", path.display()));
+        return Err(format!(
+            "{} already holds a Strata file system; use --force to format it anyway",
+            path.display()
+        ));
     }
     let (uid, gid) = engine::sys::ids();
     let sb = engine::fs::mkfs(&dev, uid, gid).map_err(|e| e.to_string())?;
@@ -153,7 +179,7 @@ fn mkfs(path: &Path, size: Option<&str>, force: bool) -> Result<(), String> {
         "formatted {}: {} MiB, journal {} MiB, data from block {}",
         path.display(),
         bytes >> 20,
-        sb.journal_blocks * 4096 >> 20,
+        (sb.journal_blocks * 4096) >> 20,
         sb.data_start
     );
     Ok(())
@@ -164,8 +190,12 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(format!("mount point {} is not a directory", mp.display())),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            log::warn!("{} holds the dead mount of a daemon that was killed; detaching it", mp.display());
-            engine::sys::detach_mount(mp).map_err(|e| format!("cannot detach the dead mount at {}: {e}", mp.display()))
+            log::warn!(
+                "{} holds the dead mount of a daemon that was killed; detaching it",
+                mp.display()
+            );
+            engine::sys::detach_mount(mp)
+                .map_err(|e| format!("cannot detach the dead mount at {}: {e}", mp.display()))
         }
         Err(e) => Err(format!("mount point {}: {e}", mp.display())),
     }
@@ -175,12 +205,23 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs) -> Result<(), String> {
     let cache_bytes = parse_size(&opts.cache_size)?;
     let metrics: Option<SocketAddr> = match opts.metrics_addr.as_str() {
         "off" | "" => None,
-        a => Some(a.parse().map_err(|e| format!("--metrics-addr {a:?}: {e}"))?),
+        a => Some(
+            a.parse()
+                .map_err(|e| format!("--metrics-addr {a:?}: {e}"))?,
+        ),
     };
     check_mountpoint(mp)?;
-    engine::sys::block_shutdown_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    engine::sys::block_shutdown_signals()
+        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
-    let eng = Engine::open(Arc::new(dev), Options { cache_bytes, ..Default::default() }).map_err(|e| e.to_string())?;
+    let eng = Engine::open(
+        Arc::new(dev),
+        Options {
+            cache_bytes,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
     if let Some(addr) = metrics {
         match control::serve_metrics(addr, eng.clone()) {
             Ok(a) => log::info!("metrics on http://{a}/metrics"),
@@ -191,13 +232,14 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs) -> Result<(), String> {
         }
     }
     let fsname = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut session = match fusefront::session(eng.clone(), mp, &fsname.to_string_lossy(), opts.threads) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = eng.shutdown();
-            return Err(format!("cannot mount at {}: {e}", mp.display()));
-        }
-    };
+    let mut session =
+        match fusefront::session(eng.clone(), mp, &fsname.to_string_lossy(), opts.threads) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = eng.shutdown();
+                return Err(format!("cannot mount at {}: {e}", mp.display()));
+            }
+        };
     let mut unmounter = session.unmount_callable();
     let mp_owned = mp.to_path_buf();
     std::thread::Builder::new()
@@ -256,7 +298,13 @@ fn fsck(path: &Path, repair: bool) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("strata: fsck: {e}");
-            return ExitCode::from(if matches!(e, engine::Error::NotStrata(_) | engine::Error::Unusable(_)) { 2 } else { 1 });
+            return ExitCode::from(
+                if matches!(e, engine::Error::NotStrata(_) | engine::Error::Unusable(_)) {
+                    2
+                } else {
+                    1
+                },
+            );
         }
     };
     println!(

@@ -21,28 +21,121 @@ pub fn render(engine: &Engine) -> String {
     let (hits, misses, cached) = engine.cache_stats();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
     let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-    metric("strata_read_ops_total", "counter", "Read requests served.", ld(&c.read_ops));
-    metric("strata_read_bytes_total", "counter", "Bytes read by clients.", ld(&c.read_bytes));
-    metric("strata_write_ops_total", "counter", "Write requests served.", ld(&c.write_ops));
-    metric("strata_write_bytes_total", "counter", "Bytes written by clients.", ld(&c.write_bytes));
-    metric("strata_journal_commits_total", "counter", "Journal chunks made durable.", ld(&c.journal_commits));
-    metric("strata_journal_bytes_total", "counter", "Bytes written to the journal.", ld(&c.journal_bytes));
-    metric("strata_checkpoints_total", "counter", "Checkpoints written.", ld(&c.checkpoints));
-    metric("strata_checkpoint_seconds_total", "counter", "Time spent writing checkpoints.", ld(&c.checkpoint_nanos) / 1e9);
-    metric("strata_io_errors_total", "counter", "Device I/O errors.", ld(&c.io_errors));
+    metric(
+        "strata_read_ops_total",
+        "counter",
+        "Read requests served.",
+        ld(&c.read_ops),
+    );
+    metric(
+        "strata_read_bytes_total",
+        "counter",
+        "Bytes read by clients.",
+        ld(&c.read_bytes),
+    );
+    metric(
+        "strata_write_ops_total",
+        "counter",
+        "Write requests served.",
+        ld(&c.write_ops),
+    );
+    metric(
+        "strata_write_bytes_total",
+        "counter",
+        "Bytes written by clients.",
+        ld(&c.write_bytes),
+    );
+    metric(
+        "strata_journal_commits_total",
+        "counter",
+        "Journal chunks made durable.",
+        ld(&c.journal_commits),
+    );
+    metric(
+        "strata_journal_bytes_total",
+        "counter",
+        "Bytes written to the journal.",
+        ld(&c.journal_bytes),
+    );
+    metric(
+        "strata_checkpoints_total",
+        "counter",
+        "Checkpoints written.",
+        ld(&c.checkpoints),
+    );
+    metric(
+        "strata_checkpoint_seconds_total",
+        "counter",
+        "Time spent writing checkpoints.",
+        ld(&c.checkpoint_nanos) / 1e9,
+    );
+    metric(
+        "strata_io_errors_total",
+        "counter",
+        "Device I/O errors.",
+        ld(&c.io_errors),
+    );
     let bs = s.bsize as f64;
-    metric("strata_device_size_bytes", "gauge", "Data region size.", s.blocks as f64 * bs);
-    metric("strata_device_free_bytes", "gauge", "Free space.", s.bfree as f64 * bs);
-    metric("strata_device_used_bytes", "gauge", "Used space.", (s.blocks - s.bfree) as f64 * bs);
-    metric("strata_inodes", "gauge", "Inodes in use.", (s.files - s.ffree) as f64);
-    metric("strata_cache_hits_total", "counter", "Block cache hits.", hits as f64);
-    metric("strata_cache_misses_total", "counter", "Block cache misses.", misses as f64);
-    metric("strata_cache_bytes", "gauge", "Bytes held in the block cache.", cached as f64);
-    metric("strata_io_inflight", "gauge", "Device operations in flight.", engine.io_inflight() as f64);
-    metric("strata_poisoned", "gauge", "1 when an I/O error made the file system read-only.", engine.is_poisoned() as u8 as f64);
+    metric(
+        "strata_device_size_bytes",
+        "gauge",
+        "Data region size.",
+        s.blocks as f64 * bs,
+    );
+    metric(
+        "strata_device_free_bytes",
+        "gauge",
+        "Free space.",
+        s.bfree as f64 * bs,
+    );
+    metric(
+        "strata_device_used_bytes",
+        "gauge",
+        "Used space.",
+        (s.blocks - s.bfree) as f64 * bs,
+    );
+    metric(
+        "strata_inodes",
+        "gauge",
+        "Inodes in use.",
+        (s.files - s.ffree) as f64,
+    );
+    metric(
+        "strata_cache_hits_total",
+        "counter",
+        "Block cache hits.",
+        hits as f64,
+    );
+    metric(
+        "strata_cache_misses_total",
+        "counter",
+        "Block cache misses.",
+        misses as f64,
+    );
+    metric(
+        "strata_cache_bytes",
+        "gauge",
+        "Bytes held in the block cache.",
+        cached as f64,
+    );
+    metric(
+        "strata_io_inflight",
+        "gauge",
+        "Device operations in flight.",
+        engine.io_inflight() as f64,
+    );
+    metric(
+        "strata_poisoned",
+        "gauge",
+        "1 when an I/O error made the file system read-only.",
+        engine.is_poisoned() as u8 as f64,
+    );
     out
 }
 
@@ -50,18 +143,20 @@ pub fn render(engine: &Engine) -> String {
 pub fn serve_metrics(addr: SocketAddr, engine: Arc<Engine>) -> std::io::Result<SocketAddr> {
     let l = TcpListener::bind(addr)?;
     let local = l.local_addr()?;
-    std::thread::Builder::new().name("strata-metrics".into()).spawn(move || {
-        for conn in l.incoming() {
-            match conn {
-                Ok(s) => {
-                    if let Err(e) = handle(s, &engine) {
-                        log::debug!("metrics connection: {e}");
+    std::thread::Builder::new()
+        .name("strata-metrics".into())
+        .spawn(move || {
+            for conn in l.incoming() {
+                match conn {
+                    Ok(s) => {
+                        if let Err(e) = handle(s, &engine) {
+                            log::debug!("metrics connection: {e}");
+                        }
                     }
+                    Err(e) => log::warn!("metrics accept: {e}"),
                 }
-                Err(e) => log::warn!("metrics accept: {e}"),
             }
-        }
-    })?;
+        })?;
     Ok(local)
 }
 
@@ -81,8 +176,16 @@ fn handle(mut s: TcpStream, engine: &Engine) -> std::io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(engine)),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found; try /metrics\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "not found; try /metrics\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
     };
     write!(s, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
 }

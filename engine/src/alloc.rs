@@ -12,12 +12,22 @@ pub struct Allocator {
     cursor: u64,
     /// Freed since the last durable journal commit: not reusable yet.
     pending: Vec<(u64, u64)>,
+    /// Blocks kept back from data allocations so a checkpoint can always be written.
+    reserve: u64,
 }
 
 impl Allocator {
     pub fn new(start: u64, end: u64) -> Self {
         let n = end.saturating_sub(start);
-        Allocator { start, end, bits: vec![0; n.div_ceil(64) as usize], free: n, cursor: 0, pending: Vec::new() }
+        Allocator {
+            start,
+            end,
+            bits: vec![0; n.div_ceil(64) as usize],
+            free: n,
+            cursor: 0,
+            pending: Vec::new(),
+            reserve: 0,
+        }
     }
 
     pub fn total(&self) -> u64 {
@@ -25,6 +35,13 @@ impl Allocator {
     }
     pub fn free(&self) -> u64 {
         self.free
+    }
+    /// Free blocks that data may use (free minus the checkpoint reserve).
+    pub fn available(&self) -> u64 {
+        self.free.saturating_sub(self.reserve)
+    }
+    pub fn set_reserve(&mut self, blocks: u64) {
+        self.reserve = blocks.min(self.total() / 2);
     }
     pub fn pending(&self) -> u64 {
         self.pending.iter().map(|p| p.1).sum()
@@ -92,8 +109,17 @@ impl Allocator {
         std::mem::take(&mut self.pending)
     }
 
-    /// Allocate `n` blocks, as few runs as possible, starting near `hint` (a block number).
+    /// Allocate `n` blocks for data, as few runs as possible, starting near `hint` (a block
+    /// number). Fails rather than dip into the checkpoint reserve.
     pub fn alloc(&mut self, n: u64, hint: Option<u64>) -> Option<Vec<(u64, u64)>> {
+        if n > self.available() {
+            return None;
+        }
+        self.alloc_any(n, hint)
+    }
+
+    /// Allocate from all free blocks, the reserve included (checkpoints).
+    pub fn alloc_any(&mut self, n: u64, hint: Option<u64>) -> Option<Vec<(u64, u64)>> {
         if n > self.free {
             return None;
         }

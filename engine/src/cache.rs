@@ -119,7 +119,9 @@ impl BlockCache {
             s.clock.retain(|k| map.contains_key(k) && seen.insert(*k));
         }
         while s.map.len() >= self.per_shard {
-            let Some(victim) = s.clock.pop_front() else { break };
+            let Some(victim) = s.clock.pop_front() else {
+                break;
+            };
             match s.map.get_mut(&victim) {
                 Some(e) if e.referenced => {
                     e.referenced = false;
@@ -133,11 +135,21 @@ impl BlockCache {
         }
         let mut d = vec![0u8; BLOCK_SIZE].into_boxed_slice();
         d[..data.len()].copy_from_slice(data);
-        s.map.insert(pblk, Entry { data: d, referenced: false });
+        s.map.insert(
+            pblk,
+            Entry {
+                data: d,
+                referenced: false,
+            },
+        );
         s.clock.push_back(pblk);
     }
 
     pub fn len_bytes(&self) -> u64 {
-        self.shards.iter().map(|s| s.lock().map.len() as u64).sum::<u64>() * BLOCK_SIZE as u64
+        self.shards
+            .iter()
+            .map(|s| s.lock().map.len() as u64)
+            .sum::<u64>()
+            * BLOCK_SIZE as u64
     }
 }

@@ -53,7 +53,10 @@ impl<'a> Dec<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.remaining() < n {
             return Err(Error::corrupt(
-                format!("record truncated: need {n} bytes, {} left", self.remaining()),
+                format!(
+                    "record truncated: need {n} bytes, {} left",
+                    self.remaining()
+                ),
                 self.block,
             ));
         }
@@ -84,7 +87,10 @@ impl<'a> Dec<'a> {
     pub fn bytes(&mut self, max: usize) -> Result<&'a [u8]> {
         let n = self.u32()? as usize;
         if n > max {
-            return Err(Error::corrupt(format!("length {n} exceeds limit {max}"), self.block));
+            return Err(Error::corrupt(
+                format!("length {n} exceeds limit {max}"),
+                self.block,
+            ));
         }
         self.take(n)
     }

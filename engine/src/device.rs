@@ -27,7 +27,8 @@ impl AlignedBuf {
     /// A zeroed buffer of `blocks` 4 KiB blocks (at least one).
     pub fn zeroed(blocks: usize) -> Self {
         let len = blocks.max(1) * BLOCK_SIZE;
-        let layout = Layout::from_size_align(len, BLOCK_SIZE).expect("4 KiB multiple is a valid layout");
+        let layout =
+            Layout::from_size_align(len, BLOCK_SIZE).expect("4 KiB multiple is a valid layout");
         // SAFETY: layout has non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let Some(ptr) = std::ptr::NonNull::new(raw) else {
@@ -74,7 +75,8 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len, BLOCK_SIZE).expect("layout was valid at allocation");
+        let layout =
+            Layout::from_size_align(self.len, BLOCK_SIZE).expect("layout was valid at allocation");
         // SAFETY: ptr was allocated with exactly this layout and is freed once.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
     }
@@ -140,7 +142,11 @@ impl FileDevice {
                 path.display()
             )));
         }
-        let size = if is_blk { block_device_size(&file)? } else { meta.len() };
+        let size = if is_blk {
+            block_device_size(&file)?
+        } else {
+            meta.len()
+        };
         let size = size / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
         let dev = FileDevice { file, size };
         // Probe that direct I/O really works here (some file systems accept the flag at open
@@ -168,7 +174,10 @@ fn block_device_size(file: &File) -> Result<u64> {
     // SAFETY: the ioctl writes one u64 into `size`, which outlives the call.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
     if rc != 0 {
-        return Err(Error::Unusable(format!("cannot read block device size: {}", io::Error::last_os_error())));
+        return Err(Error::Unusable(format!(
+            "cannot read block device size: {}",
+            io::Error::last_os_error()
+        )));
     }
     Ok(size)
 }
@@ -197,21 +206,30 @@ impl Device for FileDevice {
 pub fn prepare_image(path: &Path, size: Option<u64>) -> Result<u64> {
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => {
-            let f = File::open(path).map_err(|e| Error::Unusable(format!("cannot open {}: {e}", path.display())))?;
+            let f = File::open(path)
+                .map_err(|e| Error::Unusable(format!("cannot open {}: {e}", path.display())))?;
             block_device_size(&f)
         }
         Ok(m) if m.is_file() => {
-            let want = size.unwrap_or(if m.len() == 0 { DEFAULT_IMAGE_SIZE } else { m.len() });
+            let want = size.unwrap_or(if m.len() == 0 {
+                DEFAULT_IMAGE_SIZE
+            } else {
+                m.len()
+            });
             if want != m.len() {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(path)
                     .map_err(|e| Error::Unusable(format!("cannot open {}: {e}", path.display())))?;
-                f.set_len(want).map_err(|e| Error::Unusable(format!("cannot size {}: {e}", path.display())))?;
+                f.set_len(want)
+                    .map_err(|e| Error::Unusable(format!("cannot size {}: {e}", path.display())))?;
             }
             Ok(want)
         }
-        Ok(_) => Err(Error::Unusable(format!("{} is neither a regular file nor a block device", path.display()))),
+        Ok(_) => Err(Error::Unusable(format!(
+            "{} is neither a regular file nor a block device",
+            path.display()
+        ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let want = size.unwrap_or(DEFAULT_IMAGE_SIZE);
             let f = OpenOptions::new()
@@ -219,10 +237,14 @@ pub fn prepare_image(path: &Path, size: Option<u64>) -> Result<u64> {
                 .create_new(true)
                 .open(path)
                 .map_err(|e| Error::Unusable(format!("cannot create {}: {e}", path.display())))?;
-            f.set_len(want).map_err(|e| Error::Unusable(format!("cannot size {}: {e}", path.display())))?;
+            f.set_len(want)
+                .map_err(|e| Error::Unusable(format!("cannot size {}: {e}", path.display())))?;
             Ok(want)
         }
-        Err(e) => Err(Error::Unusable(format!("cannot open {}: {e}", path.display()))),
+        Err(e) => Err(Error::Unusable(format!(
+            "cannot open {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -236,14 +258,18 @@ pub struct MemDevice {
 
 impl MemDevice {
     pub fn new(size: u64) -> Self {
-        MemDevice { data: parking_lot::Mutex::new(vec![0; size as usize]) }
+        MemDevice {
+            data: parking_lot::Mutex::new(vec![0; size as usize]),
+        }
     }
     /// A copy of the current contents (what a crash would leave, as nothing is cached).
     pub fn snapshot(&self) -> Vec<u8> {
         self.data.lock().clone()
     }
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        MemDevice { data: parking_lot::Mutex::new(bytes) }
+        MemDevice {
+            data: parking_lot::Mutex::new(bytes),
+        }
     }
 }
 

@@ -10,7 +10,11 @@ pub enum Error {
     /// A POSIX-level failure of an operation (ENOENT, EEXIST, ENOTEMPTY, ...).
     Errno(i32),
     /// The device failed an I/O.
-    Io { op: &'static str, offset: u64, source: io::Error },
+    Io {
+        op: &'static str,
+        offset: u64,
+        source: io::Error,
+    },
     /// On-disk data did not pass its checks.
     Corrupt { what: String, block: u64 },
     /// The device is not a Strata image (or a newer format).
@@ -44,7 +48,10 @@ impl Error {
     }
 
     pub fn corrupt(what: impl Into<String>, block: u64) -> Self {
-        Error::Corrupt { what: what.into(), block }
+        Error::Corrupt {
+            what: what.into(),
+            block,
+        }
     }
 }
 

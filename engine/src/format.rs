@@ -78,7 +78,9 @@ impl Superblock {
 
     pub fn decode(block: &[u8], blockno: u64) -> Result<Self> {
         if block.len() < 8 || &block[..8] != MAGIC {
-            return Err(Error::NotStrata(format!("no Strata magic in superblock slot at block {blockno}")));
+            return Err(Error::NotStrata(format!(
+                "no Strata magic in superblock slot at block {blockno}"
+            )));
         }
         let mut d = Dec::new(&block[8..], blockno);
         let version = d.u32()?;
@@ -127,7 +129,9 @@ impl Superblock {
         if self.journal_start != JOURNAL_START || self.journal_blocks == 0 {
             return bad("journal region");
         }
-        if self.data_start != self.journal_start + self.journal_blocks || self.data_start >= self.total_blocks {
+        if self.data_start != self.journal_start + self.journal_blocks
+            || self.data_start >= self.total_blocks
+        {
             return bad("data region");
         }
         let jend = self.journal_start + self.journal_blocks;
@@ -152,9 +156,15 @@ pub struct Time {
 
 impl Time {
     pub fn now() -> Time {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime writes into the timespec we own.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-        Time { sec: ts.tv_sec, nsec: ts.tv_nsec as u32 }
+        Time {
+            sec: ts.tv_sec,
+            nsec: ts.tv_nsec as u32,
+        }
     }
 }

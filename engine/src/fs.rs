@@ -30,7 +30,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { cache_bytes: 256 << 20, commit_interval: Duration::from_secs(1) }
+        Options {
+            cache_bytes: 256 << 20,
+            commit_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -77,6 +80,7 @@ pub struct DirEntry {
 pub struct StatFs {
     pub blocks: u64,
     pub bfree: u64,
+    pub bavail: u64,
     pub files: u64,
     pub ffree: u64,
     pub bsize: u32,
@@ -151,6 +155,8 @@ pub struct Engine {
 }
 
 type Cb<T> = Box<dyn FnOnce(Result<T>) + Send>;
+/// Completion of a read: the bytes, borrowed from the I/O buffer.
+pub type ReadCb = Box<dyn FnOnce(Result<&[u8]>) + Send>;
 
 fn fsid_of(uuid: &[u8; 16]) -> u64 {
     u64::from_le_bytes(uuid[..8].try_into().unwrap_or([0; 8]))
@@ -171,18 +177,25 @@ fn random_uuid() -> [u8; 16] {
 
 fn read_blocks(dev: &dyn Device, block: u64, n: u64) -> Result<AlignedBuf> {
     let mut buf = AlignedBuf::zeroed(n as usize);
-    dev.read_at(&mut buf, block * BLOCK).map_err(|e| Error::io("read", block * BLOCK, e))?;
+    dev.read_at(&mut buf, block * BLOCK)
+        .map_err(|e| Error::io("read", block * BLOCK, e))?;
     Ok(buf)
 }
 
 fn write_blocks(dev: &dyn Device, block: u64, data: &[u8]) -> Result<()> {
     let mut buf = AlignedBuf::zeroed(data.len().div_ceil(BLOCK_SIZE));
     buf[..data.len()].copy_from_slice(data);
-    dev.write_at(&buf, block * BLOCK).map_err(|e| Error::io("write", block * BLOCK, e))
+    dev.write_at(&buf, block * BLOCK)
+        .map_err(|e| Error::io("write", block * BLOCK, e))
 }
 
 /// Write a checkpoint of `tree` into newly allocated blocks. Returns (first block, block list, bytes, crc).
-fn write_checkpoint(dev: &dyn Device, tree_bytes: &[u8], gen: u64, runs: &[(u64, u64)]) -> Result<(u64, u64, u32)> {
+fn write_checkpoint(
+    dev: &dyn Device,
+    tree_bytes: &[u8],
+    gen: u64,
+    runs: &[(u64, u64)],
+) -> Result<(u64, u64, u32)> {
     let blocks: Vec<u64> = runs.iter().flat_map(|(b, n)| *b..*b + *n).collect();
     let chunks: Vec<&[u8]> = tree_bytes.chunks(journal::CKPT_PAYLOAD).collect();
     let nchunks = chunks.len().max(1);
@@ -206,7 +219,11 @@ fn write_checkpoint(dev: &dyn Device, tree_bytes: &[u8], gen: u64, runs: &[(u64,
         write_blocks(dev, blocks[i], &data)?;
         i = j;
     }
-    Ok((blocks[0], tree_bytes.len() as u64, crc32c::crc32c(tree_bytes)))
+    Ok((
+        blocks[0],
+        tree_bytes.len() as u64,
+        crc32c::crc32c(tree_bytes),
+    ))
 }
 
 fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Tree, Vec<u64>)> {
@@ -215,7 +232,10 @@ fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Tree, Vec<u64>)
     let mut b = sb.ckpt_block;
     for _ in 0..sb.ckpt_blocks {
         if b < sb.data_start || b >= sb.total_blocks {
-            return Err(Error::corrupt(format!("checkpoint chain points outside the data region ({b})"), b));
+            return Err(Error::corrupt(
+                format!("checkpoint chain points outside the data region ({b})"),
+                b,
+            ));
         }
         let buf = read_blocks(dev, b, 1)?;
         let (payload, next) = journal::decode_ckpt_block(&buf, sb.generation_of_ckpt(), b)?;
@@ -224,7 +244,10 @@ fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Tree, Vec<u64>)
         b = next;
     }
     if bytes.len() as u64 != sb.ckpt_bytes || crc32c::crc32c(&bytes) != sb.ckpt_crc {
-        return Err(Error::corrupt("checkpoint contents do not match the superblock's length and checksum", sb.ckpt_block));
+        return Err(Error::corrupt(
+            "checkpoint contents do not match the superblock's length and checksum",
+            sb.ckpt_block,
+        ));
     }
     Ok((Tree::decode(&bytes, sb.ckpt_block)?, blocks))
 }
@@ -242,7 +265,10 @@ impl Superblock {
 /// Read both superblock slots and return the newest valid one.
 pub fn read_superblock(dev: &dyn Device) -> Result<Superblock> {
     if dev.size() < 2 * BLOCK {
-        return Err(Error::NotStrata(format!("device is only {} bytes", dev.size())));
+        return Err(Error::NotStrata(format!(
+            "device is only {} bytes",
+            dev.size()
+        )));
     }
     let buf = read_blocks(dev, 0, 2)?;
     let a = Superblock::decode(&buf[..BLOCK_SIZE], 0);
@@ -276,7 +302,9 @@ pub fn read_superblock(dev: &dyn Device) -> Result<Superblock> {
 pub fn mkfs(dev: &dyn Device, uid: u32, gid: u32) -> Result<Superblock> {
     let size = dev.size();
     if size < MIN_DEVICE_SIZE {
-        return Err(Error::Unusable(format!("device is {size} bytes; Strata needs at least {MIN_DEVICE_SIZE}")));
+        return Err(Error::Unusable(format!(
+            "device is {size} bytes; Strata needs at least {MIN_DEVICE_SIZE}"
+        )));
     }
     let total = size / BLOCK;
     let (jblocks, data_start) = Superblock::layout(total);
@@ -341,11 +369,17 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
         if let Some(x) = i.extents() {
             for (l, e) in x.iter() {
                 if e.pblk < sb.data_start || e.pblk + e.len > sb.total_blocks {
-                    return Err(Error::corrupt(format!("inode {ino} maps logical block {l} outside the data region"), e.pblk));
+                    return Err(Error::corrupt(
+                        format!("inode {ino} maps logical block {l} outside the data region"),
+                        e.pblk,
+                    ));
                 }
                 let dup = alloc.mark_used(e.pblk, e.len);
                 if dup > 0 {
-                    problems.push(format!("inode {ino}: {dup} block(s) at {} are referenced twice", e.pblk));
+                    problems.push(format!(
+                        "inode {ino}: {dup} block(s) at {} are referenced twice",
+                        e.pblk
+                    ));
                 }
             }
         }
@@ -361,7 +395,11 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
         for cand in [pos, jstart] {
             let hdr = read_blocks(dev, cand, 1)?;
             if let Some(h) = journal::decode_chunk_header(&hdr) {
-                if h.seq == seq && h.fsid == fsid && h.nblocks >= 1 && cand + h.nblocks as u64 <= jend {
+                if h.seq == seq
+                    && h.fsid == fsid
+                    && h.nblocks >= 1
+                    && cand + h.nblocks as u64 <= jend
+                {
                     found = Some((cand, h));
                     break;
                 }
@@ -369,7 +407,9 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
         }
         let Some((at, h)) = found else { break };
         let blocks = read_blocks(dev, at, h.nblocks as u64)?;
-        let Some(payload) = journal::chunk_payload(&h, &blocks) else { break };
+        let Some(payload) = journal::chunk_payload(&h, &blocks) else {
+            break;
+        };
         let recs = journal::decode_records(&payload, at)?;
         let (mut freed, mut mapped) = (Vec::new(), Vec::new());
         for r in &recs {
@@ -380,11 +420,16 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
         }
         for (b, n) in mapped {
             if b < sb.data_start || b + n > sb.total_blocks {
-                return Err(Error::corrupt(format!("journal maps blocks outside the data region ({b})"), at));
+                return Err(Error::corrupt(
+                    format!("journal maps blocks outside the data region ({b})"),
+                    at,
+                ));
             }
             let dup = alloc.mark_used(b, n);
             if dup > 0 {
-                problems.push(format!("journal chunk {seq} maps {dup} block(s) at {b} that are already in use"));
+                problems.push(format!(
+                    "journal chunk {seq} maps {dup} block(s) at {b} that are already in use"
+                ));
             }
         }
         if at != pos {
@@ -398,7 +443,17 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
         seq += 1;
         replayed += 1;
     }
-    Ok(Loaded { sb, tree, alloc, ckpt_blocks, pos, seq, used, chunks_replayed: replayed, problems })
+    Ok(Loaded {
+        sb,
+        tree,
+        alloc,
+        ckpt_blocks,
+        pos,
+        seq,
+        used,
+        chunks_replayed: replayed,
+        problems,
+    })
 }
 
 fn sectors(attr: &Attr, i: &Inode) -> u64 {
@@ -413,7 +468,8 @@ fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > MAX_NAME {
         return Err(errno(libc::ENAMETOOLONG));
     }
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(errno(libc::EINVAL));
     }
     Ok(())
@@ -448,7 +504,11 @@ impl Txn<'_> {
     }
     fn stat(&self, ino: Ino) -> Result<Stat> {
         let i = self.inode(ino)?;
-        Ok(Stat { ino, attr: i.attr, blocks: sectors(&i.attr, i) })
+        Ok(Stat {
+            ino,
+            attr: i.attr,
+            blocks: sectors(&i.attr, i),
+        })
     }
     /// Drop a link to `ino` (the directory entry is already gone).
     fn drop_link(&mut self, ino: Ino, now: Time) -> Result<()> {
@@ -486,21 +546,38 @@ impl Engine {
             ));
         }
         let fsid = fsid_of(&l.sb.uuid);
-        let ring = Ring::start(dev.clone()).map_err(|e| Error::Unusable(format!("cannot start io_uring: {e}")))?;
+        let ring = Ring::start(dev.clone())
+            .map_err(|e| Error::Unusable(format!("cannot start io_uring: {e}")))?;
         let alloc = l.alloc;
-        let meta = Meta { tree: l.tree, alloc, pending: Enc::new(), dirty: HashSet::new(), opens: HashMap::new(), epoch: 0 };
+        let meta = Meta {
+            tree: l.tree,
+            alloc,
+            pending: Enc::new(),
+            dirty: HashSet::new(),
+            opens: HashMap::new(),
+            epoch: 0,
+        };
         let replayed = l.chunks_replayed;
         let inner = Arc::new(Inner {
             cache: BlockCache::new(opts.cache_bytes),
             dev,
             ring,
             meta: Mutex::new(meta),
-            jpos: Mutex::new(JournalPos { sb: l.sb, pos: l.pos, seq: l.seq, used: l.used, ckpt_blocks: l.ckpt_blocks }),
+            jpos: Mutex::new(JournalPos {
+                sb: l.sb,
+                pos: l.pos,
+                seq: l.seq,
+                used: l.used,
+                ckpt_blocks: l.ckpt_blocks,
+            }),
             fsid,
             poisoned: AtomicBool::new(false),
             data_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             data_cv: (Mutex::new(()), Condvar::new()),
-            commitq: Mutex::new(CommitQueue { waiters: Vec::new(), stop: false }),
+            commitq: Mutex::new(CommitQueue {
+                waiters: Vec::new(),
+                stop: false,
+            }),
             commit_cv: Condvar::new(),
             file_locks: Mutex::new(HashMap::new()),
             opts,
@@ -509,9 +586,17 @@ impl Engine {
         // Files unlinked while open when the last session ended.
         {
             let mut m = inner.meta.lock();
-            let orphans: Vec<Ino> =
-                m.tree.inodes.iter().filter(|(i, n)| **i != ROOT_INO && n.attr.nlink == 0).map(|(i, _)| *i).collect();
-            let mut t = Txn { m: &mut m, freed: Vec::new() };
+            let orphans: Vec<Ino> = m
+                .tree
+                .inodes
+                .iter()
+                .filter(|(i, n)| **i != ROOT_INO && n.attr.nlink == 0)
+                .map(|(i, _)| *i)
+                .collect();
+            let mut t = Txn {
+                m: &mut m,
+                freed: Vec::new(),
+            };
             for ino in &orphans {
                 t.rec(Record::DelInode { ino: *ino })?;
             }
@@ -520,7 +605,10 @@ impl Engine {
                 m.alloc.defer_free(b, n);
             }
             if !orphans.is_empty() {
-                log::info!("removed {} orphaned inode(s) left by the previous session", orphans.len());
+                log::info!(
+                    "removed {} orphaned inode(s) left by the previous session",
+                    orphans.len()
+                );
             }
         }
         if replayed > 0 {
@@ -528,7 +616,10 @@ impl Engine {
         }
         // Mark the file system in use and compact the journal into a fresh checkpoint.
         inner.checkpoint(false)?;
-        let engine = Arc::new(Engine { inner: inner.clone(), commit_thread: Mutex::new(None) });
+        let engine = Arc::new(Engine {
+            inner: inner.clone(),
+            commit_thread: Mutex::new(None),
+        });
         let t = std::thread::Builder::new()
             .name("strata-commit".into())
             .spawn(move || inner.commit_loop())
@@ -552,7 +643,11 @@ impl Engine {
         while self.inner.ring.inflight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let r = if self.inner.poisoned.load(Ordering::SeqCst) { Err(Error::Poisoned) } else { self.inner.checkpoint(true) };
+        let r = if self.inner.poisoned.load(Ordering::SeqCst) {
+            Err(Error::Poisoned)
+        } else {
+            self.inner.checkpoint(true)
+        };
         self.inner.ring.stop();
         r
     }
@@ -563,7 +658,11 @@ impl Engine {
 
     pub fn cache_stats(&self) -> (u64, u64, u64) {
         let c = &self.inner.cache;
-        (c.hits.load(Ordering::Relaxed), c.misses.load(Ordering::Relaxed), c.len_bytes())
+        (
+            c.hits.load(Ordering::Relaxed),
+            c.misses.load(Ordering::Relaxed),
+            c.len_bytes(),
+        )
     }
 
     pub fn io_inflight(&self) -> u64 {
@@ -579,7 +678,10 @@ impl Engine {
             return Err(Error::Poisoned);
         }
         let mut m = self.inner.meta.lock();
-        let mut t = Txn { m: &mut m, freed: Vec::new() };
+        let mut t = Txn {
+            m: &mut m,
+            freed: Vec::new(),
+        };
         let r = f(&mut t);
         let freed = std::mem::take(&mut t.freed);
         for (b, n) in freed {
@@ -597,7 +699,11 @@ impl Engine {
     pub fn getattr(&self, ino: Ino) -> Result<Stat> {
         self.read_meta(|m| {
             let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
-            Ok(Stat { ino, attr: i.attr, blocks: sectors(&i.attr, i) })
+            Ok(Stat {
+                ino,
+                attr: i.attr,
+                blocks: sectors(&i.attr, i),
+            })
         })
     }
 
@@ -613,23 +719,41 @@ impl Engine {
                 _ => d.get(name).ok_or(errno(libc::ENOENT))?,
             };
             let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
-            Ok(Stat { ino, attr: i.attr, blocks: sectors(&i.attr, i) })
+            Ok(Stat {
+                ino,
+                attr: i.attr,
+                blocks: sectors(&i.attr, i),
+            })
         })
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Name> {
-        self.read_meta(|m| match &m.tree.get(ino).ok_or(errno(libc::ENOENT))?.content {
-            Content::Symlink(s) => Ok(s.clone()),
-            _ => Err(errno(libc::EINVAL)),
-        })
+        self.read_meta(
+            |m| match &m.tree.get(ino).ok_or(errno(libc::ENOENT))?.content {
+                Content::Symlink(s) => Ok(s.clone()),
+                _ => Err(errno(libc::EINVAL)),
+            },
+        )
     }
 
     /// Create a node of any type (regular, dir, symlink, device, fifo, socket).
-    pub fn mknod(&self, parent: Ino, name: &[u8], mode: u32, rdev: u32, who: Caller, symlink: Option<&[u8]>) -> Result<Stat> {
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        who: Caller,
+        symlink: Option<&[u8]>,
+    ) -> Result<Stat> {
         check_name(name)?;
         if let Some(t) = symlink {
             if t.len() > MAX_SYMLINK || t.is_empty() {
-                return Err(errno(if t.is_empty() { libc::ENOENT } else { libc::ENAMETOOLONG }));
+                return Err(errno(if t.is_empty() {
+                    libc::ENOENT
+                } else {
+                    libc::ENAMETOOLONG
+                }));
             }
         }
         self.change(|t| {
@@ -665,8 +789,16 @@ impl Engine {
                 flags: 0,
             };
             let ino = t.m.tree.next_ino;
-            t.rec(Record::NewInode { ino, attr, symlink: symlink.map(Arc::from) })?;
-            t.rec(Record::Link { dir: parent, name: Arc::from(name), ino })?;
+            t.rec(Record::NewInode {
+                ino,
+                attr,
+                symlink: symlink.map(Arc::from),
+            })?;
+            t.rec(Record::Link {
+                dir: parent,
+                name: Arc::from(name),
+                ino,
+            })?;
             t.touch_dir(parent, now, if is_dir { 1 } else { 0 })?;
             t.stat(ino)
         })
@@ -689,7 +821,11 @@ impl Engine {
                 return Err(errno(libc::EMLINK));
             }
             let now = Time::now();
-            t.rec(Record::Link { dir: parent, name: Arc::from(name), ino })?;
+            t.rec(Record::Link {
+                dir: parent,
+                name: Arc::from(name),
+                ino,
+            })?;
             a.nlink += 1;
             a.ctime = now;
             t.set_attr(ino, a)?;
@@ -708,7 +844,10 @@ impl Engine {
                 return Err(errno(libc::EISDIR));
             }
             let now = Time::now();
-            t.rec(Record::Unlink { dir: parent, name: Arc::from(name) })?;
+            t.rec(Record::Unlink {
+                dir: parent,
+                name: Arc::from(name),
+            })?;
             t.drop_link(ino, now)?;
             t.touch_dir(parent, now, 0)
         })
@@ -731,7 +870,10 @@ impl Engine {
                 return Err(errno(libc::ENOTEMPTY));
             }
             let now = Time::now();
-            t.rec(Record::Unlink { dir: parent, name: Arc::from(name) })?;
+            t.rec(Record::Unlink {
+                dir: parent,
+                name: Arc::from(name),
+            })?;
             t.drop_link(ino, now)?;
             t.touch_dir(parent, now, -1)
         })
@@ -745,7 +887,8 @@ impl Engine {
         }
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
+        {
             return Err(errno(libc::EINVAL));
         }
         self.change(|t| {
@@ -764,8 +907,16 @@ impl Engine {
                 if dattr.is_dir() && op != np && Self::is_ancestor(t, dst, op)? {
                     return Err(errno(libc::EINVAL));
                 }
-                t.rec(Record::Link { dir: op, name: oname_a, ino: dst })?;
-                t.rec(Record::Link { dir: np, name: nname_a, ino: src })?;
+                t.rec(Record::Link {
+                    dir: op,
+                    name: oname_a,
+                    ino: dst,
+                })?;
+                t.rec(Record::Link {
+                    dir: np,
+                    name: nname_a,
+                    ino: src,
+                })?;
                 if op != np && sattr.is_dir() != dattr.is_dir() {
                     let d = if sattr.is_dir() { 1 } else { -1 };
                     t.touch_dir(op, now, -d)?;
@@ -797,17 +948,27 @@ impl Engine {
                     (true, true) if !t.dir(dst)?.is_empty() => return Err(errno(libc::ENOTEMPTY)),
                     _ => {}
                 }
-                t.rec(Record::Unlink { dir: np, name: nname_a.clone() })?;
+                t.rec(Record::Unlink {
+                    dir: np,
+                    name: nname_a.clone(),
+                })?;
                 t.drop_link(dst, now)?;
                 if dattr.is_dir() {
                     t.touch_dir(np, now, -1)?;
                 }
             }
-            t.rec(Record::Unlink { dir: op, name: oname_a })?;
-            t.rec(Record::Link { dir: np, name: nname_a, ino: src })?;
+            t.rec(Record::Unlink {
+                dir: op,
+                name: oname_a,
+            })?;
+            t.rec(Record::Link {
+                dir: np,
+                name: nname_a,
+                ino: src,
+            })?;
             let d = if sattr.is_dir() { 1 } else { 0 };
             t.touch_dir(op, now, -d)?;
-            t.touch_dir(np, now, if op != np { d } else { d })?;
+            t.touch_dir(np, now, d)?;
             let mut a = t.attr(src)?;
             a.ctime = now;
             t.set_attr(src, a)
@@ -841,18 +1002,35 @@ impl Engine {
             let d = i.dir().ok_or(errno(libc::ENOTDIR))?;
             let mut out = Vec::new();
             if offset < 1 {
-                out.push(DirEntry { name: Arc::from(&b"."[..]), ino, kind: S_IFDIR, offset: 1 });
+                out.push(DirEntry {
+                    name: Arc::from(&b"."[..]),
+                    ino,
+                    kind: S_IFDIR,
+                    offset: 1,
+                });
             }
             if offset < 2 {
-                out.push(DirEntry { name: Arc::from(&b".."[..]), ino, kind: S_IFDIR, offset: 2 });
+                out.push(DirEntry {
+                    name: Arc::from(&b".."[..]),
+                    ino,
+                    kind: S_IFDIR,
+                    offset: 2,
+                });
             }
             for (c, name) in d.by_cookie.range(offset.max(2) + 1..) {
                 if out.len() >= max {
                     break;
                 }
-                let Some(&(child, _)) = d.entries.get(name) else { continue };
+                let Some(&(child, _)) = d.entries.get(name) else {
+                    continue;
+                };
                 let kind = m.tree.get(child).map(|c| c.attr.kind()).unwrap_or(S_IFREG);
-                out.push(DirEntry { name: name.clone(), ino: child, kind, offset: *c });
+                out.push(DirEntry {
+                    name: name.clone(),
+                    ino: child,
+                    kind,
+                    offset: *c,
+                });
             }
             Ok(out)
         })
@@ -892,9 +1070,15 @@ impl Engine {
                 }
                 if size < a.size {
                     let first_gone = size.div_ceil(BLOCK);
-                    t.rec(Record::Unmap { ino, lblk: first_gone, len: u64::MAX - first_gone })?;
+                    t.rec(Record::Unmap {
+                        ino,
+                        lblk: first_gone,
+                        len: u64::MAX - first_gone,
+                    })?;
                     if size % BLOCK != 0 {
-                        if let Some(p) = t.inode(ino)?.extents().and_then(|x| x.lookup(size / BLOCK)) {
+                        if let Some(p) =
+                            t.inode(ino)?.extents().and_then(|x| x.lookup(size / BLOCK))
+                        {
                             zero_tail = Some((p, (size % BLOCK) as usize));
                         }
                     }
@@ -930,19 +1114,29 @@ impl Engine {
         if self.inner.cache.get(pblk, &mut buf) {
             return Ok(buf);
         }
-        self.inner.ring.run_sync(Op::Read, pblk * BLOCK, buf).map_err(|e| self.inner.io_failed("read", pblk, e, false))
+        self.inner
+            .ring
+            .run_sync(Op::Read, pblk * BLOCK, buf)
+            .map_err(|e| self.inner.io_failed("read", pblk, e, false))
     }
 
     fn write_block_sync(&self, pblk: u64, buf: AlignedBuf) -> Result<()> {
         self.inner.cache.write(pblk, &buf);
-        self.inner.ring.run_sync(Op::Write, pblk * BLOCK, buf).map_err(|e| self.inner.io_failed("write", pblk, e, true))?;
+        self.inner
+            .ring
+            .run_sync(Op::Write, pblk * BLOCK, buf)
+            .map_err(|e| self.inner.io_failed("write", pblk, e, true))?;
         Ok(())
     }
 
     pub fn open_file(&self, ino: Ino) -> Result<Stat> {
         let mut m = self.inner.meta.lock();
         let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
-        let st = Stat { ino, attr: i.attr, blocks: sectors(&i.attr, i) };
+        let st = Stat {
+            ino,
+            attr: i.attr,
+            blocks: sectors(&i.attr, i),
+        };
         *m.opens.entry(ino).or_insert(0) += 1;
         Ok(st)
     }
@@ -961,7 +1155,9 @@ impl Engine {
         };
         if delete {
             self.change(|t| {
-                if matches!(t.m.tree.get(ino), Some(i) if i.attr.nlink == 0) && !t.m.opens.contains_key(&ino) {
+                if matches!(t.m.tree.get(ino), Some(i) if i.attr.nlink == 0)
+                    && !t.m.opens.contains_key(&ino)
+                {
                     t.m.dirty.remove(&ino);
                     t.rec(Record::DelInode { ino })?;
                 }
@@ -978,8 +1174,9 @@ impl Engine {
         StatFs {
             blocks: m.alloc.total(),
             bfree: m.alloc.free(),
-            files: files + m.alloc.free(),
-            ffree: m.alloc.free(),
+            bavail: m.alloc.available(),
+            files: files + m.alloc.available(),
+            ffree: m.alloc.available(),
             bsize: BLOCK_SIZE as u32,
             namelen: MAX_NAME as u32,
         }
@@ -1022,7 +1219,11 @@ impl Engine {
             if flags & libc::XATTR_REPLACE != 0 && !exists {
                 return Err(errno(libc::ENODATA));
             }
-            t.rec(Record::SetXattr { ino, name: Arc::from(name), value: Arc::from(value) })?;
+            t.rec(Record::SetXattr {
+                ino,
+                name: Arc::from(name),
+                value: Arc::from(value),
+            })?;
             let mut a = t.attr(ino)?;
             a.ctime = Time::now();
             t.set_attr(ino, a)
@@ -1034,7 +1235,10 @@ impl Engine {
             if !t.inode(ino)?.xattrs.contains_key(name) {
                 return Err(errno(libc::ENODATA));
             }
-            t.rec(Record::RmXattr { ino, name: Arc::from(name) })?;
+            t.rec(Record::RmXattr {
+                ino,
+                name: Arc::from(name),
+            })?;
             let mut a = t.attr(ino)?;
             a.ctime = Time::now();
             t.set_attr(ino, a)
@@ -1071,7 +1275,7 @@ impl Engine {
     }
 
     /// Read up to `size` bytes at `offset`; `cb` runs on the I/O thread (or here on a cache hit).
-    pub fn read(&self, ino: Ino, offset: u64, size: u32, cb: Box<dyn FnOnce(Result<&[u8]>) + Send>) {
+    pub fn read(&self, ino: Ino, offset: u64, size: u32, cb: ReadCb) {
         let plan = self.read_meta(|m| {
             let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
             if i.attr.is_dir() {
@@ -1106,7 +1310,11 @@ impl Engine {
             for k in 0..n {
                 let idx = (l - b0 + k) as usize;
                 let pb = p + k;
-                if self.inner.cache.get(pb, &mut out[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE]) {
+                if self
+                    .inner
+                    .cache
+                    .get(pb, &mut out[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE])
+                {
                     continue;
                 }
                 match fetch.last_mut() {
@@ -1122,7 +1330,9 @@ impl Engine {
         let inner = self.inner.clone();
         if fetch.len() == 1 && fetch[0].0 == 0 && fetch[0].2 == nblocks {
             let pb = fetch[0].1;
-            let epochs: Vec<u64> = (0..nblocks as u64).map(|k| inner.cache.epoch(pb + k)).collect();
+            let epochs: Vec<u64> = (0..nblocks as u64)
+                .map(|k| inner.cache.epoch(pb + k))
+                .collect();
             self.inner.ring.submit(vec![IoReq {
                 op: Op::Read,
                 offset: pb * BLOCK,
@@ -1130,7 +1340,11 @@ impl Engine {
                 done: Box::new(move |r| match r {
                     Ok(buf) => {
                         for (k, ep) in epochs.iter().enumerate() {
-                            inner.cache.fill(pb + k as u64, &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE], *ep);
+                            inner.cache.fill(
+                                pb + k as u64,
+                                &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
+                                *ep,
+                            );
                         }
                         cb(Ok(&buf[skip..skip + len]))
                     }
@@ -1143,9 +1357,14 @@ impl Engine {
             out: AlignedBuf,
             left: usize,
             err: Option<Error>,
-            cb: Option<Box<dyn FnOnce(Result<&[u8]>) + Send>>,
+            cb: Option<ReadCb>,
         }
-        let g = Arc::new(Mutex::new(Gather { out, left: fetch.len(), err: None, cb: Some(cb) }));
+        let g = Arc::new(Mutex::new(Gather {
+            out,
+            left: fetch.len(),
+            err: None,
+            cb: Some(cb),
+        }));
         let reqs = fetch
             .into_iter()
             .map(|(idx, pb, n)| {
@@ -1161,9 +1380,14 @@ impl Engine {
                         match r {
                             Ok(buf) => {
                                 for (k, ep) in epochs.iter().enumerate() {
-                                    inner.cache.fill(pb + k as u64, &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE], *ep);
+                                    inner.cache.fill(
+                                        pb + k as u64,
+                                        &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
+                                        *ep,
+                                    );
                                 }
-                                g.out[idx * BLOCK_SIZE..(idx + n) * BLOCK_SIZE].copy_from_slice(&buf);
+                                g.out[idx * BLOCK_SIZE..(idx + n) * BLOCK_SIZE]
+                                    .copy_from_slice(&buf);
                             }
                             Err(e) => g.err = Some(inner.io_failed("read", pb, e, false)),
                         }
@@ -1186,21 +1410,14 @@ impl Engine {
 
     /// Write `data` at `offset`; `cb` gets the byte count when the data is on the device.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) {
-        if let Err(e) = self.write_inner(ino, offset, data, kill_suidgid, cb) {
-            // write_inner only returns errors before consuming the callback.
-            let _ = e;
-        }
-    }
-
-    fn write_inner(&self, ino: Ino, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) -> Result<()> {
         if data.is_empty() {
             cb(Ok(0));
-            return Ok(());
+            return;
         }
         let end = offset.saturating_add(data.len() as u64);
         if end > MAX_FILE_SIZE {
             cb(Err(errno(libc::EFBIG)));
-            return Ok(());
+            return;
         }
         let lock = self.file_lock(ino);
         let guard = lock.lock();
@@ -1212,7 +1429,11 @@ impl Engine {
         let tail_partial = end % BLOCK != 0;
         let edges = self.read_meta(|m| {
             let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
-            let x = i.extents().ok_or(errno(if i.attr.is_dir() { libc::EISDIR } else { libc::EINVAL }))?;
+            let x = i.extents().ok_or(errno(if i.attr.is_dir() {
+                libc::EISDIR
+            } else {
+                libc::EINVAL
+            }))?;
             let mut v = Vec::new();
             if head_partial {
                 v.push((0usize, x.lookup(b0)));
@@ -1226,7 +1447,7 @@ impl Engine {
             Ok(e) => e,
             Err(e) => {
                 cb(Err(e));
-                return Ok(());
+                return;
             }
         };
         let mut buf = AlignedBuf::zeroed(n);
@@ -1236,15 +1457,45 @@ impl Engine {
                     Ok(old) => buf[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE].copy_from_slice(&old),
                     Err(e) => {
                         cb(Err(e));
-                        return Ok(());
+                        return;
                     }
                 }
             }
         }
         let skip = (offset - b0 * BLOCK) as usize;
         buf[skip..skip + data.len()].copy_from_slice(data);
-        // Map holes to new blocks, update size and times, all under the metadata lock.
-        let plan = self.change(|t| {
+        // Map holes to new blocks, update size and times, all under the metadata lock. When
+        // the device is full but blocks are waiting for a commit to be freed, commit once and
+        // retry.
+        let mut plan = self.plan_write(ino, b0, n, end, kill_suidgid);
+        if matches!(plan, Err(Error::NoSpace))
+            && self.inner.meta.lock().alloc.pending() > 0
+            && self.fsync_sync().is_ok()
+        {
+            plan = self.plan_write(ino, b0, n, end, kill_suidgid);
+        }
+        let (phys, epoch) = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                cb(Err(e));
+                return;
+            }
+        };
+        self.submit_write(phys, epoch, b0, buf, data.len(), guard, cb);
+    }
+
+    /// Under the metadata lock: allocate the holes of `[b0, b0+n)`, append their records,
+    /// update size and times. Returns the physical pieces to write and the data epoch.
+    #[allow(clippy::type_complexity)]
+    fn plan_write(
+        &self,
+        ino: Ino,
+        b0: u64,
+        n: usize,
+        end: u64,
+        kill_suidgid: bool,
+    ) -> Result<(Vec<(u64, u64, u64)>, Option<usize>)> {
+        self.change(|t| {
             let epoch = t.m.epoch;
             let i = t.inode(ino)?;
             let mut a = i.attr;
@@ -1255,7 +1506,11 @@ impl Engine {
             let mut allocating = false;
             if holes > 0 {
                 let hint = x.lookup(b0.saturating_sub(1)).map(|p| p + 1);
-                let mut got = t.m.alloc.alloc(holes, hint).ok_or(Error::NoSpace)?.into_iter();
+                let mut got =
+                    t.m.alloc
+                        .alloc(holes, hint)
+                        .ok_or(Error::NoSpace)?
+                        .into_iter();
                 let mut cur = got.next();
                 for (l, p, len) in runs {
                     match p {
@@ -1264,10 +1519,17 @@ impl Engine {
                             let mut l = l;
                             let mut left = len;
                             while left > 0 {
-                                let Some((pb, pn)) = cur.as_mut() else { return Err(Error::NoSpace) };
+                                let Some((pb, pn)) = cur.as_mut() else {
+                                    return Err(Error::NoSpace);
+                                };
                                 let take = left.min(*pn);
                                 phys.push((l, *pb, take));
-                                t.rec(Record::Map { ino, lblk: l, pblk: *pb, len: take })?;
+                                t.rec(Record::Map {
+                                    ino,
+                                    lblk: l,
+                                    pblk: *pb,
+                                    len: take,
+                                })?;
                                 *pb += take;
                                 *pn -= take;
                                 l += take;
@@ -1281,7 +1543,10 @@ impl Engine {
                 }
                 allocating = true;
             } else {
-                phys = runs.into_iter().map(|(l, p, len)| (l, p.unwrap_or(0), len)).collect();
+                phys = runs
+                    .into_iter()
+                    .map(|(l, p, len)| (l, p.unwrap_or(0), len))
+                    .collect();
             }
             let now = Time::now();
             a.mtime = now;
@@ -1296,21 +1561,31 @@ impl Engine {
                 a.size = a.size.max(end);
                 t.set_attr(ino, a)?;
             } else {
-                t.m.tree.inodes.get_mut(&ino).ok_or(errno(libc::ENOENT))?.attr = a;
+                t.m.tree
+                    .inodes
+                    .get_mut(&ino)
+                    .ok_or(errno(libc::ENOENT))?
+                    .attr = a;
                 t.m.dirty.insert(ino);
             }
             if allocating {
                 self.inner.data_inflight[epoch].fetch_add(1, Ordering::SeqCst);
             }
             Ok((phys, allocating.then_some(epoch)))
-        });
-        let (phys, epoch) = match plan {
-            Ok(p) => p,
-            Err(e) => {
-                cb(Err(e));
-                return Ok(());
-            }
-        };
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit_write(
+        &self,
+        phys: Vec<(u64, u64, u64)>,
+        epoch: Option<usize>,
+        b0: u64,
+        buf: AlignedBuf,
+        data_len: usize,
+        guard: parking_lot::MutexGuard<'_, ()>,
+        cb: Cb<u32>,
+    ) {
         // Merge physically contiguous pieces into device writes.
         let mut ios: Vec<(usize, u64, usize)> = Vec::new();
         for (l, p, len) in phys {
@@ -1323,14 +1598,16 @@ impl Engine {
         for (idx, p, len) in &ios {
             for k in 0..*len {
                 let i = idx + k;
-                self.inner.cache.write(p + k as u64, &buf[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE]);
+                self.inner
+                    .cache
+                    .write(p + k as u64, &buf[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE]);
             }
         }
         drop(guard);
         let c = &self.inner.counters;
         c.write_ops.fetch_add(1, Ordering::Relaxed);
-        c.write_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        let total = data.len() as u32;
+        c.write_bytes.fetch_add(data_len as u64, Ordering::Relaxed);
+        let total = data_len as u32;
         let inner = self.inner.clone();
         let finish = move |res: Result<()>| {
             if let Some(e) = epoch {
@@ -1347,16 +1624,25 @@ impl Engine {
                 op: Op::Write,
                 offset: p * BLOCK,
                 buf,
-                done: Box::new(move |r| finish(r.map(|_| ()).map_err(|e| inner.io_failed("write", p, e, true)))),
+                done: Box::new(move |r| {
+                    finish(
+                        r.map(|_| ())
+                            .map_err(|e| inner.io_failed("write", p, e, true)),
+                    )
+                }),
             }]);
-            return Ok(());
+            return;
         }
         struct Join {
             left: usize,
             err: Option<Error>,
             finish: Option<Box<dyn FnOnce(Result<()>) + Send>>,
         }
-        let j = Arc::new(Mutex::new(Join { left: ios.len(), err: None, finish: Some(Box::new(finish)) }));
+        let j = Arc::new(Mutex::new(Join {
+            left: ios.len(),
+            err: None,
+            finish: Some(Box::new(finish)),
+        }));
         let reqs = ios
             .into_iter()
             .map(|(idx, p, len)| {
@@ -1389,7 +1675,6 @@ impl Engine {
             })
             .collect();
         self.inner.ring.submit(reqs);
-        Ok(())
     }
 
     /// Blocking write helper (copy_file_range, fallocate).
@@ -1421,7 +1706,14 @@ impl Engine {
         rx.recv().unwrap_or(Err(Error::Poisoned))
     }
 
-    pub fn copy_file_range(&self, ino_in: Ino, off_in: u64, ino_out: Ino, off_out: u64, len: u64) -> Result<u64> {
+    pub fn copy_file_range(
+        &self,
+        ino_in: Ino,
+        off_in: u64,
+        ino_out: Ino,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u64> {
         let mut done = 0u64;
         while done < len {
             let chunk = (len - done).min(1 << 20) as u32;
@@ -1443,7 +1735,10 @@ impl Engine {
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
-        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+        if mode
+            & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE)
+            != 0
+        {
             return Err(errno(libc::EOPNOTSUPP));
         }
         if punch && !keep {
@@ -1458,7 +1753,11 @@ impl Engine {
         }
         let st = self.getattr(ino)?;
         if !st.attr.is_reg() {
-            return Err(errno(if st.attr.is_dir() { libc::EISDIR } else { libc::ENODEV }));
+            return Err(errno(if st.attr.is_dir() {
+                libc::EISDIR
+            } else {
+                libc::ENODEV
+            }));
         }
         if punch || zero {
             let size = st.attr.size;
@@ -1467,7 +1766,13 @@ impl Engine {
                 self.zero_range(ino, offset, pend)?;
             }
             if zero && !keep && end > size {
-                self.setattr(ino, SetAttr { size: Some(end), ..Default::default() })?;
+                self.setattr(
+                    ino,
+                    SetAttr {
+                        size: Some(end),
+                        ..Default::default()
+                    },
+                )?;
             }
             return Ok(());
         }
@@ -1477,10 +1782,14 @@ impl Engine {
             let x = i.extents().ok_or(errno(libc::EINVAL))?;
             let b0 = offset / BLOCK;
             let b1 = end.div_ceil(BLOCK);
-            Ok(x.runs(b0, b1 - b0).into_iter().filter(|r| r.1.is_none()).map(|r| (r.0, r.2)).collect())
+            Ok(x.runs(b0, b1 - b0)
+                .into_iter()
+                .filter(|r| r.1.is_none())
+                .map(|r| (r.0, r.2))
+                .collect())
         })?;
         let needed: u64 = holes.iter().map(|h| h.1).sum();
-        if needed > self.statfs().bfree {
+        if needed > self.statfs().bavail {
             return Err(Error::NoSpace);
         }
         let size = st.attr.size;
@@ -1521,7 +1830,11 @@ impl Engine {
             let lock = self.file_lock(ino);
             let _g = lock.lock();
             self.change(|t| {
-                t.rec(Record::Unmap { ino, lblk: b_first_full, len: b_end_full - b_first_full })?;
+                t.rec(Record::Unmap {
+                    ino,
+                    lblk: b_first_full,
+                    len: b_end_full - b_first_full,
+                })?;
                 let mut a = t.attr(ino)?;
                 let now = Time::now();
                 a.mtime = now;
@@ -1541,7 +1854,11 @@ impl Engine {
         }
         for (s, e) in edges {
             let mapped = self.read_meta(|m| {
-                Ok(m.tree.get(ino).and_then(|i| i.extents()).and_then(|x| x.lookup(s / BLOCK)).is_some())
+                Ok(m.tree
+                    .get(ino)
+                    .and_then(|i| i.extents())
+                    .and_then(|x| x.lookup(s / BLOCK))
+                    .is_some())
             })?;
             if mapped && e > s {
                 let size = self.getattr(ino)?.attr.size;
@@ -1590,7 +1907,9 @@ impl Inner {
     fn io_failed(&self, op: &'static str, pblk: u64, e: std::io::Error, poison: bool) -> Error {
         self.counters.io_errors.fetch_add(1, Ordering::Relaxed);
         if poison && !self.poisoned.swap(true, Ordering::SeqCst) {
-            log::error!("device {op} failed at block {pblk}: {e}; the file system is now read-only");
+            log::error!(
+                "device {op} failed at block {pblk}: {e}; the file system is now read-only"
+            );
         } else if !poison {
             log::error!("device {op} failed at block {pblk}: {e}");
         }
@@ -1666,7 +1985,9 @@ impl Inner {
             return Err(Error::Poisoned);
         }
         let (bytes, frees, _) = self.seal(false);
-        self.dev.flush().map_err(|e| self.poison(Error::io("flush", 0, e)))?;
+        self.dev
+            .flush()
+            .map_err(|e| self.poison(Error::io("flush", 0, e)))?;
         if !bytes.is_empty() {
             let mut j = self.jpos.lock();
             let chunk = journal::encode_chunk(j.seq, self.fsid, &bytes);
@@ -1685,15 +2006,21 @@ impl Inner {
                 return self.checkpoint(false);
             }
             write_blocks(self.dev.as_ref(), at, &chunk).map_err(|e| self.poison(e))?;
-            self.dev.flush().map_err(|e| self.poison(Error::io("flush", 0, e)))?;
+            self.dev
+                .flush()
+                .map_err(|e| self.poison(Error::io("flush", 0, e)))?;
             j.pos = at + nb;
             if j.pos >= jend {
                 j.pos = j.sb.journal_start;
             }
             j.seq += 1;
             j.used += wasted + nb;
-            self.counters.journal_commits.fetch_add(1, Ordering::Relaxed);
-            self.counters.journal_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.counters
+                .journal_commits
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .journal_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         let mut m = self.meta.lock();
         for (b, n) in frees {
@@ -1714,7 +2041,7 @@ impl Inner {
         let n = bytes.len().div_ceil(journal::CKPT_PAYLOAD).max(1) as u64;
         let runs = {
             let mut m = self.meta.lock();
-            m.alloc.alloc(n, None)
+            m.alloc.alloc_any(n, None)
         };
         let Some(runs) = runs else {
             self.meta.lock().alloc_return(frees);
@@ -1751,8 +2078,14 @@ impl Inner {
                 for (b, n) in frees {
                     m.alloc.release(b, n);
                 }
+                // Room for the next checkpoint: twice this one, plus what half a journal of
+                // records can add to it.
+                let jb = self.jpos.lock().sb.journal_blocks;
+                m.alloc.set_reserve(2 * n + jb / 2 + 64);
                 self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-                self.counters.checkpoint_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.counters
+                    .checkpoint_nanos
+                    .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => Err(self.poison(e)),

@@ -28,7 +28,11 @@ impl Report {
 /// Check the file system on `dev` without changing it. Errors mean it cannot be read at all.
 pub fn check(dev: &dyn Device) -> Result<Report> {
     let l = fs::load(dev)?;
-    let mut r = Report { problems: l.problems.clone(), chunks_replayed: l.chunks_replayed, ..Default::default() };
+    let mut r = Report {
+        problems: l.problems.clone(),
+        chunks_replayed: l.chunks_replayed,
+        ..Default::default()
+    };
     let t = &l.tree;
     r.inodes = t.inodes.len() as u64;
     r.blocks_total = l.alloc.total();
@@ -62,13 +66,20 @@ pub fn check(dev: &dyn Device) -> Result<Report> {
             }
             let want = 2 + subdirs.get(ino).copied().unwrap_or(0);
             if i.attr.nlink != want && !(i.attr.nlink == 0 && n == 0) {
-                r.problems.push(format!("directory {ino}: nlink {} but {} expected", i.attr.nlink, want));
+                r.problems.push(format!(
+                    "directory {ino}: nlink {} but {} expected",
+                    i.attr.nlink, want
+                ));
             }
         } else if i.attr.nlink != n && !(i.attr.nlink == 0 && n == 0) {
-            r.problems.push(format!("inode {ino}: nlink {} but {n} directory entries", i.attr.nlink));
+            r.problems.push(format!(
+                "inode {ino}: nlink {} but {n} directory entries",
+                i.attr.nlink
+            ));
         }
         if n == 0 && *ino != ROOT_INO && i.attr.nlink != 0 {
-            r.problems.push(format!("inode {ino} is not reachable from the root"));
+            r.problems
+                .push(format!("inode {ino} is not reachable from the root"));
         }
     }
     Ok(r)

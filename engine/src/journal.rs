@@ -44,7 +44,13 @@ pub fn decode_chunk_header(block: &[u8]) -> Option<ChunkHeader> {
     if d.u32().ok()? != JNL_MAGIC {
         return None;
     }
-    Some(ChunkHeader { nblocks: d.u32().ok()?, seq: d.u64().ok()?, fsid: d.u64().ok()?, payload_len: d.u32().ok()?, crc: d.u32().ok()? })
+    Some(ChunkHeader {
+        nblocks: d.u32().ok()?,
+        seq: d.u64().ok()?,
+        fsid: d.u64().ok()?,
+        payload_len: d.u32().ok()?,
+        crc: d.u32().ok()?,
+    })
 }
 
 /// Verify a whole chunk (header block first) and return its payload.
@@ -93,22 +99,34 @@ pub fn encode_ckpt_block(gen: u64, next: u64, payload: &[u8]) -> Vec<u8> {
 pub fn decode_ckpt_block(block: &[u8], gen: u64, blockno: u64) -> Result<(&[u8], u64)> {
     let mut d = Dec::new(block, blockno);
     if d.u32()? != CKPT_MAGIC {
-        return Err(Error::corrupt("checkpoint block has no checkpoint magic", blockno));
+        return Err(Error::corrupt(
+            "checkpoint block has no checkpoint magic",
+            blockno,
+        ));
     }
     let used = d.u32()? as usize;
     let g = d.u64()?;
     let next = d.u64()?;
     let crc = d.u32()?;
     if used > CKPT_PAYLOAD {
-        return Err(Error::corrupt("checkpoint block length out of range", blockno));
+        return Err(Error::corrupt(
+            "checkpoint block length out of range",
+            blockno,
+        ));
     }
     let mut copy = block.to_vec();
     copy[24..28].fill(0);
     if crc32c::crc32c(&copy) != crc {
-        return Err(Error::corrupt("checkpoint block checksum mismatch", blockno));
+        return Err(Error::corrupt(
+            "checkpoint block checksum mismatch",
+            blockno,
+        ));
     }
     if g != gen {
-        return Err(Error::corrupt(format!("checkpoint block from generation {g}, expected {gen}"), blockno));
+        return Err(Error::corrupt(
+            format!("checkpoint block from generation {g}, expected {gen}"),
+            blockno,
+        ));
     }
     Ok((&block[CKPT_HDR..CKPT_HDR + used], next))
 }

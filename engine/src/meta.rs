@@ -60,13 +60,23 @@ impl Attr {
     }
 
     fn decode(d: &mut Dec) -> Result<Attr> {
-        let mut a = Attr { mode: d.u32()?, uid: d.u32()?, gid: d.u32()?, nlink: d.u32()?, size: d.u64()?, ..Default::default() };
+        let mut a = Attr {
+            mode: d.u32()?,
+            uid: d.u32()?,
+            gid: d.u32()?,
+            nlink: d.u32()?,
+            size: d.u64()?,
+            ..Default::default()
+        };
         let mut ts = [Time::default(); 4];
         for t in ts.iter_mut() {
             t.sec = d.i64()?;
             t.nsec = d.u32()?;
             if t.nsec >= 1_000_000_000 {
-                return Err(Error::corrupt("timestamp nanoseconds out of range", d.block));
+                return Err(Error::corrupt(
+                    "timestamp nanoseconds out of range",
+                    d.block,
+                ));
             }
         }
         [a.atime, a.mtime, a.ctime, a.btime] = ts;
@@ -128,11 +138,23 @@ impl Extents {
         if let Some((&k, &e)) = self.0.get_prev(&l) {
             if k < l && k + e.len > l {
                 let keep = l - k;
-                self.0.insert(k, Extent { pblk: e.pblk, len: keep });
+                self.0.insert(
+                    k,
+                    Extent {
+                        pblk: e.pblk,
+                        len: keep,
+                    },
+                );
                 let cut_end = (k + e.len).min(end);
                 freed.push((e.pblk + keep, cut_end - l));
                 if k + e.len > end {
-                    self.0.insert(end, Extent { pblk: e.pblk + (end - k), len: k + e.len - end });
+                    self.0.insert(
+                        end,
+                        Extent {
+                            pblk: e.pblk + (end - k),
+                            len: k + e.len - end,
+                        },
+                    );
                 }
             }
         }
@@ -142,7 +164,13 @@ impl Extents {
             if k + e.len > end {
                 let cut = end - k;
                 freed.push((e.pblk, cut));
-                self.0.insert(end, Extent { pblk: e.pblk + cut, len: e.len - cut });
+                self.0.insert(
+                    end,
+                    Extent {
+                        pblk: e.pblk + cut,
+                        len: e.len - cut,
+                    },
+                );
             } else {
                 freed.push((e.pblk, e.len));
             }
@@ -156,7 +184,13 @@ impl Extents {
         // Merge with a physically and logically adjacent predecessor.
         if let Some((&k, &e)) = self.0.get_prev(&l) {
             if k + e.len == l && e.pblk + e.len == p {
-                self.0.insert(k, Extent { pblk: e.pblk, len: e.len + n });
+                self.0.insert(
+                    k,
+                    Extent {
+                        pblk: e.pblk,
+                        len: e.len + n,
+                    },
+                );
                 return old;
             }
         }
@@ -237,7 +271,11 @@ impl Inode {
             S_IFLNK => Content::Symlink(symlink.unwrap_or_else(|| Arc::from(&b""[..]))),
             _ => Content::Special,
         };
-        Inode { attr, content, xattrs: OrdMap::new() }
+        Inode {
+            attr,
+            content,
+            xattrs: OrdMap::new(),
+        }
     }
     pub fn extents(&self) -> Option<&Extents> {
         match &self.content {
@@ -256,15 +294,47 @@ impl Inode {
 /// One metadata change. Encoded into the journal; applied by [`Tree::apply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    NewInode { ino: Ino, attr: Attr, symlink: Option<Name> },
-    SetAttr { ino: Ino, attr: Attr },
-    DelInode { ino: Ino },
-    Link { dir: Ino, name: Name, ino: Ino },
-    Unlink { dir: Ino, name: Name },
-    Map { ino: Ino, lblk: u64, pblk: u64, len: u64 },
-    Unmap { ino: Ino, lblk: u64, len: u64 },
-    SetXattr { ino: Ino, name: Name, value: Name },
-    RmXattr { ino: Ino, name: Name },
+    NewInode {
+        ino: Ino,
+        attr: Attr,
+        symlink: Option<Name>,
+    },
+    SetAttr {
+        ino: Ino,
+        attr: Attr,
+    },
+    DelInode {
+        ino: Ino,
+    },
+    Link {
+        dir: Ino,
+        name: Name,
+        ino: Ino,
+    },
+    Unlink {
+        dir: Ino,
+        name: Name,
+    },
+    Map {
+        ino: Ino,
+        lblk: u64,
+        pblk: u64,
+        len: u64,
+    },
+    Unmap {
+        ino: Ino,
+        lblk: u64,
+        len: u64,
+    },
+    SetXattr {
+        ino: Ino,
+        name: Name,
+        value: Name,
+    },
+    RmXattr {
+        ino: Ino,
+        name: Name,
+    },
 }
 
 /// Longest xattr value and symlink target accepted.
@@ -306,7 +376,12 @@ impl Record {
                 e.u64(*dir);
                 e.bytes(name);
             }
-            Record::Map { ino, lblk, pblk, len } => {
+            Record::Map {
+                ino,
+                lblk,
+                pblk,
+                len,
+            } => {
                 e.u8(6);
                 e.u64(*ino);
                 e.u64(*lblk);
@@ -335,7 +410,8 @@ impl Record {
 
     pub fn decode(d: &mut Dec) -> Result<Record> {
         let tag = d.u8()?;
-        let name = |d: &mut Dec| -> Result<Name> { Ok(Arc::from(d.bytes(crate::format::MAX_NAME)?)) };
+        let name =
+            |d: &mut Dec| -> Result<Name> { Ok(Arc::from(d.bytes(crate::format::MAX_NAME)?)) };
         Ok(match tag {
             1 => {
                 let ino = d.u64()?;
@@ -346,15 +422,46 @@ impl Record {
                 };
                 Record::NewInode { ino, attr, symlink }
             }
-            2 => Record::SetAttr { ino: d.u64()?, attr: Attr::decode(d)? },
+            2 => Record::SetAttr {
+                ino: d.u64()?,
+                attr: Attr::decode(d)?,
+            },
             3 => Record::DelInode { ino: d.u64()? },
-            4 => Record::Link { dir: d.u64()?, name: name(d)?, ino: d.u64()? },
-            5 => Record::Unlink { dir: d.u64()?, name: name(d)? },
-            6 => Record::Map { ino: d.u64()?, lblk: d.u64()?, pblk: d.u64()?, len: d.u64()? },
-            7 => Record::Unmap { ino: d.u64()?, lblk: d.u64()?, len: d.u64()? },
-            8 => Record::SetXattr { ino: d.u64()?, name: name(d)?, value: Arc::from(d.bytes(MAX_XATTR_VALUE)?) },
-            9 => Record::RmXattr { ino: d.u64()?, name: name(d)? },
-            t => return Err(Error::corrupt(format!("unknown journal record type {t}"), d.block)),
+            4 => Record::Link {
+                dir: d.u64()?,
+                name: name(d)?,
+                ino: d.u64()?,
+            },
+            5 => Record::Unlink {
+                dir: d.u64()?,
+                name: name(d)?,
+            },
+            6 => Record::Map {
+                ino: d.u64()?,
+                lblk: d.u64()?,
+                pblk: d.u64()?,
+                len: d.u64()?,
+            },
+            7 => Record::Unmap {
+                ino: d.u64()?,
+                lblk: d.u64()?,
+                len: d.u64()?,
+            },
+            8 => Record::SetXattr {
+                ino: d.u64()?,
+                name: name(d)?,
+                value: Arc::from(d.bytes(MAX_XATTR_VALUE)?),
+            },
+            9 => Record::RmXattr {
+                ino: d.u64()?,
+                name: name(d)?,
+            },
+            t => {
+                return Err(Error::corrupt(
+                    format!("unknown journal record type {t}"),
+                    d.block,
+                ))
+            }
         })
     }
 }
@@ -375,7 +482,9 @@ impl Tree {
     }
 
     fn get_mut(&mut self, ino: Ino, block: u64) -> Result<&mut Inode> {
-        self.inodes.get_mut(&ino).ok_or_else(|| Error::corrupt(format!("record names missing inode {ino}"), block))
+        self.inodes
+            .get_mut(&ino)
+            .ok_or_else(|| Error::corrupt(format!("record names missing inode {ino}"), block))
     }
 
     /// Apply one record. Returns the blocks it unmapped and the blocks it mapped.
@@ -397,7 +506,10 @@ impl Tree {
                 i.attr = *attr;
             }
             Record::DelInode { ino } => {
-                let i = self.inodes.remove(ino).ok_or_else(|| Error::corrupt(format!("delete of missing inode {ino}"), b))?;
+                let i = self
+                    .inodes
+                    .remove(ino)
+                    .ok_or_else(|| Error::corrupt(format!("delete of missing inode {ino}"), b))?;
                 if let Content::File(x) = &i.content {
                     freed.extend(x.iter().map(|(_, e)| (e.pblk, e.len)));
                 }
@@ -418,7 +530,12 @@ impl Tree {
                     _ => return Err(Error::corrupt(format!("unlink in non-directory {dir}"), b)),
                 }
             }
-            Record::Map { ino, lblk, pblk, len } => {
+            Record::Map {
+                ino,
+                lblk,
+                pblk,
+                len,
+            } => {
                 let i = self.get_mut(*ino, b)?;
                 match &mut i.content {
                     Content::File(x) => {
@@ -435,7 +552,9 @@ impl Tree {
                 }
             }
             Record::SetXattr { ino, name, value } => {
-                self.get_mut(*ino, b)?.xattrs.insert(name.clone(), value.clone());
+                self.get_mut(*ino, b)?
+                    .xattrs
+                    .insert(name.clone(), value.clone());
             }
             Record::RmXattr { ino, name } => {
                 self.get_mut(*ino, b)?.xattrs.remove(name);
@@ -460,7 +579,10 @@ impl Tree {
             rdev: 0,
             flags: 0,
         };
-        let mut t = Tree { inodes: OrdMap::new(), next_ino: ROOT_INO + 1 };
+        let mut t = Tree {
+            inodes: OrdMap::new(),
+            next_ino: ROOT_INO + 1,
+        };
         t.inodes.insert(ROOT_INO, Inode::new(attr, None));
         t
     }
@@ -505,7 +627,10 @@ impl Tree {
         let mut d = Dec::new(buf, block);
         let next_ino = d.u64()?;
         let n = d.u64()?;
-        let mut t = Tree { inodes: OrdMap::new(), next_ino };
+        let mut t = Tree {
+            inodes: OrdMap::new(),
+            next_ino,
+        };
         for _ in 0..n {
             let ino = d.u64()?;
             let attr = Attr::decode(&mut d)?;
@@ -539,8 +664,21 @@ impl Tree {
                 S_IFLNK => Content::Symlink(Arc::from(d.bytes(MAX_SYMLINK)?)),
                 _ => Content::Special,
             };
-            if t.inodes.insert(ino, Inode { attr, content, xattrs }).is_some() {
-                return Err(Error::corrupt(format!("checkpoint lists inode {ino} twice"), block));
+            if t.inodes
+                .insert(
+                    ino,
+                    Inode {
+                        attr,
+                        content,
+                        xattrs,
+                    },
+                )
+                .is_some()
+            {
+                return Err(Error::corrupt(
+                    format!("checkpoint lists inode {ino} twice"),
+                    block,
+                ));
             }
             if ino >= t.next_ino {
                 t.next_ino = ino + 1;
@@ -573,20 +711,70 @@ mod tests {
         assert_eq!(x.lookup(7), Some(107));
         let old = x.map(2, 500, 3);
         assert_eq!(old, vec![(102, 1)]);
-        assert_eq!(x.runs(0, 16), vec![(0, Some(100), 2), (2, Some(500), 3), (5, None, 2), (7, Some(107), 8), (15, None, 1)]);
+        assert_eq!(
+            x.runs(0, 16),
+            vec![
+                (0, Some(100), 2),
+                (2, Some(500), 3),
+                (5, None, 2),
+                (7, Some(107), 8),
+                (15, None, 1)
+            ]
+        );
         assert_eq!(x.blocks(), 13);
     }
 
     #[test]
     fn tree_round_trips_through_checkpoint_encoding() {
         let mut t = Tree::new_root(0, 0);
-        let attr = Attr { mode: S_IFREG | 0o644, nlink: 1, size: 8192, ..Default::default() };
+        let attr = Attr {
+            mode: S_IFREG | 0o644,
+            nlink: 1,
+            size: 8192,
+            ..Default::default()
+        };
         let (mut f, mut m) = (vec![], vec![]);
-        t.apply(&Record::NewInode { ino: 2, attr, symlink: None }, &mut f, &mut m).unwrap();
-        t.apply(&Record::Link { dir: 1, name: Arc::from(&b"a"[..]), ino: 2 }, &mut f, &mut m).unwrap();
-        t.apply(&Record::Map { ino: 2, lblk: 0, pblk: 77, len: 2 }, &mut f, &mut m).unwrap();
-        t.apply(&Record::SetXattr { ino: 2, name: Arc::from(&b"user.x"[..]), value: Arc::from(&b"v"[..]) }, &mut f, &mut m)
-            .unwrap();
+        t.apply(
+            &Record::NewInode {
+                ino: 2,
+                attr,
+                symlink: None,
+            },
+            &mut f,
+            &mut m,
+        )
+        .unwrap();
+        t.apply(
+            &Record::Link {
+                dir: 1,
+                name: Arc::from(&b"a"[..]),
+                ino: 2,
+            },
+            &mut f,
+            &mut m,
+        )
+        .unwrap();
+        t.apply(
+            &Record::Map {
+                ino: 2,
+                lblk: 0,
+                pblk: 77,
+                len: 2,
+            },
+            &mut f,
+            &mut m,
+        )
+        .unwrap();
+        t.apply(
+            &Record::SetXattr {
+                ino: 2,
+                name: Arc::from(&b"user.x"[..]),
+                value: Arc::from(&b"v"[..]),
+            },
+            &mut f,
+            &mut m,
+        )
+        .unwrap();
         let t2 = Tree::decode(&t.encode(), 0).unwrap();
         assert_eq!(t2.encode(), t.encode());
         assert_eq!(t2.get(2).unwrap().extents().unwrap().lookup(1), Some(78));

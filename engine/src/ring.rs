@@ -65,18 +65,26 @@ impl Ring {
             None => None,
         };
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name("strata-io".into()).spawn(move || match ring {
-            Some(r) => run_uring(s, dev, r),
-            None => run_sync(s, dev),
-        })?;
-        Ok(Ring { shared, thread: Mutex::new(Some(thread)) })
+        let thread =
+            std::thread::Builder::new()
+                .name("strata-io".into())
+                .spawn(move || match ring {
+                    Some(r) => run_uring(s, dev, r),
+                    None => run_sync(s, dev),
+                })?;
+        Ok(Ring {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     pub fn submit(&self, reqs: Vec<IoReq>) {
         if reqs.is_empty() {
             return;
         }
-        self.shared.inflight.fetch_add(reqs.len() as u64, Ordering::Relaxed);
+        self.shared
+            .inflight
+            .fetch_add(reqs.len() as u64, Ordering::Relaxed);
         self.shared.queue.lock().extend(reqs);
         self.wake();
     }
@@ -92,7 +100,8 @@ impl Ring {
                 let _ = tx.send(r);
             }),
         }]);
-        rx.recv().unwrap_or_else(|_| Err(io::Error::other("I/O thread stopped")))
+        rx.recv()
+            .unwrap_or_else(|_| Err(io::Error::other("I/O thread stopped")))
     }
 
     pub fn inflight(&self) -> u64 {
@@ -102,7 +111,13 @@ impl Ring {
     fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.shared.wake_fd, &one as *const u64 as *const libc::c_void, 8) };
+        unsafe {
+            libc::write(
+                self.shared.wake_fd,
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
     }
 
     pub fn stop(&self) {
@@ -160,7 +175,9 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
     let mut backlog: VecDeque<IoReq> = VecDeque::new();
     loop {
         if !wake_armed {
-            let e = opcode::Read::new(types::Fd(s.wake_fd), counter.as_mut_ptr(), 8).build().user_data(WAKE);
+            let e = opcode::Read::new(types::Fd(s.wake_fd), counter.as_mut_ptr(), 8)
+                .build()
+                .user_data(WAKE);
             // SAFETY: `counter` is leaked ('static), so the kernel's write into it is always valid.
             if unsafe { ring.submission().push(&e) }.is_ok() {
                 wake_armed = true;
@@ -183,7 +200,10 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
                 log::error!("io_uring submit failed: {e}");
             }
         }
-        let completions: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let completions: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (ud, res) in completions {
             if ud == WAKE {
                 wake_armed = false;
@@ -205,7 +225,10 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
                 let f = ops.remove(id);
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
                 if f.done_bytes < f.req.buf.len() {
-                    (f.req.done)(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short I/O at end of device")));
+                    (f.req.done)(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "short I/O at end of device",
+                    )));
                 } else {
                     (f.req.done)(Ok(f.req.buf));
                 }

@@ -43,7 +43,8 @@ pub fn wait_for_signal() -> i32 {
 /// killed daemon ("Transport endpoint is not connected").
 pub fn detach_mount(path: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     if rc != 0 {
@@ -55,7 +56,8 @@ pub fn detach_mount(path: &Path) -> io::Result<()> {
 /// Unmount `path` normally (as `umount` does).
 pub fn unmount(path: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: as above.
     let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
     if rc != 0 {

@@ -17,10 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engine::{Caller, Engine, Error, SetAttr, Stat, Time};
 use fuser::{
-    Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, Session, SessionACL, TimeOrNow, WriteFlags,
+    Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 
 const TTL: Duration = Duration::from_secs(1);
@@ -55,7 +56,10 @@ fn systime(t: Time) -> SystemTime {
 
 fn from_systime(t: SystemTime) -> Time {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Time { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Ok(d) => Time {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
         Err(e) => {
             let d = e.duration();
             let mut sec = -(d.as_secs() as i64);
@@ -98,7 +102,10 @@ fn attr(st: &Stat) -> FileAttr {
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 /// The FUSE file system over one engine.
@@ -207,15 +214,44 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-        let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
-        self.entry(self.engine.mknod(parent.0, name.as_bytes(), mode, rdev, caller(req), None), reply)
+        let mode = if mode & libc::S_IFMT == 0 {
+            mode | libc::S_IFREG
+        } else {
+            mode
+        };
+        self.entry(
+            self.engine
+                .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req), None),
+            reply,
+        )
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let mode = libc::S_IFDIR | (mode & 0o7777 & !umask);
-        self.entry(self.engine.mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None), reply)
+        self.entry(
+            self.engine
+                .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None),
+            reply,
+        )
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -226,9 +262,26 @@ impl Filesystem for StrataFs {
         Self::empty(self.engine.rmdir(parent.0, name.as_bytes()), reply)
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let t = target.as_os_str().as_bytes();
-        self.entry(self.engine.mknod(parent.0, link_name.as_bytes(), libc::S_IFLNK | 0o777, 0, caller(req), Some(t)), reply)
+        self.entry(
+            self.engine.mknod(
+                parent.0,
+                link_name.as_bytes(),
+                libc::S_IFLNK | 0o777,
+                0,
+                caller(req),
+                Some(t),
+            ),
+            reply,
+        )
     }
 
     fn rename(
@@ -241,11 +294,30 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.engine.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()), reply)
+        Self::empty(
+            self.engine.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            ),
+            reply,
+        )
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.entry(self.engine.link(ino.0, newparent.0, newname.as_bytes()), reply)
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            self.engine.link(ino.0, newparent.0, newname.as_bytes()),
+            reply,
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -302,7 +374,14 @@ impl Filesystem for StrataFs {
         )
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok()
     }
 
@@ -319,7 +398,14 @@ impl Filesystem for StrataFs {
         Self::empty(self.engine.release(ino.0), reply)
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.engine.fsync(Box::new(move |r| Self::empty(r, reply)))
     }
 
@@ -331,11 +417,23 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         match self.engine.readdir(ino.0, offset, 1024) {
             Ok(entries) => {
                 for e in entries {
-                    if reply.add(INodeNo(e.ino), e.offset, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                    if reply.add(
+                        INodeNo(e.ino),
+                        e.offset,
+                        kind(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
                         break;
                     }
                 }
@@ -345,7 +443,14 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         match self.engine.readdir(ino.0, offset, 1024) {
             Ok(entries) => {
                 for e in entries {
@@ -354,7 +459,14 @@ impl Filesystem for StrataFs {
                         _ => self.engine.getattr(e.ino),
                     };
                     let Ok(st) = st else { continue };
-                    if reply.add(INodeNo(e.ino), e.offset, OsStr::from_bytes(&e.name), &TTL, &attr(&st), GEN) {
+                    if reply.add(
+                        INodeNo(e.ino),
+                        e.offset,
+                        OsStr::from_bytes(&e.name),
+                        &TTL,
+                        &attr(&st),
+                        GEN,
+                    ) {
                         break;
                     }
                 }
@@ -364,13 +476,22 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.engine.fsync(Box::new(move |r| Self::empty(r, reply)))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.engine.statfs();
-        reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize)
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        )
     }
 
     fn setxattr(
@@ -383,7 +504,10 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.engine.setxattr(ino.0, name.as_bytes(), value, flags), reply)
+        Self::empty(
+            self.engine.setxattr(ino.0, name.as_bytes(), value, flags),
+            reply,
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -414,9 +538,22 @@ impl Filesystem for StrataFs {
         Self::empty(self.engine.getattr(ino.0).map(|_| ()), reply)
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-        let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
+        let mode = if mode & libc::S_IFMT == 0 {
+            mode | libc::S_IFREG
+        } else {
+            mode
+        };
         let r = self
             .engine
             .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None)
@@ -427,11 +564,28 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         Self::empty(self.engine.fallocate(ino.0, offset, length, mode), reply)
     }
 
-    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         if offset < 0 {
             return reply.error(Errno::ENXIO);
         }
@@ -455,7 +609,10 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         let len = len.min(u32::MAX as u64 / 2);
-        match self.engine.copy_file_range(ino_in.0, offset_in, ino_out.0, offset_out, len) {
+        match self
+            .engine
+            .copy_file_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
+        {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -481,6 +638,11 @@ pub fn config(fsname: &str, threads: usize) -> Config {
 }
 
 /// Create the FUSE session (mounts). Run it with `Session::run`.
-pub fn session(engine: Arc<Engine>, mountpoint: &Path, fsname: &str, threads: usize) -> std::io::Result<Session<StrataFs>> {
+pub fn session(
+    engine: Arc<Engine>,
+    mountpoint: &Path,
+    fsname: &str,
+    threads: usize,
+) -> std::io::Result<Session<StrataFs>> {
     Session::new(StrataFs::new(engine), mountpoint, &config(fsname, threads))
 }
