@@ -134,11 +134,27 @@ impl FileDevice {
             }
             Err(e) => return Err(Error::Unusable(format!("cannot open {}: {e}", path.display()))),
         };
-        // SAFETY: flock on a valid, owned descriptor has no memory-safety requirements.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        // A daemon killed with SIGKILL keeps the lock until the kernel has torn down its
+        // io_uring (asynchronously, a moment after the process is gone): wait a little before
+        // deciding that another daemon holds it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            // SAFETY: flock on a valid, owned descriptor has no memory-safety requirements.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Unusable(format!(
+                    "{} is already in use (another strata daemon has it mounted)",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if is_blk && block_device_read_only(&file) {
             return Err(Error::Unusable(format!(
-                "{} is already in use (another strata daemon has it mounted)",
+                "{} is a read-only block device; Strata needs a writable device",
                 path.display()
             )));
         }
@@ -165,6 +181,15 @@ impl FileDevice {
         }
         Ok(dev)
     }
+}
+
+fn block_device_read_only(file: &File) -> bool {
+    let mut ro: libc::c_int = 0;
+    // BLKROGET = _IO(0x12, 94)
+    const BLKROGET: libc::c_ulong = 0x125e;
+    // SAFETY: the ioctl writes one int into `ro`, which outlives the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKROGET, &mut ro as *mut libc::c_int) };
+    rc == 0 && ro != 0
 }
 
 fn block_device_size(file: &File) -> Result<u64> {

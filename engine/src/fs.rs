@@ -108,7 +108,8 @@ struct Meta {
     pending: Enc,
     /// Inodes whose attributes changed without a record (mtime of in-place writes).
     dirty: HashSet<Ino>,
-    opens: HashMap<Ino, u32>,
+    /// Kernel references (FUSE lookup counts) per inode: an unlinked inode lives until they are gone.
+    refs: HashMap<Ino, u64>,
     /// Which data-write epoch new allocating writes belong to.
     epoch: usize,
 }
@@ -411,25 +412,27 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
             break;
         };
         let recs = journal::decode_records(&payload, at)?;
-        let (mut freed, mut mapped) = (Vec::new(), Vec::new());
+        // Allocation follows each record in order: a block mapped and freed again within one
+        // chunk must end up free.
         for r in &recs {
+            let (mut freed, mut mapped) = (Vec::new(), Vec::new());
             tree.apply(r, &mut freed, &mut mapped)?;
-        }
-        for (b, n) in freed {
-            alloc.release(b, n);
-        }
-        for (b, n) in mapped {
-            if b < sb.data_start || b + n > sb.total_blocks {
-                return Err(Error::corrupt(
-                    format!("journal maps blocks outside the data region ({b})"),
-                    at,
-                ));
+            for (b, n) in freed {
+                alloc.release(b, n);
             }
-            let dup = alloc.mark_used(b, n);
-            if dup > 0 {
-                problems.push(format!(
-                    "journal chunk {seq} maps {dup} block(s) at {b} that are already in use"
-                ));
+            for (b, n) in mapped {
+                if b < sb.data_start || b + n > sb.total_blocks {
+                    return Err(Error::corrupt(
+                        format!("journal maps blocks outside the data region ({b})"),
+                        at,
+                    ));
+                }
+                let dup = alloc.mark_used(b, n);
+                if dup > 0 {
+                    problems.push(format!(
+                        "journal chunk {seq} maps {dup} block(s) at {b} that are already in use"
+                    ));
+                }
             }
         }
         if at != pos {
@@ -519,7 +522,7 @@ impl Txn<'_> {
             a.nlink = a.nlink.saturating_sub(1);
         }
         a.ctime = now;
-        if a.nlink == 0 && !self.m.opens.contains_key(&ino) {
+        if a.nlink == 0 && !self.m.refs.contains_key(&ino) {
             self.m.dirty.remove(&ino);
             self.rec(Record::DelInode { ino })
         } else {
@@ -554,7 +557,7 @@ impl Engine {
             alloc,
             pending: Enc::new(),
             dirty: HashSet::new(),
-            opens: HashMap::new(),
+            refs: HashMap::new(),
             epoch: 0,
         };
         let replayed = l.chunks_replayed;
@@ -707,24 +710,27 @@ impl Engine {
         })
     }
 
+    /// Look up `name` in `parent`. A successful lookup counts as one kernel reference to the
+    /// inode (see [`Engine::forget`]).
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Stat> {
         if name.len() > MAX_NAME {
             return Err(errno(libc::ENAMETOOLONG));
         }
-        self.read_meta(|m| {
-            let p = m.tree.get(parent).ok_or(errno(libc::ENOENT))?;
-            let d = p.dir().ok_or(errno(libc::ENOTDIR))?;
-            let ino = match name {
-                b"." => parent,
-                _ => d.get(name).ok_or(errno(libc::ENOENT))?,
-            };
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
-            Ok(Stat {
-                ino,
-                attr: i.attr,
-                blocks: sectors(&i.attr, i),
-            })
-        })
+        let mut m = self.inner.meta.lock();
+        let p = m.tree.get(parent).ok_or(errno(libc::ENOENT))?;
+        let d = p.dir().ok_or(errno(libc::ENOTDIR))?;
+        let ino = match name {
+            b"." => parent,
+            _ => d.get(name).ok_or(errno(libc::ENOENT))?,
+        };
+        let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+        let st = Stat {
+            ino,
+            attr: i.attr,
+            blocks: sectors(&i.attr, i),
+        };
+        *m.refs.entry(ino).or_insert(0) += 1;
+        Ok(st)
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Name> {
@@ -736,7 +742,8 @@ impl Engine {
         )
     }
 
-    /// Create a node of any type (regular, dir, symlink, device, fifo, socket).
+    /// Create a node of any type (regular, dir, symlink, device, fifo, socket). The new entry
+    /// counts as one kernel reference, like a lookup.
     pub fn mknod(
         &self,
         parent: Ino,
@@ -800,6 +807,7 @@ impl Engine {
                 ino,
             })?;
             t.touch_dir(parent, now, if is_dir { 1 } else { 0 })?;
+            *t.m.refs.entry(ino).or_insert(0) += 1;
             t.stat(ino)
         })
     }
@@ -830,6 +838,7 @@ impl Engine {
             a.ctime = now;
             t.set_attr(ino, a)?;
             t.touch_dir(parent, now, 0)?;
+            *t.m.refs.entry(ino).or_insert(0) += 1;
             t.stat(ino)
         })
     }
@@ -1129,43 +1138,41 @@ impl Engine {
         Ok(())
     }
 
-    pub fn open_file(&self, ino: Ino) -> Result<Stat> {
-        let mut m = self.inner.meta.lock();
-        let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
-        let st = Stat {
-            ino,
-            attr: i.attr,
-            blocks: sectors(&i.attr, i),
-        };
-        *m.opens.entry(ino).or_insert(0) += 1;
-        Ok(st)
+    /// The kernel took `n` more references to `ino` (a lookup, create or readdirplus entry).
+    pub fn inc_ref(&self, ino: Ino, n: u64) {
+        *self.inner.meta.lock().refs.entry(ino).or_insert(0) += n;
     }
 
-    pub fn release(&self, ino: Ino) -> Result<()> {
+    /// The kernel dropped `n` references (FUSE forget). An unlinked inode with no references
+    /// left is deleted.
+    pub fn forget(&self, ino: Ino, n: u64) {
         let delete = {
             let mut m = self.inner.meta.lock();
-            let c = m.opens.entry(ino).or_insert(1);
-            *c = c.saturating_sub(1);
-            if *c == 0 {
-                m.opens.remove(&ino);
-                matches!(m.tree.get(ino), Some(i) if i.attr.nlink == 0 && ino != ROOT_INO)
-            } else {
-                false
+            let Some(c) = m.refs.get_mut(&ino) else {
+                return;
+            };
+            *c = c.saturating_sub(n);
+            if *c > 0 {
+                return;
             }
+            m.refs.remove(&ino);
+            matches!(m.tree.get(ino), Some(i) if i.attr.nlink == 0 && ino != ROOT_INO)
         };
         if delete {
-            self.change(|t| {
+            let r = self.change(|t| {
                 if matches!(t.m.tree.get(ino), Some(i) if i.attr.nlink == 0)
-                    && !t.m.opens.contains_key(&ino)
+                    && !t.m.refs.contains_key(&ino)
                 {
                     t.m.dirty.remove(&ino);
                     t.rec(Record::DelInode { ino })?;
                 }
                 Ok(())
-            })?;
+            });
+            if let Err(e) = r {
+                log::warn!("could not delete unlinked inode {ino}: {e}");
+            }
             self.inner.file_locks.lock().remove(&ino);
         }
-        Ok(())
     }
 
     pub fn statfs(&self) -> StatFs {

@@ -166,6 +166,10 @@ impl Filesystem for StrataFs {
         self.entry(self.engine.lookup(parent.0, name.as_bytes()), reply)
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.engine.forget(ino.0, nlookup)
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.engine.getattr(ino.0) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
@@ -321,7 +325,7 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.engine.open_file(ino.0) {
+        match self.engine.getattr(ino.0) {
             Ok(st) => reply.opened(FileHandle(0), Self::open_flags(&st)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -388,14 +392,14 @@ impl Filesystem for StrataFs {
     fn release(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.engine.release(ino.0), reply)
+        reply.ok()
     }
 
     fn fsync(
@@ -459,15 +463,20 @@ impl Filesystem for StrataFs {
                         _ => self.engine.getattr(e.ino),
                     };
                     let Ok(st) = st else { continue };
-                    if reply.add(
+                    let full = reply.add(
                         INodeNo(e.ino),
                         e.offset,
                         OsStr::from_bytes(&e.name),
                         &TTL,
                         &attr(&st),
                         GEN,
-                    ) {
+                    );
+                    if full {
                         break;
+                    }
+                    // The kernel counts a lookup for every entry but "." and "..".
+                    if e.name[..] != *b"." && e.name[..] != *b".." {
+                        self.engine.inc_ref(e.ino, 1);
                     }
                 }
                 reply.ok()
@@ -556,8 +565,7 @@ impl Filesystem for StrataFs {
         };
         let r = self
             .engine
-            .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None)
-            .and_then(|st| self.engine.open_file(st.ino));
+            .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None);
         match r {
             Ok(st) => reply.created(&TTL, &attr(&st), GEN, FileHandle(0), Self::open_flags(&st)),
             Err(e) => reply.error(errno(&e)),
