@@ -1,0 +1,179 @@
+//! Samples gathered during the run, and their summaries (median, min, max, ratios, goals).
+
+use crate::systems::SystemKind;
+use crate::workloads::{Unit, Workload};
+
+/// Median, min and max of a set of samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+pub fn summarize(samples: &[f64]) -> Option<Summary> {
+    let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Summary {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        n,
+    })
+}
+
+/// Everything measured for one (workload, system).
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    pub samples: Vec<f64>,
+    /// fio completion latency p50 per sample (µs), when fio reported it.
+    pub clat_p50_us: Vec<f64>,
+    /// Raw fio JSON files, relative to the results directory.
+    pub raw: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl Cell {
+    pub fn summary(&self) -> Option<Summary> {
+        summarize(&self.samples)
+    }
+}
+
+pub struct Results {
+    pub workloads: Vec<Workload>,
+    pub systems: Vec<SystemKind>,
+    /// `cells[w][s]` for workloads[w] on systems[s].
+    pub cells: Vec<Vec<Cell>>,
+}
+
+/// A non-baseline system's standing on one workload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Comparison {
+    /// median(system) / median(ext4): a throughput ratio, or a time ratio for `Unit::Seconds`.
+    pub ratio: f64,
+    /// Always "higher is better": the throughput ratio, or ext4 time / system time.
+    pub speed: f64,
+    /// Whether the goal was met (Strata's goals only; None when there is no goal).
+    pub met: Option<bool>,
+}
+
+impl Results {
+    pub fn new(workloads: Vec<Workload>, systems: Vec<SystemKind>) -> Self {
+        let cells = workloads
+            .iter()
+            .map(|_| systems.iter().map(|_| Cell::default()).collect())
+            .collect();
+        Results {
+            workloads,
+            systems,
+            cells,
+        }
+    }
+
+    pub fn cell_mut(&mut self, workload_id: &str, system: SystemKind) -> &mut Cell {
+        let w = self
+            .workloads
+            .iter()
+            .position(|w| w.id == workload_id)
+            .expect("known workload");
+        let s = self
+            .systems
+            .iter()
+            .position(|s| *s == system)
+            .expect("known system");
+        &mut self.cells[w][s]
+    }
+
+    pub fn cell(&self, w: usize, system: SystemKind) -> Option<&Cell> {
+        let s = self.systems.iter().position(|s| *s == system)?;
+        Some(&self.cells[w][s])
+    }
+
+    /// Systems compared against ext4 (all but ext4, when ext4 ran).
+    pub fn compared(&self) -> Vec<SystemKind> {
+        if !self.systems.contains(&SystemKind::Ext4) {
+            return Vec::new();
+        }
+        self.systems
+            .iter()
+            .copied()
+            .filter(|s| *s != SystemKind::Ext4)
+            .collect()
+    }
+
+    pub fn compare(&self, w: usize, system: SystemKind) -> Option<Comparison> {
+        let base = self.cell(w, SystemKind::Ext4)?.summary()?.median;
+        let val = self.cell(w, system)?.summary()?.median;
+        if base <= 0.0 || val <= 0.0 {
+            return None;
+        }
+        let wl = &self.workloads[w];
+        let ratio = val / base;
+        let speed = if wl.unit == Unit::Seconds {
+            base / val
+        } else {
+            ratio
+        };
+        let met = match (system, wl.goal) {
+            (SystemKind::Strata, Some(g)) => Some(g.met(ratio)),
+            _ => None,
+        };
+        Some(Comparison { ratio, speed, met })
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.cells.iter().flatten().any(|c| !c.errors.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads;
+
+    #[test]
+    fn medians() {
+        assert_eq!(summarize(&[]), None);
+        let s = summarize(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert_eq!(summarize(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+        assert_eq!(summarize(&[f64::NAN, 5.0]).unwrap().median, 5.0);
+    }
+
+    #[test]
+    fn ratios_and_goals() {
+        let wl = workloads::all(100);
+        let mut r = Results::new(wl, vec![SystemKind::Ext4, SystemKind::Strata]);
+        r.cell_mut("fio-randread-4k-qd32", SystemKind::Ext4).samples = vec![100.0, 110.0, 90.0];
+        r.cell_mut("fio-randread-4k-qd32", SystemKind::Strata)
+            .samples = vec![60.0];
+        r.cell_mut("meta-create", SystemKind::Ext4).samples = vec![1.0];
+        r.cell_mut("meta-create", SystemKind::Strata).samples = vec![2.0];
+        let w = r
+            .workloads
+            .iter()
+            .position(|w| w.id == "fio-randread-4k-qd32")
+            .unwrap();
+        let c = r.compare(w, SystemKind::Strata).unwrap();
+        assert!((c.ratio - 0.6).abs() < 1e-12);
+        assert_eq!(c.met, Some(false));
+        let m = r
+            .workloads
+            .iter()
+            .position(|w| w.id == "meta-create")
+            .unwrap();
+        let c = r.compare(m, SystemKind::Strata).unwrap();
+        assert_eq!((c.ratio, c.speed, c.met), (2.0, 0.5, Some(true)));
+        assert_eq!(r.compare(0, SystemKind::Strata), None);
+    }
+}
