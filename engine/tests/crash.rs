@@ -136,6 +136,8 @@ fn full_device_gives_enospc_and_keeps_what_was_written() {
     assert_eq!(err.errno(), libc::ENOSPC, "error was {err}");
     // Freeing space makes room again.
     e.unlink(ROOT, b"big").expect("unlink");
+    // The creation counted as a kernel reference; dropping it deletes the unlinked file.
+    e.forget(big.ino, 1);
     let again = e
         .mknod(ROOT, b"again", libc::S_IFREG | 0o644, 0, who, None)
         .expect("create after ENOSPC");
