@@ -25,6 +25,14 @@ pub enum Error {
     Poisoned,
     /// No space left on the device.
     NoSpace,
+    /// A named object (layer) does not exist.
+    NotFound(String),
+    /// A named object (layer) already exists.
+    Exists(String),
+    /// A request is malformed (bad name, bad argument).
+    Invalid(String),
+    /// The request conflicts with the object's state (has children, not active, in use).
+    Busy(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -40,6 +48,10 @@ impl Error {
             Error::Unusable(_) => libc::EINVAL,
             Error::Poisoned => libc::EROFS,
             Error::NoSpace => libc::ENOSPC,
+            Error::NotFound(_) => libc::ENOENT,
+            Error::Exists(_) => libc::EEXIST,
+            Error::Invalid(_) => libc::EINVAL,
+            Error::Busy(_) => libc::EBUSY,
         }
     }
 
@@ -70,6 +82,7 @@ impl fmt::Display for Error {
                 "an earlier device write or flush failed; the file system is read-only until remounted"
             ),
             Error::NoSpace => write!(f, "no space left on device"),
+            Error::NotFound(w) | Error::Exists(w) | Error::Invalid(w) | Error::Busy(w) => write!(f, "{w}"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The engine: metadata operations under one lock, data I/O through the ring, durability
 //! through the commit thread (journal group commit and checkpoints), recovery at open.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,6 +16,7 @@ use crate::device::{AlignedBuf, Device};
 use crate::error::{errno, Error, Result};
 use crate::format::*;
 use crate::journal;
+use crate::layer::{Layer, Layers};
 use crate::meta::*;
 use crate::ring::{IoReq, Op, Ring};
 
@@ -99,17 +100,19 @@ pub struct Counters {
     pub checkpoints: AtomicU64,
     pub checkpoint_nanos: AtomicU64,
     pub io_errors: AtomicU64,
+    /// Inherited blocks replaced by copy-on-write.
+    pub cow_blocks: AtomicU64,
 }
 
 struct Meta {
-    tree: Tree,
+    layers: Layers,
     alloc: Allocator,
     /// Encoded records not yet in the journal.
     pending: Enc,
-    /// Inodes whose attributes changed without a record (mtime of in-place writes).
-    dirty: HashSet<Ino>,
+    /// Nodes whose attributes changed without a record (mtime of in-place writes).
+    dirty: HashSet<Node>,
     /// Kernel references (FUSE lookup counts) per inode: an unlinked inode lives until they are gone.
-    refs: HashMap<Ino, u64>,
+    refs: HashMap<Node, u64>,
     /// Which data-write epoch new allocating writes belong to.
     epoch: usize,
 }
@@ -144,9 +147,11 @@ struct Inner {
     commitq: Mutex<CommitQueue>,
     commit_cv: Condvar,
     /// Per-inode lock serialising changes of a file's block map.
-    file_locks: Mutex<HashMap<Ino, Arc<Mutex<()>>>>,
+    file_locks: Mutex<HashMap<Node, Arc<Mutex<()>>>>,
     opts: Options,
     pub counters: Counters,
+    /// When this engine started (times of the mount root).
+    started: Time,
 }
 
 /// A mounted Strata file system.
@@ -227,7 +232,7 @@ fn write_checkpoint(
     ))
 }
 
-fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Tree, Vec<u64>)> {
+fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Layers, Vec<u64>)> {
     let mut bytes = Vec::with_capacity(sb.ckpt_bytes as usize);
     let mut blocks = Vec::new();
     let mut b = sb.ckpt_block;
@@ -250,7 +255,7 @@ fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Tree, Vec<u64>)
             sb.ckpt_block,
         ));
     }
-    Ok((Tree::decode(&bytes, sb.ckpt_block)?, blocks))
+    Ok((Layers::decode(&bytes, sb.ckpt_block)?, blocks))
 }
 
 impl Superblock {
@@ -311,8 +316,21 @@ pub fn mkfs(dev: &dyn Device, uid: u32, gid: u32) -> Result<Superblock> {
     let (jblocks, data_start) = Superblock::layout(total);
     // Clear the superblocks and the first journal block so nothing old is mistaken for ours.
     write_blocks(dev, 0, &vec![0u8; 3 * BLOCK_SIZE])?;
-    let tree = Tree::new_root(uid, gid);
-    let bytes = tree.encode();
+    // A new file system holds one empty, writable layer: "default".
+    let mut layers = Layers::default();
+    let (mut f, mut m) = (Vec::new(), Vec::new());
+    let rec = Record::LayerNew {
+        slot: 1,
+        id: Arc::from(&DEFAULT_LAYER.as_bytes()[..]),
+        parent: None,
+        state: LayerState::Active,
+        owner: 1,
+        created: Time::now(),
+        uid,
+        gid,
+    };
+    layers.apply(0, &rec, &mut f, &mut m)?;
+    let bytes = layers.encode();
     let n = bytes.len().div_ceil(journal::CKPT_PAYLOAD) as u64;
     let (first, len, crc) = write_checkpoint(dev, &bytes, data_start, &[(data_start, n)])?;
     let uuid = random_uuid();
@@ -341,10 +359,13 @@ pub fn mkfs(dev: &dyn Device, uid: u32, gid: u32) -> Result<Superblock> {
     Ok(sb)
 }
 
-/// State loaded from disk: the tree after checkpoint + journal replay.
+/// Name of the layer `mkfs` creates.
+pub const DEFAULT_LAYER: &str = "default";
+
+/// State loaded from disk: the layers after checkpoint + journal replay.
 pub struct Loaded {
     pub sb: Superblock,
-    pub tree: Tree,
+    pub layers: Layers,
     pub alloc: Allocator,
     pub ckpt_blocks: Vec<u64>,
     /// Where the journal continues.
@@ -360,28 +381,25 @@ pub struct Loaded {
 pub fn load(dev: &dyn Device) -> Result<Loaded> {
     let sb = read_superblock(dev)?;
     let fsid = fsid_of(&sb.uuid);
-    let (mut tree, ckpt_blocks) = read_checkpoint(dev, &sb)?;
+    let (mut layers, ckpt_blocks) = read_checkpoint(dev, &sb)?;
     let mut alloc = Allocator::new(sb.data_start, sb.total_blocks);
     let mut problems = Vec::new();
     for b in &ckpt_blocks {
         alloc.mark_used(*b, 1);
     }
-    for (ino, i) in tree.inodes.iter() {
-        if let Some(x) = i.extents() {
-            for (l, e) in x.iter() {
-                if e.pblk < sb.data_start || e.pblk + e.len > sb.total_blocks {
-                    return Err(Error::corrupt(
-                        format!("inode {ino} maps logical block {l} outside the data region"),
-                        e.pblk,
-                    ));
-                }
-                let dup = alloc.mark_used(e.pblk, e.len);
-                if dup > 0 {
-                    problems.push(format!(
-                        "inode {ino}: {dup} block(s) at {} are referenced twice",
-                        e.pblk
-                    ));
-                }
+    for slot in layers.topo_order() {
+        for (pblk, len) in layers.owned_extents(slot) {
+            if pblk < sb.data_start || pblk + len > sb.total_blocks {
+                return Err(Error::corrupt(
+                    format!("layer slot {slot} maps blocks outside the data region"),
+                    pblk,
+                ));
+            }
+            let dup = alloc.mark_used(pblk, len);
+            if dup > 0 {
+                problems.push(format!(
+                    "layer slot {slot}: {dup} block(s) at {pblk} are owned twice"
+                ));
             }
         }
     }
@@ -414,9 +432,9 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
         let recs = journal::decode_records(&payload, at)?;
         // Allocation follows each record in order: a block mapped and freed again within one
         // chunk must end up free.
-        for r in &recs {
+        for (slot, r) in &recs {
             let (mut freed, mut mapped) = (Vec::new(), Vec::new());
-            tree.apply(r, &mut freed, &mut mapped)?;
+            layers.apply(*slot, r, &mut freed, &mut mapped)?;
             for (b, n) in freed {
                 alloc.release(b, n);
             }
@@ -448,7 +466,7 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
     }
     Ok(Loaded {
         sb,
-        tree,
+        layers,
         alloc,
         ckpt_blocks,
         pos,
@@ -478,27 +496,58 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A metadata transaction: records are applied as they are added.
+/// A FUSE node id: layer slot in the high bits, inode number in the low 40.
+pub type Node = u64;
+const INO_BITS: u32 = 40;
+/// The mount root, which lists the layers.
+pub const MOUNT_ROOT: Node = 1;
+
+pub fn node_of(slot: Slot, ino: Ino) -> Node {
+    ((slot as u64) << INO_BITS) | ino
+}
+
+pub fn split(node: Node) -> (Slot, Ino) {
+    ((node >> INO_BITS) as Slot, node & ((1 << INO_BITS) - 1))
+}
+
+fn tree_of(m: &Meta, slot: Slot) -> Result<&Tree> {
+    m.layers
+        .get(slot)
+        .map(|l| &l.tree)
+        .ok_or(errno(libc::ENOENT))
+}
+
+/// A metadata transaction in one layer: records are applied as they are added.
 struct Txn<'a> {
     m: &'a mut Meta,
+    slot: Slot,
     freed: Vec<(u64, u64)>,
 }
 
 impl Txn<'_> {
     fn rec(&mut self, r: Record) -> Result<()> {
         let mut mapped = Vec::new();
-        self.m.tree.apply(&r, &mut self.freed, &mut mapped)?;
-        r.encode(&mut self.m.pending);
+        self.m
+            .layers
+            .apply(self.slot, &r, &mut self.freed, &mut mapped)?;
+        journal::encode_record(&mut self.m.pending, self.slot, &r);
         Ok(())
     }
+    fn layer(&self) -> Result<&Layer> {
+        self.m.layers.get(self.slot).ok_or(errno(libc::ENOENT))
+    }
+    fn node(&self, ino: Ino) -> Node {
+        node_of(self.slot, ino)
+    }
     fn inode(&self, ino: Ino) -> Result<&Inode> {
-        self.m.tree.get(ino).ok_or(errno(libc::ENOENT))
+        self.layer()?.tree.get(ino).ok_or(errno(libc::ENOENT))
     }
     fn attr(&self, ino: Ino) -> Result<Attr> {
         Ok(self.inode(ino)?.attr)
     }
     fn set_attr(&mut self, ino: Ino, attr: Attr) -> Result<()> {
-        self.m.dirty.remove(&ino);
+        let n = self.node(ino);
+        self.m.dirty.remove(&n);
         self.rec(Record::SetAttr { ino, attr })
     }
     fn dir(&self, ino: Ino) -> Result<&Dir> {
@@ -508,10 +557,14 @@ impl Txn<'_> {
     fn stat(&self, ino: Ino) -> Result<Stat> {
         let i = self.inode(ino)?;
         Ok(Stat {
-            ino,
+            ino: self.node(ino),
             attr: i.attr,
             blocks: sectors(&i.attr, i),
         })
+    }
+    fn take_ref(&mut self, ino: Ino) {
+        let n = self.node(ino);
+        *self.m.refs.entry(n).or_insert(0) += 1;
     }
     /// Drop a link to `ino` (the directory entry is already gone).
     fn drop_link(&mut self, ino: Ino, now: Time) -> Result<()> {
@@ -522,8 +575,9 @@ impl Txn<'_> {
             a.nlink = a.nlink.saturating_sub(1);
         }
         a.ctime = now;
-        if a.nlink == 0 && !self.m.refs.contains_key(&ino) {
-            self.m.dirty.remove(&ino);
+        let n = self.node(ino);
+        if a.nlink == 0 && !self.m.refs.contains_key(&n) {
+            self.m.dirty.remove(&n);
             self.rec(Record::DelInode { ino })
         } else {
             self.set_attr(ino, a)
@@ -536,6 +590,81 @@ impl Txn<'_> {
         a.nlink = (a.nlink as i64 + nlink_delta as i64).max(0) as u32;
         self.set_attr(dir, a)
     }
+}
+
+/// What the admin API and the CLI see of a layer.
+#[derive(Clone, Debug)]
+pub struct LayerInfo {
+    pub id: String,
+    pub slot: u32,
+    pub parent: Option<String>,
+    pub state: LayerState,
+    pub labels: BTreeMap<String, String>,
+    pub created: Time,
+    pub owned_bytes: u64,
+    pub inodes: u64,
+    /// Parent ids, nearest first.
+    pub chain: Vec<String>,
+    pub children: Vec<String>,
+}
+
+fn lossy(n: &[u8]) -> String {
+    String::from_utf8_lossy(n).into_owned()
+}
+
+fn layer_info(ls: &Layers, slot: Slot) -> Result<LayerInfo> {
+    let l = ls
+        .get(slot)
+        .ok_or_else(|| Error::NotFound(format!("no layer in slot {slot}")))?;
+    let mut chain = Vec::new();
+    let mut p = l.parent;
+    while let Some(ps) = p {
+        let Some(pl) = ls.get(ps) else { break };
+        chain.push(lossy(&pl.id));
+        p = pl.parent;
+        if chain.len() > ls.map.len() {
+            break;
+        }
+    }
+    Ok(LayerInfo {
+        id: lossy(&l.id),
+        slot,
+        parent: l.parent.and_then(|p| ls.get(p)).map(|p| lossy(&p.id)),
+        state: l.state,
+        labels: l.labels.iter().map(|(k, v)| (lossy(k), lossy(v))).collect(),
+        created: l.created,
+        owned_bytes: l.owned * BLOCK,
+        inodes: l.tree.inodes.len() as u64,
+        chain,
+        children: ls
+            .children(slot)
+            .into_iter()
+            .filter_map(|c| ls.get(c))
+            .map(|c| lossy(&c.id))
+            .collect(),
+    })
+}
+
+fn label_list(labels: &BTreeMap<String, String>) -> Result<Vec<(Name, Name)>> {
+    if labels.len() > crate::meta::MAX_LABELS {
+        return Err(Error::Invalid(format!(
+            "at most {} labels",
+            crate::meta::MAX_LABELS
+        )));
+    }
+    labels
+        .iter()
+        .map(|(k, v)| {
+            if k.is_empty() || k.len() > crate::meta::MAX_LABEL || v.len() > crate::meta::MAX_LABEL
+            {
+                return Err(Error::Invalid(format!(
+                    "label keys must be 1 to {0} bytes, values at most {0}",
+                    crate::meta::MAX_LABEL
+                )));
+            }
+            Ok((Arc::from(k.as_bytes()), Arc::from(v.as_bytes())))
+        })
+        .collect()
 }
 
 impl Engine {
@@ -551,10 +680,9 @@ impl Engine {
         let fsid = fsid_of(&l.sb.uuid);
         let ring = Ring::start(dev.clone())
             .map_err(|e| Error::Unusable(format!("cannot start io_uring: {e}")))?;
-        let alloc = l.alloc;
         let meta = Meta {
-            tree: l.tree,
-            alloc,
+            layers: l.layers,
+            alloc: l.alloc,
             pending: Enc::new(),
             dirty: HashSet::new(),
             refs: HashMap::new(),
@@ -585,25 +713,35 @@ impl Engine {
             file_locks: Mutex::new(HashMap::new()),
             opts,
             counters: Counters::default(),
+            started: Time::now(),
         });
-        // Files unlinked while open when the last session ended.
+        // Files unlinked while open when the last session ended (active layers only: a frozen
+        // layer's tree is shared by its children).
         {
             let mut m = inner.meta.lock();
-            let orphans: Vec<Ino> = m
-                .tree
-                .inodes
+            let orphans: Vec<(Slot, Ino)> = m
+                .layers
+                .map
                 .iter()
-                .filter(|(i, n)| **i != ROOT_INO && n.attr.nlink == 0)
-                .map(|(i, _)| *i)
+                .filter(|(_, l)| l.state == LayerState::Active)
+                .flat_map(|(s, l)| {
+                    l.tree
+                        .inodes
+                        .iter()
+                        .filter(|(i, n)| **i != ROOT_INO && n.attr.nlink == 0)
+                        .map(move |(i, _)| (*s, *i))
+                })
                 .collect();
-            let mut t = Txn {
-                m: &mut m,
-                freed: Vec::new(),
-            };
-            for ino in &orphans {
+            let mut freed = Vec::new();
+            for (slot, ino) in &orphans {
+                let mut t = Txn {
+                    m: &mut m,
+                    slot: *slot,
+                    freed: Vec::new(),
+                };
                 t.rec(Record::DelInode { ino: *ino })?;
+                freed.append(&mut t.freed);
             }
-            let freed = std::mem::take(&mut t.freed);
             for (b, n) in freed {
                 m.alloc.defer_free(b, n);
             }
@@ -676,77 +814,131 @@ impl Engine {
         self.inner.poisoned.load(Ordering::SeqCst)
     }
 
-    fn change<T>(&self, f: impl FnOnce(&mut Txn) -> Result<T>) -> Result<T> {
+    /// Run a metadata change in the layer of `node`. Only active layers change; the mount root
+    /// never does.
+    fn change<T>(&self, node: Node, f: impl FnOnce(&mut Txn, Ino) -> Result<T>) -> Result<T> {
         if self.inner.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
         }
+        let (slot, ino) = split(node);
+        if slot == 0 {
+            return Err(errno(libc::EPERM));
+        }
         let mut m = self.inner.meta.lock();
+        match m.layers.get(slot) {
+            None => return Err(errno(libc::ENOENT)),
+            Some(l) if l.state != LayerState::Active => return Err(errno(libc::EROFS)),
+            Some(_) => {}
+        }
         let mut t = Txn {
             m: &mut m,
+            slot,
             freed: Vec::new(),
         };
-        let r = f(&mut t);
+        let r = f(&mut t, ino);
         let freed = std::mem::take(&mut t.freed);
+        self.release_later(&mut m, freed);
+        r
+    }
+
+    fn release_later(&self, m: &mut Meta, freed: Vec<(u64, u64)>) {
         for (b, n) in freed {
             self.inner.cache.invalidate(b, n);
             m.alloc.defer_free(b, n);
         }
-        r
     }
 
-    fn read_meta<T>(&self, f: impl FnOnce(&Meta) -> Result<T>) -> Result<T> {
+    /// Read-only access to the tree holding `node`.
+    fn with_tree<T>(&self, node: Node, f: impl FnOnce(&Tree, Ino) -> Result<T>) -> Result<T> {
+        let (slot, ino) = split(node);
         let m = self.inner.meta.lock();
-        f(&m)
+        f(tree_of(&m, slot)?, ino)
     }
 
-    pub fn getattr(&self, ino: Ino) -> Result<Stat> {
-        self.read_meta(|m| {
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
-            Ok(Stat {
-                ino,
-                attr: i.attr,
-                blocks: sectors(&i.attr, i),
-            })
+    fn root_stat(&self, m: &Meta) -> Stat {
+        let t = self.inner.started;
+        let attr = Attr {
+            mode: S_IFDIR | 0o755,
+            nlink: 2 + m.layers.map.len() as u32,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            btime: t,
+            ..Default::default()
+        };
+        Stat {
+            ino: MOUNT_ROOT,
+            attr,
+            blocks: 0,
+        }
+    }
+
+    pub fn getattr(&self, node: Node) -> Result<Stat> {
+        let (slot, ino) = split(node);
+        let m = self.inner.meta.lock();
+        if slot == 0 {
+            return if ino == ROOT_INO {
+                Ok(self.root_stat(&m))
+            } else {
+                Err(errno(libc::ENOENT))
+            };
+        }
+        let i = tree_of(&m, slot)?.get(ino).ok_or(errno(libc::ENOENT))?;
+        Ok(Stat {
+            ino: node,
+            attr: i.attr,
+            blocks: sectors(&i.attr, i),
         })
     }
 
     /// Look up `name` in `parent`. A successful lookup counts as one kernel reference to the
-    /// inode (see [`Engine::forget`]).
-    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Stat> {
+    /// inode (see [`Engine::forget`]). In the mount root, names are layer ids.
+    pub fn lookup(&self, parent: Node, name: &[u8]) -> Result<Stat> {
         if name.len() > MAX_NAME {
             return Err(errno(libc::ENAMETOOLONG));
         }
+        let (slot, pino) = split(parent);
         let mut m = self.inner.meta.lock();
-        let p = m.tree.get(parent).ok_or(errno(libc::ENOENT))?;
-        let d = p.dir().ok_or(errno(libc::ENOTDIR))?;
-        let ino = match name {
-            b"." => parent,
-            _ => d.get(name).ok_or(errno(libc::ENOENT))?,
+        let node = if slot == 0 {
+            let ls = m.layers.slot_of(name).ok_or(errno(libc::ENOENT))?;
+            node_of(ls, ROOT_INO)
+        } else {
+            let t = tree_of(&m, slot)?;
+            let d = t
+                .get(pino)
+                .ok_or(errno(libc::ENOENT))?
+                .dir()
+                .ok_or(errno(libc::ENOTDIR))?;
+            match name {
+                b"." => parent,
+                _ => node_of(slot, d.get(name).ok_or(errno(libc::ENOENT))?),
+            }
         };
-        let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+        let (s2, ino) = split(node);
+        let i = tree_of(&m, s2)?.get(ino).ok_or(errno(libc::ENOENT))?;
         let st = Stat {
-            ino,
+            ino: node,
             attr: i.attr,
             blocks: sectors(&i.attr, i),
         };
-        *m.refs.entry(ino).or_insert(0) += 1;
+        *m.refs.entry(node).or_insert(0) += 1;
         Ok(st)
     }
 
-    pub fn readlink(&self, ino: Ino) -> Result<Name> {
-        self.read_meta(
-            |m| match &m.tree.get(ino).ok_or(errno(libc::ENOENT))?.content {
+    pub fn readlink(&self, node: Node) -> Result<Name> {
+        self.with_tree(node, |t, ino| {
+            match &t.get(ino).ok_or(errno(libc::ENOENT))?.content {
                 Content::Symlink(s) => Ok(s.clone()),
                 _ => Err(errno(libc::EINVAL)),
-            },
-        )
+            }
+        })
     }
 
     /// Create a node of any type (regular, dir, symlink, device, fifo, socket). The new entry
     /// counts as one kernel reference, like a lookup.
     pub fn mknod(
         &self,
-        parent: Ino,
+        parent: Node,
         name: &[u8],
         mode: u32,
         rdev: u32,
@@ -763,7 +955,7 @@ impl Engine {
                 }));
             }
         }
-        self.change(|t| {
+        self.change(parent, |t, parent| {
             let pattr = t.attr(parent)?;
             let d = t.dir(parent)?;
             if pattr.nlink == 0 {
@@ -795,7 +987,7 @@ impl Engine {
                 rdev,
                 flags: 0,
             };
-            let ino = t.m.tree.next_ino;
+            let ino = t.layer()?.tree.next_ino;
             t.rec(Record::NewInode {
                 ino,
                 attr,
@@ -807,14 +999,18 @@ impl Engine {
                 ino,
             })?;
             t.touch_dir(parent, now, if is_dir { 1 } else { 0 })?;
-            *t.m.refs.entry(ino).or_insert(0) += 1;
+            t.take_ref(ino);
             t.stat(ino)
         })
     }
 
-    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Stat> {
+    pub fn link(&self, node: Node, parent: Node, name: &[u8]) -> Result<Stat> {
         check_name(name)?;
-        self.change(|t| {
+        if split(node).0 != split(parent).0 {
+            return Err(errno(libc::EXDEV));
+        }
+        let ino = split(node).1;
+        self.change(parent, |t, parent| {
             let mut a = t.attr(ino)?;
             if a.is_dir() {
                 return Err(errno(libc::EPERM));
@@ -838,16 +1034,16 @@ impl Engine {
             a.ctime = now;
             t.set_attr(ino, a)?;
             t.touch_dir(parent, now, 0)?;
-            *t.m.refs.entry(ino).or_insert(0) += 1;
+            t.take_ref(ino);
             t.stat(ino)
         })
     }
 
-    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+    pub fn unlink(&self, parent: Node, name: &[u8]) -> Result<()> {
         if name.len() > MAX_NAME {
             return Err(errno(libc::ENAMETOOLONG));
         }
-        self.change(|t| {
+        self.change(parent, |t, parent| {
             let ino = t.dir(parent)?.get(name).ok_or(errno(libc::ENOENT))?;
             if t.attr(ino)?.is_dir() {
                 return Err(errno(libc::EISDIR));
@@ -862,7 +1058,7 @@ impl Engine {
         })
     }
 
-    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+    pub fn rmdir(&self, parent: Node, name: &[u8]) -> Result<()> {
         if name.len() > MAX_NAME {
             return Err(errno(libc::ENAMETOOLONG));
         }
@@ -872,7 +1068,7 @@ impl Engine {
         if name == b".." {
             return Err(errno(libc::ENOTEMPTY));
         }
-        self.change(|t| {
+        self.change(parent, |t, parent| {
             let ino = t.dir(parent)?.get(name).ok_or(errno(libc::ENOENT))?;
             let d = t.dir(ino)?;
             if !d.is_empty() {
@@ -888,8 +1084,15 @@ impl Engine {
         })
     }
 
-    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
-    pub fn rename(&self, op: Ino, oname: &[u8], np: Ino, nname: &[u8], flags: u32) -> Result<()> {
+    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE. Across layers: EXDEV.
+    pub fn rename(
+        &self,
+        opn: Node,
+        oname: &[u8],
+        npn: Node,
+        nname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
         check_name(nname)?;
         if oname.len() > MAX_NAME {
             return Err(errno(libc::ENAMETOOLONG));
@@ -900,7 +1103,11 @@ impl Engine {
         {
             return Err(errno(libc::EINVAL));
         }
-        self.change(|t| {
+        if split(opn).0 != split(npn).0 {
+            return Err(errno(libc::EXDEV));
+        }
+        let np = split(npn).1;
+        self.change(opn, |t, op| {
             let src = t.dir(op)?.get(oname).ok_or(errno(libc::ENOENT))?;
             let dst = t.dir(np)?.get(nname);
             let sattr = t.attr(src)?;
@@ -985,14 +1192,14 @@ impl Engine {
     }
 
     fn is_ancestor(t: &Txn, a: Ino, mut b: Ino) -> Result<bool> {
-        // Walk from b up to the root by searching parents; directories have one parent.
-        // Build a parent lookup lazily: directory trees are small relative to this rare op.
+        // Walk from b up to the layer root by searching parents (directories have one parent).
+        let tree = &t.layer()?.tree;
         let mut guard = 0;
         while b != ROOT_INO && guard < 100_000 {
             if b == a {
                 return Ok(true);
             }
-            let parent = t.m.tree.inodes.iter().find_map(|(pino, i)| match i.dir() {
+            let parent = tree.inodes.iter().find_map(|(pino, i)| match i.dir() {
                 Some(d) if d.entries.values().any(|(c, _)| *c == b) => Some(*pino),
                 _ => None,
             });
@@ -1005,51 +1212,87 @@ impl Engine {
         Ok(b == a)
     }
 
-    pub fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
-        self.read_meta(|m| {
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
-            let d = i.dir().ok_or(errno(libc::ENOTDIR))?;
-            let mut out = Vec::new();
-            if offset < 1 {
-                out.push(DirEntry {
-                    name: Arc::from(&b"."[..]),
-                    ino,
-                    kind: S_IFDIR,
-                    offset: 1,
-                });
+    pub fn readdir(&self, node: Node, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        let (slot, ino) = split(node);
+        let m = self.inner.meta.lock();
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirEntry {
+                name: Arc::from(&b"."[..]),
+                ino: node,
+                kind: S_IFDIR,
+                offset: 1,
+            });
+        }
+        if offset < 2 {
+            out.push(DirEntry {
+                name: Arc::from(&b".."[..]),
+                ino: node,
+                kind: S_IFDIR,
+                offset: 2,
+            });
+        }
+        if slot == 0 {
+            if ino != ROOT_INO {
+                return Err(errno(libc::ENOENT));
             }
-            if offset < 2 {
-                out.push(DirEntry {
-                    name: Arc::from(&b".."[..]),
-                    ino,
-                    kind: S_IFDIR,
-                    offset: 2,
-                });
-            }
-            for (c, name) in d.by_cookie.range(offset.max(2) + 1..) {
+            // The mount root: one directory per layer, resumable by slot.
+            for (s, l) in m.layers.map.range(offset.saturating_sub(2) as Slot..) {
                 if out.len() >= max {
                     break;
                 }
-                let Some(&(child, _)) = d.entries.get(name) else {
-                    continue;
-                };
-                let kind = m.tree.get(child).map(|c| c.attr.kind()).unwrap_or(S_IFREG);
                 out.push(DirEntry {
-                    name: name.clone(),
-                    ino: child,
-                    kind,
-                    offset: *c,
+                    name: l.id.clone(),
+                    ino: node_of(*s, ROOT_INO),
+                    kind: S_IFDIR,
+                    offset: *s as u64 + 3,
                 });
             }
-            Ok(out)
-        })
+            return Ok(out);
+        }
+        let tree = tree_of(&m, slot)?;
+        let i = tree.get(ino).ok_or(errno(libc::ENOENT))?;
+        let d = i.dir().ok_or(errno(libc::ENOTDIR))?;
+        for (c, name) in d.by_cookie.range(offset.max(2) + 1..) {
+            if out.len() >= max {
+                break;
+            }
+            let Some(&(child, _)) = d.entries.get(name) else {
+                continue;
+            };
+            let kind = tree.get(child).map(|c| c.attr.kind()).unwrap_or(S_IFREG);
+            out.push(DirEntry {
+                name: name.clone(),
+                ino: node_of(slot, child),
+                kind,
+                offset: *c,
+            });
+        }
+        Ok(out)
     }
 
-    pub fn setattr(&self, ino: Ino, s: SetAttr) -> Result<Stat> {
-        let _fl = s.size.map(|_| self.file_lock(ino));
+    pub fn setattr(&self, node: Node, s: SetAttr) -> Result<Stat> {
+        let _fl = s.size.map(|_| self.file_lock(node));
         let _g = _fl.as_ref().map(|l| l.lock());
-        let mut zero_tail: Option<(u64, usize)> = None;
-        let st = self.change(|t| {
+        if let Some(size) = s.size {
+            // Bytes past EOF in the last block are kept zero on disk: zero the tail of the new
+            // last block first (through the write path, so an inherited block is copied).
+            let cur = self.getattr(node)?;
+            if cur.attr.is_reg() && size < cur.attr.size && size % BLOCK != 0 {
+                let end = (size / BLOCK + 1) * BLOCK;
+                let end = end.min(cur.attr.size);
+                let mapped = self.with_tree(node, |t, ino| {
+                    Ok(t.get(ino)
+                        .and_then(|i| i.extents())
+                        .and_then(|x| x.lookup(size / BLOCK))
+                        .is_some())
+                })?;
+                if mapped && end > size {
+                    self.write_locked(node, size, &vec![0u8; (end - size) as usize])?;
+                }
+            }
+        }
+        self.change(node, |t, ino| {
             let mut a = t.attr(ino)?;
             let now = Time::now();
             if let Some(mode) = s.mode {
@@ -1084,13 +1327,6 @@ impl Engine {
                         lblk: first_gone,
                         len: u64::MAX - first_gone,
                     })?;
-                    if size % BLOCK != 0 {
-                        if let Some(p) =
-                            t.inode(ino)?.extents().and_then(|x| x.lookup(size / BLOCK))
-                        {
-                            zero_tail = Some((p, (size % BLOCK) as usize));
-                        }
-                    }
                 }
                 a.size = size;
                 a.mtime = now;
@@ -1104,18 +1340,16 @@ impl Engine {
             a.ctime = s.ctime.unwrap_or(now);
             t.set_attr(ino, a)?;
             t.stat(ino)
-        })?;
-        if let Some((pblk, keep)) = zero_tail {
-            // Bytes past EOF in the last block are kept zero on disk.
-            let mut buf = self.read_block_sync(pblk)?;
-            buf[keep..].fill(0);
-            self.write_block_sync(pblk, buf)?;
-        }
-        Ok(st)
+        })
     }
 
-    fn file_lock(&self, ino: Ino) -> Arc<Mutex<()>> {
-        self.inner.file_locks.lock().entry(ino).or_default().clone()
+    fn file_lock(&self, node: Node) -> Arc<Mutex<()>> {
+        self.inner
+            .file_locks
+            .lock()
+            .entry(node)
+            .or_default()
+            .clone()
     }
 
     fn read_block_sync(&self, pblk: u64) -> Result<AlignedBuf> {
@@ -1129,55 +1363,53 @@ impl Engine {
             .map_err(|e| self.inner.io_failed("read", pblk, e, false))
     }
 
-    fn write_block_sync(&self, pblk: u64, buf: AlignedBuf) -> Result<()> {
-        self.inner.cache.write(pblk, &buf);
-        self.inner
-            .ring
-            .run_sync(Op::Write, pblk * BLOCK, buf)
-            .map_err(|e| self.inner.io_failed("write", pblk, e, true))?;
-        Ok(())
-    }
-
-    /// The kernel took `n` more references to `ino` (a lookup, create or readdirplus entry).
-    pub fn inc_ref(&self, ino: Ino, n: u64) {
-        *self.inner.meta.lock().refs.entry(ino).or_insert(0) += n;
+    /// The kernel took `n` more references to `node` (a lookup, create or readdirplus entry).
+    pub fn inc_ref(&self, node: Node, n: u64) {
+        *self.inner.meta.lock().refs.entry(node).or_insert(0) += n;
     }
 
     /// The kernel dropped `n` references (FUSE forget). An unlinked inode with no references
     /// left is deleted.
-    pub fn forget(&self, ino: Ino, n: u64) {
+    pub fn forget(&self, node: Node, n: u64) {
         let delete = {
             let mut m = self.inner.meta.lock();
-            let Some(c) = m.refs.get_mut(&ino) else {
+            let Some(c) = m.refs.get_mut(&node) else {
                 return;
             };
             *c = c.saturating_sub(n);
             if *c > 0 {
                 return;
             }
-            m.refs.remove(&ino);
-            matches!(m.tree.get(ino), Some(i) if i.attr.nlink == 0 && ino != ROOT_INO)
+            m.refs.remove(&node);
+            let (slot, ino) = split(node);
+            matches!(m.layers.get(slot), Some(l) if l.state == LayerState::Active
+                && matches!(l.tree.get(ino), Some(i) if i.attr.nlink == 0 && ino != ROOT_INO))
         };
         if delete {
-            let r = self.change(|t| {
-                if matches!(t.m.tree.get(ino), Some(i) if i.attr.nlink == 0)
-                    && !t.m.refs.contains_key(&ino)
+            let r = self.change(node, |t, ino| {
+                let n = t.node(ino);
+                if matches!(t.inode(ino), Ok(i) if i.attr.nlink == 0) && !t.m.refs.contains_key(&n)
                 {
-                    t.m.dirty.remove(&ino);
+                    t.m.dirty.remove(&n);
                     t.rec(Record::DelInode { ino })?;
                 }
                 Ok(())
             });
             if let Err(e) = r {
-                log::warn!("could not delete unlinked inode {ino}: {e}");
+                log::warn!("could not delete unlinked inode {node}: {e}");
             }
-            self.inner.file_locks.lock().remove(&ino);
+            self.inner.file_locks.lock().remove(&node);
         }
     }
 
     pub fn statfs(&self) -> StatFs {
         let m = self.inner.meta.lock();
-        let files = m.tree.inodes.len() as u64;
+        let files: u64 = m
+            .layers
+            .map
+            .values()
+            .map(|l| l.tree.inodes.len() as u64)
+            .sum();
         StatFs {
             blocks: m.alloc.total(),
             bfree: m.alloc.free(),
@@ -1189,16 +1421,22 @@ impl Engine {
         }
     }
 
-    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Name> {
-        self.read_meta(|m| {
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+    pub fn getxattr(&self, node: Node, name: &[u8]) -> Result<Name> {
+        if split(node).0 == 0 {
+            return Err(errno(libc::ENODATA));
+        }
+        self.with_tree(node, |t, ino| {
+            let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
             i.xattrs.get(name).cloned().ok_or(errno(libc::ENODATA))
         })
     }
 
-    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
-        self.read_meta(|m| {
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+    pub fn listxattr(&self, node: Node) -> Result<Vec<u8>> {
+        if split(node).0 == 0 {
+            return Ok(Vec::new());
+        }
+        self.with_tree(node, |t, ino| {
+            let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
             let mut out = Vec::new();
             for k in i.xattrs.keys() {
                 out.extend_from_slice(k);
@@ -1208,7 +1446,7 @@ impl Engine {
         })
     }
 
-    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(&self, node: Node, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(errno(libc::ERANGE));
         }
@@ -1218,7 +1456,7 @@ impl Engine {
         if name.starts_with(b"system.") {
             return Err(errno(libc::EOPNOTSUPP));
         }
-        self.change(|t| {
+        self.change(node, |t, ino| {
             let exists = t.inode(ino)?.xattrs.contains_key(name);
             if flags & libc::XATTR_CREATE != 0 && exists {
                 return Err(errno(libc::EEXIST));
@@ -1237,8 +1475,8 @@ impl Engine {
         })
     }
 
-    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        self.change(|t| {
+    pub fn removexattr(&self, node: Node, name: &[u8]) -> Result<()> {
+        self.change(node, |t, ino| {
             if !t.inode(ino)?.xattrs.contains_key(name) {
                 return Err(errno(libc::ENODATA));
             }
@@ -1253,9 +1491,9 @@ impl Engine {
     }
 
     /// SEEK_DATA / SEEK_HOLE.
-    pub fn lseek(&self, ino: Ino, offset: u64, whence: i32) -> Result<u64> {
-        self.read_meta(|m| {
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+    pub fn lseek(&self, node: Node, offset: u64, whence: i32) -> Result<u64> {
+        self.with_tree(node, |t, ino| {
+            let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
             let size = i.attr.size;
             if offset >= size {
                 return Err(errno(libc::ENXIO));
@@ -1263,14 +1501,12 @@ impl Engine {
             let x = i.extents().ok_or(errno(libc::EINVAL))?;
             let nblk = size.div_ceil(BLOCK);
             let start = offset / BLOCK;
-            for (l, p, n) in x.runs(start, nblk - start) {
-                let at = (l * BLOCK).max(offset);
-                match (whence, p) {
+            for r in x.runs(start, nblk - start) {
+                let at = (r.lblk * BLOCK).max(offset);
+                match (whence, r.pblk) {
                     (libc::SEEK_DATA, Some(_)) => return Ok(at),
                     (libc::SEEK_HOLE, None) => return Ok(at.min(size)),
-                    _ => {
-                        let _ = n;
-                    }
+                    _ => {}
                 }
             }
             match whence {
@@ -1281,10 +1517,223 @@ impl Engine {
         })
     }
 
+    /// Apply layer records built by `f` (under the metadata lock), then make them durable.
+    fn layer_change<T>(&self, f: impl FnOnce(&Meta) -> Result<(Vec<Record>, T)>) -> Result<T> {
+        if self.inner.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let out = {
+            let mut m = self.inner.meta.lock();
+            let (recs, out) = f(&m)?;
+            let mut freed = Vec::new();
+            for r in &recs {
+                let mut mapped = Vec::new();
+                m.layers.apply(0, r, &mut freed, &mut mapped)?;
+                journal::encode_record(&mut m.pending, 0, r);
+            }
+            self.release_later(&mut m, freed);
+            out
+        };
+        self.fsync_sync()?;
+        Ok(out)
+    }
+
+    fn slot_named(m: &Meta, id: &str) -> Result<Slot> {
+        m.layers
+            .slot_of(id.as_bytes())
+            .ok_or_else(|| Error::NotFound(format!("layer {id:?} does not exist")))
+    }
+
+    fn check_new_id(m: &Meta, id: &str) -> Result<()> {
+        crate::layer::check_id(id.as_bytes())?;
+        if m.layers.slot_of(id.as_bytes()).is_some() {
+            return Err(Error::Exists(format!("layer {id:?} already exists")));
+        }
+        if m.layers.next_slot as u64 >= (1 << (64 - INO_BITS)) - 1 {
+            return Err(Error::Busy("no free layer slots".into()));
+        }
+        Ok(())
+    }
+
+    /// A new, empty, active base layer.
+    pub fn layer_create(&self, id: &str, labels: BTreeMap<String, String>) -> Result<LayerInfo> {
+        let labels = label_list(&labels)?;
+        let (uid, gid) = crate::sys::ids();
+        let slot = self.layer_change(|m| {
+            Self::check_new_id(m, id)?;
+            let slot = m.layers.next_slot.max(1);
+            let owner = m.layers.next_owner.max(1);
+            let created = Time::now();
+            let id: Name = Arc::from(id.as_bytes());
+            let mut recs = vec![Record::LayerNew {
+                slot,
+                id,
+                parent: None,
+                state: LayerState::Active,
+                owner,
+                created,
+                uid,
+                gid,
+            }];
+            if !labels.is_empty() {
+                recs.push(Record::LayerLabels { slot, labels });
+            }
+            Ok((recs, slot))
+        })?;
+        self.layer_info_slot(slot)
+    }
+
+    /// A new active or view layer sharing the whole tree of committed layer `parent`: O(1).
+    pub fn layer_clone(
+        &self,
+        parent: &str,
+        id: &str,
+        state: LayerState,
+        labels: BTreeMap<String, String>,
+    ) -> Result<LayerInfo> {
+        if state == LayerState::Committed {
+            return Err(Error::Invalid("a clone is active or a view".into()));
+        }
+        let labels = label_list(&labels)?;
+        let slot = self.layer_change(|m| {
+            let p = Self::slot_named(m, parent)?;
+            if m.layers.get(p).map(|l| l.state) != Some(LayerState::Committed) {
+                return Err(Error::Busy(format!(
+                    "layer {parent:?} is not committed; only committed layers can be cloned"
+                )));
+            }
+            Self::check_new_id(m, id)?;
+            let slot = m.layers.next_slot.max(1);
+            let owner = m.layers.next_owner.max(1);
+            let id: Name = Arc::from(id.as_bytes());
+            let mut recs = vec![Record::LayerNew {
+                slot,
+                id,
+                parent: Some(p),
+                state,
+                owner,
+                created: Time::now(),
+                uid: 0,
+                gid: 0,
+            }];
+            if !labels.is_empty() {
+                recs.push(Record::LayerLabels { slot, labels });
+            }
+            Ok((recs, slot))
+        })?;
+        self.layer_info_slot(slot)
+    }
+
+    /// Freeze an active layer: it becomes committed and may have children.
+    pub fn layer_commit(&self, id: &str) -> Result<LayerInfo> {
+        let slot = self.layer_change(|m| {
+            let s = Self::slot_named(m, id)?;
+            match m.layers.get(s).map(|l| l.state) {
+                Some(LayerState::Active) => {}
+                Some(st) => {
+                    return Err(Error::Busy(format!(
+                        "layer {id:?} is {}, not active",
+                        st.as_str()
+                    )))
+                }
+                None => return Err(Error::NotFound(format!("layer {id:?} does not exist"))),
+            }
+            Ok((
+                vec![Record::LayerState {
+                    slot: s,
+                    state: LayerState::Committed,
+                }],
+                s,
+            ))
+        })?;
+        self.layer_info_slot(slot)
+    }
+
+    /// Freeze the current state of active layer `id` into a new committed layer `new_parent`
+    /// (which takes its place in the chain), in O(1); `id` stays active on top of it.
+    pub fn layer_snapshot(&self, id: &str, new_parent: &str) -> Result<LayerInfo> {
+        let slot = self.layer_change(|m| {
+            let s = Self::slot_named(m, id)?;
+            if m.layers.get(s).map(|l| l.state) != Some(LayerState::Active) {
+                return Err(Error::Busy(format!("layer {id:?} is not active")));
+            }
+            Self::check_new_id(m, new_parent)?;
+            let new_slot = m.layers.next_slot.max(1);
+            let new_owner = m.layers.next_owner.max(1);
+            let rec = Record::LayerSnapshot {
+                slot: s,
+                new_slot,
+                new_id: Arc::from(new_parent.as_bytes()),
+                new_owner,
+                created: Time::now(),
+            };
+            Ok((vec![rec], new_slot))
+        })?;
+        self.layer_info_slot(slot)
+    }
+
+    /// Remove a leaf layer; the blocks it owns return to the free pool.
+    pub fn layer_remove(&self, id: &str) -> Result<()> {
+        self.layer_change(|m| {
+            let s = Self::slot_named(m, id)?;
+            let kids = m.layers.children(s);
+            if !kids.is_empty() {
+                let names: Vec<String> = kids
+                    .iter()
+                    .filter_map(|k| m.layers.get(*k))
+                    .map(|l| lossy(&l.id))
+                    .collect();
+                return Err(Error::Busy(format!(
+                    "layer {id:?} has children: {}",
+                    names.join(", ")
+                )));
+            }
+            Ok((vec![Record::LayerRemove { slot: s }], ()))
+        })
+    }
+
+    pub fn layer_set_labels(
+        &self,
+        id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<LayerInfo> {
+        let labels = label_list(&labels)?;
+        let slot = self.layer_change(|m| {
+            let s = Self::slot_named(m, id)?;
+            Ok((vec![Record::LayerLabels { slot: s, labels }], s))
+        })?;
+        self.layer_info_slot(slot)
+    }
+
+    pub fn layer_list(&self) -> Vec<LayerInfo> {
+        let m = self.inner.meta.lock();
+        m.layers
+            .map
+            .keys()
+            .filter_map(|s| layer_info(&m.layers, *s).ok())
+            .collect()
+    }
+
+    pub fn layer_stat(&self, id: &str) -> Result<LayerInfo> {
+        let m = self.inner.meta.lock();
+        layer_info(&m.layers, Self::slot_named(&m, id)?)
+    }
+
+    fn layer_info_slot(&self, slot: Slot) -> Result<LayerInfo> {
+        let m = self.inner.meta.lock();
+        layer_info(&m.layers, slot)
+    }
+
+    /// The node of a layer's root directory.
+    pub fn layer_root(&self, id: &str) -> Result<Node> {
+        let m = self.inner.meta.lock();
+        Ok(node_of(Self::slot_named(&m, id)?, ROOT_INO))
+    }
+
     /// Read up to `size` bytes at `offset`; `cb` runs on the I/O thread (or here on a cache hit).
-    pub fn read(&self, ino: Ino, offset: u64, size: u32, cb: ReadCb) {
-        let plan = self.read_meta(|m| {
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+    pub fn read(&self, node: Node, offset: u64, size: u32, cb: ReadCb) {
+        let plan = self.with_tree(node, |t, ino| {
+            let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
             if i.attr.is_dir() {
                 return Err(errno(libc::EISDIR));
             }
@@ -1312,10 +1761,10 @@ impl Engine {
         // Blocks still to fetch from the device: (index in buffer, physical block, count).
         let mut out = AlignedBuf::zeroed(nblocks);
         let mut fetch: Vec<(usize, u64, usize)> = Vec::new();
-        for (l, p, n) in runs {
-            let Some(p) = p else { continue };
-            for k in 0..n {
-                let idx = (l - b0 + k) as usize;
+        for r in runs {
+            let Some(p) = r.pblk else { continue };
+            for k in 0..r.len {
+                let idx = (r.lblk - b0 + k) as usize;
                 let pb = p + k;
                 if self
                     .inner
@@ -1416,7 +1865,29 @@ impl Engine {
     }
 
     /// Write `data` at `offset`; `cb` gets the byte count when the data is on the device.
-    pub fn write(&self, ino: Ino, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) {
+    pub fn write(&self, node: Node, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) {
+        self.write_impl(node, offset, data, kill_suidgid, cb, true)
+    }
+
+    /// Blocking write by a caller that already holds the file's lock.
+    fn write_locked(&self, node: Node, offset: u64, data: &[u8]) -> Result<u32> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let cb: Cb<u32> = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.write_impl(node, offset, data, false, cb, false);
+        rx.recv().unwrap_or(Err(Error::Poisoned))
+    }
+
+    fn write_impl(
+        &self,
+        node: Node,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+        cb: Cb<u32>,
+        take_lock: bool,
+    ) {
         if data.is_empty() {
             cb(Ok(0));
             return;
@@ -1426,16 +1897,16 @@ impl Engine {
             cb(Err(errno(libc::EFBIG)));
             return;
         }
-        let lock = self.file_lock(ino);
-        let guard = lock.lock();
+        let lock = self.file_lock(node);
+        let guard = take_lock.then(|| lock.lock());
         let b0 = offset / BLOCK;
         let b1 = end.div_ceil(BLOCK);
         let n = (b1 - b0) as usize;
         // Edge blocks only partly covered by the write need their old contents.
         let head_partial = offset % BLOCK != 0;
         let tail_partial = end % BLOCK != 0;
-        let edges = self.read_meta(|m| {
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+        let edges = self.with_tree(node, |t, ino| {
+            let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
             let x = i.extents().ok_or(errno(if i.attr.is_dir() {
                 libc::EISDIR
             } else {
@@ -1474,12 +1945,12 @@ impl Engine {
         // Map holes to new blocks, update size and times, all under the metadata lock. When
         // the device is full but blocks are waiting for a commit to be freed, commit once and
         // retry.
-        let mut plan = self.plan_write(ino, b0, n, end, kill_suidgid);
+        let mut plan = self.plan_write(node, b0, n, end, kill_suidgid);
         if matches!(plan, Err(Error::NoSpace))
             && self.inner.meta.lock().alloc.pending() > 0
             && self.fsync_sync().is_ok()
         {
-            plan = self.plan_write(ino, b0, n, end, kill_suidgid);
+            plan = self.plan_write(node, b0, n, end, kill_suidgid);
         }
         let (phys, epoch) = match plan {
             Ok(p) => p,
@@ -1491,68 +1962,76 @@ impl Engine {
         self.submit_write(phys, epoch, b0, buf, data.len(), guard, cb);
     }
 
-    /// Under the metadata lock: allocate the holes of `[b0, b0+n)`, append their records,
-    /// update size and times. Returns the physical pieces to write and the data epoch.
+    /// Under the metadata lock: give new blocks to the holes of `[b0, b0+n)` and to blocks
+    /// this layer does not own (copy-on-write), append their records, update size and times.
+    /// Returns the physical pieces to write and the data epoch.
     #[allow(clippy::type_complexity)]
     fn plan_write(
         &self,
-        ino: Ino,
+        node: Node,
         b0: u64,
         n: usize,
         end: u64,
         kill_suidgid: bool,
     ) -> Result<(Vec<(u64, u64, u64)>, Option<usize>)> {
-        self.change(|t| {
+        self.change(node, |t, ino| {
             let epoch = t.m.epoch;
+            let owner = t.layer()?.owner;
             let i = t.inode(ino)?;
             let mut a = i.attr;
             let x = i.extents().ok_or(errno(libc::EINVAL))?;
             let runs = x.runs(b0, n as u64);
-            let holes: u64 = runs.iter().filter(|r| r.1.is_none()).map(|r| r.2).sum();
+            let fresh = |r: &Run| r.pblk.is_none() || r.owner != owner;
+            let need: u64 = runs.iter().filter(|r| fresh(r)).map(|r| r.len).sum();
             let mut phys: Vec<(u64, u64, u64)> = Vec::new(); // (logical, physical, len)
-            let mut allocating = false;
-            if holes > 0 {
+            let allocating = need > 0;
+            if allocating {
                 let hint = x.lookup(b0.saturating_sub(1)).map(|p| p + 1);
                 let mut got =
                     t.m.alloc
-                        .alloc(holes, hint)
+                        .alloc(need, hint)
                         .ok_or(Error::NoSpace)?
                         .into_iter();
                 let mut cur = got.next();
-                for (l, p, len) in runs {
-                    match p {
-                        Some(p) => phys.push((l, p, len)),
-                        None => {
-                            let mut l = l;
-                            let mut left = len;
-                            while left > 0 {
-                                let Some((pb, pn)) = cur.as_mut() else {
-                                    return Err(Error::NoSpace);
-                                };
-                                let take = left.min(*pn);
-                                phys.push((l, *pb, take));
-                                t.rec(Record::Map {
-                                    ino,
-                                    lblk: l,
-                                    pblk: *pb,
-                                    len: take,
-                                })?;
-                                *pb += take;
-                                *pn -= take;
-                                l += take;
-                                left -= take;
-                                if *pn == 0 {
-                                    cur = got.next();
-                                }
-                            }
+                for r in runs {
+                    if !fresh(&r) {
+                        phys.push((r.lblk, r.pblk.unwrap_or(0), r.len));
+                        continue;
+                    }
+                    let mut l = r.lblk;
+                    let mut left = r.len;
+                    while left > 0 {
+                        let Some((pb, pn)) = cur.as_mut() else {
+                            return Err(Error::NoSpace);
+                        };
+                        let take = left.min(*pn);
+                        phys.push((l, *pb, take));
+                        t.rec(Record::Map {
+                            ino,
+                            lblk: l,
+                            pblk: *pb,
+                            len: take,
+                            owner,
+                        })?;
+                        *pb += take;
+                        *pn -= take;
+                        l += take;
+                        left -= take;
+                        if *pn == 0 {
+                            cur = got.next();
                         }
                     }
+                    if r.pblk.is_some() {
+                        self.inner
+                            .counters
+                            .cow_blocks
+                            .fetch_add(r.len, Ordering::Relaxed);
+                    }
                 }
-                allocating = true;
             } else {
                 phys = runs
                     .into_iter()
-                    .map(|(l, p, len)| (l, p.unwrap_or(0), len))
+                    .map(|r| (r.lblk, r.pblk.unwrap_or(0), r.len))
                     .collect();
             }
             let now = Time::now();
@@ -1568,12 +2047,11 @@ impl Engine {
                 a.size = a.size.max(end);
                 t.set_attr(ino, a)?;
             } else {
-                t.m.tree
-                    .inodes
-                    .get_mut(&ino)
-                    .ok_or(errno(libc::ENOENT))?
-                    .attr = a;
-                t.m.dirty.insert(ino);
+                // In-place overwrite: the new times are journaled at the next commit.
+                let slot = t.slot;
+                let l = t.m.layers.map.get_mut(&slot).ok_or(errno(libc::ENOENT))?;
+                l.tree.inodes.get_mut(&ino).ok_or(errno(libc::ENOENT))?.attr = a;
+                t.m.dirty.insert(node);
             }
             if allocating {
                 self.inner.data_inflight[epoch].fetch_add(1, Ordering::SeqCst);
@@ -1590,7 +2068,7 @@ impl Engine {
         b0: u64,
         buf: AlignedBuf,
         data_len: usize,
-        guard: parking_lot::MutexGuard<'_, ()>,
+        guard: Option<parking_lot::MutexGuard<'_, ()>>,
         cb: Cb<u32>,
     ) {
         // Merge physically contiguous pieces into device writes.
@@ -1685,10 +2163,10 @@ impl Engine {
     }
 
     /// Blocking write helper (copy_file_range, fallocate).
-    pub fn write_sync(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
+    pub fn write_sync(&self, node: Node, offset: u64, data: &[u8]) -> Result<u32> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.write(
-            ino,
+            node,
             offset,
             data,
             false,
@@ -1700,10 +2178,10 @@ impl Engine {
     }
 
     /// Blocking read helper.
-    pub fn read_sync(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read_sync(&self, node: Node, offset: u64, size: u32) -> Result<Vec<u8>> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.read(
-            ino,
+            node,
             offset,
             size,
             Box::new(move |r| {
@@ -1715,9 +2193,9 @@ impl Engine {
 
     pub fn copy_file_range(
         &self,
-        ino_in: Ino,
+        ino_in: Node,
         off_in: u64,
-        ino_out: Ino,
+        ino_out: Node,
         off_out: u64,
         len: u64,
     ) -> Result<u64> {
@@ -1738,7 +2216,7 @@ impl Engine {
     }
 
     /// fallocate: mode 0 / KEEP_SIZE allocate (zeroed), PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE.
-    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> Result<()> {
+    pub fn fallocate(&self, node: Node, offset: u64, len: u64, mode: i32) -> Result<()> {
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
@@ -1758,7 +2236,7 @@ impl Engine {
         if end > MAX_FILE_SIZE {
             return Err(errno(libc::EFBIG));
         }
-        let st = self.getattr(ino)?;
+        let st = self.getattr(node)?;
         if !st.attr.is_reg() {
             return Err(errno(if st.attr.is_dir() {
                 libc::EISDIR
@@ -1770,11 +2248,11 @@ impl Engine {
             let size = st.attr.size;
             let pend = if punch { end.min(size) } else { end };
             if offset < pend {
-                self.zero_range(ino, offset, pend)?;
+                self.zero_range(node, offset, pend)?;
             }
             if zero && !keep && end > size {
                 self.setattr(
-                    ino,
+                    node,
                     SetAttr {
                         size: Some(end),
                         ..Default::default()
@@ -1784,15 +2262,15 @@ impl Engine {
             return Ok(());
         }
         // Allocate: write zeros into holes only.
-        let holes: Vec<(u64, u64)> = self.read_meta(|m| {
-            let i = m.tree.get(ino).ok_or(errno(libc::ENOENT))?;
+        let holes: Vec<(u64, u64)> = self.with_tree(node, |t, ino| {
+            let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
             let x = i.extents().ok_or(errno(libc::EINVAL))?;
             let b0 = offset / BLOCK;
             let b1 = end.div_ceil(BLOCK);
             Ok(x.runs(b0, b1 - b0)
                 .into_iter()
-                .filter(|r| r.1.is_none())
-                .map(|r| (r.0, r.2))
+                .filter(|r| r.pblk.is_none())
+                .map(|r| (r.lblk, r.len))
                 .collect())
         })?;
         let needed: u64 = holes.iter().map(|h| h.1).sum();
@@ -1806,22 +2284,22 @@ impl Engine {
             while pos < hend {
                 let chunk = (hend - pos).min(1 << 20);
                 let zeros = vec![0u8; chunk as usize];
-                self.write_sync(ino, pos, &zeros)?;
+                self.write_sync(node, pos, &zeros)?;
                 pos += chunk;
             }
         }
         // write_sync extended the size to whole blocks; set the size fallocate asks for.
         let new_size = if keep { size } else { size.max(end) };
-        let cur = self.getattr(ino)?.attr.size;
+        let cur = self.getattr(node)?.attr.size;
         if cur != new_size {
-            self.setattr_size_keep_blocks(ino, new_size)?;
+            self.setattr_size_keep_blocks(node, new_size)?;
         }
         Ok(())
     }
 
     /// Set i_size without unmapping blocks past it (fallocate KEEP_SIZE).
-    fn setattr_size_keep_blocks(&self, ino: Ino, size: u64) -> Result<()> {
-        self.change(|t| {
+    fn setattr_size_keep_blocks(&self, node: Node, size: u64) -> Result<()> {
+        self.change(node, |t, ino| {
             let mut a = t.attr(ino)?;
             a.size = size;
             a.ctime = Time::now();
@@ -1830,13 +2308,13 @@ impl Engine {
     }
 
     /// Make `[start, end)` read as zeros: whole blocks unmapped, partial ones rewritten.
-    fn zero_range(&self, ino: Ino, start: u64, end: u64) -> Result<()> {
+    fn zero_range(&self, node: Node, start: u64, end: u64) -> Result<()> {
         let b_first_full = start.div_ceil(BLOCK);
         let b_end_full = end / BLOCK;
         if b_first_full < b_end_full {
-            let lock = self.file_lock(ino);
+            let lock = self.file_lock(node);
             let _g = lock.lock();
-            self.change(|t| {
+            self.change(node, |t, ino| {
                 t.rec(Record::Unmap {
                     ino,
                     lblk: b_first_full,
@@ -1860,18 +2338,17 @@ impl Engine {
             edges.push((start, end));
         }
         for (s, e) in edges {
-            let mapped = self.read_meta(|m| {
-                Ok(m.tree
-                    .get(ino)
+            let mapped = self.with_tree(node, |t, ino| {
+                Ok(t.get(ino)
                     .and_then(|i| i.extents())
                     .and_then(|x| x.lookup(s / BLOCK))
                     .is_some())
             })?;
             if mapped && e > s {
-                let size = self.getattr(ino)?.attr.size;
+                let size = self.getattr(node)?.attr.size;
                 let e2 = e.min(size.max(s));
                 if e2 > s {
-                    self.write_sync(ino, s, &vec![0u8; (e2 - s) as usize])?;
+                    self.write_sync(node, s, &vec![0u8; (e2 - s) as usize])?;
                 }
             }
         }
@@ -1962,19 +2439,20 @@ impl Inner {
     }
 
     /// Take pending records and frees, flip the data epoch; wait for the old epoch's data.
-    fn seal(&self, snapshot: bool) -> (Vec<u8>, Vec<(u64, u64)>, Option<Tree>) {
+    fn seal(&self, snapshot: bool) -> (Vec<u8>, Vec<(u64, u64)>, Option<Layers>) {
         let (bytes, frees, tree, epoch) = {
             let mut m = self.meta.lock();
-            let dirty: Vec<Ino> = m.dirty.drain().collect();
-            for ino in dirty {
-                if let Some(i) = m.tree.get(ino) {
-                    let attr = i.attr;
-                    Record::SetAttr { ino, attr }.encode(&mut m.pending);
+            let dirty: Vec<Node> = m.dirty.drain().collect();
+            for node in dirty {
+                let (slot, ino) = split(node);
+                if let Some(i) = m.layers.get(slot).and_then(|l| l.tree.get(ino)) {
+                    let rec = Record::SetAttr { ino, attr: i.attr };
+                    journal::encode_record(&mut m.pending, slot, &rec);
                 }
             }
             let bytes = std::mem::take(&mut m.pending.buf);
             let frees = m.alloc.take_pending();
-            let tree = snapshot.then(|| m.tree.clone());
+            let tree = snapshot.then(|| m.layers.clone());
             let e = m.epoch;
             m.epoch ^= 1;
             (bytes, frees, tree, e)

@@ -33,19 +33,74 @@ pub fn check(dev: &dyn Device) -> Result<Report> {
         chunks_replayed: l.chunks_replayed,
         ..Default::default()
     };
-    let t = &l.tree;
-    r.inodes = t.inodes.len() as u64;
     r.blocks_total = l.alloc.total();
     r.blocks_used = l.alloc.total() - l.alloc.free();
-    // Directory tree: every entry names an existing inode; count links.
+    for slot in l.layers.topo_order() {
+        let Some(layer) = l.layers.get(slot) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&layer.id).into_owned();
+        check_tree(&layer.tree, &format!("layer {name}: "), &mut r.problems);
+        r.inodes += layer.tree.inodes.len() as u64;
+        // Every block a layer can see is allocated and owned by it or one of its ancestors.
+        let mut owners = vec![layer.owner];
+        let mut p = layer.parent;
+        while let Some(ps) = p {
+            let Some(pl) = l.layers.get(ps) else {
+                r.problems
+                    .push(format!("layer {name}: parent slot {ps} is missing"));
+                break;
+            };
+            owners.push(pl.owner);
+            p = pl.parent;
+            if owners.len() > l.layers.map.len() + 1 {
+                r.problems
+                    .push(format!("layer {name}: parent chain has a cycle"));
+                break;
+            }
+        }
+        let parent_tree = layer.parent.and_then(|p| l.layers.get(p)).map(|p| &p.tree);
+        let mut visit = |ino: u64, i: &crate::meta::Inode| {
+            if let Some(x) = i.extents() {
+                for (lb, e) in x.iter() {
+                    if !owners.contains(&e.owner) {
+                        r.problems.push(format!("layer {name}: inode {ino} block {lb} is owned by tag {} outside its chain", e.owner));
+                    }
+                    if (0..e.len).any(|k| !l.alloc.is_used(e.pblk + k)) {
+                        r.problems.push(format!(
+                            "layer {name}: inode {ino} maps block {} which is free",
+                            e.pblk
+                        ));
+                    }
+                }
+            }
+        };
+        match parent_tree {
+            Some(pt) => {
+                for d in pt.inodes.diff(&layer.tree.inodes) {
+                    match d {
+                        imbl::ordmap::DiffItem::Add(k, v)
+                        | imbl::ordmap::DiffItem::Update { new: (k, v), .. } => visit(*k, v),
+                        imbl::ordmap::DiffItem::Remove(..) => {}
+                    }
+                }
+            }
+            None => layer.tree.inodes.iter().for_each(|(k, v)| visit(*k, v)),
+        }
+    }
+    Ok(r)
+}
+
+/// Directory tree and link counts of one layer.
+fn check_tree(t: &crate::meta::Tree, prefix: &str, problems: &mut Vec<String>) {
     let mut links: HashMap<u64, u32> = HashMap::new();
     let mut subdirs: HashMap<u64, u32> = HashMap::new();
     for (ino, i) in t.inodes.iter() {
         if let Content::Dir(d) = &i.content {
             for (name, (child, _)) in d.entries.iter() {
                 match t.get(*child) {
-                    None => r.problems.push(format!(
-                        "directory {ino}: entry {:?} names missing inode {child}",
+                    None => problems.push(format!(
+                        "{prefix}directory {ino}: entry {:?} names missing inode {child}",
                         String::from_utf8_lossy(name)
                     )),
                     Some(c) => {
@@ -61,26 +116,26 @@ pub fn check(dev: &dyn Device) -> Result<Report> {
     for (ino, i) in t.inodes.iter() {
         let n = links.get(ino).copied().unwrap_or(0);
         if i.attr.is_dir() {
-            if *ino != ROOT_INO && n != 1 {
-                r.problems.push(format!("directory {ino} has {n} parents"));
+            if *ino != ROOT_INO && n != 1 && !(i.attr.nlink == 0 && n == 0) {
+                problems.push(format!("{prefix}directory {ino} has {n} parents"));
             }
             let want = 2 + subdirs.get(ino).copied().unwrap_or(0);
             if i.attr.nlink != want && !(i.attr.nlink == 0 && n == 0) {
-                r.problems.push(format!(
-                    "directory {ino}: nlink {} but {} expected",
+                problems.push(format!(
+                    "{prefix}directory {ino}: nlink {} but {} expected",
                     i.attr.nlink, want
                 ));
             }
         } else if i.attr.nlink != n && !(i.attr.nlink == 0 && n == 0) {
-            r.problems.push(format!(
-                "inode {ino}: nlink {} but {n} directory entries",
+            problems.push(format!(
+                "{prefix}inode {ino}: nlink {} but {n} directory entries",
                 i.attr.nlink
             ));
         }
         if n == 0 && *ino != ROOT_INO && i.attr.nlink != 0 {
-            r.problems
-                .push(format!("inode {ino} is not reachable from the root"));
+            problems.push(format!(
+                "{prefix}inode {ino} is not reachable from the root"
+            ));
         }
     }
-    Ok(r)
 }

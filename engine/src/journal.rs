@@ -66,13 +66,21 @@ pub fn chunk_payload(h: &ChunkHeader, blocks: &[u8]) -> Option<Vec<u8>> {
     (c == h.crc).then(|| blocks[JNL_HDR..total].to_vec())
 }
 
-pub fn decode_records(payload: &[u8], block: u64) -> Result<Vec<Record>> {
+/// Records of a chunk payload, each with the slot of the layer it changes (0: a layer record).
+pub fn decode_records(payload: &[u8], block: u64) -> Result<Vec<(crate::meta::Slot, Record)>> {
     let mut d = Dec::new(payload, block);
     let mut out = Vec::new();
     while !d.is_empty() {
-        out.push(Record::decode(&mut d)?);
+        let slot = d.u32()?;
+        out.push((slot, Record::decode(&mut d)?));
     }
     Ok(out)
+}
+
+/// Append one record with its layer slot to a pending payload.
+pub fn encode_record(e: &mut crate::codec::Enc, slot: crate::meta::Slot, r: &Record) {
+    e.u32(slot);
+    r.encode(e);
 }
 
 /// Payload bytes per checkpoint block.

@@ -20,6 +20,7 @@ pub mod format;
 pub mod fs;
 pub mod fsck;
 pub mod journal;
+pub mod layer;
 pub mod meta;
 pub mod ring;
 pub mod sys;
@@ -27,5 +28,8 @@ pub mod sys;
 pub use device::{Device, FileDevice, MemDevice};
 pub use error::{Error, Result};
 pub use format::Time;
-pub use fs::{Caller, DirEntry, Engine, Options, SetAttr, Stat, StatFs};
-pub use meta::{Attr, Ino, Name};
+pub use fs::{
+    node_of, split, Caller, DirEntry, Engine, LayerInfo, Node, Options, SetAttr, Stat, StatFs,
+    DEFAULT_LAYER, MOUNT_ROOT,
+};
+pub use meta::{Attr, Ino, LayerState, Name, Slot};

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use engine::fs::mkfs;
 use engine::{Caller, Device, Engine, MemDevice, Options};
 
-const ROOT: u64 = 1;
+/// The root directory of the layer mkfs creates.
+const ROOT: u64 = 1 << 40 | 1;
 
 fn content(i: u32, len: usize) -> Vec<u8> {
     (0..len)

@@ -24,7 +24,20 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache entries and attributes inside a layer. Everything in a
+/// layer changes through this mount, so the kernel's copy stays right; long TTLs spare a
+/// round trip per stat.
+const TTL: Duration = Duration::from_secs(60);
+/// Entries of the mount root (layers come and go through the admin API, not the kernel).
+const ROOT_TTL: Duration = Duration::from_secs(1);
+
+fn ttl(node: u64) -> &'static Duration {
+    if engine::split(node).0 == 0 {
+        &ROOT_TTL
+    } else {
+        &TTL
+    }
+}
 const GEN: Generation = Generation(0);
 /// Largest write the kernel sends us.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -163,7 +176,10 @@ impl Filesystem for StrataFs {
     fn destroy(&mut self) {}
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.engine.lookup(parent.0, name.as_bytes()), reply)
+        match self.engine.lookup(parent.0, name.as_bytes()) {
+            Ok(st) => reply.entry(ttl(parent.0), &attr(&st), GEN),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -172,7 +188,7 @@ impl Filesystem for StrataFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.engine.getattr(ino.0) {
-            Ok(st) => reply.attr(&TTL, &attr(&st)),
+            Ok(st) => reply.attr(ttl(st.ino), &attr(&st)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -206,7 +222,7 @@ impl Filesystem for StrataFs {
             kill_suidgid: false,
         };
         match self.engine.setattr(ino.0, s) {
-            Ok(st) => reply.attr(&TTL, &attr(&st)),
+            Ok(st) => reply.attr(ttl(st.ino), &attr(&st)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -467,7 +483,7 @@ impl Filesystem for StrataFs {
                         INodeNo(e.ino),
                         e.offset,
                         OsStr::from_bytes(&e.name),
-                        &TTL,
+                        ttl(ino.0),
                         &attr(&st),
                         GEN,
                     );

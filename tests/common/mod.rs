@@ -424,8 +424,10 @@ impl Mount {
     }
 
     /// Where the file tree lives. Today the mount root; when layers arrive, `<mnt>/<layer>`.
+    /// The file tree tests work in: the "default" layer that mkfs creates
+    /// (the mount root lists layers as directories).
     pub fn root(&self) -> PathBuf {
-        self.mnt.clone()
+        self.mnt.join("default")
     }
 
     pub fn pid(&self) -> Option<u32> {
