@@ -492,30 +492,40 @@ fn bad_layer_requests_are_clear_errors() {
 
 #[test]
 fn crash_during_layer_operations_recovers_consistently() {
+    use std::sync::atomic::AtomicUsize;
     let (dev, e) = fresh(24 << 20);
-    let images: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::new()));
+    // Each crash image with the number of layer operations that had returned before it was
+    // taken; durable[d] is what must survive once d operations have returned.
+    let images: Arc<Mutex<Vec<(usize, Vec<u8>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let grabber = {
-        let (dev, images, stop) = (dev.clone(), images.clone(), stop.clone());
+        let (dev, images, stop, done) = (dev.clone(), images.clone(), stop.clone(), done.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
+                let d = done.load(Ordering::SeqCst);
                 let img = dev.snapshot();
-                images.lock().expect("lock").push(img);
+                images.lock().expect("lock").push((d, img));
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         })
     };
-    // Committed layers and their contents, recorded after each commit returned.
-    let committed: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::new(Mutex::new(HashMap::new()));
-    let mut durable_at: Vec<(usize, HashMap<String, Vec<u8>>)> = Vec::new();
+    let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut durable: Vec<HashMap<String, Vec<u8>>> = vec![HashMap::new()];
+    let mut returned = |committed: &HashMap<String, Vec<u8>>,
+                        durable: &mut Vec<HashMap<String, Vec<u8>>>| {
+        durable.push(committed.clone());
+        done.store(durable.len() - 1, Ordering::SeqCst);
+        // A crash point between operations, besides those the grabber takes during them.
+        let img = dev.snapshot();
+        images.lock().expect("lock").push((durable.len() - 1, img));
+    };
     e.layer_create("base", no_labels()).expect("create");
     create(&e, root(&e, "base"), "f", b"base");
     e.layer_commit("base").expect("commit");
-    committed
-        .lock()
-        .expect("lock")
-        .insert("base".into(), b"base".to_vec());
-    for i in 0..120 {
+    committed.insert("base".into(), b"base".to_vec());
+    returned(&committed, &mut durable);
+    for i in 0..60 {
         let id = format!("c{i}");
         e.layer_clone("base", &id, LayerState::Active, no_labels())
             .expect("clone");
@@ -523,51 +533,47 @@ fn crash_during_layer_operations_recovers_consistently() {
         let n = walk(&e, &id, "f").expect("f");
         e.write_sync(n, 0, &data).expect("write");
         e.layer_commit(&id).expect("commit");
-        let mut want = data.clone();
-        want.truncate(5000);
-        committed.lock().expect("lock").insert(id.clone(), want);
+        committed.insert(id.clone(), data);
+        returned(&committed, &mut durable);
         if i % 3 == 2 {
-            e.layer_remove(&format!("c{}", i - 1)).expect("remove");
-            e.layer_remove(&format!("c{}", i - 2)).expect("remove");
-            committed
-                .lock()
-                .expect("lock")
-                .remove(&format!("c{}", i - 2));
-            committed
-                .lock()
-                .expect("lock")
-                .remove(&format!("c{}", i - 1));
+            for old in [i - 1, i - 2] {
+                e.layer_remove(&format!("c{old}")).expect("remove");
+                committed.remove(&format!("c{old}"));
+                returned(&committed, &mut durable);
+            }
         }
-        durable_at.push((
-            images.lock().expect("lock").len(),
-            committed.lock().expect("lock").clone(),
-        ));
     }
     stop.store(true, Ordering::SeqCst);
     grabber.join().expect("grabber");
     let images = std::mem::take(&mut *images.lock().expect("lock"));
-    assert!(images.len() > 10, "took {} crash images", images.len());
+    assert!(images.len() >= 100, "took {} crash images", images.len());
     eprintln!(
         "checking {} crash images taken during layer operations",
         images.len()
     );
-    for (k, img) in images.into_iter().enumerate() {
+    for (k, (d, img)) in images.into_iter().enumerate() {
         let dev = Arc::new(MemDevice::from_bytes(img));
         let report = engine::fsck::check(dev.as_ref()).expect("fsck reads crash image");
         assert!(report.is_clean(), "image {k}: {:?}", report.problems);
         let e2 = open(&dev);
-        // Every layer committed (and not removed) before this image was taken is intact.
-        if let Some((_, want)) = durable_at.iter().rev().find(|(at, _)| *at <= k) {
-            for (id, data) in want {
-                if matches!(e2.layer_stat(id), Err(engine::Error::NotFound(_))) {
-                    // Removed later but before this image: allowed only if a removal followed.
-                    continue;
+        // Every layer committed before this image was taken is intact, unless a removal that
+        // started later had already made it go.
+        for (id, data) in &durable[d] {
+            match e2.layer_stat(id) {
+                Err(engine::Error::NotFound(_))
+                    if durable.iter().skip(d).any(|s| !s.contains_key(id)) =>
+                {
+                    continue
                 }
-                let info = e2.layer_stat(id).expect("stat");
-                assert_eq!(info.state, LayerState::Committed, "image {k}: {id}");
-                let n = walk(&e2, id, "f").expect("f");
-                assert_eq!(&read_all(&e2, n), data, "image {k}: {id}/f");
+                r => {
+                    let info = r.unwrap_or_else(|err| {
+                        panic!("image {k} (after op {d}): layer {id} lost: {err}")
+                    });
+                    assert_eq!(info.state, LayerState::Committed, "image {k}: {id}");
+                }
             }
+            let n = walk(&e2, id, "f").expect("f");
+            assert_eq!(&read_all(&e2, n), data, "image {k}: {id}/f");
         }
         e2.shutdown().expect("shutdown");
     }
