@@ -174,10 +174,10 @@ impl Drop for System {
     }
 }
 
-/// The file tree inside a Strata mount. Today the mount root is the tree; once layers exist
-/// this becomes `<mnt>/<layer>`.
+/// The file tree inside a Strata mount: the "default" layer that `strata mkfs` creates (the
+/// mount root lists layers as directories).
 pub fn strata_tree(mnt: &Path) -> PathBuf {
-    mnt.to_path_buf()
+    mnt.join("default")
 }
 
 /// Remove what an earlier, killed run may have left in `base`, unmounting first. Refuses to
