@@ -19,7 +19,11 @@ struct Args {
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { files: 100_000, big_mib: 1024, dir: PathBuf::from("/var/tmp/strata-layer-bench") };
+    let mut a = Args {
+        files: 100_000,
+        big_mib: 1024,
+        dir: PathBuf::from("/var/tmp/strata-layer-bench"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{k} needs a value"));
@@ -96,39 +100,75 @@ fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
     let root = e.layer_root("img").map_err(err)?;
     let mut dirs = Vec::new();
     for d in 0..100 {
-        let st = e.mknod(root, format!("d{d}").as_bytes(), libc::S_IFDIR | 0o755, 0, who, None).map_err(err)?;
+        let st = e
+            .mknod(
+                root,
+                format!("d{d}").as_bytes(),
+                libc::S_IFDIR | 0o755,
+                0,
+                who,
+                None,
+            )
+            .map_err(err)?;
         dirs.push(st.ino);
     }
     for f in 0..a.files {
-        e.mknod(dirs[f % 100], format!("f{f}").as_bytes(), libc::S_IFREG | 0o644, 0, who, None).map_err(err)?;
+        e.mknod(
+            dirs[f % 100],
+            format!("f{f}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+            who,
+            None,
+        )
+        .map_err(err)?;
     }
     e.layer_commit("img").map_err(err)?;
-    rows.push((format!("build image of {} files", a.files), fmt(t.elapsed())));
+    rows.push((
+        format!("build image of {} files", a.files),
+        fmt(t.elapsed()),
+    ));
 
     // Clone at depth 1 (clone of the image), 21 times.
     let mut times = Vec::new();
     for i in 0..21 {
         let id = format!("c1-{i}");
         let t = Instant::now();
-        e.layer_clone("img", &id, LayerState::Active, none()).map_err(err)?;
+        e.layer_clone("img", &id, LayerState::Active, none())
+            .map_err(err)?;
         times.push(t.elapsed());
         e.layer_remove(&id).map_err(err)?;
     }
     let (m, lo, hi) = median(times);
-    rows.push(("clone at depth 1, durable (median, min–max of 21)".into(), format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi))));
+    rows.push((
+        "clone at depth 1, durable (median, min–max of 21)".into(),
+        format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi)),
+    ));
 
     // A chain of 100 layers, each changing one file.
     let mut prev = "img".to_string();
     for depth in 1..=100 {
         let id = format!("chain{depth}");
-        e.layer_clone(&prev, &id, LayerState::Active, none()).map_err(err)?;
+        e.layer_clone(&prev, &id, LayerState::Active, none())
+            .map_err(err)?;
         let r = e.layer_root(&id).map_err(err)?;
-        let d = e.lookup(r, format!("d{}", depth % 100).as_bytes()).map_err(err)?;
-        let f = e.lookup(d.ino, format!("f{}", depth % 100 + (depth % 100) * 0).as_bytes());
+        let d = e
+            .lookup(r, format!("d{}", depth % 100).as_bytes())
+            .map_err(err)?;
+        let f = e.lookup(d.ino, format!("f{}", depth % 100).as_bytes());
         if let Ok(f) = f {
-            e.write_sync(f.ino, 0, b"changed in the chain").map_err(err)?;
+            e.write_sync(f.ino, 0, b"changed in the chain")
+                .map_err(err)?;
         }
-        e.mknod(r, format!("new{depth}").as_bytes(), libc::S_IFREG | 0o644, 0, who, None).map_err(err)?;
+        e.mknod(
+            r,
+            format!("new{depth}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+            who,
+            None,
+        )
+        .map_err(err)?;
         e.layer_commit(&id).map_err(err)?;
         prev = id;
     }
@@ -136,56 +176,87 @@ fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
     for i in 0..21 {
         let id = format!("c100-{i}");
         let t = Instant::now();
-        e.layer_clone(&prev, &id, LayerState::Active, none()).map_err(err)?;
+        e.layer_clone(&prev, &id, LayerState::Active, none())
+            .map_err(err)?;
         times.push(t.elapsed());
         e.layer_remove(&id).map_err(err)?;
     }
     let (m, lo, hi) = median(times);
-    rows.push(("clone at depth 100, durable (median, min–max of 21)".into(), format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi))));
+    rows.push((
+        "clone at depth 100, durable (median, min–max of 21)".into(),
+        format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi)),
+    ));
 
     // Lookup + stat of 20,000 paths at depth 1 and at depth 100.
-    e.layer_clone("img", "top1", LayerState::Active, none()).map_err(err)?;
-    e.layer_clone(&prev, "top100", LayerState::Active, none()).map_err(err)?;
+    e.layer_clone("img", "top1", LayerState::Active, none())
+        .map_err(err)?;
+    e.layer_clone(&prev, "top100", LayerState::Active, none())
+        .map_err(err)?;
     for layer in ["top1", "top100"] {
         let r = e.layer_root(layer).map_err(err)?;
         let n = 20_000.min(a.files);
         let t = Instant::now();
         for k in 0..n {
             let f = (k * 7919) % a.files;
-            let d = e.lookup(r, format!("d{}", f % 100).as_bytes()).map_err(err)?;
+            let d = e
+                .lookup(r, format!("d{}", f % 100).as_bytes())
+                .map_err(err)?;
             let st = e.lookup(d.ino, format!("f{f}").as_bytes()).map_err(err)?;
             e.getattr(st.ino).map_err(err)?;
         }
         let per = t.elapsed() / n as u32;
         let depth = if layer == "top1" { 1 } else { 101 };
-        rows.push((format!("lookup+lookup+stat in a layer at depth {depth} (per path, engine)"), fmt(per)));
+        rows.push((
+            format!("lookup+lookup+stat in a layer at depth {depth} (per path, engine)"),
+            fmt(per),
+        ));
     }
 
     // First write to a large inherited file.
     e.layer_create("bigbase", none()).map_err(err)?;
     let r = e.layer_root("bigbase").map_err(err)?;
-    let f = e.mknod(r, b"big", libc::S_IFREG | 0o644, 0, who, None).map_err(err)?;
+    let f = e
+        .mknod(r, b"big", libc::S_IFREG | 0o644, 0, who, None)
+        .map_err(err)?;
     let chunk = vec![0x5au8; 1 << 20];
     let t = Instant::now();
     for i in 0..a.big_mib {
         e.write_sync(f.ino, i << 20, &chunk).map_err(err)?;
     }
     e.fsync_sync().map_err(err)?;
-    rows.push((format!("write the {} MiB file in the base layer", a.big_mib), fmt(t.elapsed())));
+    rows.push((
+        format!("write the {} MiB file in the base layer", a.big_mib),
+        fmt(t.elapsed()),
+    ));
     // Baseline: a 4 KiB overwrite + fsync in the file's own layer.
     let t = Instant::now();
-    e.write_sync(f.ino, (a.big_mib << 20) / 2, &chunk[..4096]).map_err(err)?;
+    e.write_sync(f.ino, (a.big_mib << 20) / 2, &chunk[..4096])
+        .map_err(err)?;
     e.fsync_sync().map_err(err)?;
-    rows.push(("4 KiB overwrite + fsync in the owning layer (baseline)".into(), fmt(t.elapsed())));
+    rows.push((
+        "4 KiB overwrite + fsync in the owning layer (baseline)".into(),
+        fmt(t.elapsed()),
+    ));
     e.layer_commit("bigbase").map_err(err)?;
-    e.layer_clone("bigbase", "bigchild", LayerState::Active, none()).map_err(err)?;
+    e.layer_clone("bigbase", "bigchild", LayerState::Active, none())
+        .map_err(err)?;
     let cr = e.layer_root("bigchild").map_err(err)?;
     let t = Instant::now();
     let cf = e.lookup(cr, b"big").map_err(err)?;
-    e.write_sync(cf.ino, (a.big_mib << 20) / 2 + 4096, &chunk[..4096]).map_err(err)?;
+    e.write_sync(cf.ino, (a.big_mib << 20) / 2 + 4096, &chunk[..4096])
+        .map_err(err)?;
     e.fsync_sync().map_err(err)?;
-    rows.push((format!("first 4 KiB write + fsync to the inherited {} MiB file (lookup included)", a.big_mib), fmt(t.elapsed())));
+    rows.push((
+        format!(
+            "first 4 KiB write + fsync to the inherited {} MiB file (lookup included)",
+            a.big_mib
+        ),
+        fmt(t.elapsed()),
+    ));
     let info = e.layer_stat("bigchild").map_err(err)?;
-    rows.push(("space the child owns after that write".into(), format!("{} bytes", info.owned_bytes)));
+    rows.push((
+        "space the child owns after that write".into(),
+        format!("{} bytes", info.owned_bytes),
+    ));
     Ok(rows)
 }

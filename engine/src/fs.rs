@@ -321,7 +321,7 @@ pub fn mkfs(dev: &dyn Device, uid: u32, gid: u32) -> Result<Superblock> {
     let (mut f, mut m) = (Vec::new(), Vec::new());
     let rec = Record::LayerNew {
         slot: 1,
-        id: Arc::from(&DEFAULT_LAYER.as_bytes()[..]),
+        id: Arc::from(DEFAULT_LAYER.as_bytes()),
         parent: None,
         state: LayerState::Active,
         owner: 1,
