@@ -496,7 +496,8 @@ fn crash_during_layer_operations_recovers_consistently() {
     let (dev, e) = fresh(24 << 20);
     // Each crash image with the number of layer operations that had returned before it was
     // taken; durable[d] is what must survive once d operations have returned.
-    let images: Arc<Mutex<Vec<(usize, Vec<u8>)>>> = Arc::new(Mutex::new(Vec::new()));
+    type Images = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
+    let images: Images = Arc::new(Mutex::new(Vec::new()));
     let done = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let grabber = {
@@ -512,8 +513,8 @@ fn crash_during_layer_operations_recovers_consistently() {
     };
     let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
     let mut durable: Vec<HashMap<String, Vec<u8>>> = vec![HashMap::new()];
-    let mut returned = |committed: &HashMap<String, Vec<u8>>,
-                        durable: &mut Vec<HashMap<String, Vec<u8>>>| {
+    let returned = |committed: &HashMap<String, Vec<u8>>,
+                    durable: &mut Vec<HashMap<String, Vec<u8>>>| {
         durable.push(committed.clone());
         done.store(durable.len() - 1, Ordering::SeqCst);
         // A crash point between operations, besides those the grabber takes during them.
