@@ -9,6 +9,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use engine::{Engine, FileDevice, Options};
 
+mod layer_cli;
+
 #[derive(Parser)]
 #[command(
     name = "strata",
@@ -22,6 +24,9 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// The daemon's admin socket (served by `mount`/`up`, used by `layer`).
+    #[arg(long, global = true, default_value = control::admin::DEFAULT_SOCKET)]
+    admin_socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -41,6 +46,11 @@ struct MountArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Manage layers through the running daemon's admin API.
+    Layer {
+        #[command(subcommand)]
+        cmd: layer_cli::LayerCmd,
+    },
     /// Format an image file (created sparse if missing) or a block device.
     Mkfs {
         /// Image file or block device.
@@ -73,6 +83,9 @@ enum Cmd {
         #[command(flatten)]
         opts: MountArgs,
     },
+    /// Reclaim what nothing can reach (not mounted): inodes unlinked while open when the
+    /// daemon died, and the blocks they hold. Reports what it freed.
+    Gc { path: PathBuf },
     /// Check a Strata file system (not mounted). Exit 0 clean, 1 problems found, 2 error.
     Fsck {
         path: PathBuf,
@@ -144,14 +157,16 @@ fn main() -> ExitCode {
             path,
             mountpoint,
             opts,
-        } => mount(&path, &mountpoint, &opts),
+        } => mount(&path, &mountpoint, &opts, &cli.admin_socket),
         Cmd::Up {
             image,
             mountpoint,
             size,
             opts,
-        } => up(&image, &mountpoint, &size, &opts),
+        } => up(&image, &mountpoint, &size, &opts, &cli.admin_socket),
         Cmd::Fsck { path, repair } => return fsck(&path, repair),
+        Cmd::Layer { cmd } => layer_cli::run(cmd, &cli.admin_socket),
+        Cmd::Gc { path } => gc(&path),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,7 +216,7 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
     }
 }
 
-fn mount(path: &Path, mp: &Path, opts: &MountArgs) -> Result<(), String> {
+fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Result<(), String> {
     let cache_bytes = parse_size(&opts.cache_size)?;
     let metrics: Option<SocketAddr> = match opts.metrics_addr.as_str() {
         "off" | "" => None,
@@ -231,6 +246,11 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs) -> Result<(), String> {
             }
         }
     }
+    let _admin =
+        control::admin::serve_admin(admin_socket, eng.clone(), mp.to_path_buf()).map_err(|e| {
+            let _ = eng.shutdown();
+            format!("cannot serve the admin API: {e}")
+        })?;
     let fsname = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut session =
         match fusefront::session(eng.clone(), mp, &fsname.to_string_lossy(), opts.threads) {
@@ -268,7 +288,13 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs) -> Result<(), String> {
     }
 }
 
-fn up(image: &Path, mp: &Path, size: &str, opts: &MountArgs) -> Result<(), String> {
+fn up(
+    image: &Path,
+    mp: &Path,
+    size: &str,
+    opts: &MountArgs,
+    admin_socket: &Path,
+) -> Result<(), String> {
     if !image.exists() {
         mkfs(image, Some(size), false)?;
     }
@@ -283,7 +309,7 @@ fn up(image: &Path, mp: &Path, size: &str, opts: &MountArgs) -> Result<(), Strin
         println!("  metrics     http://{}/metrics", opts.metrics_addr);
     }
     println!("  stop with   Ctrl-C, or `umount {}`", abs(mp).display());
-    mount(image, mp, opts)
+    mount(image, mp, opts, admin_socket)
 }
 
 fn fsck(path: &Path, repair: bool) -> ExitCode {
@@ -342,4 +368,26 @@ fn repair_by_mount(dev: FileDevice) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn gc(path: &Path) -> Result<(), String> {
+    let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
+    let before = engine::fsck::check(&dev).map_err(|e| e.to_string())?;
+    // Opening the engine replays the journal and deletes orphaned inodes; the allocator is
+    // rebuilt from what the layers reference, so nothing else can leak.
+    let eng = Engine::open(Arc::new(dev), Options::default()).map_err(|e| e.to_string())?;
+    let after = eng.statfs();
+    let layers = eng.layer_list().len();
+    eng.shutdown().map_err(|e| e.to_string())?;
+    let used_after = after.blocks - after.bfree;
+    println!(
+        "{}: {} layer(s); {} inodes before, blocks in use {} -> {} ({} reclaimed)",
+        path.display(),
+        layers,
+        before.inodes,
+        before.blocks_used,
+        used_after,
+        before.blocks_used.saturating_sub(used_after)
+    );
+    Ok(())
 }

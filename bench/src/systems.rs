@@ -458,6 +458,8 @@ fn spawn_mount(
     let logf2 = logf.try_clone().map_err(|e| format!("dup log: {e}"))?;
     let mut cmd = Command::new(bin);
     cmd.arg("mount").arg(image).arg(mnt);
+    cmd.arg("--admin-socket")
+        .arg(mnt.with_extension("admin.sock"));
     if let Some(c) = cache_size {
         cmd.arg("--cache-size").arg(c);
     }

@@ -1,9 +1,12 @@
 //! # strata-control
 //!
-//! Strata's control plane. Today: the Prometheus endpoint (`/metrics`, text format) with the
-//! engine's whole-daemon counters. The admin API, the containerd snapshotter and per-layer
-//! statistics come with the layer work. No engine logic lives here.
+//! Strata's control plane: the Prometheus endpoint (`/metrics`, text format) with the
+//! engine's whole-daemon counters, and the admin API (JSON over HTTP on a unix socket, see
+//! [`admin`]). The containerd snapshotter and per-layer statistics come with the layer work.
+//! No engine logic lives here.
 #![forbid(unsafe_code)]
+
+pub mod admin;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};

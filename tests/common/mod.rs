@@ -370,6 +370,16 @@ impl Mount {
         }
     }
 
+    /// The admin socket a test mount at `mnt` serves (beside the mount point).
+    pub fn admin_socket_for(mnt: &Path) -> PathBuf {
+        mnt.with_extension("admin.sock")
+    }
+
+    /// The admin socket of this mount.
+    pub fn admin_socket(&self) -> PathBuf {
+        Self::admin_socket_for(&self.mnt)
+    }
+
     /// Spawn `strata mount` and wait until the mount shows up in /proc/self/mountinfo, or the
     /// daemon exits (-> Err with its exit code and stderr).
     pub fn try_start(image: &Path, mnt: &Path, extra: &[&str]) -> Result<Mount, MountFailure> {
@@ -384,6 +394,10 @@ impl Mount {
         // Parallel tests must not fight over the metrics port.
         if !extra.iter().any(|a| a.starts_with("--metrics-addr")) {
             cmd.args(["--metrics-addr", "off"]);
+        }
+        // ... nor over the admin socket.
+        if !extra.iter().any(|a| a.starts_with("--admin-socket")) {
+            cmd.arg("--admin-socket").arg(Self::admin_socket_for(mnt));
         }
         cmd.args(extra);
         cmd.stdin(Stdio::null())
