@@ -260,6 +260,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
                 return Err(format!("cannot mount at {}: {e}", mp.display()));
             }
         };
+    fusefront::watch_layers(&session, &eng);
     let mut unmounter = session.unmount_callable();
     let mp_owned = mp.to_path_buf();
     std::thread::Builder::new()

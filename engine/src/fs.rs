@@ -152,7 +152,12 @@ struct Inner {
     pub counters: Counters,
     /// When this engine started (times of the mount root).
     started: Time,
+    /// Told the id of every layer that goes away (the FUSE front drops the kernel's entry).
+    layer_listener: Mutex<Option<LayerListener>>,
 }
+
+/// Called with the id of a layer that was removed.
+pub type LayerListener = Box<dyn Fn(&str) + Send + Sync>;
 
 /// A mounted Strata file system.
 pub struct Engine {
@@ -714,6 +719,7 @@ impl Engine {
             opts,
             counters: Counters::default(),
             started: Time::now(),
+            layer_listener: Mutex::new(None),
         });
         // Files unlinked while open when the last session ended (active layers only: a frozen
         // layer's tree is shared by its children).
@@ -1672,6 +1678,11 @@ impl Engine {
         self.layer_info_slot(slot)
     }
 
+    /// Be told when a layer is removed (at most one listener).
+    pub fn set_layer_listener(&self, f: LayerListener) {
+        *self.inner.layer_listener.lock() = Some(f);
+    }
+
     /// Remove a leaf layer; the blocks it owns return to the free pool.
     pub fn layer_remove(&self, id: &str) -> Result<()> {
         self.layer_change(|m| {
@@ -1689,7 +1700,11 @@ impl Engine {
                 )));
             }
             Ok((vec![Record::LayerRemove { slot: s }], ()))
-        })
+        })?;
+        if let Some(f) = self.inner.layer_listener.lock().as_ref() {
+            f(id);
+        }
+        Ok(())
     }
 
     pub fn layer_set_labels(

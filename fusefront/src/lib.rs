@@ -653,6 +653,19 @@ pub fn config(fsname: &str, threads: usize) -> Config {
     c
 }
 
+/// Drop the kernel's cached entry of a layer's directory when the layer is removed, so
+/// `<mnt>/<id>` disappears at once rather than when its entry expires.
+pub fn watch_layers(session: &Session<StrataFs>, engine: &Engine) {
+    let notifier = session.notifier();
+    engine.set_layer_listener(Box::new(move |id| {
+        if let Err(e) = notifier.inval_entry(INodeNo(engine::MOUNT_ROOT), OsStr::new(id)) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                log::debug!("could not drop the kernel's entry for layer {id}: {e}");
+            }
+        }
+    }));
+}
+
 /// Create the FUSE session (mounts). Run it with `Session::run`.
 pub fn session(
     engine: Arc<Engine>,
