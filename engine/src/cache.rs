@@ -1,5 +1,6 @@
 //! The block cache: file data cached once, keyed by physical block, shared by every file and
-//! (later) every layer. Bounded; CLOCK eviction per shard. A read that raced with a write to
+//! every layer. Reads of up to [`FILL_MAX_BYTES`] fill it; larger (streaming) reads bypass it,
+//! as O_DIRECT bypasses a page cache. Bounded; CLOCK eviction per shard. A read that raced with a write to
 //! the same shard does not insert (so the cache never goes back in time).
 
 use std::collections::{HashMap, VecDeque};
@@ -10,6 +11,8 @@ use parking_lot::Mutex;
 use crate::format::BLOCK_SIZE;
 
 const SHARDS: usize = 16;
+/// Largest read request whose blocks are put into the cache.
+pub const FILL_MAX_BYTES: u64 = 128 << 10;
 
 struct Entry {
     data: Box<[u8]>,
@@ -118,6 +121,7 @@ impl BlockCache {
             let map = &s.map;
             s.clock.retain(|k| map.contains_key(k) && seen.insert(*k));
         }
+        let mut recycled: Option<Box<[u8]>> = None;
         while s.map.len() >= self.per_shard {
             let Some(victim) = s.clock.pop_front() else {
                 break;
@@ -128,13 +132,15 @@ impl BlockCache {
                     s.clock.push_back(victim);
                 }
                 Some(_) => {
-                    s.map.remove(&victim);
+                    recycled = s.map.remove(&victim).map(|e| e.data);
                 }
                 None => {}
             }
         }
-        let mut d = vec![0u8; BLOCK_SIZE].into_boxed_slice();
+        // Reuse the evicted block's buffer: no allocation per fill once the cache is full.
+        let mut d = recycled.unwrap_or_else(|| vec![0u8; BLOCK_SIZE].into_boxed_slice());
         d[..data.len()].copy_from_slice(data);
+        d[data.len()..].fill(0);
         s.map.insert(
             pblk,
             Entry {

@@ -1,12 +1,12 @@
-//! The I/O engine thread: owns an io_uring ring over the O_DIRECT device, takes requests
-//! over a queue (woken through an eventfd), keeps in-flight operations in a `slab`, and runs
+//! The I/O engine threads: each owns an io_uring ring over the O_DIRECT device, takes requests
+//! over a queue (woken through an eventfd only when it sleeps), keeps in-flight operations in a `slab`, and runs
 //! each request's completion on this thread (FUSE replies are sent from here). Devices
 //! without a file descriptor (test backends) are served synchronously on the same thread.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -35,46 +35,92 @@ struct Shared {
     queue: Mutex<VecDeque<IoReq>>,
     stop: AtomicBool,
     wake_fd: RawFd,
-    pub inflight: AtomicU64,
+    /// Set while the worker may block; a submitter that clears it writes the eventfd.
+    waiting: AtomicBool,
+    /// Operations in flight across all workers.
+    inflight: Arc<AtomicU64>,
 }
 
-/// Handle to the I/O thread.
-pub struct Ring {
+impl Shared {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.wake_fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    /// Called by the worker before it blocks: true if it may block (nothing queued).
+    fn about_to_wait(&self) -> bool {
+        self.waiting.store(true, Ordering::SeqCst);
+        if self.queue.lock().is_empty() && !self.stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+        false
+    }
+}
+
+struct Worker {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The I/O threads: one io_uring ring each (two by default, so completions and the FUSE
+/// replies sent from them use both cores of a small host). Requests are spread round-robin.
+pub struct Ring {
+    workers: Vec<Worker>,
+    next: AtomicUsize,
+    inflight: Arc<AtomicU64>,
+}
+
 const WAKE: u64 = u64::MAX;
 const RING_ENTRIES: u32 = 256;
+/// I/O threads per engine.
+pub const IO_THREADS: usize = 2;
 
 impl Ring {
     pub fn start(dev: Arc<dyn Device>) -> io::Result<Ring> {
-        // SAFETY: eventfd has no pointer arguments; we own the returned descriptor.
-        let wake_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if wake_fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
-            stop: AtomicBool::new(false),
-            wake_fd,
-            inflight: AtomicU64::new(0),
-        });
-        let ring = match dev.raw_fd() {
-            Some(_) => Some(IoUring::new(RING_ENTRIES)?),
-            None => None,
+        let inflight = Arc::new(AtomicU64::new(0));
+        let mut workers = Vec::new();
+        // Test devices without a descriptor are served by one synchronous thread.
+        let n = if dev.raw_fd().is_some() {
+            IO_THREADS
+        } else {
+            1
         };
-        let s = shared.clone();
-        let thread =
-            std::thread::Builder::new()
-                .name("strata-io".into())
+        for k in 0..n {
+            // SAFETY: eventfd has no pointer arguments; we own the returned descriptor.
+            let wake_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if wake_fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let shared = Arc::new(Shared {
+                queue: Mutex::new(VecDeque::new()),
+                stop: AtomicBool::new(false),
+                wake_fd,
+                waiting: AtomicBool::new(false),
+                inflight: inflight.clone(),
+            });
+            let ring = match dev.raw_fd() {
+                Some(_) => Some(IoUring::new(RING_ENTRIES)?),
+                None => None,
+            };
+            let s = shared.clone();
+            let d = dev.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("strata-io{k}"))
                 .spawn(move || match ring {
-                    Some(r) => run_uring(s, dev, r),
-                    None => run_sync(s, dev),
+                    Some(r) => run_uring(s, d, r),
+                    None => run_sync(s, d),
                 })?;
+            workers.push(Worker {
+                shared,
+                thread: Mutex::new(Some(thread)),
+            });
+        }
         Ok(Ring {
-            shared,
-            thread: Mutex::new(Some(thread)),
+            workers,
+            next: AtomicUsize::new(0),
+            inflight,
         })
     }
 
@@ -82,11 +128,13 @@ impl Ring {
         if reqs.is_empty() {
             return;
         }
-        self.shared
-            .inflight
+        self.inflight
             .fetch_add(reqs.len() as u64, Ordering::Relaxed);
-        self.shared.queue.lock().extend(reqs);
-        self.wake();
+        let w = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
+        w.shared.queue.lock().extend(reqs);
+        if w.shared.waiting.swap(false, Ordering::SeqCst) {
+            w.shared.wake();
+        }
     }
 
     /// Submit and wait (for engine-side callers that may block).
@@ -105,26 +153,18 @@ impl Ring {
     }
 
     pub fn inflight(&self) -> u64 {
-        self.shared.inflight.load(Ordering::Relaxed)
-    }
-
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe {
-            libc::write(
-                self.shared.wake_fd,
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        self.inflight.load(Ordering::Relaxed)
     }
 
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.wake();
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
+        for w in &self.workers {
+            w.shared.stop.store(true, Ordering::SeqCst);
+            w.shared.wake();
+        }
+        for w in &self.workers {
+            if let Some(t) = w.thread.lock().take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -132,8 +172,10 @@ impl Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         self.stop();
-        // SAFETY: closing the eventfd we created; the I/O thread has exited.
-        unsafe { libc::close(self.shared.wake_fd) };
+        for w in &self.workers {
+            // SAFETY: closing the eventfd we created; the I/O thread has exited.
+            unsafe { libc::close(w.shared.wake_fd) };
+        }
     }
 }
 
@@ -145,8 +187,11 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
             if s.stop.load(Ordering::SeqCst) {
                 return;
             }
-            // SAFETY: reads 8 bytes into a live buffer from our eventfd (blocks until woken).
-            unsafe { libc::read(s.wake_fd, counter.as_mut_ptr() as *mut libc::c_void, 8) };
+            if s.about_to_wait() {
+                // SAFETY: reads 8 bytes into a live buffer from our eventfd (blocks until woken).
+                unsafe { libc::read(s.wake_fd, counter.as_mut_ptr() as *mut libc::c_void, 8) };
+                s.waiting.store(false, Ordering::SeqCst);
+            }
             continue;
         }
         for mut r in batch {
@@ -195,11 +240,16 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
         if s.stop.load(Ordering::SeqCst) && ops.is_empty() && backlog.is_empty() {
             return;
         }
-        if let Err(e) = ring.submit_and_wait(1) {
+        // Block for a completion when the ring is full or nothing is queued; otherwise just
+        // submit and go back for the queued requests.
+        let must_wait = !backlog.is_empty() || (s.stop.load(Ordering::SeqCst) && !ops.is_empty());
+        let wait = if must_wait || s.about_to_wait() { 1 } else { 0 };
+        if let Err(e) = ring.submit_and_wait(wait) {
             if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
                 log::error!("io_uring submit failed: {e}");
             }
         }
+        s.waiting.store(false, Ordering::SeqCst);
         let completions: Vec<(u64, i32)> = ring
             .completion()
             .map(|c| (c.user_data(), c.result()))
