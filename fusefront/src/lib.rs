@@ -114,6 +114,16 @@ fn attr(st: &Stat) -> FileAttr {
     }
 }
 
+/// The mode of a new node: the type bits as given (a regular file when none), permissions
+/// less the umask.
+fn node_mode(mode: u32, umask: u32) -> u32 {
+    let kind = match mode & libc::S_IFMT {
+        0 => libc::S_IFREG,
+        k => k,
+    };
+    kind | (mode & 0o7777 & !umask)
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -244,12 +254,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-        let mode = if mode & libc::S_IFMT == 0 {
-            mode | libc::S_IFREG
-        } else {
-            mode
-        };
+        let mode = node_mode(mode, umask);
         self.entry(
             self.engine
                 .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req), None),
@@ -565,12 +570,7 @@ impl Filesystem for StrataFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-        let mode = if mode & libc::S_IFMT == 0 {
-            mode | libc::S_IFREG
-        } else {
-            mode
-        };
+        let mode = node_mode(mode, umask);
         let r = self
             .engine
             .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None);
