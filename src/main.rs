@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use engine::{Engine, FileDevice, Options};
 
 mod layer_cli;
+mod stats_cli;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,9 @@ struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Keep no per-layer statistics or latency histograms (whole-daemon counters remain).
+    #[arg(long)]
+    no_stats: bool,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +55,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: layer_cli::LayerCmd,
     },
+    /// Per-layer statistics from the running daemon: a table of layers sorted by I/O.
+    Stats(stats_cli::StatsArgs),
     /// Format an image file (created sparse if missing) or a block device.
     Mkfs {
         /// Image file or block device.
@@ -166,6 +172,7 @@ fn main() -> ExitCode {
         } => up(&image, &mountpoint, &size, &opts, &cli.admin_socket),
         Cmd::Fsck { path, repair } => return fsck(&path, repair),
         Cmd::Layer { cmd } => layer_cli::run(cmd, &cli.admin_socket),
+        Cmd::Stats(a) => stats_cli::run(a, &cli.admin_socket),
         Cmd::Gc { path } => gc(&path),
     };
     match r {
@@ -233,6 +240,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         Arc::new(dev),
         Options {
             cache_bytes,
+            stats: !opts.no_stats,
             ..Default::default()
         },
     )
@@ -306,6 +314,12 @@ fn up(
     println!("strata up:");
     println!("  image       {}", abs(image).display());
     println!("  mounted at  {}", abs(mp).display());
+    println!(
+        "  files in    {}/{}   (one directory per layer; `strata layer ls`)",
+        abs(mp).display(),
+        engine::DEFAULT_LAYER
+    );
+    println!("  admin API   {}", admin_socket.display());
     if opts.metrics_addr != "off" {
         println!("  metrics     http://{}/metrics", opts.metrics_addr);
     }

@@ -10,6 +10,7 @@
 //! | POST | `/v1/layers/{id}/commit` | none or `{}` | 200 [`Layer`] |
 //! | POST | `/v1/layers/{id}/snapshot` | [`SnapshotRequest`] | 201 [`Layer`] of the new parent |
 //! | PUT | `/v1/layers/{id}/labels` | [`LabelsRequest`] | 200 [`Layer`] |
+//! | GET | `/v1/stats` | | 200 [`crate::stats::StatsReport`] (rates since the previous call, or over 0.5 s) |
 //!
 //! Ids in paths are percent-encoded. Errors are `{"error": "…"}`: 400 bad input (bad JSON,
 //! unknown or missing fields, bad percent-encoding, invalid id), 404 unknown layer or path,
@@ -171,6 +172,8 @@ struct Empty {}
 
 struct Ctx {
     engine: Arc<Engine>,
+    /// The previous `GET /v1/stats`, for rates.
+    rates: crate::stats::RateTracker,
     /// Absolute mount point, as /proc/self/mountinfo shows it.
     mountpoint: PathBuf,
 }
@@ -236,6 +239,7 @@ pub fn serve_admin(
 ) -> io::Result<AdminHandle> {
     let ctx = Arc::new(Ctx {
         engine,
+        rates: Default::default(),
         mountpoint: absolute_mountpoint(&mountpoint),
     });
     let listener = bind_socket(path)?;
@@ -897,6 +901,10 @@ fn dispatch(ctx: &Ctx, req: &Request) -> Response {
             "PUT" => set_labels(ctx, id, &req.body),
             _ => return not_allowed("PUT"),
         },
+        ["v1", "stats"] => match m {
+            "GET" => Ok(Response::json(200, &ctx.rates.report(&ctx.engine))),
+            _ => return not_allowed("GET"),
+        },
         _ => {
             return Response::error(
                 404,
@@ -1295,6 +1303,10 @@ impl Client {
             &layer_path(id, "/labels"),
             Some(&LabelsRequest { labels }),
         )
+    }
+
+    pub fn stats(&self) -> Result<crate::stats::StatsReport, String> {
+        self.call_json("GET", "/v1/stats", None::<&()>)
     }
 
     pub fn remove(&self, id: &str) -> Result<(), String> {

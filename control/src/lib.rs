@@ -1,145 +1,25 @@
 //! # strata-control
 //!
 //! Strata's control plane: the Prometheus endpoint (`/metrics`, text format) with the
-//! engine's whole-daemon counters, and the admin API (JSON over HTTP on a unix socket, see
-//! [`admin`]). The containerd snapshotter and per-layer statistics come with the layer work.
+//! engine's per-layer and whole-daemon statistics ([`stats`]), and the admin API (JSON over
+//! HTTP on a unix socket, see [`admin`]; `GET /v1/stats` has the same numbers as JSON).
 //! No engine logic lives here.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod stats;
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use engine::Engine;
 
-/// Render the metrics in Prometheus text exposition format.
+/// Render the metrics in Prometheus text exposition format: per layer (labels `layer`, and
+/// `container` for active layers) and for the whole daemon. See [`stats::render_report`].
 pub fn render(engine: &Engine) -> String {
-    let c = engine.counters();
-    let s = engine.statfs();
-    let (hits, misses, cached) = engine.cache_stats();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-    metric(
-        "strata_read_ops_total",
-        "counter",
-        "Read requests served.",
-        ld(&c.read_ops),
-    );
-    metric(
-        "strata_read_bytes_total",
-        "counter",
-        "Bytes read by clients.",
-        ld(&c.read_bytes),
-    );
-    metric(
-        "strata_write_ops_total",
-        "counter",
-        "Write requests served.",
-        ld(&c.write_ops),
-    );
-    metric(
-        "strata_write_bytes_total",
-        "counter",
-        "Bytes written by clients.",
-        ld(&c.write_bytes),
-    );
-    metric(
-        "strata_journal_commits_total",
-        "counter",
-        "Journal chunks made durable.",
-        ld(&c.journal_commits),
-    );
-    metric(
-        "strata_journal_bytes_total",
-        "counter",
-        "Bytes written to the journal.",
-        ld(&c.journal_bytes),
-    );
-    metric(
-        "strata_checkpoints_total",
-        "counter",
-        "Checkpoints written.",
-        ld(&c.checkpoints),
-    );
-    metric(
-        "strata_checkpoint_seconds_total",
-        "counter",
-        "Time spent writing checkpoints.",
-        ld(&c.checkpoint_nanos) / 1e9,
-    );
-    metric(
-        "strata_io_errors_total",
-        "counter",
-        "Device I/O errors.",
-        ld(&c.io_errors),
-    );
-    let bs = s.bsize as f64;
-    metric(
-        "strata_device_size_bytes",
-        "gauge",
-        "Data region size.",
-        s.blocks as f64 * bs,
-    );
-    metric(
-        "strata_device_free_bytes",
-        "gauge",
-        "Free space.",
-        s.bfree as f64 * bs,
-    );
-    metric(
-        "strata_device_used_bytes",
-        "gauge",
-        "Used space.",
-        (s.blocks - s.bfree) as f64 * bs,
-    );
-    metric(
-        "strata_inodes",
-        "gauge",
-        "Inodes in use.",
-        (s.files - s.ffree) as f64,
-    );
-    metric(
-        "strata_cache_hits_total",
-        "counter",
-        "Block cache hits.",
-        hits as f64,
-    );
-    metric(
-        "strata_cache_misses_total",
-        "counter",
-        "Block cache misses.",
-        misses as f64,
-    );
-    metric(
-        "strata_cache_bytes",
-        "gauge",
-        "Bytes held in the block cache.",
-        cached as f64,
-    );
-    metric(
-        "strata_io_inflight",
-        "gauge",
-        "Device operations in flight.",
-        engine.io_inflight() as f64,
-    );
-    metric(
-        "strata_poisoned",
-        "gauge",
-        "1 when an I/O error made the file system read-only.",
-        engine.is_poisoned() as u8 as f64,
-    );
-    out
+    stats::render_report(&stats::collect(engine))
 }
 
 /// Serve `/metrics` on `addr` from a background thread.

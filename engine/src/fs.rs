@@ -27,6 +27,8 @@ pub struct Options {
     pub cache_bytes: u64,
     /// Interval of the background journal commit.
     pub commit_interval: Duration,
+    /// Keep per-layer statistics and latency histograms (see [`crate::stats`]).
+    pub stats: bool,
 }
 
 impl Default for Options {
@@ -34,6 +36,7 @@ impl Default for Options {
         Options {
             cache_bytes: 256 << 20,
             commit_interval: Duration::from_secs(1),
+            stats: true,
         }
     }
 }
@@ -150,6 +153,7 @@ struct Inner {
     file_locks: Mutex<HashMap<Node, Arc<Mutex<()>>>>,
     opts: Options,
     pub counters: Counters,
+    stats: crate::stats::Stats,
     /// When this engine started (times of the mount root).
     started: Time,
     /// Told the id of every layer that goes away (the FUSE front drops the kernel's entry).
@@ -382,6 +386,29 @@ pub struct Loaded {
     pub problems: Vec<String>,
 }
 
+/// Mark `[b, b+n)` in use for `who` (a layer or a journal chunk): outside the data region is
+/// corruption; a block already in use is a problem fsck reports.
+fn claim(
+    alloc: &mut Allocator,
+    sb: &Superblock,
+    b: u64,
+    n: u64,
+    problems: &mut Vec<String>,
+    who: impl Fn() -> String,
+) -> Result<()> {
+    if b < sb.data_start || b.saturating_add(n) > sb.total_blocks {
+        return Err(Error::corrupt(
+            format!("{} maps blocks outside the data region", who()),
+            b,
+        ));
+    }
+    let dup = alloc.mark_used(b, n);
+    if dup > 0 {
+        problems.push(format!("{}: {dup} block(s) at {b} are owned twice", who()));
+    }
+    Ok(())
+}
+
 /// Recovery: newest valid superblock, its checkpoint, then the journal until the first bad chunk.
 pub fn load(dev: &dyn Device) -> Result<Loaded> {
     let sb = read_superblock(dev)?;
@@ -394,18 +421,9 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
     }
     for slot in layers.topo_order() {
         for (pblk, len) in layers.owned_extents(slot) {
-            if pblk < sb.data_start || pblk + len > sb.total_blocks {
-                return Err(Error::corrupt(
-                    format!("layer slot {slot} maps blocks outside the data region"),
-                    pblk,
-                ));
-            }
-            let dup = alloc.mark_used(pblk, len);
-            if dup > 0 {
-                problems.push(format!(
-                    "layer slot {slot}: {dup} block(s) at {pblk} are owned twice"
-                ));
-            }
+            claim(&mut alloc, &sb, pblk, len, &mut problems, || {
+                format!("layer slot {slot}")
+            })?;
         }
     }
     let jstart = sb.journal_start;
@@ -444,18 +462,9 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
                 alloc.release(b, n);
             }
             for (b, n) in mapped {
-                if b < sb.data_start || b + n > sb.total_blocks {
-                    return Err(Error::corrupt(
-                        format!("journal maps blocks outside the data region ({b})"),
-                        at,
-                    ));
-                }
-                let dup = alloc.mark_used(b, n);
-                if dup > 0 {
-                    problems.push(format!(
-                        "journal chunk {seq} maps {dup} block(s) at {b} that are already in use"
-                    ));
-                }
+                claim(&mut alloc, &sb, b, n, &mut problems, || {
+                    format!("journal chunk {seq}")
+                })?;
             }
         }
         if at != pos {
@@ -696,6 +705,7 @@ impl Engine {
         let replayed = l.chunks_replayed;
         let inner = Arc::new(Inner {
             cache: BlockCache::new(opts.cache_bytes),
+            stats: crate::stats::Stats::new(opts.stats),
             dev,
             ring,
             meta: Mutex::new(meta),
@@ -725,6 +735,7 @@ impl Engine {
         // layer's tree is shared by its children).
         {
             let mut m = inner.meta.lock();
+            inner.stats.sync(m.layers.map.keys().copied());
             let orphans: Vec<(Slot, Ino)> = m
                 .layers
                 .map
@@ -812,6 +823,49 @@ impl Engine {
         )
     }
 
+    /// Per-layer and whole-daemon statistics.
+    pub fn stats(&self) -> &crate::stats::Stats {
+        &self.inner.stats
+    }
+
+    /// Block cache capacity in bytes.
+    pub fn cache_capacity(&self) -> u64 {
+        self.inner.opts.cache_bytes
+    }
+
+    /// Bytes each layer's files reference (owned plus inherited), by slot. The trees are
+    /// cloned (O(1)) under the lock and walked outside it; results are reused for 10 s.
+    pub fn layer_referenced_bytes(&self) -> HashMap<Slot, u64> {
+        let mut cache = self.inner.stats.referenced.lock();
+        if let Some((t, v)) = cache.as_ref() {
+            if t.elapsed() < Duration::from_secs(10) {
+                return v.clone();
+            }
+        }
+        let trees: Vec<(Slot, Tree)> = {
+            let m = self.inner.meta.lock();
+            m.layers
+                .map
+                .iter()
+                .map(|(s, l)| (*s, l.tree.clone()))
+                .collect()
+        };
+        let v: HashMap<Slot, u64> = trees
+            .iter()
+            .map(|(s, t)| {
+                let blocks: u64 = t
+                    .inodes
+                    .values()
+                    .filter_map(|i| i.extents())
+                    .map(|x| x.blocks())
+                    .sum();
+                (*s, blocks * BLOCK)
+            })
+            .collect();
+        *cache = Some((Instant::now(), v.clone()));
+        v
+    }
+
     pub fn io_inflight(&self) -> u64 {
         self.inner.ring.inflight()
     }
@@ -844,6 +898,9 @@ impl Engine {
         let r = f(&mut t, ino);
         let freed = std::mem::take(&mut t.freed);
         self.release_later(&mut m, freed);
+        if let Err(e) = &r {
+            self.inner.stats.error(slot, e.errno());
+        }
         r
     }
 
@@ -951,6 +1008,10 @@ impl Engine {
         who: Caller,
         symlink: Option<&[u8]>,
     ) -> Result<Stat> {
+        let _op = self.inner.stats.meta_op(
+            parent,
+            crate::stats::MetaOp::of_mode(mode, symlink.is_some()),
+        );
         check_name(name)?;
         if let Some(t) = symlink {
             if t.len() > MAX_SYMLINK || t.is_empty() {
@@ -1011,6 +1072,7 @@ impl Engine {
     }
 
     pub fn link(&self, node: Node, parent: Node, name: &[u8]) -> Result<Stat> {
+        let _op = self.inner.stats.meta_op(parent, crate::stats::MetaOp::Link);
         check_name(name)?;
         if split(node).0 != split(parent).0 {
             return Err(errno(libc::EXDEV));
@@ -1046,6 +1108,10 @@ impl Engine {
     }
 
     pub fn unlink(&self, parent: Node, name: &[u8]) -> Result<()> {
+        let _op = self
+            .inner
+            .stats
+            .meta_op(parent, crate::stats::MetaOp::Unlink);
         if name.len() > MAX_NAME {
             return Err(errno(libc::ENAMETOOLONG));
         }
@@ -1065,6 +1131,10 @@ impl Engine {
     }
 
     pub fn rmdir(&self, parent: Node, name: &[u8]) -> Result<()> {
+        let _op = self
+            .inner
+            .stats
+            .meta_op(parent, crate::stats::MetaOp::Rmdir);
         if name.len() > MAX_NAME {
             return Err(errno(libc::ENAMETOOLONG));
         }
@@ -1099,6 +1169,7 @@ impl Engine {
         nname: &[u8],
         flags: u32,
     ) -> Result<()> {
+        let _op = self.inner.stats.meta_op(opn, crate::stats::MetaOp::Rename);
         check_name(nname)?;
         if oname.len() > MAX_NAME {
             return Err(errno(libc::ENAMETOOLONG));
@@ -1278,6 +1349,10 @@ impl Engine {
     }
 
     pub fn setattr(&self, node: Node, s: SetAttr) -> Result<Stat> {
+        let _op = self
+            .inner
+            .stats
+            .meta_op(node, crate::stats::MetaOp::Setattr);
         let _fl = s.size.map(|_| self.file_lock(node));
         let _g = _fl.as_ref().map(|l| l.lock());
         if let Some(size) = s.size {
@@ -1453,6 +1528,10 @@ impl Engine {
     }
 
     pub fn setxattr(&self, node: Node, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        let _op = self
+            .inner
+            .stats
+            .meta_op(node, crate::stats::MetaOp::Setxattr);
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(errno(libc::ERANGE));
         }
@@ -1482,6 +1561,10 @@ impl Engine {
     }
 
     pub fn removexattr(&self, node: Node, name: &[u8]) -> Result<()> {
+        let _op = self
+            .inner
+            .stats
+            .meta_op(node, crate::stats::MetaOp::Removexattr);
         self.change(node, |t, ino| {
             if !t.inode(ino)?.xattrs.contains_key(name) {
                 return Err(errno(libc::ENODATA));
@@ -1537,6 +1620,7 @@ impl Engine {
                 m.layers.apply(0, r, &mut freed, &mut mapped)?;
                 journal::encode_record(&mut m.pending, 0, r);
             }
+            self.inner.stats.sync(m.layers.map.keys().copied());
             self.release_later(&mut m, freed);
             out
         };
@@ -1739,6 +1823,12 @@ impl Engine {
         layer_info(&m.layers, slot)
     }
 
+    /// Read-only access to every layer (under the metadata lock: keep `f` short; clone the
+    /// trees, which costs a pointer copy, to work on them outside).
+    pub fn with_layers<R>(&self, f: impl FnOnce(&Layers) -> R) -> R {
+        f(&self.inner.meta.lock().layers)
+    }
+
     /// The node of a layer's root directory.
     pub fn layer_root(&self, id: &str) -> Result<Node> {
         let m = self.inner.meta.lock();
@@ -1747,6 +1837,7 @@ impl Engine {
 
     /// Read up to `size` bytes at `offset`; `cb` runs on the I/O thread (or here on a cache hit).
     pub fn read(&self, node: Node, offset: u64, size: u32, cb: ReadCb) {
+        let (cb, lstats) = self.inner.stats.track_read(node, cb);
         let plan = self.with_tree(node, |t, ino| {
             let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
             if i.attr.is_dir() {
@@ -1771,20 +1862,28 @@ impl Engine {
         c.read_ops.fetch_add(1, Ordering::Relaxed);
         c.read_bytes.fetch_add(end - offset, Ordering::Relaxed);
         let nblocks = (end.div_ceil(BLOCK) - b0) as usize;
+        // Streaming reads bypass the cache (they would only evict what small reads share).
+        let fill = end - offset <= crate::cache::FILL_MAX_BYTES;
         let skip = (offset - b0 * BLOCK) as usize;
         let len = (end - offset) as usize;
         // Blocks still to fetch from the device: (index in buffer, physical block, count).
         let mut out = AlignedBuf::zeroed(nblocks);
         let mut fetch: Vec<(usize, u64, usize)> = Vec::new();
+        let mapped: u64 = runs
+            .iter()
+            .filter(|r| r.pblk.is_some())
+            .map(|r| r.len)
+            .sum();
         for r in runs {
             let Some(p) = r.pblk else { continue };
             for k in 0..r.len {
                 let idx = (r.lblk - b0 + k) as usize;
                 let pb = p + k;
-                if self
-                    .inner
-                    .cache
-                    .get(pb, &mut out[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE])
+                if fill
+                    && self
+                        .inner
+                        .cache
+                        .get(pb, &mut out[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE])
                 {
                     continue;
                 }
@@ -1794,14 +1893,20 @@ impl Engine {
                 }
             }
         }
+        if let Some(l) = &lstats {
+            let missed: u64 = fetch.iter().map(|f| f.2 as u64).sum();
+            l.cache_hits.fetch_add(mapped - missed, Ordering::Relaxed);
+            l.cache_misses.fetch_add(missed, Ordering::Relaxed);
+        }
         if fetch.is_empty() {
             return cb(Ok(&out[skip..skip + len]));
         }
         // Fast path: one device read covering the whole request, reply from its buffer.
         let inner = self.inner.clone();
+        let t_dev = self.inner.stats.device_start();
         if fetch.len() == 1 && fetch[0].0 == 0 && fetch[0].2 == nblocks {
             let pb = fetch[0].1;
-            let epochs: Vec<u64> = (0..nblocks as u64)
+            let epochs: Vec<u64> = (0..if fill { nblocks as u64 } else { 0 })
                 .map(|k| inner.cache.epoch(pb + k))
                 .collect();
             self.inner.ring.submit(vec![IoReq {
@@ -1810,6 +1915,7 @@ impl Engine {
                 buf: out,
                 done: Box::new(move |r| match r {
                     Ok(buf) => {
+                        inner.stats.device_done(false, t_dev);
                         for (k, ep) in epochs.iter().enumerate() {
                             inner.cache.fill(
                                 pb + k as u64,
@@ -1841,7 +1947,9 @@ impl Engine {
             .map(|(idx, pb, n)| {
                 let g = g.clone();
                 let inner = inner.clone();
-                let epochs: Vec<u64> = (0..n as u64).map(|k| inner.cache.epoch(pb + k)).collect();
+                let epochs: Vec<u64> = (0..if fill { n as u64 } else { 0 })
+                    .map(|k| inner.cache.epoch(pb + k))
+                    .collect();
                 IoReq {
                     op: Op::Read,
                     offset: pb * BLOCK,
@@ -1850,6 +1958,7 @@ impl Engine {
                         let mut g = g.lock();
                         match r {
                             Ok(buf) => {
+                                inner.stats.device_done(false, t_dev);
                                 for (k, ep) in epochs.iter().enumerate() {
                                     inner.cache.fill(
                                         pb + k as u64,
@@ -1881,6 +1990,7 @@ impl Engine {
 
     /// Write `data` at `offset`; `cb` gets the byte count when the data is on the device.
     pub fn write(&self, node: Node, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) {
+        let cb = self.inner.stats.track_write(node, cb);
         self.write_impl(node, offset, data, kill_suidgid, cb, true)
     }
 
@@ -2037,6 +2147,7 @@ impl Engine {
                         }
                     }
                     if r.pblk.is_some() {
+                        self.inner.stats.cow(t.slot, r.len);
                         self.inner
                             .counters
                             .cow_blocks
@@ -2068,10 +2179,12 @@ impl Engine {
                 l.tree.inodes.get_mut(&ino).ok_or(errno(libc::ENOENT))?.attr = a;
                 t.m.dirty.insert(node);
             }
-            if allocating {
-                self.inner.data_inflight[epoch].fetch_add(1, Ordering::SeqCst);
-            }
-            Ok((phys, allocating.then_some(epoch)))
+            // Every data write belongs to the epoch it was planned in: a commit waits for its
+            // epoch's writes before the blocks it frees can be reused (so an in-place write
+            // still in flight never lands on a block that changed hands), and allocating
+            // writes are on the device before the records that map them.
+            self.inner.data_inflight[epoch].fetch_add(1, Ordering::SeqCst);
+            Ok((phys, Some(epoch)))
         })
     }
 
@@ -2109,6 +2222,7 @@ impl Engine {
         c.write_bytes.fetch_add(data_len as u64, Ordering::Relaxed);
         let total = data_len as u32;
         let inner = self.inner.clone();
+        let t_dev = self.inner.stats.device_start();
         let finish = move |res: Result<()>| {
             if let Some(e) = epoch {
                 inner.data_inflight[e].fetch_sub(1, Ordering::SeqCst);
@@ -2125,6 +2239,7 @@ impl Engine {
                 offset: p * BLOCK,
                 buf,
                 done: Box::new(move |r| {
+                    inner.stats.device_done(true, t_dev);
                     finish(
                         r.map(|_| ())
                             .map_err(|e| inner.io_failed("write", p, e, true)),
@@ -2155,6 +2270,7 @@ impl Engine {
                     offset: p * BLOCK,
                     buf: b,
                     done: Box::new(move |r| {
+                        inner.stats.device_done(true, t_dev);
                         let mut j = j.lock();
                         if let Err(e) = r {
                             j.err = Some(inner.io_failed("write", p, e, true));
@@ -2232,6 +2348,10 @@ impl Engine {
 
     /// fallocate: mode 0 / KEEP_SIZE allocate (zeroed), PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE.
     pub fn fallocate(&self, node: Node, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let _op = self
+            .inner
+            .stats
+            .meta_op(node, crate::stats::MetaOp::Fallocate);
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
@@ -2484,6 +2604,7 @@ impl Inner {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
         }
+        let t_commit = Instant::now();
         let (bytes, frees, _) = self.seal(false);
         self.dev
             .flush()
@@ -2521,6 +2642,7 @@ impl Inner {
             self.counters
                 .journal_bytes
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.stats.journal_commit.observe_since(t_commit);
         }
         let mut m = self.meta.lock();
         for (b, n) in frees {
@@ -2583,6 +2705,7 @@ impl Inner {
                 let jb = self.jpos.lock().sb.journal_blocks;
                 m.alloc.set_reserve(2 * n + jb / 2 + 64);
                 self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.stats.checkpoint.observe_since(t0);
                 self.counters
                     .checkpoint_nanos
                     .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);

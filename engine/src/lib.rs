@@ -23,6 +23,7 @@ pub mod journal;
 pub mod layer;
 pub mod meta;
 pub mod ring;
+pub mod stats;
 pub mod sys;
 
 pub use device::{Device, FileDevice, MemDevice};

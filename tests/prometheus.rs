@@ -1,0 +1,489 @@
+//! Statistics end to end: a real mount with its Prometheus endpoint on a free loopback port,
+//! two layers written with known byte counts, a real Prometheus (the Debian package
+//! `prometheus`) scraping it every second, and its HTTP API asked for each layer's counters.
+//! Also: `promtool check metrics` on a scrape, `promtool check rules deploy/alerts.yml`, every
+//! metric the Grafana dashboard queries exists, a removed layer's series disappear, and
+//! `strata stats --json` shows the same numbers.
+//!
+//! Without `prometheus`/`promtool` on PATH the Prometheus parts print `SKIP:` and the rest runs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use control::admin::serde_json::{self, Value};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A plain HTTP/1.0 GET (the server closes the connection; no chunked bodies).
+fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP head in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn on_path(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|f| f.is_file())
+    })
+}
+
+/// A Prometheus server, killed when dropped (also when the test fails).
+struct Prom {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Drop for Prom {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "---- prometheus log (last 30 lines) ----\n{}\n----",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+    }
+}
+
+fn start_prometheus(td: &TestDir, target: &str) -> Prom {
+    let cfg = td.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: strata\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let data = td.join("tsdb");
+    std::fs::create_dir_all(&data).expect("tsdb dir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = td.join("prometheus.log");
+    let logf = std::fs::File::create(&log).expect("prometheus log");
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(logf.try_clone().expect("dup log")))
+        .stderr(Stdio::from(logf))
+        .spawn()
+        .expect("spawn prometheus");
+    let p = Prom { child, addr, log };
+    let start = Instant::now();
+    loop {
+        if let Ok((200, _)) = http_get(&p.addr, "/-/ready") {
+            return p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "prometheus did not become ready on {} within 60 s",
+            p.addr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Instant query: (labels, value) of every series in the result.
+fn prom_query(p: &Prom, q: &str) -> Vec<(serde_json::Map<String, Value>, f64)> {
+    let (status, body) = http_get(&p.addr, &format!("/api/v1/query?query={}", url_encode(q)))
+        .unwrap_or_else(|e| panic!("query {q}: {e}"));
+    assert_eq!(status, 200, "query {q}: {body}");
+    let v: Value = serde_json::from_str(&body).expect("prometheus JSON");
+    v["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            let labels = r["metric"].as_object().cloned().unwrap_or_default();
+            let val = r["value"][1]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(f64::NAN);
+            (labels, val)
+        })
+        .collect()
+}
+
+fn strata_cli(m: &Mount, args: &[&str]) -> String {
+    let out = Command::new(STRATA)
+        .args(args)
+        .arg("--admin-socket")
+        .arg(m.admin_socket())
+        .output()
+        .expect("run strata");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "strata {args:?} failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `name{labels}` exactly as written in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok())?
+    })
+}
+
+/// Family names (from TYPE lines) and sample names in a scrape.
+fn names(scrape: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for l in scrape.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            if let Some(n) = rest.split_whitespace().next() {
+                out.insert(n.to_string());
+                if rest.ends_with(" histogram") {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        out.insert(format!("{n}{s}"));
+                    }
+                }
+            }
+        } else if !l.starts_with('#') && !l.is_empty() {
+            let end = l.find(['{', ' ']).unwrap_or(l.len());
+            out.insert(l[..end].to_string());
+        }
+    }
+    out
+}
+
+fn metric_names_in(expr: &str) -> Vec<String> {
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("strata_") {
+        let s = i + at;
+        let before_ok = s == 0 || !(b[s - 1].is_ascii_alphanumeric() || b[s - 1] == b'_');
+        let mut e = s;
+        while e < b.len() && (b[e].is_ascii_alphanumeric() || b[e] == b'_' || b[e] == b':') {
+            e += 1;
+        }
+        if before_ok {
+            out.push(expr[s..e].to_string());
+        }
+        i = e;
+    }
+    out
+}
+
+fn collect_queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr" | "query" | "definition", Value::String(s)) => out.push(s.clone()),
+                    _ => collect_queries(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_queries(x, out)),
+        _ => {}
+    }
+}
+
+fn write_file(path: &Path, len: usize, seed: u64) {
+    std::fs::write(path, pattern(seed, len)).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+}
+
+#[test]
+fn per_layer_counters_reach_prometheus() {
+    require_root_and_fuse!();
+    let td = TestDir::new("prometheus");
+    let img = td.mkfs("1G");
+    let mnt = td.mountpoint("mnt");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let m = Mount::start_with(&img, &mnt, &["--metrics-addr", &metrics]);
+
+    strata_cli(
+        &m,
+        &[
+            "layer",
+            "create",
+            "alpha",
+            "--label",
+            "containerd.io/snapshot.key=k8s.io/12/ctr-alpha",
+        ],
+    );
+    strata_cli(&m, &["layer", "create", "beta"]);
+
+    // Known workloads: sizes that FUSE splits differently (large, unaligned, tiny).
+    let alpha_sizes = [3 << 20, 12_345, 1];
+    let beta_sizes = [4096 * 5, 777, 2 << 20, 65_537];
+    let a: usize = alpha_sizes.iter().sum();
+    let b: usize = beta_sizes.iter().sum();
+    for (i, n) in alpha_sizes.iter().enumerate() {
+        write_file(&mnt.join(format!("alpha/f{i}")), *n, i as u64);
+    }
+    for (i, n) in beta_sizes.iter().enumerate() {
+        write_file(&mnt.join(format!("beta/g{i}")), *n, 100 + i as u64);
+    }
+    // Reads in alpha only, and a metadata error in beta (rmdir of a non-empty directory).
+    let back = std::fs::read(mnt.join("alpha/f0")).expect("read back");
+    assert_eq!(back.len(), alpha_sizes[0]);
+    std::fs::create_dir(mnt.join("beta/d")).expect("mkdir");
+    std::fs::write(mnt.join("beta/d/x"), b"").expect("create");
+    assert!(std::fs::remove_dir(mnt.join("beta/d")).is_err());
+
+    // Copy-on-write and shared space: a clone of a committed layer rewrites one block.
+    strata_cli(&m, &["layer", "create", "base"]);
+    write_file(&mnt.join("base/big"), 1 << 20, 7);
+    strata_cli(&m, &["layer", "commit", "base"]);
+    strata_cli(&m, &["layer", "clone", "base", "kid"]);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("kid/big"))
+            .expect("open kid/big");
+        f.write_all_at(&[1u8; 4096], 8192).expect("overwrite");
+    }
+
+    // The endpoint itself.
+    let (status, scrape) = http_get(&metrics, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    let alpha = r#"layer="alpha",container="ctr-alpha""#;
+    assert_eq!(
+        sample(&scrape, &format!("strata_write_bytes_total{{{alpha}}}")),
+        Some(a as f64),
+        "alpha's bytes written in:\n{scrape}"
+    );
+    assert_eq!(
+        sample(&scrape, r#"strata_write_bytes_total{layer="beta"}"#),
+        Some(b as f64)
+    );
+    assert_eq!(
+        sample(&scrape, &format!("strata_read_bytes_total{{{alpha}}}")),
+        Some(alpha_sizes[0] as f64)
+    );
+    assert_eq!(
+        sample(&scrape, r#"strata_read_bytes_total{layer="beta"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"strata_errors_total{layer="beta",errno="ENOTEMPTY"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"strata_metadata_ops_total{layer="beta",op="mkdir"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"strata_metadata_ops_total{layer="beta",op="create"}"#
+        ),
+        Some(beta_sizes.len() as f64 + 1.0)
+    );
+    let count = sample(
+        &scrape,
+        &format!("strata_op_duration_seconds_count{{{alpha},op=\"write\"}}"),
+    )
+    .expect("write latency histogram");
+    assert_eq!(
+        sample(&scrape, &format!("strata_write_ops_total{{{alpha}}}")),
+        Some(count)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            &format!("strata_op_duration_seconds_bucket{{{alpha},op=\"write\",le=\"+Inf\"}}")
+        ),
+        Some(count)
+    );
+    let owned = sample(&scrape, &format!("strata_layer_owned_bytes{{{alpha}}}")).unwrap();
+    assert!(owned >= a as f64, "alpha owns {owned} bytes, wrote {a}");
+    assert!(scrape.contains("# TYPE strata_op_duration_seconds histogram"));
+    assert_eq!(
+        sample(&scrape, r#"strata_cow_blocks_total{layer="kid"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, r#"strata_layer_owned_bytes{layer="kid"}"#),
+        Some(4096.0)
+    );
+    assert_eq!(
+        sample(&scrape, r#"strata_layer_shared_bytes{layer="kid"}"#),
+        Some(((1 << 20) - 4096) as f64)
+    );
+    assert_eq!(
+        sample(&scrape, r#"strata_layers{state="committed"}"#),
+        Some(1.0)
+    );
+    for l in scrape.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !l.contains("ino=") && !l.contains("path="),
+            "per-inode or per-path label: {l}"
+        );
+    }
+
+    // `strata stats --json` has the same numbers (plus rates).
+    let js: Value = serde_json::from_str(&strata_cli(&m, &["stats", "--json"])).expect("json");
+    let layers = js["layers"].as_array().expect("layers");
+    let find = |id: &str| layers.iter().find(|l| l["id"] == id).cloned().expect(id);
+    assert_eq!(find("alpha")["write_bytes"].as_u64(), Some(a as u64));
+    assert_eq!(find("alpha")["container"].as_str(), Some("ctr-alpha"));
+    assert_eq!(find("beta")["write_bytes"].as_u64(), Some(b as u64));
+    assert!(find("beta")["rates"]["write_bytes_per_second"].is_number());
+    let table = strata_cli(&m, &["stats"]);
+    assert!(
+        table.contains("alpha") && table.contains("ctr-alpha"),
+        "{table}"
+    );
+
+    // promtool on the scrape and on the alert rules.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if on_path("promtool").is_some() {
+        let mut c = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(scrape.as_bytes())
+            .unwrap();
+        let out = c.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(root.join("deploy/alerts.yml"))
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("SKIP: promtool is not installed (apt-get install prometheus); not checking the scrape and the alert rules");
+    }
+
+    // Every metric the dashboard and the alerts use exists.
+    let have = names(&scrape);
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut queries = Vec::new();
+    collect_queries(&dash, &mut queries);
+    assert!(
+        queries.len() > 10,
+        "dashboard has {} queries",
+        queries.len()
+    );
+    let alerts = std::fs::read_to_string(root.join("deploy/alerts.yml")).expect("alerts");
+    queries.push(alerts);
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        used.extend(metric_names_in(q));
+    }
+    let missing: Vec<&String> = used.iter().filter(|n| !have.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard/alerts use metrics the daemon does not export: {missing:?}"
+    );
+
+    // A real Prometheus scraping the daemon every second.
+    if on_path("prometheus").is_some() {
+        let p = start_prometheus(&td, &metrics);
+        let want = [("alpha", a as f64), ("beta", b as f64)];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: Vec<Option<f64>> = want
+                .iter()
+                .map(|(l, _)| {
+                    let r = prom_query(&p, &format!("strata_write_bytes_total{{layer=\"{l}\"}}"));
+                    r.first().map(|x| x.1)
+                })
+                .collect();
+            if got.iter().zip(&want).all(|(g, (_, w))| *g == Some(*w)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never showed the bytes written: got {got:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let r = prom_query(&p, r#"strata_write_bytes_total{layer="alpha"}"#);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0["container"], "ctr-alpha");
+        assert_eq!(r[0].0["job"], "strata");
+        let r = prom_query(&p, r#"strata_read_bytes_total{layer="alpha"}"#);
+        assert_eq!(r[0].1, alpha_sizes[0] as f64);
+        let r = prom_query(
+            &p,
+            r#"histogram_quantile(0.5, sum by (le) (strata_op_duration_seconds_bucket{layer="beta",op="write"}))"#,
+        );
+        assert!(r.len() == 1 && r[0].1 > 0.0, "median write latency: {r:?}");
+        drop(p);
+    } else {
+        eprintln!("SKIP: prometheus is not installed (apt-get install prometheus); not checking through a real Prometheus");
+    }
+
+    // A removed layer's series disappear.
+    strata_cli(&m, &["layer", "rm", "beta"]);
+    let (_, scrape) = http_get(&metrics, "/metrics").expect("scrape");
+    assert!(
+        !scrape.contains(r#"layer="beta""#),
+        "series of removed layer beta remain"
+    );
+    assert!(scrape.contains(r#"layer="alpha""#));
+    m.stop();
+}
