@@ -1362,13 +1362,7 @@ impl Engine {
             if cur.attr.is_reg() && size < cur.attr.size && size % BLOCK != 0 {
                 let end = (size / BLOCK + 1) * BLOCK;
                 let end = end.min(cur.attr.size);
-                let mapped = self.with_tree(node, |t, ino| {
-                    Ok(t.get(ino)
-                        .and_then(|i| i.extents())
-                        .and_then(|x| x.lookup(size / BLOCK))
-                        .is_some())
-                })?;
-                if mapped && end > size {
+                if self.is_mapped(node, size / BLOCK)? && end > size {
                     self.write_locked(node, size, &vec![0u8; (end - size) as usize])?;
                 }
             }
@@ -1421,6 +1415,16 @@ impl Engine {
             a.ctime = s.ctime.unwrap_or(now);
             t.set_attr(ino, a)?;
             t.stat(ino)
+        })
+    }
+
+    /// Whether logical block `lblk` of a file has a block behind it.
+    fn is_mapped(&self, node: Node, lblk: u64) -> Result<bool> {
+        self.with_tree(node, |t, ino| {
+            Ok(t.get(ino)
+                .and_then(|i| i.extents())
+                .and_then(|x| x.lookup(lblk))
+                .is_some())
         })
     }
 
@@ -2473,13 +2477,7 @@ impl Engine {
             edges.push((start, end));
         }
         for (s, e) in edges {
-            let mapped = self.with_tree(node, |t, ino| {
-                Ok(t.get(ino)
-                    .and_then(|i| i.extents())
-                    .and_then(|x| x.lookup(s / BLOCK))
-                    .is_some())
-            })?;
-            if mapped && e > s {
+            if self.is_mapped(node, s / BLOCK)? && e > s {
                 let size = self.getattr(node)?.attr.size;
                 let e2 = e.min(size.max(s));
                 if e2 > s {
