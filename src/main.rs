@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use engine::{Engine, FileDevice, Options};
 
 mod layer_cli;
+mod oci_cli;
 mod stats_cli;
 
 #[derive(Parser)]
@@ -57,6 +58,10 @@ enum Cmd {
     },
     /// Per-layer statistics from the running daemon: a table of layers sorted by I/O.
     Stats(stats_cli::StatsArgs),
+    /// Apply an OCI layer tar (plain, gzip or zstd) as a new committed layer (offline: --image).
+    Import(oci_cli::ImportArgs),
+    /// Write a layer's diff against its parent as an OCI layer tar (offline: --image).
+    Export(oci_cli::ExportArgs),
     /// Format an image file (created sparse if missing) or a block device.
     Mkfs {
         /// Image file or block device.
@@ -173,6 +178,8 @@ fn main() -> ExitCode {
         Cmd::Fsck { path, repair } => return fsck(&path, repair),
         Cmd::Layer { cmd } => layer_cli::run(cmd, &cli.admin_socket),
         Cmd::Stats(a) => stats_cli::run(a, &cli.admin_socket),
+        Cmd::Import(a) => oci_cli::import(a, &cli.admin_socket),
+        Cmd::Export(a) => oci_cli::export(a, &cli.admin_socket),
         Cmd::Gc { path } => gc(&path),
     };
     match r {

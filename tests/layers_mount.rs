@@ -216,3 +216,42 @@ fn layers_are_directories_with_copy_on_write_isolation() {
     m.stop();
     assert_fsck_clean(&img, "after remount");
 }
+
+#[test]
+fn other_users_cannot_walk_into_layers_through_the_mount_root() {
+    require_root_and_fuse!();
+    let t = TestDir::new("layers-perm");
+    let img = t.mkfs("128M");
+    let mnt = t.mountpoint("mnt");
+    let m = Mount::start(&img, &mnt);
+    fs::write(m.root().join("secret"), b"container data").unwrap();
+    fs::set_permissions(m.root().join("secret"), fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(
+        fs::metadata(&mnt).unwrap().mode() & 0o777,
+        0o700,
+        "the mount root is root-only"
+    );
+    let path =
+        std::ffi::CString::new(m.root().join("secret").as_os_str().as_encoded_bytes()).unwrap();
+    let code = as_user(65534, 65534, || {
+        // SAFETY: open/close on a valid C string in the forked child.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+            return 0;
+        }
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+    });
+    assert_eq!(
+        code,
+        libc::EACCES,
+        "a non-root user is refused at the mount root"
+    );
+    // Root (the container runtime) still reaches it, and a bind mount of the layer is how
+    // containers see their rootfs.
+    assert_eq!(
+        fs::read(m.root().join("secret")).unwrap(),
+        b"container data"
+    );
+    m.stop();
+}

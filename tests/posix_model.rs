@@ -1348,7 +1348,11 @@ fn setgid_directory_inheritance() {
     require_root_and_fuse!();
     let (m, _img, td) = fresh("setgid", "256M");
     let reference = setgid_scenario(&td.plain_dir("ref"));
-    let strata = setgid_scenario(&m.root());
+    // Unprivileged users reach a layer the way a container does: through a bind mount of it
+    // (the mount root itself is root-only).
+    let view = m.bind_layer_root();
+    let strata = setgid_scenario(view.path());
+    drop(view);
     let expected = vec![
         "file: gid 2000 setgid false",
         "sub: gid 2000 setgid true",
@@ -1485,7 +1489,9 @@ fn sticky_bit_rules() {
         reference, expected,
         "reference file system disagrees with the expected rules (test bug?)"
     );
-    let strata = sticky_scenario(&m.root());
+    let view = m.bind_layer_root();
+    let strata = sticky_scenario(view.path());
+    drop(view);
     assert_eq!(strata, expected, "sticky directory rules on strata");
     m.stop();
 }

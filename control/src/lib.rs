@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod oci;
 pub mod stats;
 
 use std::io::{BufRead, BufReader, Read, Write};

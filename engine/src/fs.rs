@@ -920,8 +920,10 @@ impl Engine {
 
     fn root_stat(&self, m: &Meta) -> Stat {
         let t = self.inner.started;
+        // Root only: other users reach a layer only through a bind mount of it (as a
+        // container does), never by walking into other containers' layers from here.
         let attr = Attr {
-            mode: S_IFDIR | 0o755,
+            mode: S_IFDIR | 0o700,
             nlink: 2 + m.layers.map.len() as u32,
             atime: t,
             mtime: t,

@@ -15,6 +15,7 @@ pub mod alloc;
 pub mod cache;
 pub mod codec;
 pub mod device;
+pub mod diff;
 pub mod error;
 pub mod format;
 pub mod fs;

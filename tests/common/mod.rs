@@ -370,6 +370,27 @@ impl Mount {
         }
     }
 
+    /// Bind-mount the test layer's root elsewhere, as a container runtime does for a
+    /// container's rootfs; unprivileged users reach it there (the mount root is root-only).
+    /// Unmounted when the guard drops.
+    pub fn bind_layer_root(&self) -> BindMount {
+        let path = self.mnt.with_extension("rootfs");
+        fs::create_dir_all(&path).expect("create bind mount point");
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(self.root())
+            .arg(&path)
+            .status()
+            .expect("run mount --bind");
+        assert!(
+            st.success(),
+            "mount --bind {} {}",
+            self.root().display(),
+            path.display()
+        );
+        BindMount { path }
+    }
+
     /// The admin socket a test mount at `mnt` serves (beside the mount point).
     pub fn admin_socket_for(mnt: &Path) -> PathBuf {
         mnt.with_extension("admin.sock")
@@ -972,5 +993,29 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bind mount made by [`Mount::bind_layer_root`]; unmounted on drop.
+pub struct BindMount {
+    path: PathBuf,
+}
+
+impl BindMount {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
     }
 }
