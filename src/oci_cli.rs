@@ -1,5 +1,6 @@
-//! `strata import` and `strata export`: OCI layer tars in and out of an image that is not
-//! mounted (`--image`). Through a running daemon's admin API: not yet.
+//! `strata import` and `strata export`: OCI layer tars in and out of the running daemon
+//! (through its admin API; the daemon opens the files) or of an image that is not mounted
+//! (`--image`).
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -44,29 +45,19 @@ fn open_image(path: &Path) -> Result<Arc<Engine>, String> {
     Engine::open(Arc::new(dev), Options::default()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn need_image(image: Option<PathBuf>, admin_socket: &Path) -> Result<PathBuf, String> {
-    image.ok_or_else(|| {
-        format!(
-            "--image PATH is required: import/export through the running daemon ({}) is not \
-             supported yet; stop it and work on the image directly",
-            admin_socket.display()
-        )
-    })
+/// The daemon opens files itself: give it an absolute path.
+fn absolute(p: &Path) -> Result<String, String> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| e.to_string())?.join(p)
+    };
+    abs.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{}: the path is not UTF-8", p.display()))
 }
 
-pub fn import(a: ImportArgs, admin_socket: &Path) -> Result<(), String> {
-    let image = need_image(a.image, admin_socket)?;
-    let compression: Compression = a.compression.parse()?;
-    let input: Box<dyn Read> = if a.file.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(File::open(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?)
-    };
-    let eng = open_image(&image)?;
-    let r = oci::import(&eng, &a.layer, a.parent.as_deref(), input, compression);
-    let shut = eng.shutdown();
-    let r = r.map_err(|e| format!("import of {} failed: {e}", a.file.display()))?;
-    shut.map_err(|e| e.to_string())?;
+fn print_report(r: &oci::ImportReport) {
     println!(
         "imported layer {:?}: {} entries ({} files, {} dirs, {} symlinks, {} hard links, \
          {} devices/fifos, {} whiteouts, {} opaque dirs), {} bytes written, {} bytes left as holes",
@@ -82,11 +73,55 @@ pub fn import(a: ImportArgs, admin_socket: &Path) -> Result<(), String> {
         r.bytes_written,
         r.bytes_sparse
     );
+}
+
+pub fn import(a: ImportArgs, admin_socket: &Path) -> Result<(), String> {
+    let compression: Compression = a.compression.parse()?;
+    let Some(image) = a.image else {
+        // Through the running daemon.
+        if a.file.as_os_str() == "-" {
+            return Err(
+                "reading the tar from standard input needs --image (the daemon opens files itself)"
+                    .into(),
+            );
+        }
+        let req = control::admin::ImportRequest {
+            layer: a.layer.clone(),
+            parent: a.parent.clone(),
+            path: absolute(&a.file)?,
+            compression: Some(a.compression.clone()),
+        };
+        let r = control::admin::Client::new(admin_socket)
+            .import(&req)
+            .map_err(|e| format!("import of {} failed: {e}", a.file.display()))?;
+        print_report(&r);
+        return Ok(());
+    };
+    let input: Box<dyn Read> = if a.file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(File::open(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?)
+    };
+    let eng = open_image(&image)?;
+    let r = oci::import(&eng, &a.layer, a.parent.as_deref(), input, compression);
+    let shut = eng.shutdown();
+    let r = r.map_err(|e| format!("import of {} failed: {e}", a.file.display()))?;
+    shut.map_err(|e| e.to_string())?;
+    print_report(&r);
     Ok(())
 }
 
 pub fn export(a: ExportArgs, admin_socket: &Path) -> Result<(), String> {
-    let image = need_image(a.image, admin_socket)?;
+    let Some(image) = a.image else {
+        // Through the running daemon, which writes the file.
+        let out = a.output.ok_or(
+            "with a running daemon, give the output file with -o FILE (the daemon writes it)",
+        )?;
+        control::admin::Client::new(admin_socket)
+            .export(&a.id, &absolute(&out)?)
+            .map_err(|e| format!("export of {:?} failed: {e}", a.id))?;
+        return Ok(());
+    };
     let eng = open_image(&image)?;
     let r = match &a.output {
         Some(p) => match File::create(p) {

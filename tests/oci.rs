@@ -969,3 +969,84 @@ fn cli_import_export_on_an_image() {
     assert_ne!(out.code, 0, "the refused layer does not exist");
     common::assert_fsck_clean(&img, "after import/export");
 }
+
+#[test]
+fn import_and_export_through_the_running_daemon() {
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: needs root and /dev/fuse");
+        return;
+    }
+    let td = common::TestDir::new("oci-daemon");
+    let img = td.mkfs("256M");
+    let mnt = td.mountpoint("mnt");
+    let m = common::Mount::start(&img, &mnt);
+    let sock = m.admin_socket();
+    let socks = sock.to_str().unwrap();
+    let base_tar = build(&base_entries());
+    let tar_path = td.join("base.tar");
+    std::fs::write(&tar_path, &base_tar).unwrap();
+    let run = |args: &[&str]| {
+        let out = common::strata(args);
+        common::assert_no_panic("strata", &out.stderr);
+        out
+    };
+    let out = run(&[
+        "import",
+        "--admin-socket",
+        socks,
+        "--layer",
+        "base",
+        tar_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("imported layer \"base\""),
+        "{}",
+        out.stdout
+    );
+    // The new committed layer is a directory of the mount at once.
+    assert_eq!(
+        std::fs::read(mnt.join("base/usr/lib/blob"))
+            .ok()
+            .map(|d| d.len()),
+        Some(blob().len())
+    );
+    let o = td.join("out.tar");
+    let out = run(&[
+        "export",
+        "base",
+        "--admin-socket",
+        socks,
+        "-o",
+        o.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(summarize(&std::fs::read(&o).unwrap()), summarize(&base_tar));
+    // A refused tar leaves no layer behind, and the daemon keeps serving.
+    let bad = td.join("bad.tar");
+    std::fs::write(
+        &bad,
+        raw_tar(&[raw(b"../escape", tar::EntryType::Regular, b"x", b"")]),
+    )
+    .unwrap();
+    let out = run(&[
+        "import",
+        "--admin-socket",
+        socks,
+        "--layer",
+        "bad",
+        "--parent",
+        "base",
+        bad.to_str().unwrap(),
+    ]);
+    assert_ne!(out.code, 0);
+    assert!(!mnt.join("bad").exists());
+    let out = run(&["layer", "ls", "--admin-socket", socks]);
+    assert!(
+        out.stdout.contains("base") && !out.stdout.contains("bad"),
+        "{}",
+        out.stdout
+    );
+    m.stop();
+    common::assert_fsck_clean(&img, "after import/export through the daemon");
+}

@@ -10,6 +10,8 @@
 //! | POST | `/v1/layers/{id}/commit` | none or `{}` | 200 [`Layer`] |
 //! | POST | `/v1/layers/{id}/snapshot` | [`SnapshotRequest`] | 201 [`Layer`] of the new parent |
 //! | PUT | `/v1/layers/{id}/labels` | [`LabelsRequest`] | 200 [`Layer`] |
+//! | POST | `/v1/import` | [`ImportRequest`] | 201 [`crate::oci::ImportReport`] |
+//! | POST | `/v1/layers/{id}/export` | [`ExportRequest`] | 200 [`ExportRequest`] |
 //! | GET | `/v1/stats` | | 200 [`crate::stats::StatsReport`] (rates since the previous call, or over 0.5 s) |
 //!
 //! Ids in paths are percent-encoded. Errors are `{"error": "…"}`: 400 bad input (bad JSON,
@@ -139,6 +141,28 @@ pub struct CreateRequest {
     pub state: Option<CloneState>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /v1/import`: apply the OCI layer tar the daemon reads from `path` (absolute) as a new
+/// committed layer `layer`, a clone of committed `parent` or a base layer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub layer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub path: String,
+    /// auto (default), none, gzip, zstd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+}
+
+/// `POST /v1/layers/{id}/export`: write the layer's diff against its parent as an OCI layer
+/// tar to `path` (absolute).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    pub path: String,
 }
 
 /// `POST /v1/layers/{id}/snapshot`: the id of the new committed parent.
@@ -901,6 +925,14 @@ fn dispatch(ctx: &Ctx, req: &Request) -> Response {
             "PUT" => set_labels(ctx, id, &req.body),
             _ => return not_allowed("PUT"),
         },
+        ["v1", "import"] => match m {
+            "POST" => import(ctx, &req.body),
+            _ => return not_allowed("POST"),
+        },
+        ["v1", "layers", id, "export"] => match m {
+            "POST" => export(ctx, id, &req.body),
+            _ => return not_allowed("POST"),
+        },
         ["v1", "stats"] => match m {
             "GET" => Ok(Response::json(200, &ctx.rates.report(&ctx.engine))),
             _ => return not_allowed("GET"),
@@ -990,6 +1022,59 @@ fn snapshot(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
         "Location",
         format!("/v1/layers/{}", percent_encode(&info.id)),
     ))
+}
+
+fn absolute(path: &str) -> Result<&Path, Response> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(Response::error(
+            400,
+            format!(
+                "path {:?} must be absolute (the daemon opens it)",
+                clip(path, 200)
+            ),
+        ));
+    }
+    Ok(p)
+}
+
+fn import(ctx: &Ctx, body: &[u8]) -> Result<Response, Response> {
+    let r: ImportRequest = parse_body(body)?;
+    nonempty(&r.layer)?;
+    let path = absolute(&r.path)?;
+    let compression: crate::oci::Compression = r
+        .compression
+        .as_deref()
+        .unwrap_or("auto")
+        .parse()
+        .map_err(|e: String| Response::error(400, e))?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| Response::error(400, format!("cannot open {}: {e}", path.display())))?;
+    let report = crate::oci::import(
+        &ctx.engine,
+        &r.layer,
+        r.parent.as_deref(),
+        std::io::BufReader::with_capacity(1 << 20, f),
+        compression,
+    )
+    .map_err(engine_error)?;
+    Ok(Response::json(201, &report).header(
+        "Location",
+        format!("/v1/layers/{}", percent_encode(&report.layer)),
+    ))
+}
+
+fn export(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
+    nonempty(id)?;
+    let r: ExportRequest = parse_body(body)?;
+    let path = absolute(&r.path)?;
+    let f = std::fs::File::create(path)
+        .map_err(|e| Response::error(400, format!("cannot create {}: {e}", path.display())))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    crate::oci::export(&ctx.engine, id, &mut w).map_err(engine_error)?;
+    std::io::Write::flush(&mut w)
+        .map_err(|e| Response::error(500, format!("cannot write {}: {e}", path.display())))?;
+    Ok(Response::json(200, &ExportRequest { path: r.path }))
 }
 
 fn set_labels(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
@@ -1284,6 +1369,17 @@ impl Client {
 
     pub fn create(&self, req: &CreateRequest) -> Result<Layer, String> {
         self.call_json("POST", "/v1/layers", Some(req))
+    }
+
+    pub fn import(&self, req: &ImportRequest) -> Result<crate::oci::ImportReport, String> {
+        self.call_json("POST", "/v1/import", Some(req))
+    }
+
+    pub fn export(&self, id: &str, path: &str) -> Result<ExportRequest, String> {
+        let req = ExportRequest {
+            path: path.to_string(),
+        };
+        self.call_json("POST", &layer_path(id, "/export"), Some(&req))
     }
 
     pub fn commit(&self, id: &str) -> Result<Layer, String> {

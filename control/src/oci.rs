@@ -54,7 +54,7 @@ impl std::str::FromStr for Compression {
 }
 
 /// What an import did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImportReport {
     pub layer: String,
     pub entries: u64,
