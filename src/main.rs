@@ -19,14 +19,15 @@ mod stats_cli;
     version,
     about = "Strata: a layer-cloning file system for container hosts",
     long_about = "Strata: a layer-cloning file system for container hosts.\n\n\
-        Quick start: `strata up` creates ./strata.img (8 GiB, sparse), mounts it at ./mnt and serves\n\
-        Prometheus metrics on 127.0.0.1:9477. Stop it with Ctrl-C or `umount ./mnt`."
+        Quick start: `strata up` creates ./strata.img (8 GiB, sparse), mounts it at ./mnt (files go in\n\
+        ./mnt/default; every layer is a directory there) and serves Prometheus metrics on\n\
+        127.0.0.1:9477. Stop it with Ctrl-C or `umount ./mnt`."
 )]
 struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
-    /// The daemon's admin socket (served by `mount`/`up`, used by `layer`).
+    /// The daemon's admin socket (served by `mount`/`up`; used by `layer`, `stats`, `import`, `export`).
     #[arg(long, global = true, default_value = control::admin::DEFAULT_SOCKET)]
     admin_socket: PathBuf,
     #[command(subcommand)]
