@@ -597,6 +597,12 @@ impl Txn<'_> {
             self.set_attr(ino, a)
         }
     }
+    /// An inode's metadata changed (ctime only).
+    fn touch_ctime(&mut self, ino: Ino, now: Time) -> Result<()> {
+        let mut a = self.attr(ino)?;
+        a.ctime = now;
+        self.set_attr(ino, a)
+    }
     fn touch_dir(&mut self, dir: Ino, now: Time, nlink_delta: i32) -> Result<()> {
         let mut a = self.attr(dir)?;
         a.mtime = now;
@@ -1223,9 +1229,7 @@ impl Engine {
                     }
                 }
                 for i in [src, dst] {
-                    let mut a = t.attr(i)?;
-                    a.ctime = now;
-                    t.set_attr(i, a)?;
+                    t.touch_ctime(i, now)?;
                 }
                 return Ok(());
             }
@@ -1264,9 +1268,7 @@ impl Engine {
             let d = if sattr.is_dir() { 1 } else { 0 };
             t.touch_dir(op, now, -d)?;
             t.touch_dir(np, now, d)?;
-            let mut a = t.attr(src)?;
-            a.ctime = now;
-            t.set_attr(src, a)
+            t.touch_ctime(src, now)
         })
     }
 
@@ -1560,9 +1562,7 @@ impl Engine {
                 name: Arc::from(name),
                 value: Arc::from(value),
             })?;
-            let mut a = t.attr(ino)?;
-            a.ctime = Time::now();
-            t.set_attr(ino, a)
+            t.touch_ctime(ino, Time::now())
         })
     }
 
@@ -1579,9 +1579,7 @@ impl Engine {
                 ino,
                 name: Arc::from(name),
             })?;
-            let mut a = t.attr(ino)?;
-            a.ctime = Time::now();
-            t.set_attr(ino, a)
+            t.touch_ctime(ino, Time::now())
         })
     }
 

@@ -271,7 +271,7 @@ impl Filesystem for StrataFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mode = libc::S_IFDIR | (mode & 0o7777 & !umask);
+        let mode = node_mode(libc::S_IFDIR | (mode & 0o7777), umask);
         self.entry(
             self.engine
                 .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None),
