@@ -48,6 +48,10 @@ struct MountArgs {
     /// Keep no per-layer statistics or latency histograms (whole-daemon counters remain).
     #[arg(long)]
     no_stats: bool,
+    /// containerd proxy snapshotter socket (gRPC, containerd.services.snapshots.v1), or `off`.
+    /// Register it in containerd's config as `[proxy_plugins.strata]` (see deploy/).
+    #[arg(long, default_value = control::snapshotter::DEFAULT_SOCKET)]
+    snapshotter_socket: String,
 }
 
 #[derive(Subcommand)]
@@ -267,6 +271,18 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
             let _ = eng.shutdown();
             format!("cannot serve the admin API: {e}")
         })?;
+    let _snapshotter = match opts.snapshotter_socket.as_str() {
+        "off" | "" => None,
+        sock => {
+            let h = control::snapshotter::serve(Path::new(sock), eng.clone(), mp.to_path_buf())
+                .map_err(|e| {
+                    let _ = eng.shutdown();
+                    format!("cannot serve the containerd snapshotter on {sock}: {e} (use --snapshotter-socket to pick another, or off)")
+                })?;
+            log::info!("containerd snapshotter on {sock}");
+            Some(h)
+        }
+    };
     let fsname = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut session =
         match fusefront::session(eng.clone(), mp, &fsname.to_string_lossy(), opts.threads) {
@@ -328,6 +344,12 @@ fn up(
         engine::DEFAULT_LAYER
     );
     println!("  admin API   {}", admin_socket.display());
+    if opts.snapshotter_socket != "off" {
+        println!(
+            "  containerd  {}   (proxy snapshotter \"strata\"; see deploy/containerd.toml)",
+            opts.snapshotter_socket
+        );
+    }
     if opts.metrics_addr != "off" {
         println!("  metrics     http://{}/metrics", opts.metrics_addr);
     }

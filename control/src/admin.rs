@@ -281,7 +281,7 @@ pub fn serve_admin(
     })
 }
 
-fn absolute_mountpoint(mp: &Path) -> PathBuf {
+pub(crate) fn absolute_mountpoint(mp: &Path) -> PathBuf {
     // Canonicalize the parent only: the mount point itself may be a FUSE mount that is not
     // serving yet, and a stat of it would wait for it.
     let abs = if mp.is_absolute() {
@@ -299,7 +299,7 @@ fn absolute_mountpoint(mp: &Path) -> PathBuf {
     }
 }
 
-fn bind_socket(path: &Path) -> io::Result<UnixListener> {
+pub(crate) fn bind_socket(path: &Path) -> io::Result<UnixListener> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -2,12 +2,14 @@
 //!
 //! Strata's control plane: the Prometheus endpoint (`/metrics`, text format) with the
 //! engine's per-layer and whole-daemon statistics ([`stats`]), and the admin API (JSON over
-//! HTTP on a unix socket, see [`admin`]; `GET /v1/stats` has the same numbers as JSON).
+//! HTTP on a unix socket, see [`admin`]; `GET /v1/stats` has the same numbers as JSON), the
+//! containerd proxy snapshotter ([`snapshotter`], gRPC) and OCI layer tars ([`oci`]).
 //! No engine logic lives here.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod oci;
+pub mod snapshotter;
 pub mod stats;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -175,12 +175,15 @@ pub struct StatsReport {
     pub layers: Vec<LayerStatsReport>,
 }
 
-/// The container id of an active layer, from its containerd snapshot key.
+/// The container id of an active layer, from its containerd snapshot key (the label a user
+/// set, or the key the snapshotter keeps).
 pub fn container_of(state: LayerState, labels: &BTreeMap<String, String>) -> Option<String> {
     if state != LayerState::Active {
         return None;
     }
-    let key = labels.get(CONTAINERD_KEY_LABEL)?;
+    let key = labels
+        .get(CONTAINERD_KEY_LABEL)
+        .or_else(|| labels.get(crate::snapshotter::NAME_LABEL))?;
     let last = key.rsplit('/').next()?;
     (!last.is_empty()).then(|| last.to_string())
 }

@@ -1720,6 +1720,18 @@ impl Engine {
 
     /// Freeze an active layer: it becomes committed and may have children.
     pub fn layer_commit(&self, id: &str) -> Result<LayerInfo> {
+        self.layer_commit_labeled(id, None)
+    }
+
+    /// [`Engine::layer_commit`], replacing the layer's labels in the same journal commit when
+    /// `labels` is given (the containerd snapshotter renames a key to its committed name this
+    /// way: a crash leaves either the active key or the committed name, never a mix).
+    pub fn layer_commit_labeled(
+        &self,
+        id: &str,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> Result<LayerInfo> {
+        let labels = labels.as_ref().map(label_list).transpose()?;
         let slot = self.layer_change(|m| {
             let s = Self::slot_named(m, id)?;
             match m.layers.get(s).map(|l| l.state) {
@@ -1732,13 +1744,14 @@ impl Engine {
                 }
                 None => return Err(Error::NotFound(format!("layer {id:?} does not exist"))),
             }
-            Ok((
-                vec![Record::LayerState {
-                    slot: s,
-                    state: LayerState::Committed,
-                }],
-                s,
-            ))
+            let mut recs = vec![Record::LayerState {
+                slot: s,
+                state: LayerState::Committed,
+            }];
+            if let Some(labels) = labels {
+                recs.push(Record::LayerLabels { slot: s, labels });
+            }
+            Ok((recs, s))
         })?;
         self.layer_info_slot(slot)
     }

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod oci_image;
+
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
@@ -396,6 +398,15 @@ impl Mount {
         mnt.with_extension("admin.sock")
     }
 
+    pub fn snapshotter_socket_for(mnt: &Path) -> PathBuf {
+        mnt.with_extension("snapshotter.sock")
+    }
+
+    /// The containerd snapshotter socket of this mount.
+    pub fn snapshotter_socket(&self) -> PathBuf {
+        Self::snapshotter_socket_for(&self.mnt)
+    }
+
     /// The admin socket of this mount.
     pub fn admin_socket(&self) -> PathBuf {
         Self::admin_socket_for(&self.mnt)
@@ -419,6 +430,11 @@ impl Mount {
         // ... nor over the admin socket.
         if !extra.iter().any(|a| a.starts_with("--admin-socket")) {
             cmd.arg("--admin-socket").arg(Self::admin_socket_for(mnt));
+        }
+        // ... nor over the containerd snapshotter socket.
+        if !extra.iter().any(|a| a.starts_with("--snapshotter-socket")) {
+            cmd.arg("--snapshotter-socket")
+                .arg(Self::snapshotter_socket_for(mnt));
         }
         cmd.args(extra);
         cmd.stdin(Stdio::null())
