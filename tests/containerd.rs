@@ -317,6 +317,10 @@ fn containerd_uses_strata_as_its_snapshotter() {
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 
+    // Garbage on the snapshotter socket (random bytes, an HTTP/2 preface followed by junk
+    // frames, a gRPC call with a corrupt message) costs the sender its connection, nothing else.
+    garbage_to(&snap_sock);
+
     let mut c = Containerd::start(&cdir, &snap_sock);
     let plugins = c.ok(&["plugins", "ls"]);
     assert!(
@@ -522,8 +526,74 @@ fn containerd_uses_strata_as_its_snapshotter() {
         "{layers:?}"
     );
     drop(c);
+    common::assert_no_panic("strata with containerd", &m.stderr());
     drop(m);
     common::assert_fsck_clean(&img, "after GC");
+}
+
+/// Send malformed traffic to a gRPC socket, one connection per case.
+fn garbage_to(sock: &Path) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let frame = |typ: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        f.push(typ);
+        f.push(flags);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    // HPACK literal header fields without indexing (no Huffman coding).
+    let header = |name: &str, value: &str| {
+        let mut h = vec![0x00, name.len() as u8];
+        h.extend_from_slice(name.as_bytes());
+        h.push(value.len() as u8);
+        h.extend_from_slice(value.as_bytes());
+        h
+    };
+    let mut rng = common::Rng::new(7);
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    for len in [1usize, 24, 100, 5000] {
+        cases.push((0..len).map(|_| rng.next_u64() as u8).collect());
+    }
+    let mut junk = PREFACE.to_vec();
+    junk.extend(frame(4, 0, 0, &[]));
+    junk.extend(frame(0xee, 0xff, 1, &[1, 2, 3]));
+    junk.extend(frame(1, 4, 1, &[0xff; 40]));
+    cases.push(junk);
+    // A well-formed call to Prepare whose message is not protobuf.
+    let mut call = PREFACE.to_vec();
+    call.extend(frame(4, 0, 0, &[]));
+    let mut hdrs = Vec::new();
+    for (k, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (
+            ":path",
+            "/containerd.services.snapshots.v1.Snapshots/Prepare",
+        ),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        hdrs.extend(header(k, v));
+    }
+    call.extend(frame(1, 4, 1, &hdrs));
+    let body = [0xffu8; 32];
+    let mut grpc = vec![0];
+    grpc.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    grpc.extend_from_slice(&body);
+    call.extend(frame(0, 1, 1, &grpc));
+    cases.push(call);
+    for case in cases {
+        let mut s = UnixStream::connect(sock).expect("connect to the snapshotter socket");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(&case);
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+    }
 }
 
 /// deploy/containerd.toml is a configuration containerd accepts, registering the proxy plugin

@@ -500,7 +500,66 @@ impl Snapshotter {
     pub fn cleanup(&self, _r: api::CleanupRequest) -> Result<(), Status> {
         Ok(())
     }
+
+    /// Handle one protobuf-encoded request for `method` (the gRPC method name, e.g.
+    /// `Prepare`) and return the encoded response(s): what the gRPC service does, without the
+    /// transport. Used by the fuzz target; a message that does not decode is InvalidArgument.
+    pub fn call_encoded(&self, method: &str, body: &[u8]) -> Result<Vec<Vec<u8>>, Status> {
+        use prost::Message;
+        fn dec<M: Message + Default>(b: &[u8]) -> Result<M, Status> {
+            M::decode(b).map_err(|e| Status::invalid_argument(format!("bad request: {e}")))
+        }
+        Ok(match method {
+            "Prepare" => {
+                let r = self.prepare(dec(body)?)?;
+                vec![r.encode_to_vec()]
+            }
+            "View" => {
+                let r = self.view(dec(body)?)?;
+                vec![r.encode_to_vec()]
+            }
+            "Mounts" => {
+                let r = self.mounts_of(dec(body)?)?;
+                vec![r.encode_to_vec()]
+            }
+            "Commit" => {
+                self.commit(dec(body)?)?;
+                vec![Vec::new()]
+            }
+            "Remove" => {
+                self.remove(dec(body)?)?;
+                vec![Vec::new()]
+            }
+            "Stat" => {
+                let r = self.stat(dec(body)?)?;
+                vec![r.encode_to_vec()]
+            }
+            "Update" => {
+                let r = self.update(dec(body)?)?;
+                vec![r.encode_to_vec()]
+            }
+            "List" => self
+                .list(dec(body)?)?
+                .iter()
+                .map(|b| b.encode_to_vec())
+                .collect(),
+            "Usage" => {
+                let r = self.usage(dec(body)?)?;
+                vec![r.encode_to_vec()]
+            }
+            "Cleanup" => {
+                self.cleanup(dec(body)?)?;
+                vec![Vec::new()]
+            }
+            m => return Err(Status::unimplemented(format!("no method {m:?}"))),
+        })
+    }
 }
+
+/// The methods of the service, in the order of the proto (for [`Snapshotter::call_encoded`]).
+pub const METHODS: [&str; 10] = [
+    "Prepare", "View", "Mounts", "Commit", "Remove", "Stat", "Update", "List", "Usage", "Cleanup",
+];
 
 // ---------------------------------------------------------------------------------------------
 // gRPC
