@@ -485,6 +485,25 @@ fn containerd_uses_strata_as_its_snapshotter() {
     c.ok(&["snapshots", "--snapshotter", "strata", "rm", "mine"]);
     assert_eq!(ctr_snapshots(&c).len(), 3);
 
+    // Restart Strata under a running containerd (an upgrade): containerd reconnects to the
+    // socket by itself and sees the same snapshots.
+    let before = ctr_snapshots(&c);
+    let _ = m.stop();
+    let m = Mount::start(&img, &mnt);
+    let t0 = Instant::now();
+    loop {
+        let (ok, out, _) = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+        if ok && out.lines().count() == before.len() + 1 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "containerd did not reconnect to Strata: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ctr_snapshots(&c), before);
+
     // Restart containerd and Strata: every committed layer is still there, byte for byte,
     // and containers run again.
     c.stop();
@@ -493,7 +512,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
     common::assert_fsck_clean(&img, "after containerd use");
     let m = Mount::start(&img, &mnt);
     let c = Containerd::start(&cdir, &snap_sock);
-    assert_eq!(ctr_snapshots(&c).len(), 3);
+    assert_eq!(ctr_snapshots(&c), before);
     let out = c.ok(&[
         "run",
         "--rm",
