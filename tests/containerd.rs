@@ -303,6 +303,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
     let snap_sock = m.snapshotter_socket();
     // The snapshotter socket is root's alone.
     let md = fs::metadata(&snap_sock).expect("snapshotter socket");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), 0);
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
         0o600
