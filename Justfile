@@ -20,7 +20,8 @@ clippy:
 test:
     cargo test --workspace --release
 
-# ext4 vs Strata, as root, e.g. `just bench --quick`; results in bench/results/<date>/.
+# ext4, kernel overlayfs, fuse-overlayfs and Strata on the same disk, as root, e.g.
+# `just bench --quick` (2 minutes) or `just bench` (full, ~20 minutes); results in bench/results/<date>/.
 bench *args:
     cargo build --release --bin strata
     cargo run -p bench --release -- "$@"

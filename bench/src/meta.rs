@@ -1,9 +1,12 @@
-//! Metadata workload: create N empty files in one directory, stat them all, unlink them all,
-//! each phase timed with std::fs.
+//! Metadata workloads: create N empty files in one directory, stat them all, unlink them all,
+//! each phase timed with std::fs; `tar -x` of a tree and `rm -rf` of it, each followed by the
+//! same durability step on every system.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::util::{self, Res};
 
@@ -76,6 +79,84 @@ pub fn run(dir: &Path, n: usize) -> Res<MetaTimes> {
     })
 }
 
+/// Make everything written so far under `dir` durable, the same way on every system:
+/// sync(2) (ext4, and the overlays' upper directories on it), then fsync of `dir` itself.
+/// A FUSE file system gets no syncfs from the kernel (only virtiofs does); the fsync of a
+/// directory reaches the daemon, and Strata's commits its journal, which covers every
+/// earlier change. Errors that mean "not supported" are ignored.
+pub fn durable(dir: &Path) -> Res<()> {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| format!("open {}: {e}", dir.display()))?;
+    match f.sync_all() {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => Ok(()),
+        Err(e) => Err(format!("fsync {}: {e}", dir.display())),
+    }
+}
+
+/// Seconds for a timed step, and how much of that the final `durable` took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timed {
+    pub total_s: f64,
+    pub sync_s: f64,
+}
+
+/// `tar -xf TAR -C DIR` into a fresh `dir`, then `durable(dir)`.
+pub fn tar_extract(tar: &Path, dir: &Path, timeout: Duration) -> Res<Timed> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let t = Instant::now();
+    let out = util::run_captured(
+        Command::new("tar").arg("-xf").arg(tar).arg("-C").arg(dir),
+        timeout,
+    )?;
+    if !out.status.success() {
+        return Err(format!(
+            "tar -xf {} -C {}: {} {}",
+            tar.display(),
+            dir.display(),
+            out.status,
+            out.stderr.lines().take(3).collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    let ts = Instant::now();
+    durable(dir)?;
+    Ok(Timed {
+        total_s: t.elapsed().as_secs_f64(),
+        sync_s: ts.elapsed().as_secs_f64(),
+    })
+}
+
+/// `rm -rf DIR`, then `durable` on its parent.
+pub fn tar_remove(dir: &Path, timeout: Duration) -> Res<Timed> {
+    let parent = dir.parent().ok_or("no parent")?;
+    let t = Instant::now();
+    let out = util::run_captured(Command::new("rm").arg("-rf").arg(dir), timeout)?;
+    if !out.status.success() {
+        return Err(format!(
+            "rm -rf {}: {} {}",
+            dir.display(),
+            out.status,
+            out.stderr.lines().take(3).collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    let ts = Instant::now();
+    durable(parent)?;
+    let took = Timed {
+        total_s: t.elapsed().as_secs_f64(),
+        sync_s: ts.elapsed().as_secs_f64(),
+    };
+    if dir.exists() {
+        return Err(format!("{} still exists after rm -rf", dir.display()));
+    }
+    Ok(took)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +167,19 @@ mod tests {
         let t = run(&dir, 200).unwrap();
         assert!(t.create_s > 0.0 && t.stat_s > 0.0 && t.unlink_s > 0.0);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn tar_round_trip() {
+        let dir = std::env::temp_dir().join(format!("strata-bench-tarx-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let tar = dir.join("t.tar");
+        crate::tarball::write_tree(&tar, 2, 3, 10_000).unwrap();
+        let x = dir.join("x");
+        tar_extract(&tar, &x, Duration::from_secs(60)).unwrap();
+        assert!(x.join("d001/f002.dat").is_file());
+        tar_remove(&x, Duration::from_secs(60)).unwrap();
+        assert!(!x.exists());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

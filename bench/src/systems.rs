@@ -1,29 +1,50 @@
 //! The file systems under test, each set up in its own directory under `--dir` and torn down
-//! by a Drop guard, whatever happened in between.
+//! by a Drop guard, whatever happened in between (an error, a panic, Ctrl-C).
+//!
+//! Every system has a *lower layer*, written once (the fio file and the image file the
+//! memory-density readers share), and *containers* made from it, where the workloads run:
+//!
+//! | system | lower layer | a container |
+//! |---|---|---|
+//! | ext4 | `<base>/tree` | the same directory (no layers: the physical limit) |
+//! | overlayfs | `<base>/lower` | `mount -t overlay` with its own upper and work dirs under `<base>/c/<name>` |
+//! | fuse-overlayfs | `<base>/lower` | a `fuse-overlayfs` daemon per container, same layout |
+//! | strata | layer `base`, committed once written | a layer cloned from it, `<mnt>/<name>` |
 
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use control::admin::{Client, CreateRequest};
+
 use crate::util::{self, Res};
 
-/// Every system the harness knows. Only `Ext4` and `Strata` are implemented; the overlays
-/// are hooks for later (kernel overlayfs and fuse-overlayfs over an ext4 lower layer).
+/// Every system the harness knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SystemKind {
     /// A plain directory on the host's ext4 root file system: the baseline ratios refer to.
     Ext4,
+    /// Kernel overlayfs over an ext4 lower directory (what Docker and containerd use).
+    Overlayfs,
+    /// fuse-overlayfs over an ext4 lower directory (rootless containers, Podman).
+    FuseOverlayfs,
     /// `strata mkfs` an image file next to the ext4 directory, `strata mount` it.
     Strata,
-    /// Kernel overlayfs (not implemented yet).
-    Overlayfs,
-    /// fuse-overlayfs (not implemented yet).
-    FuseOverlayfs,
 }
 
 impl SystemKind {
+    pub const ALL: [SystemKind; 4] = [
+        SystemKind::Ext4,
+        SystemKind::Overlayfs,
+        SystemKind::FuseOverlayfs,
+        SystemKind::Strata,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             SystemKind::Ext4 => "ext4",
@@ -40,13 +61,14 @@ impl SystemKind {
             "overlayfs" | "overlay" => Ok(SystemKind::Overlayfs),
             "fuse-overlayfs" => Ok(SystemKind::FuseOverlayfs),
             other => Err(format!(
-                "unknown system {other:?} (known: ext4, strata, overlayfs, fuse-overlayfs)"
+                "unknown system {other:?} (known: ext4, overlayfs, fuse-overlayfs, strata)"
             )),
         }
     }
 
-    pub fn implemented(self) -> bool {
-        matches!(self, SystemKind::Ext4 | SystemKind::Strata)
+    /// Whether containers are separate layers (everything but ext4).
+    pub fn has_layers(self) -> bool {
+        self != SystemKind::Ext4
     }
 }
 
@@ -57,51 +79,121 @@ pub struct SetupOptions<'a> {
     pub strata_bin: &'a Path,
     pub image_size: &'a str,
     pub cache_size: Option<&'a str>,
-    /// Where the daemon's stdout/stderr go.
+    /// Where the daemons' stdout/stderr go.
     pub log_dir: &'a Path,
 }
 
-/// A system that is set up and ready for workloads. Dropping it unmounts, stops the daemon
-/// and deletes everything it created.
+/// What a new container is made from.
+#[derive(Debug, Clone, Copy)]
+pub enum Parent<'a> {
+    /// The system's own lower layer (the fio and image files); Strata's layer is committed
+    /// first if it is not yet.
+    Standard,
+    /// Overlays: these lower directories, topmost first (all below the system's base dir).
+    Dirs(&'a [PathBuf]),
+    /// Strata: this committed layer.
+    Layer(&'a str),
+}
+
+/// The Strata layer holding the lower files.
+const STRATA_BASE_LAYER: &str = "base";
+
+/// A live container.
+struct Container {
+    name: String,
+    /// Where workloads run.
+    path: PathBuf,
+    /// Overlays: `<base>/c/<name>` holding `u` (upper), `w` (work) and `m` (merged, mounted);
+    /// removed with the container.
+    dir: Option<PathBuf>,
+    /// fuse-overlayfs: its daemon, in the foreground, in its own process group.
+    child: Option<Child>,
+    /// Strata: the layer id.
+    layer: Option<String>,
+}
+
+/// A system that is set up and ready for workloads. Dropping it unmounts every container,
+/// stops the daemons and deletes everything it created.
 pub struct System {
     pub kind: SystemKind,
     /// `<dir>/<name>`: everything this system created lives below it; removed on drop.
     base: PathBuf,
-    /// Where workloads put their files.
-    tree: PathBuf,
+    /// Where the lower-layer files are written (before `freeze`).
+    lower: PathBuf,
     daemon: Option<StrataDaemon>,
+    containers: Vec<Container>,
+    frozen: bool,
+    log_dir: PathBuf,
     /// Set when the system stopped working (daemon died, a job hung): skip it from then on.
     pub failed: Option<String>,
 }
 
 impl System {
     pub fn setup(kind: SystemKind, opts: &SetupOptions) -> Res<System> {
-        if !kind.implemented() {
-            return Err(format!("{}: not implemented yet", kind.name()));
-        }
         let base = opts.dir.join(kind.name());
         clean_stale(&base)?;
         fs::create_dir_all(&base).map_err(|e| format!("mkdir {}: {e}", base.display()))?;
         // From here on the guard owns `base`: an early return below still cleans up.
         let mut sys = System {
             kind,
-            tree: base.clone(),
+            lower: base.clone(),
             base,
             daemon: None,
+            containers: Vec::new(),
+            frozen: false,
+            log_dir: opts.log_dir.to_path_buf(),
             failed: None,
         };
         match kind {
             SystemKind::Ext4 => {
-                sys.tree = sys.base.join("tree");
-                fs::create_dir_all(&sys.tree)
-                    .map_err(|e| format!("mkdir {}: {e}", sys.tree.display()))?;
+                sys.lower = sys.base.join("tree");
+                mkdir(&sys.lower)?;
+            }
+            SystemKind::Overlayfs => {
+                if !fs::read_to_string("/proc/filesystems")
+                    .unwrap_or_default()
+                    .contains("overlay")
+                {
+                    // Loading the module is the kernel's business: try once.
+                    let _ = util::run_captured(
+                        Command::new("modprobe").arg("overlay"),
+                        Duration::from_secs(30),
+                    );
+                }
+                sys.lower = sys.base.join("lower");
+                mkdir(&sys.lower)?;
+            }
+            SystemKind::FuseOverlayfs => {
+                let out = util::run_captured(
+                    Command::new("fuse-overlayfs").arg("--version"),
+                    Duration::from_secs(30),
+                )
+                .map_err(|e| format!("{e} (is it installed? `apt-get install fuse-overlayfs`)"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "fuse-overlayfs --version failed: {}",
+                        out.stderr.trim()
+                    ));
+                }
+                sys.lower = sys.base.join("lower");
+                mkdir(&sys.lower)?;
             }
             SystemKind::Strata => {
                 let daemon = StrataDaemon::start(&sys.base, opts)?;
-                sys.tree = strata_tree(&daemon.mnt);
+                let mnt = daemon.mnt.clone();
+                let client = daemon.client();
                 sys.daemon = Some(daemon);
+                client
+                    .create(&CreateRequest {
+                        id: STRATA_BASE_LAYER.into(),
+                        parent: None,
+                        state: None,
+                        labels: BTreeMap::new(),
+                    })
+                    .map_err(|e| format!("creating layer {STRATA_BASE_LAYER}: {e}"))?;
+                sys.lower = mnt.join(STRATA_BASE_LAYER);
+                wait_for_dir(&sys.lower)?;
             }
-            SystemKind::Overlayfs | SystemKind::FuseOverlayfs => unreachable!("checked above"),
         }
         Ok(sys)
     }
@@ -110,9 +202,165 @@ impl System {
         self.kind.name()
     }
 
-    /// The directory the workloads use.
-    pub fn tree(&self) -> &Path {
-        &self.tree
+    /// Where the lower-layer files go. Write them before the first container.
+    pub fn lower(&self) -> &Path {
+        &self.lower
+    }
+
+    /// The system's own scratch directory on ext4 (for extra lower directories).
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Strata's admin API client.
+    pub fn strata_client(&self) -> Option<Client> {
+        self.daemon.as_ref().map(StrataDaemon::client)
+    }
+
+    /// Strata's mount point.
+    pub fn strata_mnt(&self) -> Option<&Path> {
+        self.daemon.as_ref().map(|d| d.mnt.as_path())
+    }
+
+    /// No more writes to the lower layer: Strata commits its base layer (a layer with
+    /// children must be committed). The overlays' lower dirs stay plain directories.
+    pub fn freeze(&mut self) -> Res<()> {
+        if self.frozen {
+            return Ok(());
+        }
+        if let Some(d) = &self.daemon {
+            d.client()
+                .commit(STRATA_BASE_LAYER)
+                .map_err(|e| format!("committing layer {STRATA_BASE_LAYER}: {e}"))?;
+        }
+        self.frozen = true;
+        Ok(())
+    }
+
+    /// Make a container `name` over `parent`. Returns where workloads run and how long
+    /// making it took (the clone: mkdir + mount for the overlays, the admin API's clone
+    /// request for Strata; zero for ext4, which has no layers).
+    pub fn container(&mut self, name: &str, parent: Parent) -> Res<(PathBuf, Duration)> {
+        self.check_alive()?;
+        if self.containers.iter().any(|c| c.name == name) {
+            return Err(format!("container {name} exists already"));
+        }
+        match self.kind {
+            SystemKind::Ext4 => match parent {
+                Parent::Standard => Ok((self.lower.clone(), Duration::ZERO)),
+                _ => Err("ext4 has no layers".into()),
+            },
+            SystemKind::Overlayfs | SystemKind::FuseOverlayfs => {
+                let standard = [self.lower.clone()];
+                let dirs: &[PathBuf] = match parent {
+                    Parent::Standard => &standard,
+                    Parent::Dirs(d) => d,
+                    Parent::Layer(_) => return Err("overlays take directories".into()),
+                };
+                let cdir = self.base.join("c").join(name);
+                if cdir.exists() {
+                    fs::remove_dir_all(&cdir)
+                        .map_err(|e| format!("cannot remove {}: {e}", cdir.display()))?;
+                }
+                mkdir(&cdir)?;
+                let merged = cdir.join("m");
+                let mut c = Container {
+                    name: name.to_string(),
+                    path: merged.clone(),
+                    dir: Some(cdir.clone()),
+                    child: None,
+                    layer: None,
+                };
+                let t = Instant::now();
+                // cdir itself is made before the clock starts: it stands for the snapshotter's
+                // own directory of the container.
+                for d in ["u", "w", "m"] {
+                    fs::create_dir(cdir.join(d))
+                        .map_err(|e| format!("mkdir {}: {e}", cdir.join(d).display()))?;
+                }
+                let opts = overlay_options(&self.base, dirs, &cdir);
+                let r = if self.kind == SystemKind::Overlayfs {
+                    mount_overlay(&self.base, &opts, &merged)
+                } else {
+                    match spawn_fuse_overlayfs(&self.base, &opts, &merged, &self.log_dir) {
+                        Ok(child) => {
+                            c.child = Some(child);
+                            wait_fuse_overlayfs(&mut c, &self.log_dir)
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                let took = t.elapsed();
+                // Registered even on failure, so that the teardown sees whatever is left.
+                self.containers.push(c);
+                if let Err(e) = r {
+                    let _ = self.drop_container(name);
+                    return Err(e);
+                }
+                Ok((merged, took))
+            }
+            SystemKind::Strata => {
+                let parent = match parent {
+                    Parent::Standard => {
+                        self.freeze()?;
+                        STRATA_BASE_LAYER
+                    }
+                    Parent::Layer(l) => l,
+                    Parent::Dirs(_) => return Err("Strata clones layers".into()),
+                };
+                let d = self.daemon.as_ref().expect("strata has a daemon");
+                let client = d.client();
+                let req = CreateRequest {
+                    id: name.to_string(),
+                    parent: Some(parent.to_string()),
+                    state: None,
+                    labels: BTreeMap::new(),
+                };
+                let t = Instant::now();
+                client
+                    .create(&req)
+                    .map_err(|e| format!("cloning layer {parent} as {name}: {e}"))?;
+                let took = t.elapsed();
+                let path = d.mnt.join(name);
+                self.containers.push(Container {
+                    name: name.to_string(),
+                    path: path.clone(),
+                    dir: None,
+                    child: None,
+                    layer: Some(name.to_string()),
+                });
+                Ok((path, took))
+            }
+        }
+    }
+
+    /// Unmount and delete a container (Strata: remove its layer).
+    pub fn drop_container(&mut self, name: &str) -> Res<()> {
+        let Some(i) = self.containers.iter().position(|c| c.name == name) else {
+            return Ok(());
+        };
+        let mut c = self.containers.remove(i);
+        let client = self.strata_client();
+        match teardown_container(&mut c, client.as_ref(), &self.log_dir) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Keep it for the final teardown to try again.
+                self.containers.push(c);
+                Err(e)
+            }
+        }
+    }
+
+    /// The processes serving this system (Strata's daemon, one fuse-overlayfs per container):
+    /// their memory counts towards the system's.
+    pub fn daemon_pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.daemon.iter().map(|d| d.child.id()).collect();
+        v.extend(
+            self.containers
+                .iter()
+                .filter_map(|c| c.child.as_ref().map(Child::id)),
+        );
+        v
     }
 
     /// Err when the system can no longer be used (its daemon exited or the mount vanished).
@@ -126,11 +374,26 @@ impl System {
                 return Err(e);
             }
         }
+        for c in &mut self.containers {
+            if let Some(ch) = &mut c.child {
+                if let Ok(Some(st)) = ch.try_wait() {
+                    let e = format!(
+                        "fuse-overlayfs of container {} exited ({st}); last lines of {}:\n{}",
+                        c.name,
+                        self.log_dir.join("fuse-overlayfs.log").display(),
+                        util::tail(&self.log_dir.join("fuse-overlayfs.log"), 10)
+                    );
+                    self.failed = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
         Ok(())
     }
 
     /// Before each job: drop the kernel's caches and, with `remount`, restart a FUSE daemon
-    /// so that its own block cache is cold too (drop_caches cannot reach it).
+    /// that keeps a cache of its own (Strata's block cache: drop_caches cannot reach it).
+    /// fuse-overlayfs caches nothing itself (its data sits in the page cache).
     pub fn drop_caches(&mut self, remount: bool) -> Res<()> {
         if let (true, Some(d)) = (remount, &mut self.daemon) {
             if let Err(e) = d.remount() {
@@ -151,14 +414,23 @@ impl System {
 
 impl Drop for System {
     fn drop(&mut self) {
-        let still_mounted = match self.daemon.take() {
-            Some(mut d) => d.teardown(),
-            None => false,
-        };
-        if still_mounted {
+        let client = self.strata_client();
+        while let Some(mut c) = self.containers.pop() {
+            if let Err(e) = teardown_container(&mut c, client.as_ref(), &self.log_dir) {
+                eprintln!("strata-bench: {e}");
+            }
+        }
+        if let Some(mut d) = self.daemon.take() {
+            d.teardown();
+        }
+        let left = mounts_below(&self.base);
+        if !left.is_empty() {
             eprintln!(
-                "strata-bench: WARNING: {} is still mounted; leaving {} in place",
-                self.tree.display(),
+                "strata-bench: WARNING: {} still mounted; leaving {} in place",
+                left.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 self.base.display()
             );
             return;
@@ -174,37 +446,216 @@ impl Drop for System {
     }
 }
 
-/// The file tree inside a Strata mount: the "default" layer that `strata mkfs` creates (the
-/// mount root lists layers as directories).
-pub fn strata_tree(mnt: &Path) -> PathBuf {
-    mnt.join("default")
+fn mkdir(p: &Path) -> Res<()> {
+    fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
 }
 
-/// Remove what an earlier, killed run may have left in `base`, unmounting first. Refuses to
-/// delete anything below a mount point that will not go away.
+/// Wait (briefly) for a new layer's directory to show in the mount root.
+fn wait_for_dir(p: &Path) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.is_dir() {
+        if Instant::now() >= deadline {
+            return Err(format!("{} did not appear", p.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `lowerdir=…,upperdir=…,workdir=…` with paths relative to `base` (the mount runs there):
+/// a hundred lower directories stay well inside the one page the kernel takes for options.
+fn overlay_options(base: &Path, lowers: &[PathBuf], cdir: &Path) -> String {
+    let rel = |p: &Path| -> String {
+        p.strip_prefix(base)
+            .map(|r| r.display().to_string())
+            .unwrap_or_else(|_| p.display().to_string())
+    };
+    let lower: Vec<String> = lowers.iter().map(|d| rel(d)).collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        rel(&cdir.join("u")),
+        rel(&cdir.join("w"))
+    )
+}
+
+/// mount(2) a kernel overlay at `target`; the relative paths in `opts` are resolved from
+/// `base` (the process's working directory is changed for the call and restored).
+fn mount_overlay(base: &Path, opts: &str, target: &Path) -> Res<()> {
+    let c_target = CString::new(target.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let c_opts = CString::new(opts).map_err(|e| e.to_string())?;
+    let cwd = std::env::current_dir().ok();
+    std::env::set_current_dir(base).map_err(|e| format!("chdir {}: {e}", base.display()))?;
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            c_target.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            c_opts.as_ptr().cast(),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    if let Some(cwd) = cwd {
+        let _ = std::env::set_current_dir(cwd);
+    }
+    if rc != 0 {
+        return Err(format!(
+            "mount -t overlay -o {opts} {}: {err}",
+            target.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Start `fuse-overlayfs -f -o OPTS MERGED` in `base`, in its own process group.
+fn spawn_fuse_overlayfs(base: &Path, opts: &str, merged: &Path, log_dir: &Path) -> Res<Child> {
+    let log = log_dir.join("fuse-overlayfs.log");
+    let logf = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let logf2 = logf.try_clone().map_err(|e| format!("dup log: {e}"))?;
+    Command::new("fuse-overlayfs")
+        .arg("-f")
+        .arg("-o")
+        .arg(opts)
+        .arg(merged)
+        .current_dir(base)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(logf))
+        .stderr(Stdio::from(logf2))
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start fuse-overlayfs: {e}"))
+}
+
+/// Ready when the merged dir shows in mountinfo.
+fn wait_fuse_overlayfs(c: &mut Container, log_dir: &Path) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let child = c.child.as_mut().expect("spawned");
+    loop {
+        if util::is_mounted(&c.path) {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+                "fuse-overlayfs exited before mounting ({st}); last lines of {}:\n{}",
+                log_dir.join("fuse-overlayfs.log").display(),
+                util::tail(&log_dir.join("fuse-overlayfs.log"), 10)
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "fuse-overlayfs: {} not mounted after 30 s",
+                c.path.display()
+            ));
+        }
+        util::check_interrupted()?;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// umount(2), falling back to a lazy detach.
+fn unmount(p: &Path) {
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 && util::is_mounted(p) {
+        // SAFETY: as above.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Unmount a container, stop its daemon, delete its directories (Strata: remove its layer).
+/// Must finish after Ctrl-C: nothing here watches the interrupt flag.
+fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path) -> Res<()> {
+    if let Some(layer) = &c.layer {
+        if let Some(client) = client {
+            client
+                .remove(layer)
+                .map_err(|e| format!("removing layer {layer}: {e}"))?;
+        }
+        return Ok(());
+    }
+    if util::is_mounted(&c.path) {
+        unmount(&c.path);
+    }
+    if let Some(child) = &mut c.child {
+        let st = util::wait_until(child, Instant::now() + Duration::from_secs(10), false)
+            .or_else(|| util::stop_child(child, libc::SIGTERM, Duration::from_secs(5)));
+        if st.is_none() {
+            eprintln!(
+                "strata-bench: WARNING: fuse-overlayfs (pid {}) would not die",
+                child.id()
+            );
+        }
+        if let Some(m) = util::find_mount(&c.path) {
+            abort_fuse_connection(&m.dev);
+            unmount(&c.path);
+        }
+    }
+    if util::is_mounted(&c.path) {
+        return Err(format!(
+            "{} is still mounted (log: {})",
+            c.path.display(),
+            log_dir.display()
+        ));
+    }
+    if let Some(dir) = &c.dir {
+        if let Err(e) = fs::remove_dir_all(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(format!("cannot remove {}: {e}", dir.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mount points at or below `base`, deepest first.
+fn mounts_below(base: &Path) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = util::parse_mountinfo(&text)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(base))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    v.dedup();
+    v
+}
+
+/// Remove what an earlier, killed run may have left in `base`, unmounting everything below
+/// it first (FUSE mounts whose daemon died are aborted). Refuses to delete anything below a
+/// mount point that will not go away.
 fn clean_stale(base: &Path) -> Res<()> {
     if !base.exists() {
         return Ok(());
     }
-    let mnt = base.join("mnt");
-    if util::is_mounted(&mnt) {
-        eprintln!(
-            "strata-bench: unmounting a stale mount at {}",
-            mnt.display()
-        );
-        let _ = util::run_to_end(Command::new("umount").arg(&mnt), Duration::from_secs(30));
-        if util::is_mounted(&mnt) {
-            let _ = util::run_to_end(
-                Command::new("umount").arg("-l").arg(&mnt),
-                Duration::from_secs(30),
-            );
+    for m in mounts_below(base) {
+        eprintln!("strata-bench: unmounting a stale mount at {}", m.display());
+        if let Some(e) = util::find_mount(&m) {
+            if e.fstype.starts_with("fuse") {
+                let _ = util::run_to_end(Command::new("umount").arg(&m), Duration::from_secs(30));
+                if util::is_mounted(&m) {
+                    abort_fuse_connection(&e.dev);
+                }
+            }
         }
-        if util::is_mounted(&mnt) {
-            return Err(format!(
-                "{} is mounted and will not unmount; clean up by hand",
-                mnt.display()
-            ));
-        }
+        unmount(&m);
+    }
+    let left = mounts_below(base);
+    if !left.is_empty() {
+        return Err(format!(
+            "{} mounted and will not unmount; clean up by hand",
+            left.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     fs::remove_dir_all(base).map_err(|e| format!("cannot remove stale {}: {e}", base.display()))
 }
@@ -213,7 +664,8 @@ fn clean_stale(base: &Path) -> Res<()> {
 struct StrataDaemon {
     child: Child,
     bin: PathBuf,
-    cache_size: Option<String>,
+    /// Options after `mount IMAGE MNT`.
+    mount_args: Vec<String>,
     image: PathBuf,
     mnt: PathBuf,
     log: PathBuf,
@@ -263,12 +715,12 @@ impl StrataDaemon {
         }
 
         let log = opts.log_dir.join("strata.log");
-        let cache_size = opts.cache_size.map(str::to_string);
-        let child = spawn_mount(bin, &image, &mnt, cache_size.as_deref(), &log)?;
+        let mount_args = mount_args(bin, &mnt, opts.cache_size);
+        let child = spawn_mount(bin, &image, &mnt, &mount_args, &log)?;
         let mut d = StrataDaemon {
             child,
             bin: bin.to_path_buf(),
-            cache_size,
+            mount_args,
             image,
             mnt,
             log,
@@ -345,10 +797,15 @@ impl StrataDaemon {
             &self.bin,
             &self.image,
             &self.mnt,
-            self.cache_size.as_deref(),
+            &self.mount_args,
             &self.log,
         )?;
         self.wait_ready()
+    }
+
+    /// The admin API client for this daemon's socket.
+    fn client(&self) -> Client {
+        Client::new(&admin_socket(&self.mnt))
     }
 
     fn check_alive(&mut self) -> Res<()> {
@@ -442,12 +899,42 @@ impl StrataDaemon {
     }
 }
 
+/// The daemon's admin socket: next to its mount point.
+fn admin_socket(mnt: &Path) -> PathBuf {
+    mnt.with_extension("admin.sock")
+}
+
 /// Start `strata mount IMAGE MNT` in its own process group, output appended to `log`.
+/// `strata mount` options: the admin socket next to the mount point; no Prometheus endpoint
+/// and no containerd snapshotter socket (their default addresses may be taken by another
+/// daemon on this host; the snapshotter option only where the binary has it).
+fn mount_args(bin: &Path, mnt: &Path, cache_size: Option<&str>) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--admin-socket".into(),
+        admin_socket(mnt).display().to_string(),
+        "--metrics-addr".into(),
+        "off".into(),
+    ];
+    let help = util::run_captured(
+        Command::new(bin).args(["mount", "--help"]),
+        Duration::from_secs(30),
+    )
+    .map(|o| o.stdout + &o.stderr)
+    .unwrap_or_default();
+    if help.contains("--snapshotter-socket") {
+        v.extend(["--snapshotter-socket".into(), "off".into()]);
+    }
+    if let Some(c) = cache_size {
+        v.extend(["--cache-size".into(), c.to_string()]);
+    }
+    v
+}
+
 fn spawn_mount(
     bin: &Path,
     image: &Path,
     mnt: &Path,
-    cache_size: Option<&str>,
+    mount_args: &[String],
     log: &Path,
 ) -> Res<Child> {
     let logf = fs::OpenOptions::new()
@@ -457,12 +944,7 @@ fn spawn_mount(
         .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
     let logf2 = logf.try_clone().map_err(|e| format!("dup log: {e}"))?;
     let mut cmd = Command::new(bin);
-    cmd.arg("mount").arg(image).arg(mnt);
-    cmd.arg("--admin-socket")
-        .arg(mnt.with_extension("admin.sock"));
-    if let Some(c) = cache_size {
-        cmd.arg("--cache-size").arg(c);
-    }
+    cmd.arg("mount").arg(image).arg(mnt).args(mount_args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(logf))
         .stderr(Stdio::from(logf2))
@@ -505,7 +987,7 @@ mod tests {
         ] {
             assert_eq!(SystemKind::parse(k.name()).unwrap(), k);
         }
-        assert!(!SystemKind::Overlayfs.implemented());
+        assert!(!SystemKind::Ext4.has_layers() && SystemKind::Strata.has_layers());
     }
 
     #[test]
@@ -520,10 +1002,13 @@ mod tests {
         };
         let base;
         {
-            let sys = System::setup(SystemKind::Ext4, &opts).unwrap();
+            let mut sys = System::setup(SystemKind::Ext4, &opts).unwrap();
+            let (p, _) = sys.container("c1", Parent::Standard).unwrap();
+            assert_eq!(p, sys.lower());
+            assert!(sys.container("c2", Parent::Layer("x")).is_err());
             base = sys.base.clone();
-            fs::write(sys.tree().join("f"), b"x").unwrap();
-            assert!(sys.tree().starts_with(&dir));
+            fs::write(sys.lower().join("f"), b"x").unwrap();
+            assert!(sys.lower().starts_with(&dir));
         }
         assert!(!base.exists(), "the guard removes its directory");
         assert!(
@@ -531,6 +1016,60 @@ mod tests {
             "missing binary is an error"
         );
         assert!(!dir.join("strata").exists(), "a failed setup cleans up too");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Overlay containers see the lower layer, write to their own upper dir, and everything
+    /// is unmounted and deleted by the guard. Needs root (and fuse-overlayfs for that half).
+    #[test]
+    fn overlay_containers() {
+        if !util::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("strata-bench-ovl-{}", std::process::id()));
+        let opts = SetupOptions {
+            dir: &dir,
+            strata_bin: Path::new("/nonexistent"),
+            image_size: "1G",
+            cache_size: None,
+            log_dir: &dir,
+        };
+        fs::create_dir_all(&dir).unwrap();
+        for kind in [SystemKind::Overlayfs, SystemKind::FuseOverlayfs] {
+            let mut sys = match System::setup(kind, &opts) {
+                Ok(s) => s,
+                Err(e) if kind == SystemKind::FuseOverlayfs => {
+                    eprintln!("skipped fuse-overlayfs: {e}");
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            let base = sys.base.clone();
+            fs::write(sys.lower().join("f"), b"lower").unwrap();
+            let (a, _) = sys.container("a", Parent::Standard).unwrap();
+            let (b, _) = sys.container("b", Parent::Standard).unwrap();
+            assert_eq!(fs::read(a.join("f")).unwrap(), b"lower");
+            fs::write(a.join("f"), b"changed in a").unwrap();
+            assert_eq!(fs::read(b.join("f")).unwrap(), b"lower", "{kind:?}");
+            assert_eq!(fs::read(sys.lower().join("f")).unwrap(), b"lower");
+            if kind == SystemKind::FuseOverlayfs {
+                assert_eq!(sys.daemon_pids().len(), 2);
+            }
+            // Two lower dirs, topmost first.
+            let l2 = base.join("l2");
+            fs::create_dir_all(&l2).unwrap();
+            fs::write(l2.join("g"), b"top").unwrap();
+            let lowers = [l2.clone(), sys.lower().to_path_buf()];
+            let (c, _) = sys.container("c", Parent::Dirs(&lowers)).unwrap();
+            assert_eq!(fs::read(c.join("g")).unwrap(), b"top");
+            assert_eq!(fs::read(c.join("f")).unwrap(), b"lower");
+            sys.drop_container("a").unwrap();
+            assert!(!util::is_mounted(&a));
+            drop(sys);
+            assert!(!util::is_mounted(&b) && !util::is_mounted(&c));
+            assert!(!base.exists(), "{kind:?}: the guard removes its directory");
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 }
