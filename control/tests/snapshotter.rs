@@ -404,7 +404,7 @@ fn encoded_requests() {
     );
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..20_000 {
-        let len = (i % 64) as usize;
+        let len = i % 64;
         let body: Vec<u8> = (0..len)
             .map(|_| {
                 x ^= x << 13;

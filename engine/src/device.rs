@@ -94,6 +94,20 @@ pub trait Device: Send + Sync {
     fn raw_fd(&self) -> Option<RawFd> {
         None
     }
+    /// Fault injection for tests. The I/O threads ask this before every read or write they
+    /// submit (to io_uring, or to `read_at`/`write_at` for devices without a descriptor);
+    /// `Some(error)` completes the request with that error instead. `len` is in bytes.
+    /// Real devices never inject anything.
+    fn inject_fault(&self, _op: FaultOp, _offset: u64, _len: usize) -> Option<io::Error> {
+        None
+    }
+}
+
+/// The operation [`Device::inject_fault`] is asked about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOp {
+    Read,
+    Write,
 }
 
 /// An image file or block device opened with O_DIRECT and locked against a second daemon.

@@ -126,13 +126,28 @@ impl Superblock {
 
     fn validate(&self, blockno: u64) -> Result<()> {
         let bad = |what: &str| Err(Error::corrupt(format!("superblock: {what}"), blockno));
-        if self.journal_start != JOURNAL_START || self.journal_blocks == 0 {
+        // Sizes are checked before any arithmetic on them, so that a hostile superblock (one
+        // with a valid checksum) cannot overflow a computation or make recovery allocate
+        // what it says (found by the `image` fuzz target).
+        if self.total_blocks > u64::MAX / BLOCK {
+            return bad("device size");
+        }
+        if self.journal_start != JOURNAL_START
+            || self.journal_blocks == 0
+            || self.journal_blocks >= self.total_blocks
+        {
             return bad("journal region");
         }
         if self.data_start != self.journal_start + self.journal_blocks
             || self.data_start >= self.total_blocks
         {
             return bad("data region");
+        }
+        let payload = (BLOCK_SIZE - CKPT_HDR) as u64;
+        if self.ckpt_blocks > self.total_blocks - self.data_start
+            || self.ckpt_bytes > self.ckpt_blocks * payload
+        {
+            return bad("checkpoint size");
         }
         let jend = self.journal_start + self.journal_blocks;
         if self.replay_block < self.journal_start || self.replay_block >= jend {

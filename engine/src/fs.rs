@@ -242,7 +242,9 @@ fn write_checkpoint(
 }
 
 fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Layers, Vec<u64>)> {
-    let mut bytes = Vec::with_capacity(sb.ckpt_bytes as usize);
+    // The superblock's sizes were validated, and the device is at least total_blocks long;
+    // cap the reservation anyway (the chain itself is read block by block).
+    let mut bytes = Vec::with_capacity((sb.ckpt_bytes as usize).min(64 << 20));
     let mut blocks = Vec::new();
     let mut b = sb.ckpt_block;
     for _ in 0..sb.ckpt_blocks {
@@ -303,10 +305,10 @@ pub fn read_superblock(dev: &dyn Device) -> Result<Superblock> {
         (Err(Error::NotStrata(_)), Err(Error::NotStrata(w))) => return Err(Error::NotStrata(w)),
         (Err(e), Err(_)) => return Err(e),
     };
-    if sb.total_blocks * BLOCK > dev.size() {
+    if sb.total_blocks.saturating_mul(BLOCK) > dev.size() {
         return Err(Error::Unusable(format!(
             "the image is truncated: the file system needs {} bytes, the device has {}",
-            sb.total_blocks * BLOCK,
+            sb.total_blocks.saturating_mul(BLOCK),
             dev.size()
         )));
     }

@@ -27,7 +27,7 @@ pub mod ring;
 pub mod stats;
 pub mod sys;
 
-pub use device::{Device, FileDevice, MemDevice};
+pub use device::{Device, FaultOp, FileDevice, MemDevice};
 pub use error::{Error, Result};
 pub use format::Time;
 pub use fs::{

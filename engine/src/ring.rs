@@ -14,7 +14,7 @@ use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::device::{AlignedBuf, Device};
+use crate::device::{AlignedBuf, Device, FaultOp};
 
 /// A finished operation hands its buffer back with the result.
 pub type Done = Box<dyn FnOnce(io::Result<AlignedBuf>) + Send>;
@@ -195,6 +195,11 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
             continue;
         }
         for mut r in batch {
+            if let Some(e) = injected(dev.as_ref(), &r) {
+                s.inflight.fetch_sub(1, Ordering::Relaxed);
+                (r.done)(Err(e));
+                continue;
+            }
             let res = match r.op {
                 Op::Read => dev.read_at(&mut r.buf, r.offset),
                 Op::Write => dev.write_at(&r.buf, r.offset),
@@ -203,6 +208,15 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
             (r.done)(res.map(|_| r.buf));
         }
     }
+}
+
+/// A fault the device wants this request to fail with (tests only; see `Device::inject_fault`).
+fn injected(dev: &dyn Device, r: &IoReq) -> Option<io::Error> {
+    let op = match r.op {
+        Op::Read => FaultOp::Read,
+        Op::Write => FaultOp::Write,
+    };
+    dev.inject_fault(op, r.offset, r.buf.len())
 }
 
 struct InFlight {
@@ -233,6 +247,11 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             if ops.len() >= (RING_ENTRIES as usize - 1) || ring.submission().is_full() {
                 backlog.push_front(req);
                 break;
+            }
+            if let Some(e) = injected(dev.as_ref(), &req) {
+                s.inflight.fetch_sub(1, Ordering::Relaxed);
+                (req.done)(Err(e));
+                continue;
             }
             let id = ops.insert(InFlight { req, done_bytes: 0 });
             push_op(&mut ring, fd, &mut ops, id);

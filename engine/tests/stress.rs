@@ -120,13 +120,37 @@ fn check(e: &Engine, layer: &str, model: &BTreeMap<String, Vec<u8>>) {
     assert_eq!(names, model.len(), "{layer}: no extra files");
 }
 
+/// The device under a stress run: opened for the run, then again for the checks after it.
+type Open = Arc<dyn Fn() -> Arc<dyn Device> + Send + Sync>;
+
 #[test]
 fn workers_in_many_layers_while_layers_come_and_go() {
+    let dev = Arc::new(MemDevice::new(256 << 20));
+    mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+    let open: Open = Arc::new(move || -> Arc<dyn Device> { dev.clone() });
+    stress(open, 8000);
+}
+
+/// The same on an O_DIRECT image file, so data I/O goes through the io_uring threads (two
+/// rings, completions on both) instead of the synchronous test path.
+#[test]
+fn workers_in_many_layers_on_io_uring() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stress-uring");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("stress.img");
+    let _ = std::fs::remove_file(&path);
+    engine::device::prepare_image(&path, Some(256 << 20)).expect("image");
+    mkfs(&engine::FileDevice::open(&path).expect("open"), 0, 0).expect("mkfs");
+    let open: Open = Arc::new(move || -> Arc<dyn Device> {
+        Arc::new(engine::FileDevice::open(&path).expect("O_DIRECT image"))
+    });
+    stress(open, 8000);
+}
+
+fn stress(open: Open, ops: usize) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let dev = Arc::new(MemDevice::new(256 << 20));
-        mkfs(dev.as_ref(), 0, 0).expect("mkfs");
-        let d: Arc<dyn Device> = dev.clone();
+        let d = open();
         let e = Engine::open(
             d,
             Options {
@@ -166,7 +190,7 @@ fn workers_in_many_layers_while_layers_come_and_go() {
                 let base = base.clone();
                 // The worker starts from the image's files, which its layer inherits.
                 std::thread::spawn(move || {
-                    let model = worker(e, id.clone(), 0x9E37_79B9 + w as u64, 8000, base);
+                    let model = worker(e, id.clone(), 0x9E37_79B9 + w as u64, ops, base);
                     (id, model)
                 })
             })
@@ -204,10 +228,12 @@ fn workers_in_many_layers_while_layers_come_and_go() {
             check(&e, id, model);
         }
         e.shutdown().expect("shutdown");
+        // Release the device (an image file is locked while open).
+        drop(e);
+        let dev = open();
         let report = engine::fsck::check(dev.as_ref()).expect("fsck");
         assert!(report.is_clean(), "{:?}", report.problems);
-        let d: Arc<dyn Device> = dev.clone();
-        let e = Engine::open(d, Options::default()).expect("reopen");
+        let e = Engine::open(dev, Options::default()).expect("reopen");
         for (id, model) in &models {
             check(&e, id, model);
         }
