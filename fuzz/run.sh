@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")"
 SECS=${SECS:-60}
 SCRATCH=${SCRATCH:-target/scratch-corpus}
-TARGETS=${*:-"superblock journal checkpoint image oci_import admin_request"}
+TARGETS=${*:-"superblock journal checkpoint image oci_import admin_request snapshotter"}
 cargo +nightly fuzz build -O
 status=0
 for t in $TARGETS; do

@@ -257,6 +257,8 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         },
     )
     .map_err(|e| e.to_string())?;
+    // A layer an import was filling when the previous daemon died is incomplete: drop it.
+    control::oci::remove_interrupted_imports(&eng);
     if let Some(addr) = metrics {
         match control::serve_metrics(addr, eng.clone()) {
             Ok(a) => log::info!("metrics on http://{a}/metrics"),

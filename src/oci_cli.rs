@@ -42,7 +42,11 @@ pub struct ExportArgs {
 
 fn open_image(path: &Path) -> Result<Arc<Engine>, String> {
     let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
-    Engine::open(Arc::new(dev), Options::default()).map_err(|e| format!("{}: {e}", path.display()))
+    let eng = Engine::open(Arc::new(dev), Options::default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // As the daemon does at start: an import cut short by a crash leaves no layer behind.
+    oci::remove_interrupted_imports(&eng);
+    Ok(eng)
 }
 
 /// The daemon opens files itself: give it an absolute path.

@@ -872,6 +872,78 @@ fn malicious_and_broken_tars_are_refused() {
     e.shutdown().unwrap();
 }
 
+/// A crash in the middle of an import leaves a partly filled active layer; at the next start
+/// it is removed (the daemon and the offline CLI do this), so nothing half-imported stays
+/// and the same import can be retried.
+#[test]
+fn interrupted_import_is_removed_at_start() {
+    struct CrashAt<'a> {
+        data: &'a [u8],
+        pos: usize,
+        at: usize,
+        dev: Arc<MemDevice>,
+        image: &'a mut Option<Vec<u8>>,
+    }
+    impl std::io::Read for CrashAt<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.pos >= self.at && self.image.is_none() {
+                // What a power cut would leave here.
+                *self.image = Some(self.dev.snapshot());
+            }
+            let n = buf.len().min(self.data.len() - self.pos).min(4096);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+    let tar = build(&base_entries());
+    let dev = Arc::new(MemDevice::new(256 << 20));
+    mkfs(dev.as_ref(), 0, 0).unwrap();
+    let d: Arc<dyn Device> = dev.clone();
+    let e = Engine::open(d, Options::default()).unwrap();
+    let mut image = None;
+    let r = oci::import(
+        &e,
+        "img",
+        None,
+        CrashAt {
+            data: &tar,
+            pos: 0,
+            at: tar.len() / 2,
+            dev: dev.clone(),
+            image: &mut image,
+        },
+        Compression::None,
+    );
+    r.expect("the import itself succeeds");
+    e.shutdown().unwrap();
+
+    let crashed = Arc::new(MemDevice::from_bytes(
+        image.expect("image taken mid-import"),
+    ));
+    let d: Arc<dyn Device> = crashed.clone();
+    let e = Engine::open(d, Options::default()).expect("recovery");
+    let l = e
+        .layer_stat("img")
+        .expect("the half-imported layer is there after recovery");
+    assert_eq!(l.state, engine::LayerState::Active);
+    assert!(l.labels.contains_key(oci::IMPORTING_LABEL));
+    assert_eq!(oci::remove_interrupted_imports(&e), vec!["img".to_string()]);
+    assert!(e.layer_stat("img").is_err());
+    // A finished import carries no marker and is never removed.
+    import(&e, "img", None, &tar);
+    check_base(&e, "img");
+    assert!(!e
+        .layer_stat("img")
+        .unwrap()
+        .labels
+        .contains_key(oci::IMPORTING_LABEL));
+    assert!(oci::remove_interrupted_imports(&e).is_empty());
+    e.shutdown().unwrap();
+    let report = engine::fsck::check(crashed.as_ref()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
 #[test]
 fn zstd_input() {
     let base_tar = build(&base_entries());

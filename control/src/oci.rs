@@ -705,8 +705,14 @@ fn decompress<'r>(reader: impl Read + 'r, c: Compression) -> Result<Box<dyn Read
     })
 }
 
+/// The label a layer carries while an import fills it; removed in the journal commit that
+/// commits the layer. A layer still carrying it when the daemon starts was being imported when
+/// the previous daemon died: [`remove_interrupted_imports`] removes it.
+pub const IMPORTING_LABEL: &str = "strata.io/importing";
+
 /// Apply the OCI layer tar from `reader` onto a new layer `layer` (a clone of committed layer
-/// `parent`, or a new base layer), then commit it. On any error the new layer is removed.
+/// `parent`, or a new base layer), then commit it. On any error the new layer is removed; after
+/// a crash, [`remove_interrupted_imports`] removes it.
 pub fn import(
     engine: &Engine,
     layer: &str,
@@ -714,9 +720,10 @@ pub fn import(
     reader: impl Read,
     compression: Compression,
 ) -> Result<ImportReport> {
+    let marker = BTreeMap::from([(IMPORTING_LABEL.to_string(), "1".to_string())]);
     match parent {
-        Some(p) => engine.layer_clone(p, layer, LayerState::Active, BTreeMap::new())?,
-        None => engine.layer_create(layer, BTreeMap::new())?,
+        Some(p) => engine.layer_clone(p, layer, LayerState::Active, marker)?,
+        None => engine.layer_create(layer, marker)?,
     };
     match import_into(engine, layer, reader, compression) {
         Ok(r) => Ok(r),
@@ -776,8 +783,37 @@ fn import_into(
         ));
     }
     imp.finish_dir_times()?;
-    engine.layer_commit(layer)?;
+    // Committed and unmarked in one journal commit.
+    engine.layer_commit_labeled(layer, Some(BTreeMap::new()))?;
     Ok(imp.report)
+}
+
+/// Remove the layers that imports were filling when the daemon stopped without finishing
+/// them (active, still marked with [`IMPORTING_LABEL`]): the daemon calls this at start, so a
+/// crashed import leaves nothing behind and can be retried with the same id. Returns the ids
+/// removed.
+pub fn remove_interrupted_imports(engine: &Engine) -> Vec<String> {
+    let stale: Vec<String> = engine
+        .layer_list()
+        .into_iter()
+        .filter(|l| {
+            l.state == LayerState::Active
+                && l.children.is_empty()
+                && l.labels.contains_key(IMPORTING_LABEL)
+        })
+        .map(|l| l.id)
+        .collect();
+    let mut removed = Vec::new();
+    for id in stale {
+        match engine.layer_remove(&id) {
+            Ok(()) => {
+                log::warn!("removed layer {id:?}: its import was interrupted (retry the import)");
+                removed.push(id);
+            }
+            Err(e) => log::error!("cannot remove the interrupted import {id:?}: {e}"),
+        }
+    }
+    removed
 }
 
 /// A reader over a file's bytes in the engine, 1 MiB at a time.

@@ -32,6 +32,17 @@ fn fuzz_admin_request_corpus() {
     );
 }
 
+#[test]
+fn fuzz_snapshotter_corpus() {
+    driver::run(
+        "snapshotter",
+        bodies::snapshotter,
+        5_000,
+        Duration::from_secs(4),
+        3,
+    );
+}
+
 /// Writes the seed corpus (run by hand:
 /// `cargo test --release -p strata-control --test fuzz_corpus -- --ignored write_seed_corpus`).
 #[test]

@@ -372,6 +372,10 @@ pub fn mkfs(dev: &dyn Device, uid: u32, gid: u32) -> Result<Superblock> {
 
 /// Name of the layer `mkfs` creates.
 pub const DEFAULT_LAYER: &str = "default";
+/// Writes of at least this many blocks whose pieces on the device average fewer than
+/// [`RELOCATE_MIN_RUN`] blocks are written to new contiguous blocks (see `plan_write`).
+const RELOCATE_MIN_BLOCKS: u64 = 16;
+const RELOCATE_MIN_RUN: u64 = 8;
 
 /// State loaded from disk: the layers after checkpoint + journal replay.
 pub struct Loaded {
@@ -2125,7 +2129,13 @@ impl Engine {
             let mut a = i.attr;
             let x = i.extents().ok_or(errno(libc::EINVAL))?;
             let runs = x.runs(b0, n as u64);
-            let fresh = |r: &Run| r.pblk.is_none() || r.owner != owner;
+            // A large write over blocks scattered on the device (what small copy-on-write
+            // writes leave behind) would go out as many small device writes: it goes to new,
+            // contiguous blocks instead, and the layer's old blocks are freed when the
+            // remapping commits (the mapping records free them, as for any overwrite).
+            let relocate =
+                n as u64 >= RELOCATE_MIN_BLOCKS && runs.len() as u64 * RELOCATE_MIN_RUN > n as u64;
+            let fresh = |r: &Run| relocate || r.pblk.is_none() || r.owner != owner;
             let need: u64 = runs.iter().filter(|r| fresh(r)).map(|r| r.len).sum();
             let mut phys: Vec<(u64, u64, u64)> = Vec::new(); // (logical, physical, len)
             let allocating = need > 0;
@@ -2165,7 +2175,7 @@ impl Engine {
                             cur = got.next();
                         }
                     }
-                    if r.pblk.is_some() {
+                    if r.pblk.is_some() && r.owner != owner {
                         self.inner.stats.cow(t.slot, r.len);
                         self.inner
                             .counters

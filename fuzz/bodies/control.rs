@@ -1,5 +1,5 @@
 //! Fuzz target bodies for the control plane, shared by the cargo-fuzz targets
-//! (`fuzz/fuzz_targets/oci_import.rs`, `admin_request.rs`) and the stable-toolchain corpus
+//! (`fuzz/fuzz_targets/oci_import.rs`, `admin_request.rs`, `snapshotter.rs`) and the stable-toolchain corpus
 //! driver (`control/tests/fuzz_corpus.rs`), both of which include this file with `#[path]`.
 #![allow(dead_code)]
 
@@ -224,4 +224,72 @@ pub fn admin_request(data: &[u8]) {
             String::from_utf8_lossy(&buf[..buf.len().min(200)])
         );
     }
+}
+
+/// containerd's snapshotter requests, through the snapshotter's request handling
+/// (`Snapshotter::call_encoded`: what the gRPC service runs, without the transport). The input
+/// is a sequence of calls `[method][length][protobuf message]`, applied to a fresh engine.
+/// Every failure must carry one of the gRPC codes containerd maps back to its errors; after the
+/// sequence every listed snapshot can be stat'ed, the snapshotter lists exactly the layers that
+/// carry its name label, and fsck is clean.
+pub fn snapshotter(data: &[u8]) {
+    use control::snapshotter::{api, Snapshotter, METHODS, NAME_LABEL};
+    let dev = Arc::new(MemDevice::new(engine::format::MIN_DEVICE_SIZE));
+    engine::fs::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+    let d: Arc<dyn Device> = dev.clone();
+    let e = Engine::open(
+        d,
+        Options {
+            cache_bytes: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    let s = Snapshotter::new(e.clone(), PathBuf::from("/nonexistent-strata-mount"));
+    let mut i = 0;
+    while i + 2 <= data.len() {
+        let method = METHODS[data[i] as usize % METHODS.len()];
+        let len = data[i + 1] as usize;
+        i += 2;
+        let body = &data[i..(i + len).min(data.len())];
+        i += len;
+        if let Err(st) = s.call_encoded(method, body) {
+            // InvalidArgument, NotFound, AlreadyExists, ResourceExhausted (a full device),
+            // FailedPrecondition.
+            let code = st.code() as i32;
+            assert!(
+                [3, 5, 6, 8, 9].contains(&code),
+                "{method}: unexpected gRPC code {:?}: {}",
+                st.code(),
+                st.message()
+            );
+        }
+    }
+    let listed: Vec<String> = s
+        .list(api::ListSnapshotsRequest::default())
+        .expect("list")
+        .into_iter()
+        .flat_map(|b| b.info)
+        .map(|i| i.name)
+        .collect();
+    for n in &listed {
+        s.stat(api::StatSnapshotRequest {
+            key: n.clone(),
+            ..Default::default()
+        })
+        .expect("a listed snapshot stats");
+    }
+    let labeled = e
+        .layer_list()
+        .iter()
+        .filter(|l| l.labels.contains_key(NAME_LABEL))
+        .count();
+    assert_eq!(
+        labeled,
+        listed.len(),
+        "snapshot layers and the list disagree"
+    );
+    e.shutdown().expect("shutdown");
+    let report = engine::fsck::check(dev.as_ref()).expect("fsck");
+    assert!(report.is_clean(), "fsck: {:?}", report.problems);
 }
