@@ -240,17 +240,21 @@ fn ctr_snapshots(c: &Containerd) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `strata layer ARGS` against the mount's admin socket, asserting success; its stdout.
+fn strata_layer(m: &Mount, args: &[&str]) -> String {
+    let sock = m.admin_socket();
+    let mut all: Vec<&std::ffi::OsStr> = vec!["layer".as_ref()];
+    all.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+    all.extend(["--admin-socket".as_ref(), sock.as_os_str()]);
+    let out = common::strata(&all);
+    assert_eq!(out.code, 0, "strata layer {args:?}: {}", out.stderr);
+    out.stdout
+}
+
 /// Layer ids and states from `strata layer ls --json`.
 fn strata_layers(m: &Mount) -> BTreeMap<String, String> {
-    let out = common::strata(&[
-        "layer".as_ref(),
-        "ls".as_ref(),
-        "--json".as_ref(),
-        "--admin-socket".as_ref(),
-        m.admin_socket().as_os_str(),
-    ]);
-    assert_eq!(out.code, 0, "strata layer ls: {}", out.stderr);
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("layer ls json");
+    let out = strata_layer(m, &["ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("layer ls json");
     v["layers"]
         .as_array()
         .expect("layers")
@@ -309,14 +313,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
         0o600
     );
     // A layer made outside containerd: never listed, never collected.
-    let out = common::strata(&[
-        "layer".as_ref(),
-        "create".as_ref(),
-        "outside".as_ref(),
-        "--admin-socket".as_ref(),
-        m.admin_socket().as_os_str(),
-    ]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    strata_layer(&m, &["create", "outside"]);
 
     // Garbage on the snapshotter socket (random bytes, an HTTP/2 preface followed by junk
     // frames, a gRPC call with a corrupt message) costs the sender its connection, nothing else.
