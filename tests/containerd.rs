@@ -244,7 +244,7 @@ fn ctr_snapshots(c: &Containerd) -> BTreeMap<String, String> {
 fn strata_layer(m: &Mount, args: &[&str]) -> String {
     let sock = m.admin_socket();
     let mut all: Vec<&std::ffi::OsStr> = vec!["layer".as_ref()];
-    all.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+    all.extend(args.iter().map(std::ffi::OsStr::new));
     all.extend(["--admin-socket".as_ref(), sock.as_os_str()]);
     let out = common::strata(&all);
     assert_eq!(out.code, 0, "strata layer {args:?}: {}", out.stderr);
