@@ -126,10 +126,20 @@ impl log::Log for Logger {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
+            let msg = r.args().to_string();
+            // A reply the kernel no longer waits for (the caller was interrupted or killed,
+            // e.g. a container exiting with requests in flight): routine, not an error.
+            if r.target().starts_with("fuser")
+                && msg.starts_with("Failed to send FUSE reply")
+                && msg.contains("(os error 2)")
+                && self.level < log::LevelFilter::Debug
+            {
+                return;
+            }
             eprintln!(
                 "strata: {}: {}",
                 r.level().as_str().to_lowercase(),
-                r.args()
+                msg
             );
         }
     }
