@@ -50,7 +50,7 @@ struct Server {
     handle: Option<AdminHandle>,
     sock: PathBuf,
     mnt: PathBuf,
-    _engine: Arc<Engine>,
+    engine: Arc<Engine>,
     tmp: Tmp,
 }
 
@@ -67,7 +67,7 @@ impl Server {
             handle: Some(handle),
             sock,
             mnt,
-            _engine: eng,
+            engine: eng,
             tmp,
         }
     }
@@ -839,6 +839,40 @@ fn garbage_never_stops_the_server() {
     let v = srv.expect(200, "GET", "/v1/layers/keep", None);
     assert_eq!(v["id"], "keep");
     srv.expect(204, "DELETE", "/v1/layers/extra", None);
+}
+
+/// Labels under `strata.io/` belong to Strata (the containerd snapshotter's names, the import
+/// marker): clients cannot set them, and replacing a layer's labels keeps them.
+#[test]
+fn reserved_labels() {
+    let srv = Server::start("reserved");
+    srv.expect(
+        400,
+        "POST",
+        "/v1/layers",
+        Some(r#"{"id":"x","labels":{"strata.io/importing":"1"}}"#),
+    );
+    srv.expect(404, "GET", "/v1/layers/x", None);
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(
+        control::snapshotter::NAME_LABEL.to_string(),
+        "default/1/k".to_string(),
+    );
+    srv.engine.layer_create("snap-1", labels).unwrap();
+    srv.expect(
+        400,
+        "PUT",
+        "/v1/layers/snap-1/labels",
+        Some(r#"{"labels":{"strata.io/snapshotter.name":"stolen"}}"#),
+    );
+    let l = srv.expect(
+        200,
+        "PUT",
+        "/v1/layers/snap-1/labels",
+        Some(r#"{"labels":{"team":"a"}}"#),
+    );
+    assert_eq!(l["labels"]["team"], "a");
+    assert_eq!(l["labels"][control::snapshotter::NAME_LABEL], "default/1/k");
 }
 
 #[test]

@@ -975,6 +975,7 @@ fn list(ctx: &Ctx) -> Response {
 fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, Response> {
     let r: CreateRequest = parse_body(body)?;
     nonempty(&r.id)?;
+    unreserved(&r.labels)?;
     let info = match &r.parent {
         None => {
             if r.state == Some(CloneState::View) {
@@ -1077,12 +1078,34 @@ fn export(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
     Ok(Response::json(200, &ExportRequest { path: r.path }))
 }
 
+/// Labels under `strata.io/` are Strata's own (the containerd snapshotter's names, the import
+/// marker): clients may not set them, and replacing a layer's labels keeps them.
+pub const RESERVED_LABEL_PREFIX: &str = "strata.io/";
+
+fn unreserved(labels: &BTreeMap<String, String>) -> Result<(), Response> {
+    match labels.keys().find(|k| k.starts_with(RESERVED_LABEL_PREFIX)) {
+        Some(k) => Err(Response::error(
+            400,
+            format!("label {k:?}: labels under {RESERVED_LABEL_PREFIX} are reserved for Strata"),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn set_labels(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
     nonempty(id)?;
     let r: LabelsRequest = parse_body(body)?;
+    unreserved(&r.labels)?;
+    let mut labels = r.labels;
+    let old = ctx.engine.layer_stat(id).map_err(engine_error)?;
+    labels.extend(
+        old.labels
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(RESERVED_LABEL_PREFIX)),
+    );
     let info = ctx
         .engine
-        .layer_set_labels(id, r.labels)
+        .layer_set_labels(id, labels)
         .map_err(engine_error)?;
     Ok(layer(ctx, 200, &info))
 }

@@ -287,6 +287,14 @@ fn error_codes() {
         })),
         Code::InvalidArgument
     );
+    assert_eq!(
+        code(s.prepare(api::PrepareSnapshotRequest {
+            key: "d".into(),
+            labels: labels(&[(control::oci::IMPORTING_LABEL, "1")]),
+            ..Default::default()
+        })),
+        Code::InvalidArgument
+    );
     // A key of 4,000 bytes with slashes is fine (it is a label, not a layer id); one over
     // 4096 bytes is refused.
     let long = "k/".repeat(2000);

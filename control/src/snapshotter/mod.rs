@@ -47,8 +47,10 @@ const MAX_LABEL_PAIR: usize = 4096;
 /// Infos per List response message.
 const LIST_BATCH: usize = 100;
 
+/// Strata's own labels (these, and the import marker): never shown to containerd, never
+/// taken from it.
 fn hidden(k: &str) -> bool {
-    k == NAME_LABEL || k == UPDATED_LABEL || k == KIND_LABEL
+    k.starts_with(crate::admin::RESERVED_LABEL_PREFIX)
 }
 
 /// One snapshot as containerd sees it.
