@@ -136,11 +136,7 @@ impl log::Log for Logger {
             {
                 return;
             }
-            eprintln!(
-                "strata: {}: {}",
-                r.level().as_str().to_lowercase(),
-                msg
-            );
+            eprintln!("strata: {}: {}", r.level().as_str().to_lowercase(), msg);
         }
     }
     fn flush(&self) {}
