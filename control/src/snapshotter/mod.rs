@@ -218,11 +218,11 @@ impl Snapshotter {
         self.index().0.remove(key).ok_or_else(|| not_found(key))
     }
 
-    fn mounts(&self, s: &Snap) -> Vec<Mount> {
-        let rw = if s.kind == Kind::View { "ro" } else { "rw" };
+    fn mounts(&self, id: &str, kind: Kind) -> Vec<Mount> {
+        let rw = if kind == Kind::View { "ro" } else { "rw" };
         vec![Mount {
             r#type: "bind".into(),
-            source: self.mountpoint.join(&s.id).to_string_lossy().into_owned(),
+            source: self.mountpoint.join(id).to_string_lossy().into_owned(),
             target: String::new(),
             options: vec!["rbind".into(), rw.into()],
         }]
@@ -299,16 +299,8 @@ impl Snapshotter {
                 .map_err(status)?
         };
         log::debug!("snapshotter: {key:?} is layer {}", info.id);
-        let s = Snap {
-            id: info.id,
-            slot: info.slot,
-            kind: if view { Kind::View } else { Kind::Active },
-            parent: parent.into(),
-            created: info.created,
-            updated: info.created,
-            labels: BTreeMap::new(),
-        };
-        Ok(self.mounts(&s))
+        let kind = if view { Kind::View } else { Kind::Active };
+        Ok(self.mounts(&info.id, kind))
     }
 
     pub fn prepare(
@@ -333,7 +325,7 @@ impl Snapshotter {
             )));
         }
         Ok(api::MountsResponse {
-            mounts: self.mounts(&s),
+            mounts: self.mounts(&s.id, s.kind),
         })
     }
 
