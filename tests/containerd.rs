@@ -273,6 +273,23 @@ const SCRIPT: &str =
      stat -c '%h %i' /etc/hl1 /etc/hl2; stat -c '%h' /etc/layer2; cat /etc/hello-sym; \
      test -p /etc/pipe && echo fifo; echo written > /tmp/out; cat /tmp/out";
 
+/// `ctr run --rm` of SCRIPT in a container `id` of the test image on Strata, checking what it
+/// prints.
+fn run_script(c: &Containerd, id: &str) {
+    let out = c.ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        IMAGE,
+        id,
+        "/bin/sh",
+        "-c",
+        SCRIPT,
+    ]);
+    check_run_output(&out);
+}
+
 fn check_run_output(out: &str) {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines.len() >= 9, "unexpected container output:\n{out}");
@@ -355,18 +372,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
     );
 
     // Run a container: the root file system is a Strata layer cloned from the image's top.
-    let out = c.ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "strata",
-        IMAGE,
-        "run1",
-        "/bin/sh",
-        "-c",
-        SCRIPT,
-    ]);
-    check_run_output(&out);
+    run_script(&c, "run1");
     // --rm removed the container's snapshot.
     assert_eq!(ctr_snapshots(&c).len(), 3);
 
@@ -511,18 +517,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
     let m = Mount::start(&img, &mnt);
     let c = Containerd::start(&cdir, &snap_sock);
     assert_eq!(ctr_snapshots(&c), before);
-    let out = c.ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "strata",
-        IMAGE,
-        "run2",
-        "/bin/sh",
-        "-c",
-        SCRIPT,
-    ]);
-    check_run_output(&out);
+    run_script(&c, "run2");
 
     // containerd's garbage collector removes the image's snapshots once the image is gone;
     // the layer made outside containerd stays.
