@@ -205,16 +205,16 @@ fn main() -> ExitCode {
 fn mkfs(path: &Path, size: Option<&str>, force: bool) -> Result<(), String> {
     let size = size.map(parse_size).transpose()?;
     let existed = path.exists();
-    let bytes = engine::device::prepare_image(path, size).map_err(|e| e.to_string())?;
+    let bytes = engine::prepare_image(path, size).map_err(|e| e.to_string())?;
     let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
-    if existed && !force && engine::fs::read_superblock(&dev).is_ok() {
+    if existed && !force && engine::read_superblock(&dev).is_ok() {
         return Err(format!(
             "{} already holds a Strata file system; use --force to format it anyway",
             path.display()
         ));
     }
-    let (uid, gid) = engine::sys::ids();
-    let sb = engine::fs::mkfs(&dev, uid, gid).map_err(|e| e.to_string())?;
+    let (uid, gid) = fusefront::sys::ids();
+    let sb = engine::mkfs(&dev, uid, gid).map_err(|e| e.to_string())?;
     println!(
         "formatted {}: {} MiB, journal {} MiB, data from block {}",
         path.display(),
@@ -234,7 +234,7 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
                 "{} holds the dead mount of a daemon that was killed; detaching it",
                 mp.display()
             );
-            engine::sys::detach_mount(mp)
+            fusefront::sys::detach_mount(mp)
                 .map_err(|e| format!("cannot detach the dead mount at {}: {e}", mp.display()))
         }
         Err(e) => Err(format!("mount point {}: {e}", mp.display())),
@@ -251,7 +251,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         ),
     };
     check_mountpoint(mp)?;
-    engine::sys::block_shutdown_signals()
+    fusefront::sys::block_shutdown_signals()
         .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
     let eng = Engine::open(
@@ -306,11 +306,11 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
     std::thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || {
-            let sig = engine::sys::wait_for_signal();
+            let sig = fusefront::sys::wait_for_signal();
             log::info!("signal {sig}: unmounting {}", mp_owned.display());
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount failed ({e}); detaching");
-                let _ = engine::sys::detach_mount(&mp_owned);
+                let _ = fusefront::sys::detach_mount(&mp_owned);
             }
         })
         .map_err(|e| e.to_string())?;

@@ -42,7 +42,7 @@ impl Drop for Tmp {
 
 fn new_engine() -> Arc<Engine> {
     let dev = MemDevice::new(64 << 20);
-    engine::fs::mkfs(&dev, 0, 0).unwrap();
+    engine::mkfs(&dev, 0, 0).unwrap();
     Engine::open(Arc::new(dev) as Arc<dyn Device>, Options::default()).unwrap()
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use control::snapshotter::api::{self, Kind};
 use control::snapshotter::{Snapshotter, NAME_LABEL};
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Caller, Device, Engine, LayerState, MemDevice, Options};
 use tonic::Code;
 

@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use imbl::ordmap::DiffItem;
 
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::ROOT_INO;
-use crate::fs::Engine;
 use crate::meta::{Content, Ino, Slot, Tree};
 
 /// How a path changed.

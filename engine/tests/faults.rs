@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Caller, Device, Engine, MemDevice, Node, Options};
 
 #[derive(Default)]
@@ -218,7 +218,7 @@ mod uring {
     use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
     use std::sync::Arc;
 
-    use engine::fs::mkfs;
+    use engine::mkfs;
     use engine::{Caller, Device, Engine, FaultOp, FileDevice, Node, Options};
 
     const WHO: Caller = Caller { uid: 0, gid: 0 };
@@ -346,7 +346,7 @@ mod uring {
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join(format!("{name}.img"));
         let _ = std::fs::remove_file(&path);
-        engine::device::prepare_image(&path, Some(32 << 20)).expect("image");
+        engine::prepare_image(&path, Some(32 << 20)).expect("image");
         let dev = FileDevice::open(&path).expect("O_DIRECT image");
         mkfs(&dev, 0, 0).expect("mkfs");
         path
@@ -598,7 +598,7 @@ mod uring {
         let path = crashed;
         let kept: Vec<(String, Vec<u8>)> =
             (0..4).map(|i| (format!("f{i}"), data(i, 9000))).collect();
-        let sb = engine::fs::read_superblock(&FileDevice::open(&path).expect("open")).expect("sb");
+        let sb = engine::read_superblock(&FileDevice::open(&path).expect("open")).expect("sb");
         let round = path.with_extension("round");
         let mut failures = 0;
         // Both superblock slots, the journal's first chunks, the checkpoint.

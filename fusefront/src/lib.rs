@@ -4,10 +4,18 @@
 //! errno here and only here ([`errno`]), and replies for reads, writes and fsync are sent from
 //! the engine's completion (the FUSE thread never waits for the disk on those paths).
 //!
-//! Node ids are engine inode numbers (the root is 1). Regular files are opened with
-//! FOPEN_DIRECT_IO, and FUSE_DIRECT_IO_ALLOW_MMAP is negotiated so mmap and exec still work:
-//! file data is cached once, in the engine's block cache, never in the kernel page cache.
-#![forbid(unsafe_code)]
+//! Node ids are the engine's (`slot << 40 | inode`; the mount root, which lists the layers, is
+//! 1). Regular files are opened with FOPEN_DIRECT_IO, and FUSE_DIRECT_IO_ALLOW_MMAP is
+//! negotiated so mmap and exec still work: file data is cached once, in the engine's block
+//! cache, never in the kernel page cache.
+//!
+//! [`sys`] holds the daemon's few system calls outside FUSE (signals, unmounting a dead
+//! mount): the only unsafe code of this crate.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[allow(unsafe_code)]
+pub mod sys;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -24,7 +24,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Device, Engine, Node, Options};
 
 pub const BLOCK: usize = 4096;

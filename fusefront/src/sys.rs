@@ -1,5 +1,6 @@
 //! Small process-level helpers the daemon needs (signals, detaching a dead mount), kept here
-//! so the binary and the other crates stay free of unsafe code.
+//! so the binary and the other crates stay free of unsafe code. (They lived in the engine,
+//! which has no business with signals or mounts.)
 
 use std::ffi::CString;
 use std::io;
