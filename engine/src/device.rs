@@ -271,9 +271,11 @@ pub fn prepare_image(path: &Path, size: Option<u64>) -> Result<u64> {
         ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let want = size.unwrap_or(DEFAULT_IMAGE_SIZE);
+            // 0600: the image holds every container's data; only root may read it.
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(path)
                 .map_err(|e| Error::Unusable(format!("cannot create {}: {e}", path.display())))?;
             f.set_len(want)
