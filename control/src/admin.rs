@@ -42,6 +42,7 @@ use engine::{Engine, LayerInfo, LayerState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::labels::RESERVED_LABEL_PREFIX;
 /// Re-exported so the CLI and tests encode and parse with the same versions.
 pub use serde;
 pub use serde_json;
@@ -1078,12 +1079,8 @@ fn export(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
     Ok(Response::json(200, &ExportRequest { path: r.path }))
 }
 
-/// Labels under `strata.io/` are Strata's own (the containerd snapshotter's names, the import
-/// marker): clients may not set them, and replacing a layer's labels keeps them.
-pub const RESERVED_LABEL_PREFIX: &str = "strata.io/";
-
 fn unreserved(labels: &BTreeMap<String, String>) -> Result<(), Response> {
-    match labels.keys().find(|k| k.starts_with(RESERVED_LABEL_PREFIX)) {
+    match labels.keys().find(|k| crate::labels::is_reserved(k)) {
         Some(k) => Err(Response::error(
             400,
             format!("label {k:?}: labels under {RESERVED_LABEL_PREFIX} are reserved for Strata"),
@@ -1101,7 +1098,7 @@ fn set_labels(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
     labels.extend(
         old.labels
             .into_iter()
-            .filter(|(k, _)| k.starts_with(RESERVED_LABEL_PREFIX)),
+            .filter(|(k, _)| crate::labels::is_reserved(k)),
     );
     let info = ctx
         .engine

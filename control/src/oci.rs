@@ -705,10 +705,7 @@ fn decompress<'r>(reader: impl Read + 'r, c: Compression) -> Result<Box<dyn Read
     })
 }
 
-/// The label a layer carries while an import fills it; removed in the journal commit that
-/// commits the layer. A layer still carrying it when the daemon starts was being imported when
-/// the previous daemon died: [`remove_interrupted_imports`] removes it.
-pub const IMPORTING_LABEL: &str = "strata.io/importing";
+pub use crate::labels::IMPORTING_LABEL;
 
 /// Apply the OCI layer tar from `reader` onto a new layer `layer` (a clone of committed layer
 /// `parent`, or a new base layer), then commit it. On any error the new layer is removed; after

@@ -11,9 +11,7 @@ use engine::stats::{errno_name, HistogramSnapshot};
 use engine::{Engine, LayerState};
 use serde::{Deserialize, Serialize};
 
-/// The label containerd's snapshotter puts on a snapshot: its key. For an active snapshot the
-/// last `/`-separated segment is the container id.
-pub const CONTAINERD_KEY_LABEL: &str = "containerd.io/snapshot.key";
+pub use crate::labels::CONTAINERD_KEY_LABEL;
 
 /// A latency histogram: cumulative counts per upper bound, then `+Inf`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -183,7 +181,7 @@ pub fn container_of(state: LayerState, labels: &BTreeMap<String, String>) -> Opt
     }
     let key = labels
         .get(CONTAINERD_KEY_LABEL)
-        .or_else(|| labels.get(crate::snapshotter::NAME_LABEL))?;
+        .or_else(|| labels.get(crate::labels::NAME_LABEL))?;
     let last = key.rsplit('/').next()?;
     (!last.is_empty()).then(|| last.to_string())
 }

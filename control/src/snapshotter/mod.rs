@@ -32,26 +32,16 @@ pub use self::pb::containerd::services::snapshots::v1 as api;
 pub use self::pb::containerd::types::Mount;
 use api::Kind;
 
+pub use crate::labels::{KIND_LABEL, NAME_LABEL, UPDATED_LABEL};
+
 /// Where the daemon serves the snapshotter unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/strata/containerd-snapshotter.sock";
-/// The containerd key (active, view) or name (committed) of a snapshot layer.
-pub const NAME_LABEL: &str = "strata.io/snapshotter.name";
-/// When the snapshot's info last changed (Unix nanoseconds).
-pub const UPDATED_LABEL: &str = "strata.io/snapshotter.updated";
-/// `view` on an empty view (a layer with no parent, so no engine view state).
-pub const KIND_LABEL: &str = "strata.io/snapshotter.kind";
 /// Prefix of the layer ids the snapshotter makes.
 pub const ID_PREFIX: &str = "snap-";
 /// containerd limits a label's key and value together to 4096 bytes.
 const MAX_LABEL_PAIR: usize = 4096;
 /// Infos per List response message.
 const LIST_BATCH: usize = 100;
-
-/// Strata's own labels (these, and the import marker): never shown to containerd, never
-/// taken from it.
-fn hidden(k: &str) -> bool {
-    k.starts_with(crate::admin::RESERVED_LABEL_PREFIX)
-}
 
 /// One snapshot as containerd sees it.
 #[derive(Clone, Debug)]
@@ -193,7 +183,7 @@ impl Snapshotter {
                     .labels
                     .iter()
                     .map(|(k, v)| (utf8(k), utf8(v)))
-                    .filter(|(k, _)| !hidden(k))
+                    .filter(|(k, _)| !crate::labels::is_reserved(k))
                     .collect();
                 out.insert(
                     name,
@@ -244,7 +234,7 @@ impl Snapshotter {
                     "label {k:?}: key and value together exceed {MAX_LABEL_PAIR} bytes"
                 )));
             }
-            if hidden(&k) {
+            if crate::labels::is_reserved(&k) {
                 return Err(Status::invalid_argument(format!(
                     "label {k:?} is reserved for Strata"
                 )));
