@@ -18,7 +18,7 @@ pub const KIND_LABEL: &str = "strata.io/snapshotter.kind";
 
 /// The label a layer carries while an import fills it; removed in the journal commit that
 /// commits the layer. A layer still carrying it when the daemon starts was being imported when
-/// the previous daemon died: [`crate::oci::remove_interrupted_imports`] removes it.
+/// the previous daemon died: `oci::remove_interrupted_imports` removes it.
 pub const IMPORTING_LABEL: &str = "strata.io/importing";
 
 /// The label containerd's snapshotter puts on a snapshot: its key. For an active snapshot the

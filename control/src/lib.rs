@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod host;
 pub mod labels;
 pub mod oci;
 pub mod snapshotter;

@@ -348,8 +348,7 @@ impl Snapshotter {
     pub fn remove(&self, r: api::RemoveSnapshotRequest) -> Result<(), Status> {
         let _g = self.guard();
         let s = self.find(&r.key)?;
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let users = crate::admin::mount_users(&info, &self.mountpoint, &s.id);
+        if let Ok(users) = crate::host::read_mount_users(&self.mountpoint, &s.id) {
             if !users.is_empty() {
                 return Err(Status::failed_precondition(format!(
                     "snapshot {:?} (layer {}) is mounted at {}",
@@ -651,11 +650,11 @@ pub fn serve(
     engine: Arc<Engine>,
     mountpoint: PathBuf,
 ) -> io::Result<SnapshotterHandle> {
-    let listener = crate::admin::bind_socket(path)?;
+    let listener = crate::host::bind_socket(path)?;
     listener.set_nonblocking(true)?;
     let snap = Arc::new(Snapshotter::new(
         engine,
-        crate::admin::absolute_mountpoint(&mountpoint),
+        crate::host::absolute_mountpoint(&mountpoint),
     ));
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop2 = stop.clone();
