@@ -8,11 +8,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod error;
 pub mod host;
 pub mod labels;
 pub mod oci;
 pub mod snapshotter;
 pub mod stats;
+
+pub use error::Error;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

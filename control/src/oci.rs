@@ -39,16 +39,16 @@ pub enum Compression {
 }
 
 impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> std::result::Result<Self, crate::Error> {
         match s {
             "auto" => Ok(Compression::Auto),
             "none" => Ok(Compression::None),
             "gzip" | "gz" => Ok(Compression::Gzip),
             "zstd" | "zst" => Ok(Compression::Zstd),
-            _ => Err(format!(
+            _ => Err(crate::Error::Invalid(format!(
                 "unknown compression {s:?} (auto, none, gzip, zstd)"
-            )),
+            ))),
         }
     }
 }

@@ -16,6 +16,7 @@ use super::json::{
     CreateRequest, ErrorBody, ExportRequest, ImportRequest, LabelsRequest, Layer, LayerList,
     SnapshotRequest,
 };
+use crate::Error;
 
 /// A raw answer.
 #[derive(Debug, Clone)]
@@ -93,7 +94,9 @@ pub fn parse_response(buf: &[u8]) -> Option<RawResponse> {
     Some(RawResponse { status, body })
 }
 
-/// The admin API client `strata layer` uses. Errors are messages for the user.
+/// The admin API client `strata layer` uses. An error's message is for the user; its kind is
+/// the daemon's (from the answer's status), or [`Error::Unavailable`] when the daemon could not
+/// be reached.
 pub struct Client {
     socket: PathBuf,
     timeout: Duration,
@@ -108,10 +111,26 @@ impl Client {
     }
 
     /// Send a request; a 2xx answer gives its body, anything else the server's message.
-    pub fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, String> {
-        let r = raw_request(&self.socket, method, path, body, self.timeout).map_err(|e| match e
-            .kind()
-        {
+    pub fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, Error> {
+        let r = raw_request(&self.socket, method, path, body, self.timeout)
+            .map_err(|e| Error::Unavailable(self.unreachable(&e)))?;
+        if (200..300).contains(&r.status) {
+            return Ok(r.body);
+        }
+        let message = match serde_json::from_slice::<ErrorBody>(&r.body) {
+            Ok(e) => e.error,
+            Err(_) => format!(
+                "the daemon answered {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body).trim()
+            ),
+        };
+        Err(Error::from_http(r.status, message))
+    }
+
+    /// Why the daemon could not be reached, for the user.
+    fn unreachable(&self, e: &io::Error) -> String {
+        match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => format!(
                 "cannot reach the strata daemon at {} (is `strata mount` running?)",
                 self.socket.display()
@@ -126,18 +145,7 @@ impl Client {
                 self.timeout.as_secs()
             ),
             _ => format!("admin socket {}: {e}", self.socket.display()),
-        })?;
-        if (200..300).contains(&r.status) {
-            return Ok(r.body);
         }
-        Err(match serde_json::from_slice::<ErrorBody>(&r.body) {
-            Ok(e) => e.error,
-            Err(_) => format!(
-                "the daemon answered {} {}",
-                r.status,
-                String::from_utf8_lossy(&r.body).trim()
-            ),
-        })
     }
 
     /// `call` with JSON in and out.
@@ -146,50 +154,51 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<&impl Serialize>,
-    ) -> Result<T, String> {
+    ) -> Result<T, Error> {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
-            .map_err(|e| format!("cannot encode the request: {e}"))?;
+            .map_err(|e| Error::Internal(format!("cannot encode the request: {e}")))?;
         let out = self.call(method, path, body.as_deref())?;
-        serde_json::from_slice(&out).map_err(|e| format!("cannot read the daemon's answer: {e}"))
+        serde_json::from_slice(&out)
+            .map_err(|e| Error::Internal(format!("cannot read the daemon's answer: {e}")))
     }
 
-    pub fn list(&self) -> Result<LayerList, String> {
+    pub fn list(&self) -> Result<LayerList, Error> {
         self.call_json("GET", "/v1/layers", None::<&()>)
     }
 
-    pub fn stat(&self, id: &str) -> Result<Layer, String> {
+    pub fn stat(&self, id: &str) -> Result<Layer, Error> {
         self.call_json("GET", &layer_path(id, ""), None::<&()>)
     }
 
-    pub fn create(&self, req: &CreateRequest) -> Result<Layer, String> {
+    pub fn create(&self, req: &CreateRequest) -> Result<Layer, Error> {
         self.call_json("POST", "/v1/layers", Some(req))
     }
 
-    pub fn import(&self, req: &ImportRequest) -> Result<crate::oci::ImportReport, String> {
+    pub fn import(&self, req: &ImportRequest) -> Result<crate::oci::ImportReport, Error> {
         self.call_json("POST", "/v1/import", Some(req))
     }
 
-    pub fn export(&self, id: &str, path: &str) -> Result<ExportRequest, String> {
+    pub fn export(&self, id: &str, path: &str) -> Result<ExportRequest, Error> {
         let req = ExportRequest {
             path: path.to_string(),
         };
         self.call_json("POST", &layer_path(id, "/export"), Some(&req))
     }
 
-    pub fn commit(&self, id: &str) -> Result<Layer, String> {
+    pub fn commit(&self, id: &str) -> Result<Layer, Error> {
         self.call_json("POST", &layer_path(id, "/commit"), None::<&()>)
     }
 
-    pub fn snapshot(&self, id: &str, new_parent: &str) -> Result<Layer, String> {
+    pub fn snapshot(&self, id: &str, new_parent: &str) -> Result<Layer, Error> {
         let req = SnapshotRequest {
             id: new_parent.to_string(),
         };
         self.call_json("POST", &layer_path(id, "/snapshot"), Some(&req))
     }
 
-    pub fn set_labels(&self, id: &str, labels: BTreeMap<String, String>) -> Result<Layer, String> {
+    pub fn set_labels(&self, id: &str, labels: BTreeMap<String, String>) -> Result<Layer, Error> {
         self.call_json(
             "PUT",
             &layer_path(id, "/labels"),
@@ -197,11 +206,11 @@ impl Client {
         )
     }
 
-    pub fn stats(&self) -> Result<crate::stats::StatsReport, String> {
+    pub fn stats(&self) -> Result<crate::stats::StatsReport, Error> {
         self.call_json("GET", "/v1/stats", None::<&()>)
     }
 
-    pub fn remove(&self, id: &str) -> Result<(), String> {
+    pub fn remove(&self, id: &str) -> Result<(), Error> {
         self.call("DELETE", &layer_path(id, ""), None).map(|_| ())
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::json::ErrorBody;
+use crate::Error;
 
 /// Connections served at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -151,6 +152,13 @@ impl Response {
         bytes.extend_from_slice(&self.body);
         w.write_all(&bytes)?;
         w.flush()
+    }
+}
+
+/// A failed request's answer: the status [`Error::http_status`] gives, the message as the body.
+impl From<Error> for Response {
+    fn from(e: Error) -> Response {
+        Response::error(e.http_status(), e.message())
     }
 }
 
@@ -446,7 +454,7 @@ fn parse_head(head: &[u8]) -> Result<Head, Response> {
 }
 
 /// Decode `%XX` escapes; the result must be UTF-8.
-pub fn percent_decode(s: &str) -> Result<String, String> {
+pub fn percent_decode(s: &str) -> Result<String, Error> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -461,14 +469,18 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
                     out.push((h * 16 + l) as u8);
                     i += 3;
                 }
-                _ => return Err("invalid percent-encoding in the path".to_string()),
+                _ => {
+                    return Err(Error::Invalid(
+                        "invalid percent-encoding in the path".into(),
+                    ))
+                }
             }
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "the path does not decode to UTF-8".to_string())
+    String::from_utf8(out).map_err(|_| Error::Invalid("the path does not decode to UTF-8".into()))
 }
 
 /// Encode everything but unreserved characters, for a path segment.

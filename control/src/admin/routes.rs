@@ -17,6 +17,7 @@ use super::json::{
 };
 use crate::host;
 use crate::labels::RESERVED_LABEL_PREFIX;
+use crate::Error;
 
 /// What the handlers need: the engine, the previous stats report, the mount point.
 pub(super) struct Ctx {
@@ -39,45 +40,8 @@ fn clip(s: &str, n: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| Response::error(400, format!("invalid request body: {e}")))
-}
-
-fn engine_error(e: engine::Error) -> Response {
-    use engine::Error as E;
-    let status = match &e {
-        E::NotFound(_) => 404,
-        E::Exists(_) => 409,
-        E::Invalid(_) => 400,
-        // Has children, in use, wrong state: a conflict with the layer's current state.
-        E::Busy(_) => 409,
-        E::NoSpace => 507,
-        E::Poisoned => 503,
-        E::Errno(n) => match *n {
-            libc_errno::ENOENT => 404,
-            libc_errno::EEXIST => 409,
-            libc_errno::EINVAL | libc_errno::ENAMETOOLONG => 400,
-            libc_errno::EBUSY | libc_errno::ENOTEMPTY => 409,
-            libc_errno::ENOSPC => 507,
-            libc_errno::EROFS => 503,
-            _ => 500,
-        },
-        _ => 500,
-    };
-    Response::error(status, e.to_string())
-}
-
-/// The errno values the mapping needs (Linux numbering), to spare a libc dependency.
-mod libc_errno {
-    pub const ENOENT: i32 = 2;
-    pub const EBUSY: i32 = 16;
-    pub const EEXIST: i32 = 17;
-    pub const EINVAL: i32 = 22;
-    pub const ENOSPC: i32 = 28;
-    pub const EROFS: i32 = 30;
-    pub const ENAMETOOLONG: i32 = 36;
-    pub const ENOTEMPTY: i32 = 39;
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Invalid(format!("invalid request body: {e}")))
 }
 
 /// Route one request to its handler; every answer, errors included, comes back as a
@@ -91,7 +55,7 @@ pub(super) fn dispatch(ctx: &Ctx, req: &Request) -> Response {
     for raw in rest.split('/') {
         match percent_decode(raw) {
             Ok(s) => segs.push(s),
-            Err(e) => return Response::error(400, e),
+            Err(e) => return e.into(),
         }
     }
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -149,12 +113,12 @@ pub(super) fn dispatch(ctx: &Ctx, req: &Request) -> Response {
             )
         }
     };
-    r.unwrap_or_else(|e| e)
+    r.unwrap_or_else(Response::from)
 }
 
-fn nonempty(id: &str) -> Result<(), Response> {
+fn nonempty(id: &str) -> Result<(), Error> {
     if id.is_empty() {
-        return Err(Response::error(400, "empty layer id"));
+        return Err(Error::Invalid("empty layer id".into()));
     }
     Ok(())
 }
@@ -173,16 +137,16 @@ fn list(ctx: &Ctx) -> Response {
     Response::json(200, &LayerList { layers })
 }
 
-fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, Response> {
+fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, Error> {
     let r: CreateRequest = parse_body(body)?;
     nonempty(&r.id)?;
     unreserved(&r.labels)?;
     let info = match &r.parent {
         None => {
             if r.state == Some(CloneState::View) {
-                return Err(Response::error(
-                    400,
-                    "a base layer (no parent) is always active; state \"view\" needs a parent",
+                return Err(Error::Invalid(
+                    "a base layer (no parent) is always active; state \"view\" needs a parent"
+                        .into(),
                 ));
             }
             ctx.engine.layer_create(&r.id, r.labels)
@@ -192,140 +156,124 @@ fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, Response> {
             let state = r.state.unwrap_or(CloneState::Active).into();
             ctx.engine.layer_clone(parent, &r.id, state, r.labels)
         }
-    }
-    .map_err(engine_error)?;
+    }?;
     Ok(layer(ctx, 201, &info).header(
         "Location",
         format!("/v1/layers/{}", percent_encode(&info.id)),
     ))
 }
 
-fn stat(ctx: &Ctx, id: &str) -> Result<Response, Response> {
+fn stat(ctx: &Ctx, id: &str) -> Result<Response, Error> {
     nonempty(id)?;
-    let info = ctx.engine.layer_stat(id).map_err(engine_error)?;
+    let info = ctx.engine.layer_stat(id)?;
     Ok(layer(ctx, 200, &info))
 }
 
-fn commit(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
+fn commit(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Error> {
     nonempty(id)?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let _: Empty = parse_body(body)?;
     }
-    let info = ctx.engine.layer_commit(id).map_err(engine_error)?;
+    let info = ctx.engine.layer_commit(id)?;
     Ok(layer(ctx, 200, &info))
 }
 
-fn snapshot(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
+fn snapshot(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Error> {
     nonempty(id)?;
     let r: SnapshotRequest = parse_body(body)?;
     nonempty(&r.id)?;
-    let info = ctx.engine.layer_snapshot(id, &r.id).map_err(engine_error)?;
+    let info = ctx.engine.layer_snapshot(id, &r.id)?;
     Ok(layer(ctx, 201, &info).header(
         "Location",
         format!("/v1/layers/{}", percent_encode(&info.id)),
     ))
 }
 
-fn absolute(path: &str) -> Result<&Path, Response> {
+fn absolute(path: &str) -> Result<&Path, Error> {
     let p = Path::new(path);
     if !p.is_absolute() {
-        return Err(Response::error(
-            400,
-            format!(
-                "path {:?} must be absolute (the daemon opens it)",
-                clip(path, 200)
-            ),
-        ));
+        return Err(Error::Invalid(format!(
+            "path {:?} must be absolute (the daemon opens it)",
+            clip(path, 200)
+        )));
     }
     Ok(p)
 }
 
-fn import(ctx: &Ctx, body: &[u8]) -> Result<Response, Response> {
+fn import(ctx: &Ctx, body: &[u8]) -> Result<Response, Error> {
     let r: ImportRequest = parse_body(body)?;
     nonempty(&r.layer)?;
     let path = absolute(&r.path)?;
-    let compression: crate::oci::Compression = r
-        .compression
-        .as_deref()
-        .unwrap_or("auto")
-        .parse()
-        .map_err(|e: String| Response::error(400, e))?;
+    let compression: crate::oci::Compression =
+        r.compression.as_deref().unwrap_or("auto").parse()?;
     let f = std::fs::File::open(path)
-        .map_err(|e| Response::error(400, format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| Error::Invalid(format!("cannot open {}: {e}", path.display())))?;
     let report = crate::oci::import(
         &ctx.engine,
         &r.layer,
         r.parent.as_deref(),
         std::io::BufReader::with_capacity(1 << 20, f),
         compression,
-    )
-    .map_err(engine_error)?;
+    )?;
     Ok(Response::json(201, &report).header(
         "Location",
         format!("/v1/layers/{}", percent_encode(&report.layer)),
     ))
 }
 
-fn export(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
+fn export(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Error> {
     nonempty(id)?;
     let r: ExportRequest = parse_body(body)?;
     let path = absolute(&r.path)?;
     let f = std::fs::File::create(path)
-        .map_err(|e| Response::error(400, format!("cannot create {}: {e}", path.display())))?;
+        .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", path.display())))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    crate::oci::export(&ctx.engine, id, &mut w).map_err(engine_error)?;
+    crate::oci::export(&ctx.engine, id, &mut w)?;
     std::io::Write::flush(&mut w)
-        .map_err(|e| Response::error(500, format!("cannot write {}: {e}", path.display())))?;
+        .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
     Ok(Response::json(200, &ExportRequest { path: r.path }))
 }
 
-fn unreserved(labels: &BTreeMap<String, String>) -> Result<(), Response> {
+fn unreserved(labels: &BTreeMap<String, String>) -> Result<(), Error> {
     match labels.keys().find(|k| crate::labels::is_reserved(k)) {
-        Some(k) => Err(Response::error(
-            400,
-            format!("label {k:?}: labels under {RESERVED_LABEL_PREFIX} are reserved for Strata"),
-        )),
+        Some(k) => Err(Error::Invalid(format!(
+            "label {k:?}: labels under {RESERVED_LABEL_PREFIX} are reserved for Strata"
+        ))),
         None => Ok(()),
     }
 }
 
-fn set_labels(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Response> {
+fn set_labels(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Error> {
     nonempty(id)?;
     let r: LabelsRequest = parse_body(body)?;
     unreserved(&r.labels)?;
     let mut labels = r.labels;
-    let old = ctx.engine.layer_stat(id).map_err(engine_error)?;
+    let old = ctx.engine.layer_stat(id)?;
     labels.extend(
         old.labels
             .into_iter()
             .filter(|(k, _)| crate::labels::is_reserved(k)),
     );
-    let info = ctx
-        .engine
-        .layer_set_labels(id, labels)
-        .map_err(engine_error)?;
+    let info = ctx.engine.layer_set_labels(id, labels)?;
     Ok(layer(ctx, 200, &info))
 }
 
-fn remove(ctx: &Ctx, id: &str) -> Result<Response, Response> {
+fn remove(ctx: &Ctx, id: &str) -> Result<Response, Error> {
     nonempty(id)?;
     match host::read_mount_users(&ctx.mountpoint, id) {
         Ok(users) => {
             if !users.is_empty() {
                 let list: Vec<String> = users.iter().map(|p| p.display().to_string()).collect();
-                return Err(Response::error(
-                    409,
-                    format!(
-                        "layer {id:?} is mounted at {}; unmount it first",
-                        list.join(", ")
-                    ),
-                ));
+                return Err(Error::Busy(format!(
+                    "layer {id:?} is mounted at {}; unmount it first",
+                    list.join(", ")
+                )));
             }
         }
         Err(e) => log::warn!(
             "admin API: cannot read /proc/self/mountinfo ({e}); removing without the mount check"
         ),
     }
-    ctx.engine.layer_remove(id).map_err(engine_error)?;
+    ctx.engine.layer_remove(id)?;
     Ok(Response::no_content())
 }
