@@ -1,10 +1,20 @@
 //! # strata-control
 //!
-//! Strata's control plane: the Prometheus endpoint (`/metrics`, text format) with the
-//! engine's per-layer and whole-daemon statistics ([`stats`]), and the admin API (JSON over
-//! HTTP on a unix socket, see [`admin`]; `GET /v1/stats` has the same numbers as JSON), the
-//! containerd proxy snapshotter ([`snapshotter`], gRPC) and OCI layer tars ([`oci`]).
-//! No engine logic lives here.
+//! Strata's control plane: how the outside world reaches the engine. No engine logic lives
+//! here, and nothing here knows FUSE.
+//!
+//! - [`metrics`]: the Prometheus endpoint (`/metrics`, text format) with the engine's
+//!   per-layer and whole-daemon statistics, which [`stats`] collects (`GET /v1/stats` of the
+//!   admin API has the same numbers as JSON).
+//! - [`admin`]: the admin API, JSON over HTTP/1.1 on a root-only unix socket, and its
+//!   [`admin::Client`] (`strata layer`, `strata stats`): a small HTTP server, the routes and
+//!   their handlers, the JSON bodies.
+//! - [`snapshotter`]: the containerd proxy snapshotter (gRPC).
+//! - [`oci`]: OCI layer tars, import and export.
+//!
+//! What those share has its own module, so none of them imports another: [`Error`] (what
+//! failed; one function maps it to an HTTP status, one to a gRPC code), [`labels`] (the label
+//! keys Strata reserves), [`host`] (root-only sockets, /proc/self/mountinfo).
 #![forbid(unsafe_code)]
 
 pub mod admin;
