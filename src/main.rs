@@ -238,7 +238,10 @@ fn make_private(path: &Path) -> Result<(), String> {
     if m.is_file() && m.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("cannot make {} private (chmod 600): {e}", path.display()))?;
-        println!("{}: mode set to 0600 (it will hold every container's data)", path.display());
+        println!(
+            "{}: mode set to 0600 (it will hold every container's data)",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -17,6 +17,10 @@ pub struct Options {
     pub commit_interval: Duration,
     /// Keep per-layer statistics and latency histograms (see [`crate::stats`]).
     pub stats: bool,
+    /// Data writes are answered before the device finishes them while fewer than this many
+    /// bytes wait for it (fsync still waits for all of them); past it, a write is answered
+    /// when its data is on the device.
+    pub write_buffer_bytes: u64,
 }
 
 impl Default for Options {
@@ -25,6 +29,7 @@ impl Default for Options {
             cache_bytes: 256 << 20,
             commit_interval: Duration::from_secs(1),
             stats: true,
+            write_buffer_bytes: 64 << 20,
         }
     }
 }

@@ -103,6 +103,8 @@ impl Inner {
         self.poison.check()?;
         let t0 = Instant::now();
         let (_, frees, tree) = self.seal(Seal::WithSnapshot);
+        // A data write of the sealed epoch failed: what maps it must not become durable.
+        self.poison.check()?;
         let Some(tree) = tree else { return Ok(()) };
         let bytes = tree.encode();
         let n = bytes.len().div_ceil(journal::CKPT_PAYLOAD).max(1) as u64;

@@ -143,6 +143,8 @@ impl Inner {
         self.poison.check()?;
         let t_commit = Instant::now();
         let (bytes, frees, _) = self.seal(Seal::RecordsOnly);
+        // A data write of the sealed epoch failed: its records must not become durable.
+        self.poison.check()?;
         self.dev
             .flush()
             .map_err(|e| self.poison.latch(Error::io("flush", 0, e)))?;

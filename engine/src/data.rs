@@ -9,12 +9,12 @@ use parking_lot::Mutex;
 
 use crate::api::{Cb, ReadCb, SetAttr};
 use crate::device::AlignedBuf;
-use crate::engine::Engine;
+use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
 use crate::format::*;
 use crate::meta::*;
-use crate::node::Node;
-use crate::ring::{IoReq, Op};
+use crate::node::{split, Node};
+use crate::ring::{IoBuf, IoReq, Op};
 
 /// Largest file size: 1 PiB (2^50 bytes, 2^38 blocks), beyond any device, and small enough
 /// that offset arithmetic in bytes never overflows a u64.
@@ -34,10 +34,44 @@ enum FileLock {
 
 /// Where a planned write goes.
 struct WritePlan {
-    /// (logical block, physical block, count), in logical order.
-    pieces: Vec<(u64, u64, u64)>,
+    /// Device writes: (first block index in the write's buffer, physical block, blocks).
+    ios: Vec<(usize, u64, usize)>,
     /// The data epoch the write belongs to (a commit waits for its epoch's writes).
+    epoch: EpochToken,
+}
+
+/// What planning a write found.
+enum Planned {
+    Ready(WritePlan),
+    /// Blocks an earlier write is still writing in place: wait, then plan again.
+    WaitFor(Vec<(u64, u64)>),
+}
+
+/// Membership of a read or write in a data epoch: a commit that seals the epoch waits until
+/// every member is done (dropped), so blocks it frees are never reused under an I/O that
+/// still addresses them.
+pub(crate) struct EpochToken {
+    inner: Arc<Inner>,
     epoch: usize,
+}
+
+impl EpochToken {
+    /// Join `epoch` (call under the metadata lock, where the epoch is read).
+    pub(crate) fn join(inner: &Arc<Inner>, epoch: usize) -> EpochToken {
+        inner.data_inflight[epoch].fetch_add(1, Ordering::SeqCst);
+        EpochToken {
+            inner: inner.clone(),
+            epoch,
+        }
+    }
+}
+
+impl Drop for EpochToken {
+    fn drop(&mut self) {
+        self.inner.data_inflight[self.epoch].fetch_sub(1, Ordering::SeqCst);
+        let _l = self.inner.data_cv.0.lock();
+        self.inner.data_cv.1.notify_all();
+    }
 }
 
 impl Engine {
@@ -58,17 +92,6 @@ impl Engine {
             .entry(node)
             .or_default()
             .clone()
-    }
-
-    fn read_block_sync(&self, pblk: u64) -> Result<AlignedBuf> {
-        let mut buf = AlignedBuf::zeroed(1);
-        if self.inner.cache.get(pblk, &mut buf) {
-            return Ok(buf);
-        }
-        self.inner
-            .ring
-            .run_sync(Op::Read, pblk * BLOCK, buf)
-            .map_err(|e| self.inner.io_failed("read", pblk, e, false))
     }
 
     /// SEEK_DATA / SEEK_HOLE.
@@ -98,25 +121,34 @@ impl Engine {
         })
     }
 
-    /// Read up to `size` bytes at `offset`; `cb` runs on the I/O thread (or here on a cache hit).
+    /// Read up to `size` bytes at `offset`; `cb` runs on the I/O thread (or here when every
+    /// block came from memory). A block's newest contents come from the writes still in
+    /// flight, then the block cache, then the device.
     pub fn read(&self, node: Node, offset: u64, size: u32, cb: ReadCb) {
         let (cb, lstats) = self.inner.stats.track_read(node, cb);
-        let plan = self.with_tree(node, |t, ino| {
-            let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
-            if i.attr.is_dir() {
-                return Err(errno(libc::EISDIR));
-            }
-            let x = i.extents().ok_or(errno(libc::EINVAL))?;
-            let fsize = i.attr.size;
-            if offset >= fsize || size == 0 {
-                return Ok(None);
-            }
-            let end = (offset + size as u64).min(fsize);
-            let b0 = offset / BLOCK;
-            let b1 = end.div_ceil(BLOCK);
-            Ok(Some((x.runs(b0, b1 - b0), b0, end)))
-        });
-        let (runs, b0, end) = match plan {
+        // Plan under the metadata lock, and join the current data epoch there: a commit that
+        // frees a block this read maps waits for the read before the block can be reused.
+        let plan = {
+            let (slot, ino) = split(node);
+            let m = self.inner.meta.lock();
+            (|| {
+                let i = tree_of(&m, slot)?.get(ino).ok_or(errno(libc::ENOENT))?;
+                if i.attr.is_dir() {
+                    return Err(errno(libc::EISDIR));
+                }
+                let x = i.extents().ok_or(errno(libc::EINVAL))?;
+                let fsize = i.attr.size;
+                if offset >= fsize || size == 0 {
+                    return Ok(None);
+                }
+                let end = (offset + size as u64).min(fsize);
+                let b0 = offset / BLOCK;
+                let b1 = end.div_ceil(BLOCK);
+                let token = EpochToken::join(&self.inner, m.epoch);
+                Ok(Some((x.runs(b0, b1 - b0), b0, end, token)))
+            })()
+        };
+        let (runs, b0, end, token) = match plan {
             Err(e) => return cb(Err(e)),
             Ok(None) => return cb(Ok(&[])),
             Ok(Some(p)) => p,
@@ -132,22 +164,30 @@ impl Engine {
         // Blocks still to fetch from the device: (index in buffer, physical block, count).
         let mut out = AlignedBuf::zeroed(nblocks);
         let mut fetch: Vec<(usize, u64, usize)> = Vec::new();
-        let mapped: u64 = runs
-            .iter()
-            .filter(|r| r.pblk.is_some())
-            .map(|r| r.len)
-            .sum();
+        let (mut mapped, mut from_memory) = (0u64, 0u64);
         for r in runs {
             let Some(p) = r.pblk else { continue };
+            mapped += r.len;
+            let at = ((r.lblk - b0) as usize) * BLOCK_SIZE;
+            let pending = self.inner.inflight.copy_out(
+                p,
+                r.len,
+                &mut out[at..at + r.len as usize * BLOCK_SIZE],
+            );
             for k in 0..r.len {
                 let idx = (r.lblk - b0 + k) as usize;
                 let pb = p + k;
+                if pending[k as usize] {
+                    from_memory += 1;
+                    continue;
+                }
                 if fill
                     && self
                         .inner
                         .cache
                         .get(pb, &mut out[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE])
                 {
+                    from_memory += 1;
                     continue;
                 }
                 match fetch.last_mut() {
@@ -157,11 +197,12 @@ impl Engine {
             }
         }
         if let Some(l) = &lstats {
-            let missed: u64 = fetch.iter().map(|f| f.2 as u64).sum();
-            l.cache_hits.fetch_add(mapped - missed, Ordering::Relaxed);
-            l.cache_misses.fetch_add(missed, Ordering::Relaxed);
+            l.cache_hits.fetch_add(from_memory, Ordering::Relaxed);
+            l.cache_misses
+                .fetch_add(mapped - from_memory, Ordering::Relaxed);
         }
         if fetch.is_empty() {
+            drop(token);
             return cb(Ok(&out[skip..skip + len]));
         }
         // Fast path: one device read covering the whole request, reply from its buffer.
@@ -175,20 +216,24 @@ impl Engine {
             self.inner.ring.submit(vec![IoReq {
                 op: Op::Read,
                 offset: pb * BLOCK,
-                buf: out,
-                done: Box::new(move |r| match r {
-                    Ok(buf) => {
-                        inner.stats.device_done(false, t_dev);
-                        for (k, ep) in epochs.iter().enumerate() {
-                            inner.cache.fill(
-                                pb + k as u64,
-                                &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
-                                *ep,
-                            );
+                buf: IoBuf::Owned(out),
+                done: Box::new(move |r| {
+                    drop(token);
+                    match r.map(IoBuf::into_owned) {
+                        Ok(Some(buf)) => {
+                            inner.stats.device_done(false, t_dev);
+                            for (k, ep) in epochs.iter().enumerate() {
+                                inner.cache.fill(
+                                    pb + k as u64,
+                                    &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
+                                    *ep,
+                                );
+                            }
+                            cb(Ok(&buf[skip..skip + len]))
                         }
-                        cb(Ok(&buf[skip..skip + len]))
+                        Ok(None) => cb(Err(errno(libc::EIO))),
+                        Err(e) => cb(Err(inner.io_failed("read", pb, e, false))),
                     }
-                    Err(e) => cb(Err(inner.io_failed("read", pb, e, false))),
                 }),
             }]);
             return;
@@ -198,12 +243,14 @@ impl Engine {
             left: usize,
             err: Option<Error>,
             cb: Option<ReadCb>,
+            _token: EpochToken,
         }
         let g = Arc::new(Mutex::new(Gather {
             out,
             left: fetch.len(),
             err: None,
             cb: Some(cb),
+            _token: token,
         }));
         let reqs = fetch
             .into_iter()
@@ -216,11 +263,11 @@ impl Engine {
                 IoReq {
                     op: Op::Read,
                     offset: pb * BLOCK,
-                    buf: AlignedBuf::zeroed(n),
+                    buf: IoBuf::Owned(AlignedBuf::zeroed(n)),
                     done: Box::new(move |r| {
                         let mut g = g.lock();
-                        match r {
-                            Ok(buf) => {
+                        match r.map(IoBuf::into_owned) {
+                            Ok(Some(buf)) => {
                                 inner.stats.device_done(false, t_dev);
                                 for (k, ep) in epochs.iter().enumerate() {
                                     inner.cache.fill(
@@ -232,6 +279,7 @@ impl Engine {
                                 g.out[idx * BLOCK_SIZE..(idx + n) * BLOCK_SIZE]
                                     .copy_from_slice(&buf);
                             }
+                            Ok(None) => g.err = Some(errno(libc::EIO)),
                             Err(e) => g.err = Some(inner.io_failed("read", pb, e, false)),
                         }
                         g.left -= 1;
@@ -251,7 +299,10 @@ impl Engine {
         self.inner.ring.submit(reqs);
     }
 
-    /// Write `data` at `offset`; `cb` gets the byte count when the data is on the device.
+    /// Write `data` at `offset`. `cb` gets the byte count once the data is in the engine's
+    /// table of writes in flight (readers see it from then on), or, when more than
+    /// `Options::write_buffer_bytes` wait for the device, once it is on the device. Durability
+    /// is fsync's: it waits for every write answered before it.
     pub fn write(&self, node: Node, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) {
         let cb = self.inner.stats.track_write(node, cb);
         self.write_impl(node, offset, data, kill_suidgid, cb, FileLock::Take)
@@ -290,7 +341,9 @@ impl Engine {
         let b0 = offset / BLOCK;
         let b1 = end.div_ceil(BLOCK);
         let n = (b1 - b0) as usize;
-        // Edge blocks only partly covered by the write need their old contents.
+        // A block only partly covered by the write keeps its other bytes: read them first,
+        // unless they all lie at or past end-of-file (zero on disk, and zero in `buf`), as
+        // for an append.
         let head_partial = offset % BLOCK != 0;
         let tail_partial = end % BLOCK != 0;
         let edges = self.with_tree(node, |t, ino| {
@@ -300,11 +353,12 @@ impl Engine {
             } else {
                 libc::EINVAL
             }))?;
+            let size = i.attr.size;
             let mut v = Vec::new();
-            if head_partial {
+            if head_partial && b0 * BLOCK < size {
                 v.push((0usize, x.lookup(b0)));
             }
-            if tail_partial && (n > 1 || !head_partial) {
+            if tail_partial && (n > 1 || v.is_empty()) && end < size {
                 v.push((n - 1, x.lookup(b1 - 1)));
             }
             Ok(v)
@@ -319,40 +373,61 @@ impl Engine {
         let mut buf = AlignedBuf::zeroed(n);
         for (idx, p) in edges {
             if let Some(p) = p {
-                match self.read_block_sync(p) {
-                    Ok(old) => buf[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE].copy_from_slice(&old),
-                    Err(e) => {
-                        cb(Err(e));
-                        return;
-                    }
+                if let Err(e) =
+                    self.read_block_into(p, &mut buf[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE])
+                {
+                    cb(Err(e));
+                    return;
                 }
             }
         }
         let skip = (offset - b0 * BLOCK) as usize;
         buf[skip..skip + data.len()].copy_from_slice(data);
+        let buf = Arc::new(buf);
         // Map holes to new blocks, update size and times, all under the metadata lock. When
         // the device is full but blocks are waiting for a commit to be freed, commit once and
-        // retry.
-        let mut plan = self.plan_write(node, b0, n, end, kill_suidgid);
-        if matches!(plan, Err(Error::NoSpace))
-            && self.inner.meta.lock().alloc.pending() > 0
-            && self.fsync_sync().is_ok()
-        {
-            plan = self.plan_write(node, b0, n, end, kill_suidgid);
-        }
-        let WritePlan { pieces, epoch } = match plan {
-            Ok(p) => p,
-            Err(e) => {
-                cb(Err(e));
-                return;
+        // retry. When an earlier write to one of the blocks is still in flight, wait for it
+        // (the file's lock keeps anyone else from starting one meanwhile).
+        let mut committed = false;
+        let plan = loop {
+            match self.plan_write(node, b0, n, end, kill_suidgid, &buf) {
+                Ok(Planned::Ready(p)) => break Ok(p),
+                Ok(Planned::WaitFor(busy)) => self.inner.inflight.wait_clear(&busy),
+                Err(Error::NoSpace)
+                    if !committed
+                        && self.inner.meta.lock().alloc.pending() > 0
+                        && self.fsync_sync().is_ok() =>
+                {
+                    committed = true
+                }
+                Err(e) => break Err(e),
             }
         };
-        self.submit_write(pieces, epoch, b0, buf, data.len(), guard, cb);
+        match plan {
+            Ok(p) => self.submit_write(p, buf, data.len(), guard, cb),
+            Err(e) => cb(Err(e)),
+        }
+    }
+
+    /// The newest contents of one block: from a write in flight, the cache, or the device.
+    fn read_block_into(&self, pblk: u64, out: &mut [u8]) -> Result<()> {
+        if self.inner.inflight.copy_out(pblk, 1, out)[0] || self.inner.cache.get(pblk, out) {
+            return Ok(());
+        }
+        let buf = self
+            .inner
+            .ring
+            .read_sync(pblk * BLOCK, AlignedBuf::zeroed(1))
+            .map_err(|e| self.inner.io_failed("read", pblk, e, false))?;
+        out.copy_from_slice(&buf);
+        Ok(())
     }
 
     /// Under the metadata lock: give new blocks to the holes of `[b0, b0+n)` and to blocks
-    /// this layer does not own (copy-on-write), append their records, update size and times.
-    /// Returns where the blocks go and the data epoch the write belongs to.
+    /// this layer does not own (copy-on-write), append their records, update size and times,
+    /// and enter every block in the table of writes in flight before the new mapping is
+    /// visible. Returns where the blocks go, or the blocks an earlier write is still writing
+    /// in place (nothing changed then: wait for them and plan again).
     fn plan_write(
         &self,
         node: Node,
@@ -360,7 +435,8 @@ impl Engine {
         n: usize,
         end: u64,
         kill_suidgid: bool,
-    ) -> Result<WritePlan> {
+        buf: &Arc<AlignedBuf>,
+    ) -> Result<Planned> {
         self.change(node, |t, ino| {
             let epoch = t.m.epoch;
             let owner = t.layer()?.owner;
@@ -375,6 +451,14 @@ impl Engine {
             let relocate =
                 n as u64 >= RELOCATE_MIN_BLOCKS && runs.len() as u64 * RELOCATE_MIN_RUN > n as u64;
             let fresh = |r: &Run| relocate || r.pblk.is_none() || r.owner != owner;
+            let in_place: Vec<(u64, u64)> = runs
+                .iter()
+                .filter(|r| !fresh(r))
+                .filter_map(|r| r.pblk.map(|p| (p, r.len)))
+                .collect();
+            if self.inner.inflight.any_in_flight(&in_place) {
+                return Ok(Planned::WaitFor(in_place));
+            }
             let need: u64 = runs.iter().filter(|r| fresh(r)).map(|r| r.len).sum();
             let mut phys: Vec<(u64, u64, u64)> = Vec::new(); // (logical, physical, len)
             let allocating = need > 0;
@@ -447,38 +531,41 @@ impl Engine {
                 l.tree.inodes.get_mut(&ino).ok_or(errno(libc::ENOENT))?.attr = a;
                 t.m.dirty.insert(node);
             }
+            // Merge physically contiguous pieces into device writes, and enter them in the
+            // table of writes in flight while the lock still hides the new mapping.
+            let mut ios: Vec<(usize, u64, usize)> = Vec::new(); // (index in buf, physical, len)
+            for (l, p, len) in phys {
+                let idx = (l - b0) as usize;
+                match ios.last_mut() {
+                    Some(io) if io.0 + io.2 == idx && io.1 + io.2 as u64 == p => {
+                        io.2 += len as usize
+                    }
+                    _ => ios.push((idx, p, len as usize)),
+                }
+            }
+            for &(idx, p, len) in &ios {
+                self.inner.inflight.insert(p, len as u64, buf.clone(), idx);
+            }
             // Every data write belongs to the epoch it was planned in: a commit waits for its
             // epoch's writes before the blocks it frees can be reused (so an in-place write
             // still in flight never lands on a block that changed hands), and allocating
             // writes are on the device before the records that map them.
-            self.inner.data_inflight[epoch].fetch_add(1, Ordering::SeqCst);
-            Ok(WritePlan {
-                pieces: phys,
-                epoch,
-            })
+            Ok(Planned::Ready(WritePlan {
+                ios,
+                epoch: EpochToken::join(&self.inner, epoch),
+            }))
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn submit_write(
         &self,
-        phys: Vec<(u64, u64, u64)>,
-        epoch: usize,
-        b0: u64,
-        buf: AlignedBuf,
+        plan: WritePlan,
+        buf: Arc<AlignedBuf>,
         data_len: usize,
         guard: Option<parking_lot::MutexGuard<'_, ()>>,
         cb: Cb<u32>,
     ) {
-        // Merge physically contiguous pieces into device writes.
-        let mut ios: Vec<(usize, u64, usize)> = Vec::new();
-        for (l, p, len) in phys {
-            let idx = (l - b0) as usize;
-            match ios.last_mut() {
-                Some(io) if io.0 + io.2 == idx && io.1 + io.2 as u64 == p => io.2 += len as usize,
-                _ => ios.push((idx, p, len as usize)),
-            }
-        }
+        let WritePlan { ios, epoch } = plan;
         for (idx, p, len) in &ios {
             for k in 0..*len {
                 let i = idx + k;
@@ -492,68 +579,59 @@ impl Engine {
         c.write_ops.fetch_add(1, Ordering::Relaxed);
         c.write_bytes.fetch_add(data_len as u64, Ordering::Relaxed);
         let total = data_len as u32;
+        // Answer now unless too much already waits for the device (then the completion
+        // answers, which holds a writer faster than the disk back).
+        let early = !self
+            .inner
+            .inflight
+            .over_limit(self.inner.opts.write_buffer_bytes);
+        let mut cb = Some(cb);
+        let late_cb = if early { None } else { cb.take() };
         let inner = self.inner.clone();
         let t_dev = self.inner.stats.device_start();
-        let finish = move |res: Result<()>| {
-            inner.data_inflight[epoch].fetch_sub(1, Ordering::SeqCst);
-            {
-                let _l = inner.data_cv.0.lock();
-                inner.data_cv.1.notify_all();
-            }
-            cb(res.map(|_| total));
-        };
-        if ios.len() == 1 {
-            let (_, p, _) = ios[0];
-            let inner = self.inner.clone();
-            self.inner.ring.submit(vec![IoReq {
-                op: Op::Write,
-                offset: p * BLOCK,
-                buf,
-                done: Box::new(move |r| {
-                    inner.stats.device_done(true, t_dev);
-                    finish(
-                        r.map(|_| ())
-                            .map_err(|e| inner.io_failed("write", p, e, true)),
-                    )
-                }),
-            }]);
-            return;
-        }
         struct Join {
             left: usize,
             err: Option<Error>,
-            finish: Option<Box<dyn FnOnce(Result<()>) + Send>>,
+            cb: Option<Cb<u32>>,
+            _epoch: EpochToken,
         }
         let j = Arc::new(Mutex::new(Join {
             left: ios.len(),
             err: None,
-            finish: Some(Box::new(finish)),
+            cb: late_cb,
+            _epoch: epoch,
         }));
         let reqs = ios
             .into_iter()
             .map(|(idx, p, len)| {
-                let mut b = AlignedBuf::zeroed(len);
-                b.copy_from_slice(&buf[idx * BLOCK_SIZE..(idx + len) * BLOCK_SIZE]);
                 let j = j.clone();
-                let inner = self.inner.clone();
+                let inner = inner.clone();
                 IoReq {
                     op: Op::Write,
                     offset: p * BLOCK,
-                    buf: b,
+                    buf: IoBuf::Shared {
+                        buf: buf.clone(),
+                        first: idx,
+                        n: len,
+                    },
                     done: Box::new(move |r| {
                         inner.stats.device_done(true, t_dev);
+                        // A failed write latches the file system read-only: fsync reports it.
+                        let r = r.map_err(|e| inner.io_failed("write", p, e, true));
+                        inner.inflight.remove(p);
                         let mut j = j.lock();
                         if let Err(e) = r {
-                            j.err = Some(inner.io_failed("write", p, e, true));
+                            j.err = Some(e);
                         }
                         j.left -= 1;
                         if j.left == 0 {
                             let e = j.err.take();
-                            if let Some(f) = j.finish.take() {
-                                drop(j);
-                                f(match e {
+                            let cb = j.cb.take();
+                            drop(j);
+                            if let Some(cb) = cb {
+                                cb(match e {
                                     Some(e) => Err(e),
-                                    None => Ok(()),
+                                    None => Ok(total),
                                 });
                             }
                         }
@@ -562,6 +640,9 @@ impl Engine {
             })
             .collect();
         self.inner.ring.submit(reqs);
+        if let Some(cb) = cb {
+            cb(Ok(total));
+        }
     }
 
     /// Blocking write helper (copy_file_range, fallocate).

@@ -21,6 +21,7 @@ use crate::codec::Enc;
 use crate::device::Device;
 use crate::error::{errno, Error, Result};
 use crate::format::{Superblock, Time, BLOCK, ROOT_INO};
+use crate::inflight::Inflight;
 use crate::layer::Layers;
 use crate::meta::*;
 use crate::node::{split, Node};
@@ -69,6 +70,8 @@ pub(crate) struct Inner {
     /// Allocating data writes in flight per epoch; a commit waits for its epoch to drain.
     pub(crate) data_inflight: [AtomicU64; 2],
     pub(crate) data_cv: (Mutex<()>, Condvar),
+    /// Data writes the device has not finished (readers are served from here).
+    pub(crate) inflight: Inflight,
     pub(crate) commitq: Mutex<CommitQueue>,
     pub(crate) commit_cv: Condvar,
     /// Per-inode lock serialising changes of a file's block map.
@@ -137,6 +140,7 @@ impl Engine {
             poison: Poison::default(),
             data_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             data_cv: (Mutex::new(()), Condvar::new()),
+            inflight: Inflight::default(),
             commitq: Mutex::new(CommitQueue {
                 waiters: Vec::new(),
                 stop: false,

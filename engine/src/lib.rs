@@ -33,6 +33,7 @@ mod data;
 mod device;
 mod engine;
 mod error;
+mod inflight;
 mod layer_ops;
 mod mkfs;
 mod namespace;

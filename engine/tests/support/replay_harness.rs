@@ -324,6 +324,7 @@ pub fn opts() -> Options {
         // Only the workload's fsyncs commit: the log is deterministic.
         commit_interval: Duration::from_secs(3600),
         stats: false,
+        ..Default::default()
     }
 }
 
