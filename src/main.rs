@@ -368,6 +368,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
             }
         };
     fusefront::watch_layers(&session, &eng);
+    fusefront::flush_on_freeze(&eng, mp);
     let mut unmounter = session.unmount_callable();
     let mp_owned = mp.to_path_buf();
     std::thread::Builder::new()

@@ -15,6 +15,7 @@ use crate::format::*;
 use crate::meta::*;
 use crate::node::{split, Node};
 use crate::ring::{IoBuf, IoReq, Op};
+use crate::txn::CAPS_XATTR;
 
 /// Largest file size: 1 PiB (2^50 bytes, 2^38 blocks), beyond any device, and small enough
 /// that offset arithmetic in bytes never overflows a u64.
@@ -521,7 +522,13 @@ impl Engine {
                     a.mode &= !libc::S_ISGID;
                 }
             }
-            if end > a.size || allocating || kill_suidgid {
+            // Any write drops file capabilities (the kernel leaves it to us, as it leaves
+            // set-user-id: FUSE_HANDLE_KILLPRIV_V2).
+            let had_caps = t.inode(ino)?.xattrs.contains_key(CAPS_XATTR);
+            if had_caps {
+                t.drop_capabilities(ino)?;
+            }
+            if end > a.size || allocating || kill_suidgid || had_caps {
                 a.size = a.size.max(end);
                 t.set_attr(ino, a)?;
             } else {

@@ -22,6 +22,7 @@ use crate::device::Device;
 use crate::error::{errno, Error, Result};
 use crate::format::{Superblock, Time, BLOCK, ROOT_INO};
 use crate::inflight::Inflight;
+use crate::kernel_cache::KernelFlush;
 use crate::layer::Layers;
 use crate::meta::*;
 use crate::node::{split, Node};
@@ -83,6 +84,8 @@ pub(crate) struct Inner {
     pub(crate) started: Time,
     /// Told the id of every layer that goes away (the FUSE front drops the kernel's entry).
     pub(crate) layer_listener: Mutex<Option<LayerListener>>,
+    /// Writes the kernel's dirty pages back (see `kernel_cache`).
+    pub(crate) kernel_flush: Mutex<Option<KernelFlush>>,
 }
 
 /// Called with the id of a layer that was removed.
@@ -151,6 +154,7 @@ impl Engine {
             counters: Counters::default(),
             started: Time::now(),
             layer_listener: Mutex::new(None),
+            kernel_flush: Mutex::new(None),
         });
         // Files unlinked while open when the last session ended (active layers only: a frozen
         // layer's tree is shared by its children).

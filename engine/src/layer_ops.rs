@@ -209,6 +209,8 @@ impl Engine {
         labels: Option<BTreeMap<String, String>>,
     ) -> Result<LayerInfo> {
         let labels = labels.as_ref().map(label_list).transpose()?;
+        // What the layer's files hold includes the kernel's dirty pages.
+        self.flush_kernel_cache();
         let slot = self.layer_change(|m| {
             let s = Self::slot_named(m, id)?;
             match m.layers.get(s).map(|l| l.state) {
@@ -236,6 +238,7 @@ impl Engine {
     /// Freeze the current state of active layer `id` into a new committed layer `new_parent`
     /// (which takes its place in the chain), in O(1); `id` stays active on top of it.
     pub fn layer_snapshot(&self, id: &str, new_parent: &str) -> Result<LayerInfo> {
+        self.flush_kernel_cache();
         let slot = self.layer_change(|m| {
             let s = Self::slot_named(m, id)?;
             if m.layers.get(s).map(|l| l.state) != Some(LayerState::Active) {

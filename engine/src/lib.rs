@@ -9,7 +9,8 @@
 //! - The operations: `namespace.rs` (lookup, create, link, unlink, rename, readdir,
 //!   attributes, xattrs, statfs), `data.rs` (read, write with copy-on-write, fallocate,
 //!   copy_file_range, SEEK_DATA/HOLE), `layer_ops.rs` (create, clone, commit, snapshot, remove),
-//!   `commit.rs` (fsync, group commit, the commit thread), `checkpoint.rs`.
+//!   `commit.rs` (fsync, group commit, the commit thread), `checkpoint.rs`,
+//!   `kernel_cache.rs` (what the kernel page cache may hold; flushing it).
 //!   Metadata changes go through a `Txn` (`txn.rs`) that applies journal records.
 //! - The data model: [`meta`] (inodes, extents with ownership tags, directories, journal
 //!   records), [`layer`] (layers and their checkpoint encoding), `node.rs` (node ids).
@@ -17,7 +18,8 @@
 //!   (chunk and checkpoint-block framing), `mkfs.rs`, `recovery.rs` (superblock, checkpoint,
 //!   journal replay), [`fsck`].
 //! - Below: `alloc.rs` (free space), `cache.rs` (the block cache shared by every layer),
-//!   `ring.rs` (io_uring threads), `device.rs` (O_DIRECT file or block device, aligned
+//!   `inflight.rs` (data writes the device has not finished), `ring.rs` (io_uring
+//!   threads), `device.rs` (O_DIRECT file or block device, aligned
 //!   buffers, fault injection), `poison.rs` (read-only after a failed write).
 //! - Beside: [`stats`] (per-layer and daemon statistics), [`diff`] (what a layer changed,
 //!   for OCI export).
@@ -34,6 +36,7 @@ mod device;
 mod engine;
 mod error;
 mod inflight;
+mod kernel_cache;
 mod layer_ops;
 mod mkfs;
 mod namespace;
@@ -61,6 +64,7 @@ pub use device::{prepare_image, AlignedBuf, Device, FaultOp, FileDevice, MemDevi
 pub use engine::{Engine, LayerListener};
 pub use error::{Error, Result};
 pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};
+pub use kernel_cache::{CacheMode, KernelFlush, WRITEBACK_RESERVE};
 pub use layer_ops::LayerInfo;
 pub use meta::{Attr, Ino, LayerState, Name, Slot};
 pub use mkfs::{mkfs, DEFAULT_LAYER};

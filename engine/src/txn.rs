@@ -10,6 +10,9 @@ use crate::layer::Layer;
 use crate::meta::*;
 use crate::node::{node_of, Node};
 
+/// The extended attribute that holds file capabilities.
+pub(crate) const CAPS_XATTR: &[u8] = b"security.capability";
+
 pub(crate) fn sectors(attr: &Attr, i: &Inode) -> u64 {
     match i.extents() {
         Some(x) => x.blocks() * (BLOCK / 512),
@@ -84,6 +87,18 @@ impl Txn<'_> {
             self.set_attr(ino, a)
         }
     }
+    /// Remove the file capabilities (`security.capability`) a write, truncate or chown
+    /// invalidates.
+    pub(crate) fn drop_capabilities(&mut self, ino: Ino) -> Result<()> {
+        if self.inode(ino)?.xattrs.contains_key(CAPS_XATTR) {
+            self.rec(Record::RmXattr {
+                ino,
+                name: std::sync::Arc::from(CAPS_XATTR),
+            })?;
+        }
+        Ok(())
+    }
+
     /// An inode's metadata changed (ctime only).
     pub(crate) fn touch_ctime(&mut self, ino: Ino, now: Time) -> Result<()> {
         let mut a = self.attr(ino)?;
