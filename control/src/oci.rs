@@ -209,7 +209,7 @@ impl Inflight {
             node,
             off,
             data,
-            false,
+            engine::KillPriv::NONE,
             Box::new(move |r| {
                 let mut g = me.lock();
                 g.0 -= len;

@@ -53,8 +53,26 @@ pub struct SetAttr {
     pub atime: Option<Time>,
     pub mtime: Option<Time>,
     pub ctime: Option<Time>,
-    /// Clear set-user-id and set-group-id (as a write by an unprivileged user does).
-    pub kill_suidgid: bool,
+    /// What the change clears besides (see [`KillPriv`]).
+    pub kill: KillPriv,
+}
+
+/// What a write, truncate or chown through the mount clears, as the kernel's VFS does (with
+/// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves it to the file system): set-user-id, and
+/// set-group-id when group execute is set; file capabilities (`security.capability`).
+/// Engine-internal callers (the OCI importer) clear nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillPriv {
+    pub suid_sgid: bool,
+    pub caps: bool,
+}
+
+impl KillPriv {
+    /// Clear nothing.
+    pub const NONE: KillPriv = KillPriv {
+        suid_sgid: false,
+        caps: false,
+    };
 }
 
 /// Who is asking (for ownership of new files).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::api::{Cb, ReadCb, SetAttr};
+use crate::api::{Cb, KillPriv, ReadCb, SetAttr};
 use crate::device::AlignedBuf;
 use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
@@ -304,9 +304,9 @@ impl Engine {
     /// table of writes in flight (readers see it from then on), or, when more than
     /// `Options::write_buffer_bytes` wait for the device, once it is on the device. Durability
     /// is fsync's: it waits for every write answered before it.
-    pub fn write(&self, node: Node, offset: u64, data: &[u8], kill_suidgid: bool, cb: Cb<u32>) {
+    pub fn write(&self, node: Node, offset: u64, data: &[u8], kill: KillPriv, cb: Cb<u32>) {
         let cb = self.inner.stats.track_write(node, cb);
-        self.write_impl(node, offset, data, kill_suidgid, cb, FileLock::Take)
+        self.write_impl(node, offset, data, kill, cb, FileLock::Take)
     }
 
     /// Blocking write by a caller that already holds the file's lock.
@@ -315,7 +315,7 @@ impl Engine {
         let cb: Cb<u32> = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.write_impl(node, offset, data, false, cb, FileLock::Held);
+        self.write_impl(node, offset, data, KillPriv::NONE, cb, FileLock::Held);
         rx.recv().unwrap_or(Err(Error::Poisoned))
     }
 
@@ -324,7 +324,7 @@ impl Engine {
         node: Node,
         offset: u64,
         data: &[u8],
-        kill_suidgid: bool,
+        kill: KillPriv,
         cb: Cb<u32>,
         lock_mode: FileLock,
     ) {
@@ -391,7 +391,7 @@ impl Engine {
         // (the file's lock keeps anyone else from starting one meanwhile).
         let mut committed = false;
         let plan = loop {
-            match self.plan_write(node, b0, n, end, kill_suidgid, &buf) {
+            match self.plan_write(node, b0, n, end, kill, &buf) {
                 Ok(Planned::Ready(p)) => break Ok(p),
                 Ok(Planned::WaitFor(busy)) => self.inner.inflight.wait_clear(&busy),
                 Err(Error::NoSpace)
@@ -435,7 +435,7 @@ impl Engine {
         b0: u64,
         n: usize,
         end: u64,
-        kill_suidgid: bool,
+        kill: KillPriv,
         buf: &Arc<AlignedBuf>,
     ) -> Result<Planned> {
         self.change(node, |t, ino| {
@@ -516,15 +516,14 @@ impl Engine {
             let now = Time::now();
             a.mtime = now;
             a.ctime = now;
+            let kill_suidgid = kill.suid_sgid && a.mode & (libc::S_ISUID | libc::S_ISGID) != 0;
             if kill_suidgid {
                 a.mode &= !libc::S_ISUID;
                 if a.mode & 0o010 != 0 {
                     a.mode &= !libc::S_ISGID;
                 }
             }
-            // Any write drops file capabilities (the kernel leaves it to us, as it leaves
-            // set-user-id: FUSE_HANDLE_KILLPRIV_V2).
-            let had_caps = t.inode(ino)?.xattrs.contains_key(CAPS_XATTR);
+            let had_caps = kill.caps && t.inode(ino)?.xattrs.contains_key(CAPS_XATTR);
             if had_caps {
                 t.drop_capabilities(ino)?;
             }
@@ -659,7 +658,7 @@ impl Engine {
             node,
             offset,
             data,
-            false,
+            KillPriv::NONE,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),

@@ -484,19 +484,16 @@ impl Engine {
             if let Some(gid) = s.gid {
                 a.gid = gid;
             }
-            // What the kernel leaves to us (FUSE_HANDLE_KILLPRIV_V2), as its VFS does: a
-            // chown of a non-directory clears set-user-id (and set-group-id when group
-            // execute is set) whoever asks; a truncation clears them when asked (an
-            // unprivileged caller); both drop file capabilities.
-            let chown = s.uid.is_some() || s.gid.is_some();
-            if s.kill_suidgid || (chown && !a.is_dir()) {
-                a.mode &= !libc::S_ISUID;
-                if a.mode & 0o010 != 0 {
-                    a.mode &= !libc::S_ISGID;
+            if !a.is_dir() {
+                if s.kill.suid_sgid {
+                    a.mode &= !libc::S_ISUID;
+                    if a.mode & 0o010 != 0 {
+                        a.mode &= !libc::S_ISGID;
+                    }
                 }
-            }
-            if (chown || s.size.is_some()) && !a.is_dir() {
-                t.drop_capabilities(ino)?;
+                if s.kill.caps {
+                    t.drop_capabilities(ino)?;
+                }
             }
             if let Some(size) = s.size {
                 if a.is_dir() {

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use engine::{CacheMode, Caller, Engine, Error, SetAttr, Stat, Time};
+use engine::{CacheMode, Caller, Engine, Error, KillPriv, SetAttr, Stat, Time};
 use fuser::{
     Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
@@ -281,10 +281,14 @@ impl Filesystem for StrataFs {
             atime: atime.map(time_or_now),
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_systime),
-            // With FUSE_HANDLE_KILLPRIV_V2 the kernel asks a truncation by a caller without
-            // CAP_FSETID to clear set-user-id; fuser does not pass that flag on, so a caller
-            // other than root stands for it.
-            kill_suidgid: size.is_some() && req.uid() != 0,
+            // With FUSE_HANDLE_KILLPRIV_V2 this is ours, as the VFS does it: a chown clears
+            // set-user-id (set-group-id when group execute is set) whoever asks, a truncation
+            // when the caller lacks CAP_FSETID (fuser does not pass the kernel's flag on: a
+            // caller other than root stands for it); both drop file capabilities.
+            kill: KillPriv {
+                suid_sgid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
+                caps: uid.is_some() || gid.is_some() || size.is_some(),
+            },
         };
         match self.engine.setattr(ino.0, s) {
             Ok(st) => reply.attr(ttl(st.ino), &attr(&st)),
@@ -442,7 +446,12 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        // A write drops file capabilities, and set-user-id / set-group-id when the kernel says
+        // the writer lacks CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2 leaves both to us).
+        let kill = KillPriv {
+            suid_sgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+            caps: true,
+        };
         self.engine.write(
             ino.0,
             offset,
