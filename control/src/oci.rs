@@ -210,6 +210,7 @@ impl Inflight {
             off,
             data,
             engine::KillPriv::NONE,
+            engine::WriteTimes::Set,
             Box::new(move |r| {
                 let mut g = me.lock();
                 g.0 -= len;

@@ -75,6 +75,16 @@ impl KillPriv {
     };
 }
 
+/// Who keeps a file's mtime and ctime when it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteTimes {
+    /// The write sets them to now.
+    Set,
+    /// The kernel keeps them (its write-back cache): it sends them with a setattr of its own,
+    /// which a page written back after it must not overwrite.
+    Kernel,
+}
+
 /// Who is asking (for ownership of new files).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Caller {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::api::{Cb, KillPriv, ReadCb, SetAttr};
+use crate::api::{Cb, KillPriv, ReadCb, SetAttr, WriteTimes};
 use crate::device::AlignedBuf;
 use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
@@ -304,9 +304,17 @@ impl Engine {
     /// table of writes in flight (readers see it from then on), or, when more than
     /// `Options::write_buffer_bytes` wait for the device, once it is on the device. Durability
     /// is fsync's: it waits for every write answered before it.
-    pub fn write(&self, node: Node, offset: u64, data: &[u8], kill: KillPriv, cb: Cb<u32>) {
+    pub fn write(
+        &self,
+        node: Node,
+        offset: u64,
+        data: &[u8],
+        kill: KillPriv,
+        times: WriteTimes,
+        cb: Cb<u32>,
+    ) {
         let cb = self.inner.stats.track_write(node, cb);
-        self.write_impl(node, offset, data, kill, cb, FileLock::Take)
+        self.write_impl(node, offset, data, (kill, times), cb, FileLock::Take)
     }
 
     /// Blocking write by a caller that already holds the file's lock.
@@ -315,7 +323,14 @@ impl Engine {
         let cb: Cb<u32> = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.write_impl(node, offset, data, KillPriv::NONE, cb, FileLock::Held);
+        self.write_impl(
+            node,
+            offset,
+            data,
+            (KillPriv::NONE, WriteTimes::Set),
+            cb,
+            FileLock::Held,
+        );
         rx.recv().unwrap_or(Err(Error::Poisoned))
     }
 
@@ -324,7 +339,7 @@ impl Engine {
         node: Node,
         offset: u64,
         data: &[u8],
-        kill: KillPriv,
+        (kill, times): (KillPriv, WriteTimes),
         cb: Cb<u32>,
         lock_mode: FileLock,
     ) {
@@ -391,7 +406,7 @@ impl Engine {
         // (the file's lock keeps anyone else from starting one meanwhile).
         let mut committed = false;
         let plan = loop {
-            match self.plan_write(node, b0, n, end, kill, &buf) {
+            match self.plan_write(node, b0, n, end, (kill, times), &buf) {
                 Ok(Planned::Ready(p)) => break Ok(p),
                 Ok(Planned::WaitFor(busy)) => self.inner.inflight.wait_clear(&busy),
                 Err(Error::NoSpace)
@@ -435,7 +450,7 @@ impl Engine {
         b0: u64,
         n: usize,
         end: u64,
-        kill: KillPriv,
+        (kill, times): (KillPriv, WriteTimes),
         buf: &Arc<AlignedBuf>,
     ) -> Result<Planned> {
         self.change(node, |t, ino| {
@@ -513,9 +528,12 @@ impl Engine {
                     .map(|r| (r.lblk, r.pblk.unwrap_or(0), r.len))
                     .collect();
             }
-            let now = Time::now();
-            a.mtime = now;
-            a.ctime = now;
+            let set_times = times == WriteTimes::Set;
+            if set_times {
+                let now = Time::now();
+                a.mtime = now;
+                a.ctime = now;
+            }
             let kill_suidgid = kill.suid_sgid && a.mode & (libc::S_ISUID | libc::S_ISGID) != 0;
             if kill_suidgid {
                 a.mode &= !libc::S_ISUID;
@@ -530,7 +548,7 @@ impl Engine {
             if end > a.size || allocating || kill_suidgid || had_caps {
                 a.size = a.size.max(end);
                 t.set_attr(ino, a)?;
-            } else {
+            } else if set_times {
                 // In-place overwrite: the new times are journaled at the next commit.
                 let slot = t.slot;
                 let l = t.m.layers.map.get_mut(&slot).ok_or(errno(libc::ENOENT))?;
@@ -659,6 +677,7 @@ impl Engine {
             offset,
             data,
             KillPriv::NONE,
+            WriteTimes::Set,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),

@@ -58,7 +58,9 @@ pub mod diff;
 pub mod fsck;
 pub mod stats;
 
-pub use api::{Caller, Cb, Counters, DirEntry, KillPriv, Options, ReadCb, SetAttr, Stat, StatFs};
+pub use api::{
+    Caller, Cb, Counters, DirEntry, KillPriv, Options, ReadCb, SetAttr, Stat, StatFs, WriteTimes,
+};
 pub use data::MAX_FILE_SIZE;
 pub use device::{prepare_image, AlignedBuf, Device, FaultOp, FileDevice, MemDevice};
 pub use engine::{Engine, LayerListener};

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use engine::{CacheMode, Caller, Engine, Error, KillPriv, SetAttr, Stat, Time};
+use engine::{CacheMode, Caller, Engine, Error, KillPriv, SetAttr, Stat, Time, WriteTimes};
 use fuser::{
     Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
@@ -452,11 +452,19 @@ impl Filesystem for StrataFs {
             suid_sgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
             caps: true,
         };
+        // A page the kernel's write-back cache sends: the kernel keeps the file's times and
+        // sends them itself (a setattr that may come before this page).
+        let times = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+            WriteTimes::Kernel
+        } else {
+            WriteTimes::Set
+        };
         self.engine.write(
             ino.0,
             offset,
             data,
             kill,
+            times,
             Box::new(move |r| match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
