@@ -3,6 +3,8 @@
 //! seeded mutations of it, bounded in count and time. The bodies are shared with the
 //! cargo-fuzz targets (`fuzz/bodies/control.rs`).
 
+#![forbid(unsafe_code)]
+
 // Included by path, not a dependency: the fuzz crate is outside the workspace (its own lock
 // file, nightly cargo-fuzz) and builds the same file into its targets.
 #[path = "../../fuzz/bodies/control.rs"]

@@ -7,6 +7,8 @@
 //! byte for byte. A crash during an import may leave that layer absent or partly imported
 //! (active).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

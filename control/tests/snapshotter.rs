@@ -3,6 +3,8 @@
 //! containerd maps back to its errors. tests/containerd.rs drives the same code through a
 //! real containerd.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;

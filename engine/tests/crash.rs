@@ -2,6 +2,8 @@
 //! workload (what `kill -9` or a power cut leaves, as the in-memory device has no cache), and
 //! each copy must recover to a consistent tree that holds every file whose fsync returned.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

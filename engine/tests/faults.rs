@@ -3,6 +3,8 @@
 //! reports success after data was lost), never panics, and recovers to a consistent state
 //! when opened again on a healthy device.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

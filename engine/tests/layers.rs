@@ -2,6 +2,8 @@
 //! siblings; a chain of 100 layers checked against a model, across a remount; space returned
 //! by removal; crash points during layer operations.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,6 +7,8 @@
 //! Run with `cargo test --release -p strata-engine --test replay -- --nocapture` to see how
 //! many crash images each workload checked.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -3,6 +3,8 @@
 //! fails the test instead of hanging it); afterwards every worker's files match its model,
 //! fsck is clean, and a reopen shows the same.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
