@@ -1311,9 +1311,11 @@ fn sticky_scenario(base: &Path) -> Vec<String> {
     ));
     // and without write permission nobody but root may
     chmod(&p, 0o0755);
+    // (The path is made here: the forked child only makes system calls.)
+    let g2 = cstr(&p.join("g2"));
     obs.push(format!(
         "1001 create open/g2: {}",
-        errno_name(as_user(1001, 1001, || create(&cstr(&p.join("g2")))))
+        errno_name(as_user(1001, 1001, || create(&g2)))
     ));
     obs
 }
