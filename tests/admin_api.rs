@@ -4,46 +4,23 @@
 //! CLI end to end (the binary talking to the in-process server). No FUSE, no root needed
 //! (one test also checks the "layer is mounted" refusal with real bind mounts when root).
 
+#![forbid(unsafe_code)]
+
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control::admin::{self, serde_json, serde_json::Value, AdminHandle};
-use engine::{Device, Engine, MemDevice, Options};
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// A temporary directory, removed on drop.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(name: &str) -> Tmp {
-        let p = std::env::temp_dir().join(format!(
-            "strata-admin-{name}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use engine::{Engine, Options};
+use testkit::{assert_no_panic, mem_engine, strata, MountGuard, Rng, TestDir};
 
 fn new_engine() -> Arc<Engine> {
-    let dev = MemDevice::new(64 << 20);
-    engine::mkfs(&dev, 0, 0).unwrap();
-    Engine::open(Arc::new(dev) as Arc<dyn Device>, Options::default()).unwrap()
+    mem_engine(64 << 20, Options::default()).1
 }
 
 struct Server {
@@ -51,15 +28,15 @@ struct Server {
     sock: PathBuf,
     mnt: PathBuf,
     engine: Arc<Engine>,
-    tmp: Tmp,
+    tmp: TestDir,
 }
 
 impl Server {
     fn start(name: &str) -> Server {
-        let tmp = Tmp::new(name);
+        let tmp = TestDir::new(&format!("admin-{name}"));
         // A directory that does not exist yet: serve_admin creates it 0700.
-        let sock = tmp.0.join("run").join("strata.sock");
-        let mnt = tmp.0.join("mnt");
+        let sock = tmp.join("run").join("strata.sock");
+        let mnt = tmp.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         let eng = new_engine();
         let handle = admin::serve_admin(&sock, eng.clone(), mnt.clone()).unwrap();
@@ -186,13 +163,6 @@ fn post(path: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn xorshift(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
-
 #[test]
 fn socket_permissions_and_lifecycle() {
     let srv = Server::start("perm");
@@ -220,7 +190,7 @@ fn socket_permissions_and_lifecycle() {
     srv.assert_alive();
 
     // A file that is not a socket is not removed.
-    let plain = srv.tmp.0.join("plain");
+    let plain = srv.tmp.join("plain");
     std::fs::write(&plain, b"keep me").unwrap();
     assert!(admin::serve_admin(&plain, new_engine(), srv.mnt.clone()).is_err());
     assert_eq!(std::fs::read(&plain).unwrap(), b"keep me");
@@ -231,7 +201,7 @@ fn socket_permissions_and_lifecycle() {
     assert!(!srv.sock.exists(), "socket left after stop");
 
     // A stale socket (nobody listening) is replaced.
-    let stale = srv.tmp.0.join("stale.sock");
+    let stale = srv.tmp.join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
     let h = admin::serve_admin(&stale, new_engine(), srv.mnt.clone()).unwrap();
@@ -612,15 +582,15 @@ fn garbage_never_stops_the_server() {
     assert!(raw(&sock, b"").is_empty());
 
     // Random bytes.
-    let mut seed = 0x5eed_1234_abcd_ef01u64;
+    let mut rng = Rng::new(0x5eed_1234_abcd_ef01);
     for i in 0..200 {
         let len = match i % 4 {
-            0 => (xorshift(&mut seed) % 16) as usize + 1,
-            1 => (xorshift(&mut seed) % 512) as usize + 1,
-            2 => (xorshift(&mut seed) % 8192) as usize + 1,
-            _ => (xorshift(&mut seed) % 40_000) as usize + 1,
+            0 => rng.index(16) + 1,
+            1 => rng.index(512) + 1,
+            2 => rng.index(8192) + 1,
+            _ => rng.index(40_000) + 1,
         };
-        let mut bytes: Vec<u8> = (0..len).map(|_| xorshift(&mut seed) as u8).collect();
+        let mut bytes = rng.bytes(len);
         if i % 5 == 0 {
             // Random bytes after a plausible start, and random bytes with a blank line.
             let mut b = b"POST /v1/layers HTTP/1.1\r\nContent-Length: 20\r\n\r\n".to_vec();
@@ -941,8 +911,8 @@ fn connection_limit() {
 
 #[test]
 fn client_errors() {
-    let tmp = Tmp::new("client");
-    let missing = tmp.0.join("missing.sock");
+    let tmp = TestDir::new("admin-client");
+    let missing = tmp.join("missing.sock");
     let c = admin::Client::new(&missing);
     let e = c.list().unwrap_err().to_string();
     assert_eq!(
@@ -953,7 +923,7 @@ fn client_errors() {
         )
     );
     // A stale socket file with nobody listening.
-    let stale = tmp.0.join("stale.sock");
+    let stale = tmp.join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     let e = admin::Client::new(&stale).list().unwrap_err().to_string();
     assert!(e.starts_with("cannot reach the strata daemon"), "{e}");
@@ -990,24 +960,14 @@ fn client_errors() {
 }
 
 /// Run the `strata` binary's `layer` commands against the in-process server.
+/// (The socket option goes before the subcommand here: the other tests put it after.)
 fn cli(sock: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("--admin-socket")
-        .arg(sock)
-        .arg("layer")
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked"),
-        "strata layer {args:?}: {stderr}"
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
+    let mut all: Vec<&OsStr> = vec![OsStr::new("--admin-socket"), sock.as_os_str()];
+    all.push(OsStr::new("layer"));
+    all.extend(args.iter().map(OsStr::new));
+    let out = strata(&all);
+    assert_no_panic(&format!("strata layer {args:?}"), &out.stderr);
+    (out.code, out.stdout, out.stderr)
 }
 
 fn cli_ok(sock: &Path, args: &[&str]) -> String {
@@ -1094,7 +1054,7 @@ fn layer_cli() {
     assert_eq!(j["removed"], true);
 
     // No daemon.
-    let missing = srv.tmp.0.join("none.sock");
+    let missing = srv.tmp.join("none.sock");
     let (code, _, err) = cli(&missing, &["ls"]);
     assert_ne!(code, 0);
     assert_eq!(
@@ -1123,20 +1083,12 @@ fn remove_refused_while_mounted() {
         eprintln!("skipped: cannot mount a tmpfs (needs root)");
         return;
     }
-    struct Unmount(Vec<String>);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            for p in self.0.iter().rev() {
-                let _ = Command::new("umount").arg("-l").arg(p).status();
-            }
-        }
-    }
-    let mut guard = Unmount(vec![mnt.clone()]);
+    let _tmpfs = MountGuard::new(&mnt);
     let id = "app layer";
     let layer_dir = srv.mnt.join(id);
     std::fs::create_dir_all(layer_dir.join("etc")).unwrap();
-    let target = srv.tmp.0.join("container rootfs");
-    let target2 = srv.tmp.0.join("etc-only");
+    let target = srv.tmp.join("container rootfs");
+    let target2 = srv.tmp.join("etc-only");
     std::fs::create_dir_all(&target).unwrap();
     std::fs::create_dir_all(&target2).unwrap();
     std::fs::create_dir_all(srv.mnt.join("app")).unwrap();
@@ -1149,7 +1101,7 @@ fn remove_refused_while_mounted() {
         layer_dir.to_str().unwrap(),
         target.to_str().unwrap()
     ]));
-    guard.0.push(target.to_str().unwrap().to_string());
+    let bind = MountGuard::new(&target);
     let p = admin::layer_path(id, "");
     let v = srv.expect(409, "DELETE", &p, None);
     let msg = v["error"].as_str().unwrap();
@@ -1157,8 +1109,7 @@ fn remove_refused_while_mounted() {
     // A layer whose name is a prefix of the mounted one's is not affected.
     srv.expect(204, "DELETE", "/v1/layers/app", None);
 
-    assert!(run(&["umount", target.to_str().unwrap()]));
-    guard.0.pop();
+    assert!(bind.unmount());
     // A subdirectory of the layer mounted elsewhere counts too.
     assert!(run(&[
         "mount",
@@ -1166,10 +1117,9 @@ fn remove_refused_while_mounted() {
         layer_dir.join("etc").to_str().unwrap(),
         target2.to_str().unwrap()
     ]));
-    guard.0.push(target2.to_str().unwrap().to_string());
+    let bind = MountGuard::new(&target2);
     srv.expect(409, "DELETE", &p, None);
-    assert!(run(&["umount", target2.to_str().unwrap()]));
-    guard.0.pop();
+    assert!(bind.unmount());
 
     srv.expect(204, "DELETE", &p, None);
     srv.expect(404, "GET", &p, None);

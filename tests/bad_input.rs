@@ -2,15 +2,16 @@
 //! garbage images, truncated images, corrupt superblocks, a full device, read-only images,
 //! directories without O_DIRECT, a second mount of the same image, over-long names.
 
-mod common;
+#![forbid(unsafe_code)]
 
-use common::*;
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use testkit::*;
 
 /// Error output must be present, short, and not a panic.
 fn assert_clear_error(what: &str, stderr: &str) {
@@ -98,9 +99,8 @@ fn zero_length_image() {
 fn truncated_image() {
     require_root_and_fuse!();
     let td = TestDir::new("trunc");
-    let img = td.mkfs("256M");
-    let mnt = td.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (img, m) = td.mkfs_and_mount("256M");
+    let mnt = m.mnt.clone();
     for i in 0..20 {
         fs::write(m.root().join(format!("f{i}")), pattern(i, 1 << 20)).unwrap();
     }
@@ -226,9 +226,8 @@ fn superblock_slot_a_corrupt_mounts_via_b() {
 fn full_device_enospc() {
     require_root_and_fuse!();
     let td = TestDir::new("full");
-    let img = td.mkfs("64M");
-    let mnt = td.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (img, m) = td.mkfs_and_mount("64M");
+    let mnt = m.mnt.clone();
     let r = m.root();
     // Files that are fsynced before the device fills.
     for i in 0..3u64 {
@@ -380,33 +379,19 @@ fn read_only_loop_device() {
     expect_mount_failure(Path::new(&dev), &mnt, "mount of a read-only loop device");
 }
 
-/// A small file system without O_DIRECT under the test dir. tmpfs refuses O_DIRECT only
-/// before Linux 6.6; on newer kernels tmpfs accepts it, so fall back to ramfs.
-struct NoDirectFs(PathBuf);
-impl Drop for NoDirectFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 fn refuses_o_direct(dir: &Path) -> bool {
     let c = cstr(&dir.join("probe"));
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_CREAT | libc::O_RDWR | libc::O_DIRECT,
-            0o644,
-        )
-    };
-    let e = errno();
-    if fd >= 0 {
-        unsafe { libc::close(fd) };
-    }
+    let r = sys::open(&c, libc::O_CREAT | libc::O_RDWR | libc::O_DIRECT, 0o644);
+    let refused = matches!(r, Err(libc::EINVAL));
+    drop(r);
     let _ = fs::remove_file(dir.join("probe"));
-    fd < 0 && e == libc::EINVAL
+    refused
 }
 
-fn mount_no_direct_fs(td: &TestDir) -> Option<(NoDirectFs, &'static str)> {
+/// A small file system without O_DIRECT under the test dir (unmounted when the guard drops).
+/// tmpfs refuses O_DIRECT only before Linux 6.6; on newer kernels tmpfs accepts it, so fall
+/// back to ramfs.
+fn mount_no_direct_fs(td: &TestDir) -> Option<(MountGuard, &'static str)> {
     for fstype in ["tmpfs", "ramfs"] {
         let dir = td.mountpoint(fstype);
         let mut c = Command::new("mount");
@@ -424,7 +409,7 @@ fn mount_no_direct_fs(td: &TestDir) -> Option<(NoDirectFs, &'static str)> {
             eprintln!("cannot mount {fstype}");
             continue;
         }
-        let guard = NoDirectFs(dir.clone());
+        let guard = MountGuard::new(dir.clone());
         if refuses_o_direct(&dir) {
             return Some((guard, fstype));
         }
@@ -445,7 +430,7 @@ fn image_without_o_direct() {
     let mnt = td.mountpoint("mnt");
     // A valid image copied onto it: mount must name O_DIRECT.
     let good = td.mkfs("64M");
-    let copy = fsdir.0.join("copied.img");
+    let copy = fsdir.path().join("copied.img");
     let st = Command::new("cp")
         .arg("--sparse=always")
         .arg(&good)
@@ -459,7 +444,7 @@ fn image_without_o_direct() {
         "the error must mention O_DIRECT:\n{err}"
     );
     // mkfs directly there: either it refuses (naming O_DIRECT) or the mount does.
-    let img = fsdir.0.join("made.img");
+    let img = fsdir.path().join("made.img");
     let out = strata(&[
         OsStr::new("mkfs"),
         img.as_os_str(),
@@ -507,13 +492,6 @@ fn second_mount_refused() {
     let m = Mount::start(&img, &td.mountpoint("mnt1"));
     assert_eq!(fs::read(m.root().join("after")).unwrap(), b"2");
     m.stop();
-}
-
-fn errno_of<T>(r: std::io::Result<T>) -> i32 {
-    match r {
-        Ok(_) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(-1),
-    }
 }
 
 #[test]
@@ -577,11 +555,9 @@ fn name_too_long() {
             e,
             "unlink of a 256-byte name"
         );
-        let c = cstr(&p);
-        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFIFO | 0o644, 0) };
         assert_eq!(
-            (rc, if rc < 0 { errno() } else { 0 }),
-            (-1, e),
+            sys::mknod(&cstr(&p), libc::S_IFIFO | 0o644, 0),
+            Err(e),
             "mknod with a 256-byte name"
         );
         assert!(
@@ -592,34 +568,13 @@ fn name_too_long() {
     // xattr names: up to 255 bytes including the prefix; longer is ERANGE (VFS)
     let f = cstr(&r.join(&ok));
     let name = CString::new(format!("user.{}", "n".repeat(250))).unwrap();
-    let rc = unsafe {
-        libc::setxattr(
-            f.as_ptr(),
-            name.as_ptr(),
-            b"v".as_ptr() as *const libc::c_void,
-            1,
-            0,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setxattr with a 255-byte name: {}",
-        errno_name(errno())
-    );
+    if let Err(e) = sys::setxattr(&f, &name, b"v", 0) {
+        panic!("setxattr with a 255-byte name: {}", errno_name(e));
+    }
     let name = CString::new(format!("user.{}", "n".repeat(251))).unwrap();
-    let rc = unsafe {
-        libc::setxattr(
-            f.as_ptr(),
-            name.as_ptr(),
-            b"v".as_ptr() as *const libc::c_void,
-            1,
-            0,
-        )
-    };
     assert_eq!(
-        (rc, errno()),
-        (-1, libc::ERANGE),
+        sys::setxattr(&f, &name, b"v", 0),
+        Err(libc::ERANGE),
         "setxattr with a 256-byte name"
     );
     // survives remount

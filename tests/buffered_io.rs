@@ -11,66 +11,32 @@
 //! - A buffered writer that never calls fsync, killed with the daemon (kill -9), may lose
 //!   recent writes but never finds, after recovery, data in its file that nobody wrote there.
 
-mod common;
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::sys::{self, AlignedBuf, Mapping};
+use testkit::*;
 
 const BLOCK: usize = 4096;
 
 fn layer_ok(m: &Mount, args: &[&str]) -> String {
-    let out = Command::new(STRATA)
-        .arg("layer")
-        .args(args)
-        .arg("--admin-socket")
-        .arg(m.admin_socket())
-        .output()
-        .expect("run strata layer");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "strata layer {args:?}: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut all = vec!["layer"];
+    all.extend_from_slice(args);
+    m.cli_ok(&all)
 }
 
-/// A 4 KiB-aligned buffer for O_DIRECT.
-struct Aligned {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Aligned {
-    fn new(len: usize, fill: u8) -> Aligned {
-        let layout = std::alloc::Layout::from_size_align(len, BLOCK).expect("layout");
-        // SAFETY: non-zero size, valid alignment.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        assert!(!ptr.is_null());
-        // SAFETY: `ptr` points to `len` writable bytes.
-        unsafe { std::ptr::write_bytes(ptr, fill, len) };
-        Aligned { ptr, len }
-    }
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` holds `len` initialised bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and we hold the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len, BLOCK).expect("layout");
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, layout) };
-    }
+/// A 4 KiB-aligned buffer of `len` bytes of `fill` (for O_DIRECT).
+fn aligned(len: usize, fill: u8) -> AlignedBuf {
+    let mut b = AlignedBuf::new(len);
+    b.as_mut_slice().fill(fill);
+    b
 }
 
 /// Fill the free space with a file of `fill`, delete it and let the frees commit, so new
@@ -115,7 +81,7 @@ fn reader_racing_an_o_direct_appender_reads_only_written_bytes() {
         let writer = {
             let done = done.clone();
             std::thread::spawn(move || {
-                let a = Aligned::new(BLOCK, b'a');
+                let a = aligned(BLOCK, b'a');
                 for _ in 0..4096 {
                     (&w).write_all(a.as_slice()).expect("append");
                 }
@@ -127,7 +93,7 @@ fn reader_racing_an_o_direct_appender_reads_only_written_bytes() {
             .custom_flags(if direct_reader { libc::O_DIRECT } else { 0 })
             .open(&path)
             .expect("open reader");
-        let mut buf = Aligned::new(BLOCK, 0);
+        let mut buf = aligned(BLOCK, 0);
         let mut seen = 0u64;
         loop {
             let finished = done.load(Ordering::SeqCst);
@@ -186,38 +152,26 @@ fn writes_through_mmap_and_write_on_one_file_lose_nothing() {
             .open(&path)
             .expect("open");
         f.set_len((WORDS * 4) as u64).expect("size");
-        // SAFETY: a shared mapping of the whole (sized) file, unmapped below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                WORDS * 4,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "mmap");
-        let addr = map as usize;
+        let mut map =
+            Mapping::shared(&f, WORDS * 4, libc::PROT_READ | libc::PROT_WRITE, 0).expect("mmap");
         let value = move |i: usize| (round << 24) | i as u32 | 1;
-        // Even words through the mapping, odd words through pwrite, at the same time, on the
-        // same pages.
-        let mapper = std::thread::spawn(move || {
-            for i in (0..WORDS).step_by(2) {
-                // SAFETY: i < WORDS; the mapping covers WORDS u32s and outlives this thread.
-                unsafe { std::ptr::write_volatile((addr as *mut u32).add(i), value(i)) };
-            }
-        });
-        for i in (1..WORDS).step_by(2) {
-            f.write_at(&value(i).to_ne_bytes(), (i * 4) as u64)
-                .expect("pwrite");
+        // Odd words through pwrite (another thread), even words through the mapping, at the
+        // same time, on the same pages.
+        let writer = {
+            let f = f.try_clone().expect("dup");
+            std::thread::spawn(move || {
+                for i in (1..WORDS).step_by(2) {
+                    f.write_at(&value(i).to_ne_bytes(), (i * 4) as u64)
+                        .expect("pwrite");
+                }
+            })
+        };
+        for i in (0..WORDS).step_by(2) {
+            map.write(i * 4, &value(i).to_ne_bytes());
         }
-        mapper.join().expect("mapper");
-        // SAFETY: the mapping made above, of that length.
-        unsafe {
-            assert_eq!(libc::msync(map, WORDS * 4, libc::MS_SYNC), 0);
-            libc::munmap(map, WORDS * 4);
-        }
+        writer.join().expect("writer");
+        map.msync(libc::MS_SYNC).expect("msync");
+        map.unmap().expect("munmap");
         f.sync_all().expect("fsync");
         drop(f);
         for (what, data) in [
@@ -228,7 +182,7 @@ fn writes_through_mmap_and_write_on_one_file_lose_nothing() {
                     .custom_flags(libc::O_DIRECT)
                     .open(&path)
                     .expect("open O_DIRECT");
-                let mut b = Aligned::new(WORDS * 4, 0);
+                let mut b = aligned(WORDS * 4, 0);
                 let n = f.read_at(b.as_mut_slice(), 0).expect("read");
                 b.as_slice()[..n].to_vec()
             }),
@@ -294,18 +248,7 @@ fn unsynced_writes_are_in_the_layer_when_it_is_frozen_or_exported() {
     let mut g = File::create(mnt.join("run").join("exported")).expect("create");
     g.write_all(&data(99)).expect("write");
     let tar = t.join("run.tar");
-    let out = Command::new(STRATA)
-        .args(["export", "run", "-o"])
-        .arg(&tar)
-        .arg("--admin-socket")
-        .arg(m.admin_socket())
-        .output()
-        .expect("strata export");
-    assert!(
-        out.status.success(),
-        "export: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    m.cli_ok(&["export", "run", "-o", tar.to_str().expect("utf-8 path")]);
     drop(g);
     let mut ar = tar::Archive::new(File::open(&tar).expect("tar"));
     let mut found = false;
@@ -351,20 +294,14 @@ fn page_cache_stays_coherent() {
         .write(true)
         .open(&p)
         .expect("open");
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-    // SAFETY: fallocate on a descriptor we own.
-    let rc = unsafe {
-        libc::fallocate(
-            fd,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            5000,
-            20_000,
-        )
-    };
-    assert_eq!(rc, 0, "punch hole");
-    // SAFETY: as above.
-    let rc = unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 40_000, 3000) };
-    assert_eq!(rc, 0, "zero range");
+    sys::fallocate(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        5000,
+        20_000,
+    )
+    .expect("punch hole");
+    sys::fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 40_000, 3000).expect("zero range");
     let mut want = pattern(2, 64 * 1024);
     want[5000..25_000].fill(0);
     want[40_000..43_000].fill(0);
@@ -377,25 +314,11 @@ fn page_cache_stays_coherent() {
     let dst = r.join("cfr-dst");
     let s = File::open(&src).expect("open src");
     let d = File::create(&dst).expect("create dst");
-    let mut left = 200_000usize;
-    while left > 0 {
-        // SAFETY: copy_file_range between descriptors we own, with kernel-kept offsets.
-        let n = unsafe {
-            libc::copy_file_range(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                std::ptr::null_mut(),
-                std::os::fd::AsRawFd::as_raw_fd(&d),
-                std::ptr::null_mut(),
-                left,
-                0,
-            )
-        };
-        assert!(
-            n > 0,
-            "copy_file_range: {}",
-            std::io::Error::last_os_error()
-        );
-        left -= n as usize;
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    while off_out < 200_000 {
+        let n = sys::copy_file_range(&s, &mut off_in, &d, &mut off_out, 200_000)
+            .expect("copy_file_range");
+        assert!(n > 0, "copy_file_range made no progress");
     }
     drop(d);
     assert_eq!(fs::read(&dst).expect("read"), pattern(3, 200_000), "copy");
@@ -409,7 +332,7 @@ fn page_cache_stays_coherent() {
         .custom_flags(libc::O_DIRECT)
         .open(&p)
         .expect("open O_DIRECT");
-    let mut b = Aligned::new(8192, 0);
+    let mut b = aligned(8192, 0);
     direct.read_at(b.as_mut_slice(), 8192).expect("direct read");
     assert!(
         b.as_slice().iter().all(|&x| x == 1),

@@ -7,6 +7,8 @@
 //! view / label / usage / remove through `ctr snapshots`, restarts containerd and Strata, and
 //! lets containerd's garbage collector remove the image's snapshots.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -15,28 +17,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{oci_image, Mount, TestDir};
+use common::oci_image;
+use testkit::{Mount, TestDir};
 
 const IMAGE: &str = "docker.io/library/stratatest:1";
 const NS: &str = "strata-test";
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// Why this test cannot run here, if it cannot.
 fn skip() -> Option<String> {
-    if let Some(r) = common::skip_reason() {
+    if let Some(r) = testkit::skip_reason() {
         return Some(r);
     }
     for c in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
-        if !have(c) {
+        if testkit::on_path(c).is_none() {
             return Some(format!(
                 "{c} is not installed (apt-get install containerd runc)"
             ));
@@ -173,7 +166,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
     /// Run `ctr` against this containerd; returns (success, stdout, stderr).
     fn ctr(&self, args: &[&str]) -> (bool, String, String) {
-        let out = common::run_with_timeout(
+        let out = testkit::run_with_timeout(
             Command::new("ctr")
                 .arg("-a")
                 .arg(&self.sock)
@@ -197,7 +190,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = testkit::sys::kill(c.id(), libc::SIGTERM);
             let t = Instant::now();
             while c.try_wait().ok().flatten().is_none() {
                 if t.elapsed() > Duration::from_secs(20) {
@@ -216,7 +209,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
                 self.sock.display()
             ))
             .status();
-        for m in common::mounts_below(&self.dir) {
+        for m in testkit::mounts_below(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
     }
@@ -240,20 +233,9 @@ fn ctr_snapshots(c: &Containerd) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `strata layer ARGS` against the mount's admin socket, asserting success; its stdout.
-fn strata_layer(m: &Mount, args: &[&str]) -> String {
-    let sock = m.admin_socket();
-    let mut all: Vec<&std::ffi::OsStr> = vec!["layer".as_ref()];
-    all.extend(args.iter().map(std::ffi::OsStr::new));
-    all.extend(["--admin-socket".as_ref(), sock.as_os_str()]);
-    let out = common::strata(&all);
-    assert_eq!(out.code, 0, "strata layer {args:?}: {}", out.stderr);
-    out.stdout
-}
-
 /// Layer ids and states from `strata layer ls --json`.
 fn strata_layers(m: &Mount) -> BTreeMap<String, String> {
-    let out = strata_layer(m, &["ls", "--json"]);
+    let out = m.cli_ok(&["layer", "ls", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("layer ls json");
     v["layers"]
         .as_array()
@@ -330,7 +312,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
         0o600
     );
     // A layer made outside containerd: never listed, never collected.
-    strata_layer(&m, &["create", "outside"]);
+    m.cli_ok(&["layer", "create", "outside"]);
 
     // Garbage on the snapshotter socket (random bytes, an HTTP/2 preface followed by junk
     // frames, a gRPC call with a corrupt message) costs the sender its connection, nothing else.
@@ -513,7 +495,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
     c.stop();
     drop(c);
     let _ = m.stop();
-    common::assert_fsck_clean(&img, "after containerd use");
+    testkit::assert_fsck_clean(&img, "after containerd use");
     let m = Mount::start(&img, &mnt);
     let c = Containerd::start(&cdir, &snap_sock);
     assert_eq!(ctr_snapshots(&c), before);
@@ -538,9 +520,9 @@ fn containerd_uses_strata_as_its_snapshotter() {
         "{layers:?}"
     );
     drop(c);
-    common::assert_no_panic("strata with containerd", &m.stderr());
+    testkit::assert_no_panic("strata with containerd", &m.stderr());
     drop(m);
-    common::assert_fsck_clean(&img, "after GC");
+    testkit::assert_fsck_clean(&img, "after GC");
 }
 
 /// Send malformed traffic to a gRPC socket, one connection per case.
@@ -565,7 +547,7 @@ fn garbage_to(sock: &Path) {
         h.extend_from_slice(value.as_bytes());
         h
     };
-    let mut rng = common::Rng::new(7);
+    let mut rng = testkit::Rng::new(7);
     let mut cases: Vec<Vec<u8>> = Vec::new();
     for len in [1usize, 24, 100, 5000] {
         cases.push((0..len).map(|_| rng.next_u64() as u8).collect());
@@ -617,7 +599,7 @@ fn deploy_config_parses() {
         return;
     }
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/containerd.toml");
-    let out = common::run_with_timeout(
+    let out = testkit::run_with_timeout(
         Command::new("containerd")
             .arg("--config")
             .arg(&cfg)

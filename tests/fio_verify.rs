@@ -2,20 +2,12 @@
 //! io_uring and via libaio, then read everything back and check every block's checksum.
 //! Skipped (with a message) when `fio` is not installed or lacks the engine.
 
-mod common;
+#![forbid(unsafe_code)]
 
-use common::*;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn which(prog: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(prog))
-        .find(|p| p.is_file())
-}
+use testkit::*;
 
 fn has_engine(engine: &str) -> bool {
     let out = Command::new("fio").arg("--enghelp").output();
@@ -47,7 +39,7 @@ fn json_errors(json: &str) -> Vec<String> {
 }
 
 fn run_fio(engine: &str) {
-    if which("fio").is_none() {
+    if on_path("fio").is_none() {
         eprintln!("SKIP: fio is not installed");
         return;
     }
@@ -56,9 +48,8 @@ fn run_fio(engine: &str) {
         return;
     }
     let td = TestDir::new(&format!("fio-{engine}"));
-    let img = td.mkfs("512M");
-    let mnt = td.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (img, m) = td.mkfs_and_mount("512M");
+    let mnt = m.mnt.clone();
     let file = m.root().join(format!("fio-{engine}.dat"));
     let mut cmd = Command::new("fio");
     cmd.arg("--name=strata-verify")

@@ -14,25 +14,22 @@
 //!
 //! Skipped (with a message) when `fsx` is not on PATH (nor in ~/.cargo/bin).
 
-mod common;
+#![forbid(unsafe_code)]
 
-use common::*;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use testkit::*;
+
 const OPS: u64 = 100_000;
 
+/// `fsx` on PATH, else where `cargo install` put it.
 fn find_fsx() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(h) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(h).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("fsx"))
-        .find(|p| p.is_file())
+    on_path("fsx").or_else(|| {
+        let p = PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/fsx");
+        p.is_file().then_some(p)
+    })
 }
 
 const ALL_WEIGHTS: &str = r#"
@@ -59,9 +56,7 @@ fn run_fsx(name: &str, config: &str, seed: u64) {
         return;
     };
     let td = TestDir::new(&format!("fsx-{name}"));
-    let img = td.mkfs("512M");
-    let mnt = td.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (img, m) = td.mkfs_and_mount("512M");
     let conf = td.join("fsx.toml");
     std::fs::write(&conf, config).unwrap();
     let artifacts = td.plain_dir("artifacts");

@@ -24,16 +24,17 @@
 //!
 //! Env: `STRATA_FSX_OPS` (default 100000 per mode), `STRATA_FSX_SEED` (default per mode).
 
-mod common;
+#![forbid(unsafe_code)]
 
-use common::*;
-use io_uring::{opcode, types, IoUring};
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::VecDeque;
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use testkit::sys::{self, AlignedBuf};
+use testkit::uring::{Ring, RingOp};
+use testkit::*;
 
 const BLK: u64 = 4096;
 const MAX_FILE: u64 = 8 << 20;
@@ -44,8 +45,9 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.trim().parse().ok())
 }
 
-fn errno_str() -> String {
-    std::io::Error::last_os_error().to_string()
+/// An errno as std describes it ("Invalid argument (os error 22)").
+fn os_err(e: i32) -> String {
+    std::io::Error::from_raw_os_error(e).to_string()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -65,35 +67,6 @@ impl Mode {
             Mode::Uring => "io_uring",
             Mode::Buffered => "buffered",
         }
-    }
-}
-
-/// A zeroed heap buffer aligned to 4096 bytes (for O_DIRECT).
-struct ABuf {
-    ptr: *mut u8,
-    len: usize,
-    layout: Layout,
-}
-
-impl ABuf {
-    fn new(len: usize) -> ABuf {
-        let cap = len.max(1).next_multiple_of(BLK as usize);
-        let layout = Layout::from_size_align(cap, BLK as usize).unwrap();
-        let ptr = unsafe { alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory");
-        ABuf { ptr, len, layout }
-    }
-    fn as_slice(&self) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for ABuf {
-    fn drop(&mut self) {
-        unsafe { dealloc(self.ptr, self.layout) }
     }
 }
 
@@ -119,13 +92,6 @@ fn hex(b: &[u8]) -> String {
 /// One operation of the weighted table.
 type OpFn = fn(&mut Fsx);
 
-/// A read/write for the ring.
-struct RingOp {
-    write: bool,
-    off: u64,
-    buf: ABuf,
-}
-
 #[derive(Default, Debug)]
 struct Counts {
     read: u64,
@@ -148,12 +114,12 @@ struct Fsx {
     seed: u64,
     path: PathBuf,
     cpath: CString,
-    fd: libc::c_int,
+    fd: Option<OwnedFd>,
     model: Vec<u8>,
     rng: Rng,
     opno: u64,
     log: VecDeque<String>,
-    ring: Option<IoUring>,
+    ring: Option<Ring>,
     counts: Counts,
 }
 
@@ -167,16 +133,15 @@ impl Fsx {
     }
 
     fn open(&mut self) {
-        let fd = unsafe { libc::open(self.cpath.as_ptr(), self.open_flags(), 0o644) };
-        if fd < 0 {
-            self.fail(
+        let fd = match sys::open(&self.cpath, self.open_flags(), 0o644) {
+            Ok(fd) => fd,
+            Err(e) => self.fail(
                 "open",
-                format!("open {}: {}", self.path.display(), errno_str()),
-            );
-        }
-        self.fd = fd;
+                format!("open {}: {}", self.path.display(), os_err(e)),
+            ),
+        };
         if self.mode.aligned() {
-            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            let fl = sys::getfl(&fd).unwrap_or(-1);
             if fl < 0 || fl & libc::O_DIRECT == 0 {
                 self.fail(
                     "open",
@@ -184,16 +149,20 @@ impl Fsx {
                 );
             }
         }
+        self.fd = Some(fd);
     }
 
     fn close(&mut self) {
-        if self.fd >= 0 {
-            let r = unsafe { libc::close(self.fd) };
-            self.fd = -1;
-            if r < 0 {
-                self.fail("close", errno_str());
+        if let Some(fd) = self.fd.take() {
+            if let Err(e) = sys::close(fd) {
+                self.fail("close", os_err(e));
             }
         }
+    }
+
+    /// The open file.
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_ref().expect("file is open").as_fd()
     }
 
     fn size(&self) -> u64 {
@@ -273,10 +242,8 @@ impl Fsx {
     }
 
     fn check_size(&self, what: &str) {
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(self.fd, &mut st) } < 0 {
-            self.fail(what, format!("fstat: {}", errno_str()));
-        }
+        let st = sys::fstat(self.fd())
+            .unwrap_or_else(|e| self.fail(what, format!("fstat: {}", os_err(e))));
         if st.st_size as u64 != self.size() {
             self.fail(
                 what,
@@ -291,20 +258,15 @@ impl Fsx {
 
     /// pread everything asked for (looping on short reads until EOF), into an aligned buffer.
     fn pread_full(&self, off: u64, len: u64) -> Result<Vec<u8>, String> {
-        let mut buf = ABuf::new(len as usize);
+        let mut buf = AlignedBuf::new(len as usize);
         let mut done = 0u64;
         while done < len {
-            let n = unsafe {
-                libc::pread(
-                    self.fd,
-                    buf.as_mut_slice()[done as usize..].as_mut_ptr() as *mut libc::c_void,
-                    (len - done) as usize,
-                    (off + done) as libc::off_t,
-                )
-            };
-            if n < 0 {
-                return Err(errno_str());
-            }
+            let n = sys::pread(
+                self.fd(),
+                &mut buf.as_mut_slice()[done as usize..],
+                (off + done) as libc::off_t,
+            )
+            .map_err(os_err)?;
             if n == 0 {
                 break;
             }
@@ -408,42 +370,11 @@ impl Fsx {
 
     /// Submit all `ops` at once and wait for all of them; returns each op's cqe result.
     fn ring_submit(&mut self, ops: &mut [RingOp]) -> Vec<i32> {
-        let fd = types::Fd(self.fd);
-        let ring = self.ring.as_mut().expect("ring");
-        {
-            let mut sq = ring.submission();
-            for (i, op) in ops.iter_mut().enumerate() {
-                let e = if op.write {
-                    opcode::Write::new(fd, op.buf.ptr as *const u8, op.buf.len as u32)
-                        .offset(op.off)
-                        .build()
-                } else {
-                    opcode::Read::new(fd, op.buf.ptr, op.buf.len as u32)
-                        .offset(op.off)
-                        .build()
-                };
-                // The buffers live in `ops` until all completions are reaped below.
-                unsafe { sq.push(&e.user_data(i as u64)) }.expect("submission queue full");
-            }
+        let fd = self.fd.as_ref().expect("file is open");
+        match self.ring.as_mut().expect("ring").run(fd, ops) {
+            Ok(res) => res,
+            Err(e) => self.fail("io_uring", e.to_string()),
         }
-        let mut res: Vec<Option<i32>> = vec![None; ops.len()];
-        let mut left = ops.len();
-        while left > 0 {
-            if let Err(e) = ring.submit_and_wait(left) {
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                let msg = format!("io_uring submit_and_wait: {e}");
-                self.fail("io_uring", msg);
-            }
-            for cqe in ring.completion() {
-                let i = cqe.user_data() as usize;
-                assert!(res[i].is_none(), "duplicate completion for {i}");
-                res[i] = Some(cqe.result());
-                left -= 1;
-            }
-        }
-        res.into_iter().map(|r| r.unwrap()).collect()
     }
 
     // ---------------------------------------------------------------------------------
@@ -452,7 +383,7 @@ impl Fsx {
 
     fn op_write(&mut self) {
         let (off, len) = self.write_range();
-        let mut buf = ABuf::new(len as usize);
+        let mut buf = AlignedBuf::new(len as usize);
         fill(buf.as_mut_slice(), self.opno, off);
         let via = if self.mode == Mode::Uring {
             "uring "
@@ -474,21 +405,13 @@ impl Fsx {
             buf = ops.into_iter().next().unwrap().buf;
             r
         } else {
-            unsafe {
-                libc::pwrite(
-                    self.fd,
-                    buf.ptr as *const libc::c_void,
-                    len as usize,
-                    off as libc::off_t,
-                ) as i64
+            match sys::pwrite(self.fd(), buf.as_slice(), off as libc::off_t) {
+                Ok(n) => n as i64,
+                Err(e) => -(e as i64),
             }
         };
         if n < 0 {
-            let e = std::io::Error::from_raw_os_error(if self.mode == Mode::Uring {
-                -n as i32
-            } else {
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-            });
+            let e = std::io::Error::from_raw_os_error(-n as i32);
             self.fail("write", format!("write {off:#x}+{len:#x} failed: {e}"));
         }
         if n as u64 != len {
@@ -518,7 +441,7 @@ impl Fsx {
             self.size()
         ));
         let want = self.expect_count(off, len);
-        let mut buf = ABuf::new(len as usize);
+        let mut buf = AlignedBuf::new(len as usize);
         let n: i64 = if self.mode == Mode::Uring {
             let mut ops = [RingOp {
                 write: false,
@@ -598,7 +521,7 @@ impl Fsx {
         let mut ops: Vec<RingOp> = ranges
             .iter()
             .map(|&(write, off, len)| {
-                let mut buf = ABuf::new(len as usize);
+                let mut buf = AlignedBuf::new(len as usize);
                 if write {
                     fill(buf.as_mut_slice(), self.opno, off);
                 }
@@ -608,7 +531,7 @@ impl Fsx {
         let res = self.ring_submit(&mut ops);
         // Reads first, against the model (unchanged in their ranges by the batch's writes).
         for (op, &r) in ops.iter().zip(&res) {
-            let len = op.buf.len as i64;
+            let len = op.buf.len() as i64;
             let kind = if op.write { "write" } else { "read" };
             if r < 0 {
                 let e = std::io::Error::from_raw_os_error(-r);
@@ -627,7 +550,7 @@ impl Fsx {
                 );
             }
             if !op.write
-                && self.model[op.off as usize..op.off as usize + op.buf.len] != *op.buf.as_slice()
+                && self.model[op.off as usize..op.off as usize + op.buf.len()] != *op.buf.as_slice()
             {
                 let again = self.pread_full(op.off, len as u64).ok();
                 self.check("uring batch read", op.off, op.buf.as_slice(), again);
@@ -665,24 +588,10 @@ impl Fsx {
             if eof_page { " +eofpage" } else { "" }
         ));
         let mlen = (map_end - pg) as usize;
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mlen,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                self.fd,
-                pg as libc::off_t,
-            )
+        let all = match sys::Mapping::shared(self.fd(), mlen, libc::PROT_READ, pg as libc::off_t) {
+            Ok(map) => map.read(),
+            Err(e) => self.fail("mapread", format!("mmap {pg:#x}+{mlen:#x}: {}", os_err(e))),
         };
-        if p == libc::MAP_FAILED {
-            self.fail(
-                "mapread",
-                format!("mmap {pg:#x}+{mlen:#x}: {}", errno_str()),
-            );
-        }
-        let all = unsafe { std::slice::from_raw_parts(p as *const u8, mlen) }.to_vec();
-        unsafe { libc::munmap(p, mlen) };
         let got = &all[(off - pg) as usize..(end - pg) as usize];
         if self.model[off as usize..end as usize] != *got {
             let again = self.pread_full_any(off, len);
@@ -725,22 +634,18 @@ impl Fsx {
             if new >= self.size() { "up" } else { "down" },
             self.size()
         ));
-        if unsafe { libc::ftruncate(self.fd, new as libc::off_t) } < 0 {
-            self.fail("truncate", format!("ftruncate {new:#x}: {}", errno_str()));
+        if let Err(e) = sys::ftruncate(self.fd(), new as libc::off_t) {
+            self.fail("truncate", format!("ftruncate {new:#x}: {}", os_err(e)));
         }
         self.model.resize(new as usize, 0);
         self.counts.truncate += 1;
     }
 
     fn fallocate(&self, what: &str, mode: libc::c_int, off: u64, len: u64) {
-        let r = unsafe { libc::fallocate(self.fd, mode, off as libc::off_t, len as libc::off_t) };
-        if r < 0 {
+        if let Err(e) = sys::fallocate(self.fd(), mode, off as libc::off_t, len as libc::off_t) {
             self.fail(
                 what,
-                format!(
-                    "fallocate mode {mode:#x} {off:#x}+{len:#x}: {}",
-                    errno_str()
-                ),
+                format!("fallocate mode {mode:#x} {off:#x}+{len:#x}: {}", os_err(e)),
             );
         }
     }
@@ -850,15 +755,19 @@ impl Fsx {
         while done < len {
             let mut oi = (src + done) as libc::loff_t;
             let mut oo = (dst + done) as libc::loff_t;
-            let n = unsafe {
-                libc::copy_file_range(self.fd, &mut oi, self.fd, &mut oo, (len - done) as usize, 0)
-            };
-            if n < 0 {
+            let n = sys::copy_file_range(
+                self.fd(),
+                &mut oi,
+                self.fd(),
+                &mut oo,
+                (len - done) as usize,
+            )
+            .unwrap_or_else(|e| {
                 self.fail(
                     "copy_range",
-                    format!("copy_file_range after {done:#x} bytes: {}", errno_str()),
-                );
-            }
+                    format!("copy_file_range after {done:#x} bytes: {}", os_err(e)),
+                )
+            });
             if n == 0 {
                 self.fail(
                     "copy_range",
@@ -875,15 +784,13 @@ impl Fsx {
     fn op_fsync(&mut self) {
         let data = self.rng.chance(1, 2);
         self.logop(if data { "fdatasync" } else { "fsync" }.into());
-        let r = unsafe {
-            if data {
-                libc::fdatasync(self.fd)
-            } else {
-                libc::fsync(self.fd)
-            }
+        let r = if data {
+            sys::fdatasync(self.fd())
+        } else {
+            sys::fsync(self.fd())
         };
-        if r < 0 {
-            self.fail("fsync", errno_str());
+        if let Err(e) = r {
+            self.fail("fsync", os_err(e));
         }
         self.counts.fsync += 1;
     }
@@ -945,7 +852,7 @@ fn run(mode: Mode, default_seed: u64) {
     let ops = env_u64("STRATA_FSX_OPS").unwrap_or(100_000);
     let seed = env_u64("STRATA_FSX_SEED").unwrap_or(default_seed);
     let ring = if mode == Mode::Uring {
-        match IoUring::new(32) {
+        match Ring::new(32) {
             Ok(r) => Some(r),
             Err(e)
                 if matches!(
@@ -962,9 +869,8 @@ fn run(mode: Mode, default_seed: u64) {
         None
     };
     let td = TestDir::new(&format!("fsxd-{}", mode.name()));
-    let img = td.mkfs("512M");
-    let mnt = td.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (img, m) = td.mkfs_and_mount("512M");
+    let mnt = m.mnt.clone();
     let path = m.root().join(format!("fsx-{}.dat", mode.name()));
     eprintln!(
         "fsx {}: seed {seed}, {ops} ops, max file {MAX_FILE:#x}, max op {MAX_OP:#x}, file {}",
@@ -974,9 +880,9 @@ fn run(mode: Mode, default_seed: u64) {
     let mut f = Fsx {
         mode,
         seed,
-        cpath: CString::new(path.as_os_str().as_bytes()).unwrap(),
+        cpath: cstr(&path),
         path: path.clone(),
-        fd: -1,
+        fd: None,
         model: Vec::new(),
         rng: Rng::new(seed),
         opno: 0,

@@ -3,40 +3,16 @@
 //! and views are read-only, cross-layer rename/link is EXDEV, removal returns the space, and
 //! everything survives a remount.
 
-mod common;
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 
-use common::*;
-
-fn layer(m: &Mount, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(STRATA)
-        .arg("layer")
-        .args(args)
-        .arg("--admin-socket")
-        .arg(m.admin_socket())
-        .output()
-        .expect("run strata layer");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked"),
-        "strata layer panicked: {stderr}"
-    );
-    (out.status.code().unwrap_or(-1), stdout, stderr)
-}
-
-fn layer_ok(m: &Mount, args: &[&str]) -> String {
-    let (code, out, err) = layer(m, args);
-    assert_eq!(code, 0, "strata layer {args:?} failed: {err}");
-    out
-}
+use testkit::*;
 
 fn owned_bytes(m: &Mount, id: &str) -> u64 {
-    let out = layer_ok(m, &["stat", id, "--json"]);
+    let out = m.cli_ok(&["layer", "stat", id, "--json"]);
     let key = "\"owned_bytes\":";
     let at = out
         .find(key)
@@ -52,27 +28,16 @@ fn owned_bytes(m: &Mount, id: &str) -> u64 {
 }
 
 fn free_bytes(p: &Path) -> u64 {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statvfs writes into the struct we own; `c` is a valid C string.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    assert_eq!(rc, 0);
+    let s = sys::statvfs(&cstr(p)).unwrap_or_else(|e| panic!("statvfs: {}", errno_name(e)));
     s.f_bfree * s.f_frsize
-}
-
-fn errno_of(r: std::io::Result<()>) -> i32 {
-    r.expect_err("expected an error")
-        .raw_os_error()
-        .unwrap_or(0)
 }
 
 #[test]
 fn layers_are_directories_with_copy_on_write_isolation() {
     require_root_and_fuse!();
     let t = TestDir::new("layers-mount");
-    let img = t.mkfs("512M");
-    let mnt = t.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (img, m) = t.mkfs_and_mount("512M");
+    let mnt = m.mnt.clone();
     let names: Vec<String> = fs::read_dir(&mnt)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -80,7 +45,7 @@ fn layers_are_directories_with_copy_on_write_isolation() {
     assert_eq!(names, vec!["default".to_string()]);
 
     // An image layer with a 64 MiB file, a small file and a directory.
-    layer_ok(&m, &["create", "img"]);
+    m.cli_ok(&["layer", "create", "img"]);
     let base = mnt.join("img");
     assert!(
         base.is_dir(),
@@ -93,16 +58,16 @@ fn layers_are_directories_with_copy_on_write_isolation() {
     fs::write(base.join("small"), b"hello").unwrap();
     fs::create_dir(base.join("dir")).unwrap();
     fs::write(base.join("dir/inner"), b"inner").unwrap();
-    layer_ok(&m, &["commit", "img"]);
+    m.cli_ok(&["layer", "commit", "img"]);
     assert_eq!(
         errno_of(fs::write(base.join("new"), b"x")),
         libc::EROFS,
         "committed layers are read-only"
     );
 
-    layer_ok(&m, &["clone", "img", "c1"]);
-    layer_ok(&m, &["clone", "img", "c2"]);
-    layer_ok(&m, &["clone", "img", "v", "--view"]);
+    m.cli_ok(&["layer", "clone", "img", "c1"]);
+    m.cli_ok(&["layer", "clone", "img", "c2"]);
+    m.cli_ok(&["layer", "clone", "img", "v", "--view"]);
     let (c1, c2, v) = (mnt.join("c1"), mnt.join("c2"), mnt.join("v"));
     assert_eq!(
         fs::read(c1.join("big")).unwrap(),
@@ -173,9 +138,9 @@ fn layers_are_directories_with_copy_on_write_isolation() {
     assert_eq!(fs::metadata(c2.join("small")).unwrap().nlink(), 2);
 
     // A parent with children cannot be removed; a leaf can, and its space comes back.
-    let (code, _, err) = layer(&m, &["rm", "img"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("children"), "{err}");
+    let out = m.cli(&["layer", "rm", "img"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("children"), "{}", out.stderr);
     let owned = owned_bytes(&m, "c1");
     assert_eq!(
         owned,
@@ -183,7 +148,7 @@ fn layers_are_directories_with_copy_on_write_isolation() {
         "c1 owns the copied block of big and its two new small files"
     );
     let free_with_c1 = free_bytes(&mnt);
-    layer_ok(&m, &["rm", "c1"]);
+    m.cli_ok(&["layer", "rm", "c1"]);
     assert!(!c1.exists(), "a removed layer's directory is gone");
     // Frees are released at the next commit (at most a second).
     let mut freed = 0;
@@ -211,7 +176,7 @@ fn layers_are_directories_with_copy_on_write_isolation() {
     assert_eq!(names, vec!["c2", "default", "img", "v"]);
     assert_eq!(fs::read(mnt.join("c2/big")).unwrap(), big);
     assert_eq!(fs::metadata(mnt.join("c2/small")).unwrap().nlink(), 2);
-    let out = layer_ok(&m, &["ls"]);
+    let out = m.cli_ok(&["layer", "ls"]);
     assert!(out.contains("img") && out.contains("committed"), "{out}");
     m.stop();
     assert_fsck_clean(&img, "after remount");
@@ -221,9 +186,8 @@ fn layers_are_directories_with_copy_on_write_isolation() {
 fn other_users_cannot_walk_into_layers_through_the_mount_root() {
     require_root_and_fuse!();
     let t = TestDir::new("layers-perm");
-    let img = t.mkfs("128M");
-    let mnt = t.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (_img, m) = t.mkfs_and_mount("128M");
+    let mnt = m.mnt.clone();
     fs::write(m.root().join("secret"), b"container data").unwrap();
     fs::set_permissions(m.root().join("secret"), fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(
@@ -231,19 +195,10 @@ fn other_users_cannot_walk_into_layers_through_the_mount_root() {
         0o700,
         "the mount root is root-only"
     );
-    let path =
-        std::ffi::CString::new(m.root().join("secret").as_os_str().as_encoded_bytes()).unwrap();
-    let code = as_user(65534, 65534, || {
-        // SAFETY: open/close on a valid C string in the forked child.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
-        if fd >= 0 {
-            unsafe { libc::close(fd) };
-            return 0;
-        }
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
-    });
+    let path = cstr(&m.root().join("secret"));
+    let r = as_user(65534, 65534, || code(sys::open(&path, libc::O_RDONLY, 0)));
     assert_eq!(
-        code,
+        r,
         libc::EACCES,
         "a non-root user is refused at the mount root"
     );

@@ -5,15 +5,15 @@
 //! tars refused with no layer left behind; and the `strata import`/`export` commands on an
 //! image file.
 
-mod common;
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
 use control::oci::{self, Compression};
-use engine::mkfs;
-use engine::{Device, Engine, Error, MemDevice, Node, Options, Stat};
+use engine::{Engine, Error, MemDevice, Node, Options, Stat};
+use testkit::{hash, mem_engine, open_mem, read_all, with_cache, Rng};
 
 // ---------------------------------------------------------------------------------------
 // Building tars
@@ -233,12 +233,9 @@ fn sparse_data() -> Vec<u8> {
 
 /// 3 MiB and a bit of non-zero pseudo-random bytes (written in 1 MiB chunks).
 fn blob() -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
+    let mut rng = Rng::new(0x9e37_79b9);
     (0..(3 << 20) + 777)
-        .map(|_| {
-            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (x >> 24) as u8 | 1
-        })
+        .map(|_| rng.next_u64() as u8 | 1)
         .collect()
 }
 
@@ -312,17 +309,7 @@ fn l2_entries() -> Vec<Ent> {
 // ---------------------------------------------------------------------------------------
 
 fn fresh() -> Arc<Engine> {
-    let dev = Arc::new(MemDevice::new(512 << 20));
-    mkfs(dev.as_ref(), 0, 0).expect("mkfs");
-    let d: Arc<dyn Device> = dev;
-    Engine::open(
-        d,
-        Options {
-            cache_bytes: 8 << 20,
-            ..Default::default()
-        },
-    )
-    .expect("open")
+    mem_engine(512 << 20, with_cache(8 << 20)).1
 }
 
 /// Stat of `path` in `layer` (None when missing); the lookup references are given back.
@@ -352,18 +339,6 @@ fn stat(e: &Engine, layer: &str, path: &str) -> Option<Stat> {
 
 fn must(e: &Engine, layer: &str, path: &str) -> Stat {
     stat(e, layer, path).unwrap_or_else(|| panic!("{layer}:{path} missing"))
-}
-
-fn read_all(e: &Engine, st: &Stat) -> Vec<u8> {
-    let mut out = Vec::new();
-    while (out.len() as u64) < st.attr.size {
-        let d = e
-            .read_sync(st.ino, out.len() as u64, 1 << 20)
-            .expect("read");
-        assert!(!d.is_empty());
-        out.extend_from_slice(&d);
-    }
-    out
 }
 
 fn xattrs(e: &Engine, node: Node) -> BTreeMap<String, Vec<u8>> {
@@ -405,14 +380,8 @@ fn snapshot(e: &Engine, layer: &str) -> BTreeMap<String, String> {
                 let st = e.lookup(node, name.as_bytes()).unwrap();
                 let a = st.attr;
                 let content = if a.is_reg() {
-                    let data = read_all(e, &st);
-                    format!(
-                        "{} bytes fnv {:x}",
-                        data.len(),
-                        data.iter().fold(0xcbf29ce484222325u64, |h, b| {
-                            (h ^ *b as u64).wrapping_mul(0x100000001b3)
-                        })
-                    )
+                    let data = read_all(e, st.ino);
+                    format!("{} bytes fnv {:x}", data.len(), hash(&data))
                 } else if a.mode & libc::S_IFMT == libc::S_IFLNK {
                     String::from_utf8_lossy(&e.readlink(st.ino).unwrap()).into_owned()
                 } else {
@@ -492,7 +461,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 fn check_base(e: &Engine, layer: &str) {
     let passwd = must(e, layer, "etc/passwd");
-    assert_eq!(read_all(e, &passwd), b"root:x:0:0::/root:/bin/sh\n");
+    assert_eq!(read_all(e, passwd.ino), b"root:x:0:0::/root:/bin/sh\n");
     assert_eq!(passwd.attr.mode, libc::S_IFREG | 0o644);
     assert_eq!(passwd.attr.mtime.sec, 1000);
 
@@ -522,7 +491,7 @@ fn check_base(e: &Engine, layer: &str) {
     assert_eq!((f.attr.uid, f.attr.gid), (1000, 1001));
     assert_eq!(f.attr.mode, libc::S_IFREG | 0o640);
     assert_eq!(f.attr.mtime.sec, 1234567);
-    assert_eq!(read_all(e, &must(e, layer, &long_name())), b"long\n");
+    assert_eq!(read_all(e, must(e, layer, &long_name()).ino), b"long\n");
 
     let null = must(e, layer, "dev/null");
     assert_eq!(null.attr.mode, libc::S_IFCHR | 0o666);
@@ -539,9 +508,9 @@ fn check_base(e: &Engine, layer: &str) {
         "sparse file holds {} bytes of blocks",
         big.blocks * 512
     );
-    assert!(read_all(e, &big) == sparse_data(), "sparse file content");
+    assert!(read_all(e, big.ino) == sparse_data(), "sparse file content");
     let blob_st = must(e, layer, "usr/lib/blob");
-    assert!(read_all(e, &blob_st) == blob(), "large file content");
+    assert!(read_all(e, blob_st.ino) == blob(), "large file content");
     for p in ["opt/a", "opt/sub/b", "data/old", "data/keep"] {
         must(e, layer, p);
     }
@@ -572,11 +541,11 @@ fn multi_layer_import_export_round_trip() {
     must(&e, "l2", "data/keep");
     assert!(stat(&e, "l2", "opt/a").is_none());
     assert!(stat(&e, "l2", "opt/sub").is_none());
-    assert_eq!(read_all(&e, &must(&e, "l2", "opt/new")), b"new\n");
+    assert_eq!(read_all(&e, must(&e, "l2", "opt/new").ino), b"new\n");
     assert_eq!(must(&e, "l2", "opt").attr.mode, libc::S_IFDIR | 0o700);
     assert_eq!(must(&e, "l2", "opt").attr.mtime.sec, 2001);
     let p = must(&e, "l2", "etc/passwd");
-    assert_eq!(read_all(&e, &p), PASSWD2);
+    assert_eq!(read_all(&e, p.ino), PASSWD2);
     assert_eq!(p.attr.nlink, 2);
     assert_eq!(p.attr.mode, libc::S_IFREG | 0o600);
     assert_eq!(must(&e, "l2", "etc/passwd2").ino, p.ino);
@@ -803,15 +772,7 @@ fn malicious_and_broken_tars_are_refused() {
         refused(&e, parent, &good[..700], Compression::Auto, "tar");
         refused(&e, parent, b"", Compression::Auto, "truncated");
         // Garbage, plain and compressed.
-        let mut x: u64 = 0x1234_5678;
-        let garbage: Vec<u8> = (0..5000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let garbage = Rng::new(0x1234_5678).bytes(5000);
         refused(&e, parent, &garbage, Compression::Auto, "tar");
         let mut gz = vec![0x1f, 0x8b, 8, 0];
         gz.extend_from_slice(&garbage);
@@ -833,13 +794,8 @@ fn malicious_and_broken_tars_are_refused() {
     // Random corruption of a good tar: refused or applied, never a panic, never a layer left
     // behind on error.
     let good = build(&base_entries()[..8]);
-    let mut x: u64 = 0xdead_beef;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = Rng::new(0xdead_beef);
+    let mut next = move || rng.next_u64();
     for i in 0..300 {
         let mut t = good.clone();
         for _ in 0..1 + next() % 4 {
@@ -867,7 +823,7 @@ fn malicious_and_broken_tars_are_refused() {
     ]);
     let r = import(&e, "fine", Some("base"), &t);
     assert_eq!((r.whiteouts, r.opaque_dirs), (2, 1));
-    assert_eq!(read_all(&e, &must(&e, "fine", "b")), b"ok");
+    assert_eq!(read_all(&e, must(&e, "fine", "b").ino), b"ok");
     assert!(stat(&e, "fine", "nowhere").is_none());
     e.shutdown().unwrap();
 }
@@ -897,10 +853,7 @@ fn interrupted_import_is_removed_at_start() {
         }
     }
     let tar = build(&base_entries());
-    let dev = Arc::new(MemDevice::new(256 << 20));
-    mkfs(dev.as_ref(), 0, 0).unwrap();
-    let d: Arc<dyn Device> = dev.clone();
-    let e = Engine::open(d, Options::default()).unwrap();
+    let (dev, e) = mem_engine(256 << 20, Options::default());
     let mut image = None;
     let r = oci::import(
         &e,
@@ -921,8 +874,7 @@ fn interrupted_import_is_removed_at_start() {
     let crashed = Arc::new(MemDevice::from_bytes(
         image.expect("image taken mid-import"),
     ));
-    let d: Arc<dyn Device> = crashed.clone();
-    let e = Engine::open(d, Options::default()).expect("recovery");
+    let e = open_mem(&crashed, Options::default());
     let l = e
         .layer_stat("img")
         .expect("the half-imported layer is there after recovery");
@@ -977,7 +929,7 @@ fn zstd_input() {
 
 #[test]
 fn cli_import_export_on_an_image() {
-    let td = common::TestDir::new("oci-cli");
+    let td = testkit::TestDir::new("oci-cli");
     let img = td.mkfs("256M");
     let base_tar = build(&base_entries());
     let tgz = td.join("base.tar.gz");
@@ -986,8 +938,8 @@ fn cli_import_export_on_an_image() {
     std::fs::write(&l2, build(&l2_entries())).unwrap();
     let imgs = img.to_str().unwrap();
     let run = |args: &[&str]| {
-        let out = common::strata(args);
-        common::assert_no_panic("strata", &out.stderr);
+        let out = testkit::strata(args);
+        testkit::assert_no_panic("strata", &out.stderr);
         out
     };
     let out = run(&[
@@ -1039,27 +991,23 @@ fn cli_import_export_on_an_image() {
     assert_eq!(summarize(&std::fs::read(&o).unwrap()), summarize(&base_tar));
     let out = run(&["export", "bad", "--image", imgs, "-o", o.to_str().unwrap()]);
     assert_ne!(out.code, 0, "the refused layer does not exist");
-    common::assert_fsck_clean(&img, "after import/export");
+    testkit::assert_fsck_clean(&img, "after import/export");
 }
 
 #[test]
 fn import_and_export_through_the_running_daemon() {
-    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: needs root and /dev/fuse");
-        return;
-    }
-    let td = common::TestDir::new("oci-daemon");
-    let img = td.mkfs("256M");
-    let mnt = td.mountpoint("mnt");
-    let m = common::Mount::start(&img, &mnt);
+    testkit::require_root_and_fuse!();
+    let td = testkit::TestDir::new("oci-daemon");
+    let (img, m) = td.mkfs_and_mount("256M");
+    let mnt = m.mnt.clone();
     let sock = m.admin_socket();
     let socks = sock.to_str().unwrap();
     let base_tar = build(&base_entries());
     let tar_path = td.join("base.tar");
     std::fs::write(&tar_path, &base_tar).unwrap();
     let run = |args: &[&str]| {
-        let out = common::strata(args);
-        common::assert_no_panic("strata", &out.stderr);
+        let out = testkit::strata(args);
+        testkit::assert_no_panic("strata", &out.stderr);
         out
     };
     let out = run(&[
@@ -1120,5 +1068,5 @@ fn import_and_export_through_the_running_daemon() {
         out.stdout
     );
     m.stop();
-    common::assert_fsck_clean(&img, "after import/export through the daemon");
+    testkit::assert_fsck_clean(&img, "after import/export through the daemon");
 }

@@ -1,37 +1,25 @@
 //! Persistence: a clean stop + remount keeps everything; a SIGKILL of the daemon loses
 //! nothing whose fsync returned, and leaves an image that fsck calls clean.
 
-mod common;
+#![forbid(unsafe_code)]
 
-use common::*;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use testkit::*;
+
 fn setxattr(p: &Path, name: &str, value: &[u8]) {
-    let c = cstr(p);
     let n = CString::new(name).unwrap();
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr() as *const libc::c_void,
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {} {name}: {}",
-        p.display(),
-        errno_name(errno())
-    );
+    if let Err(e) = sys::lsetxattr(&cstr(p), &n, value, 0) {
+        panic!("setxattr {} {name}: {}", p.display(), errno_name(e));
+    }
 }
 
 /// A tree with a bit of everything.
@@ -66,10 +54,7 @@ fn build_tree(r: &Path) {
     std::os::unix::fs::symlink("t".repeat(1000), r.join("link-long")).unwrap();
     fs::hard_link(r.join("a/file2"), r.join("a/b/c/hard")).unwrap();
     let fifo = cstr(&r.join("fifo"));
-    assert_eq!(
-        unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o640, 0) },
-        0
-    );
+    assert_eq!(sys::mknod(&fifo, libc::S_IFIFO | 0o640, 0), Ok(()));
     // xattrs on a file and a directory, including an empty and a large value
     setxattr(&r.join("a/file1"), "user.one", b"1");
     setxattr(&r.join("a/file1"), "user.empty", b"");
@@ -92,10 +77,7 @@ fn build_tree(r: &Path) {
             tv_nsec: 987_654_321,
         },
     ];
-    assert_eq!(
-        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
-        0
-    );
+    assert_eq!(sys::utimensat(&c, Some(&ts), 0), Ok(()));
     // a rename and an unlink, so the journal holds more than creates
     fs::write(r.join("a/tmp"), b"to be renamed").unwrap();
     fs::rename(r.join("a/tmp"), r.join("a/b/renamed")).unwrap();
@@ -107,9 +89,8 @@ fn build_tree(r: &Path) {
 fn clean_stop_and_remount() {
     require_root_and_fuse!();
     let td = TestDir::new("persist");
-    let img = td.mkfs("512M");
-    let mnt = td.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (img, m) = td.mkfs_and_mount("512M");
+    let mnt = m.mnt.clone();
     build_tree(&m.root());
     let before = snapshot(&m.root(), true);
     m.stop();
@@ -141,9 +122,8 @@ fn clean_stop_and_remount() {
 fn changes_after_remount_persist() {
     require_root_and_fuse!();
     let td = TestDir::new("persist2");
-    let img = td.mkfs("512M");
-    let mnt = td.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
+    let (img, m) = td.mkfs_and_mount("512M");
+    let mnt = m.mnt.clone();
     build_tree(&m.root());
     m.stop();
     let m = Mount::start(&img, &mnt);
@@ -182,32 +162,17 @@ fn changes_after_remount_persist() {
 /// What the writer knows to be durable: path -> (seed, length) of its content.
 type Durable = Arc<Mutex<BTreeMap<PathBuf, (u64, usize)>>>;
 
-fn openat(dirfd: i32, rel: &str, flags: i32) -> Result<i32, i32> {
+fn openat(dir: &OwnedFd, rel: &str, flags: i32) -> Result<OwnedFd, i32> {
     let c = CString::new(rel).unwrap();
-    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
-    if fd < 0 {
-        Err(errno())
-    } else {
-        Ok(fd)
-    }
+    sys::openat(dir, &c, flags | libc::O_CLOEXEC, 0o644)
 }
 
-fn write_all(fd: i32, data: &[u8], mut off: u64, rng: &mut Rng) -> Result<(), i32> {
+fn write_all(fd: &OwnedFd, data: &[u8], mut off: u64, rng: &mut Rng) -> Result<(), i32> {
     let mut done = 0;
     while done < data.len() {
         let chunk = (rng.range(1, 200_000) as usize).min(data.len() - done);
-        let n = unsafe {
-            libc::pwrite(
-                fd,
-                data[done..].as_ptr() as *const libc::c_void,
-                chunk,
-                off as i64,
-            )
-        };
-        if n < 0 {
-            return Err(errno());
-        }
-        done += n as usize;
+        let n = sys::pwrite(fd, &data[done..done + chunk], off as i64)?;
+        done += n;
         off += n as u64;
     }
     Ok(())
@@ -215,19 +180,25 @@ fn write_all(fd: i32, data: &[u8], mut off: u64, rng: &mut Rng) -> Result<(), i3
 
 /// Creates files, writes them, fsyncs them; records each file whose fsync returned 0. Never
 /// touches a recorded file again. Runs until `stop` or until the mount dies.
-fn writer(root_fd: i32, round: u32, seed: u64, durable: Durable, stop: Arc<AtomicBool>) -> String {
+fn writer(
+    root: Arc<OwnedFd>,
+    round: u32,
+    seed: u64,
+    durable: Durable,
+    stop: Arc<AtomicBool>,
+) -> String {
     let mut rng = Rng::new(seed);
     let dir = format!("r{round}");
     let c = CString::new(dir.clone()).unwrap();
-    if unsafe { libc::mkdirat(root_fd, c.as_ptr(), 0o755) } < 0 {
-        return format!("mkdir {dir}: {}", errno_name(errno()));
+    if let Err(e) = sys::mkdirat(&*root, &c, 0o755) {
+        return format!("mkdir {dir}: {}", errno_name(e));
     }
     for i in 0u64.. {
         if stop.load(Ordering::SeqCst) {
             return "stopped".into();
         }
         let rel = format!("{dir}/f{i:05}");
-        let fd = match openat(root_fd, &rel, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY) {
+        let fd = match openat(&root, &rel, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY) {
             Ok(fd) => fd,
             Err(e) => return format!("create {rel}: {}", errno_name(e)),
         };
@@ -238,16 +209,10 @@ fn writer(root_fd: i32, round: u32, seed: u64, durable: Durable, stop: Arc<Atomi
         };
         let cseed = rng.next_u64();
         let data = pattern(cseed, len);
-        let r = write_all(fd, &data, 0, &mut rng).and_then(|_| {
-            // fsync on the file alone: Strata's fsync makes the journal records up to it
-            // durable, including this file's create (DESIGN.md), so no directory fsync.
-            if unsafe { libc::fsync(fd) } < 0 {
-                Err(errno())
-            } else {
-                Ok(())
-            }
-        });
-        unsafe { libc::close(fd) };
+        // fsync on the file alone: Strata's fsync makes the journal records up to it
+        // durable, including this file's create (DESIGN.md), so no directory fsync.
+        let r = write_all(&fd, &data, 0, &mut rng).and_then(|_| sys::fsync(&fd));
+        drop(fd);
         match r {
             Ok(()) => {
                 durable
@@ -262,13 +227,14 @@ fn writer(root_fd: i32, round: u32, seed: u64, durable: Durable, stop: Arc<Atomi
 }
 
 /// Unsynced churn next to the writer: overwrites, renames, unlinks, truncates, xattrs.
-fn churn(root_fd: i32, round: u32, seed: u64, stop: Arc<AtomicBool>) -> String {
+fn churn(root: Arc<OwnedFd>, round: u32, seed: u64, stop: Arc<AtomicBool>) -> String {
     let mut rng = Rng::new(seed);
     let dir = format!("churn{round}");
     let c = CString::new(dir.clone()).unwrap();
-    if unsafe { libc::mkdirat(root_fd, c.as_ptr(), 0o755) } < 0 {
-        return format!("mkdir {dir}: {}", errno_name(errno()));
+    if let Err(e) = sys::mkdirat(&*root, &c, 0o755) {
+        return format!("mkdir {dir}: {}", errno_name(e));
     }
+    let root = &*root;
     loop {
         if stop.load(Ordering::SeqCst) {
             return "stopped".into();
@@ -276,35 +242,21 @@ fn churn(root_fd: i32, round: u32, seed: u64, stop: Arc<AtomicBool>) -> String {
         let a = format!("{dir}/{}", rng.below(20));
         let b = CString::new(format!("{dir}/{}", rng.below(20))).unwrap();
         let ca = CString::new(a.clone()).unwrap();
-        let r = unsafe {
-            match rng.below(5) {
-                0 | 1 => match openat(root_fd, &a, libc::O_CREAT | libc::O_WRONLY) {
-                    Ok(fd) => {
-                        let d = pattern(rng.next_u64(), rng.below(300_000) as usize);
-                        let r = write_all(fd, &d, rng.below(1 << 20), &mut rng)
-                            .map(|_| 0)
-                            .unwrap_or(-1);
-                        libc::close(fd);
-                        r
-                    }
-                    Err(_) => -1,
-                },
-                2 => libc::renameat(root_fd, ca.as_ptr(), root_fd, b.as_ptr()),
-                3 => libc::unlinkat(root_fd, ca.as_ptr(), 0),
-                _ => match openat(root_fd, &a, libc::O_WRONLY) {
-                    Ok(fd) => {
-                        let r = libc::ftruncate(fd, rng.below(1 << 20) as i64);
-                        let n = CString::new("user.churn").unwrap();
-                        libc::fsetxattr(fd, n.as_ptr(), b"v".as_ptr() as *const libc::c_void, 1, 0);
-                        libc::close(fd);
-                        r
-                    }
-                    Err(_) => -1,
-                },
-            }
+        let r = match rng.below(5) {
+            0 | 1 => openat(root, &a, libc::O_CREAT | libc::O_WRONLY).and_then(|fd| {
+                let d = pattern(rng.next_u64(), rng.below(300_000) as usize);
+                write_all(&fd, &d, rng.below(1 << 20), &mut rng)
+            }),
+            2 => sys::renameat(root, &ca, root, &b),
+            3 => sys::unlinkat(root, &ca, 0),
+            _ => openat(root, &a, libc::O_WRONLY).and_then(|fd| {
+                let r = sys::ftruncate(&fd, rng.below(1 << 20) as i64);
+                let n = CString::new("user.churn").unwrap();
+                let _ = sys::fsetxattr(&fd, &n, b"v", 0);
+                r
+            }),
         };
-        if r < 0 {
-            let e = errno();
+        if let Err(e) = r {
             if e == libc::ENOTCONN || e == libc::ECONNABORTED || e == libc::EIO || e == libc::ENODEV
             {
                 return format!("stopped by {}", errno_name(e));
@@ -366,32 +318,34 @@ fn kill9_during_writes_keeps_fsynced_data() {
         );
 
         let root = m.root();
-        let root_fd = {
-            let c = cstr(&root);
-            let fd = unsafe {
-                libc::open(
-                    c.as_ptr(),
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                )
-            };
-            assert!(fd >= 0, "open mount root: {}", errno_name(errno()));
-            fd
-        };
+        let root_fd = Arc::new(
+            sys::open(
+                &cstr(&root),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                0,
+            )
+            .unwrap_or_else(|e| panic!("open mount root: {}", errno_name(e))),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let before = durable.lock().unwrap().len();
         let w = {
-            let (d, s, seed) = (durable.clone(), stop.clone(), rng.next_u64());
-            std::thread::spawn(move || writer(root_fd, round, seed, d, s))
+            let (r, d, s, seed) = (
+                root_fd.clone(),
+                durable.clone(),
+                stop.clone(),
+                rng.next_u64(),
+            );
+            std::thread::spawn(move || writer(r, round, seed, d, s))
         };
         // STRATA_KILL9_NO_CHURN=1 runs the fsync writer alone (to narrow down a failure).
         let no_churn = std::env::var_os("STRATA_KILL9_NO_CHURN").is_some();
         let c = {
-            let (s, seed) = (stop.clone(), rng.next_u64());
+            let (r, s, seed) = (root_fd.clone(), stop.clone(), rng.next_u64());
             std::thread::spawn(move || {
                 if no_churn {
                     "disabled".to_string()
                 } else {
-                    churn(root_fd, round, seed, s)
+                    churn(r, round, seed, s)
                 }
             })
         };
@@ -412,7 +366,7 @@ fn kill9_during_writes_keeps_fsynced_data() {
         stop.store(true, Ordering::SeqCst);
         let wres = w.join().expect("writer thread panicked");
         let cres = c.join().expect("churn thread panicked");
-        unsafe { libc::close(root_fd) };
+        drop(root_fd);
         m.unmount_dead();
         drop(m);
         let after = durable.lock().unwrap().len();

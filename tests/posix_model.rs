@@ -11,16 +11,18 @@
 //! The other tests check specific rules: setgid inheritance, sticky directories, hard link
 //! and directory link counts, an open unlinked file, a sparse file at 1 GiB, mmap, exec.
 
-mod common;
+#![forbid(unsafe_code)]
 
-use common::*;
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use testkit::*;
 
 // ---------------------------------------------------------------------------------------
 // Operations
@@ -219,7 +221,8 @@ fn fmt_outcome(o: &Outcome) -> String {
 
 struct Side {
     base: PathBuf,
-    fds: Vec<i32>,
+    /// Open handles (closed when dropped).
+    fds: Vec<OwnedFd>,
 }
 
 impl Side {
@@ -228,14 +231,6 @@ impl Side {
         b.push(b'/');
         b.extend_from_slice(rel.as_bytes());
         CString::new(b).unwrap()
-    }
-}
-
-impl Drop for Side {
-    fn drop(&mut self) {
-        for fd in self.fds.drain(..) {
-            unsafe { libc::close(fd) };
-        }
     }
 }
 
@@ -252,388 +247,281 @@ fn st_of(s: &libc::stat) -> St {
     }
 }
 
-fn ret(r: i64) -> Outcome {
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(Val::Unit)
-    }
-}
-
-fn fstat_raw(fd: i32) -> Result<libc::stat, i32> {
-    let mut s: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut s) } < 0 {
-        Err(errno())
-    } else {
-        Ok(s)
-    }
+fn unit(r: sys::SysResult<()>) -> Outcome {
+    r.map(|_| Val::Unit)
 }
 
 fn exec(op: &Op, side: &mut Side) -> Outcome {
-    unsafe {
-        match op {
-            Op::Open { path, flags, mode } => {
-                let fd = libc::open(side.p(path).as_ptr(), *flags, *mode as libc::c_uint);
-                if fd < 0 {
-                    return Err(errno());
+    match op {
+        Op::Open { path, flags, mode } => {
+            let fd = sys::open(&side.p(path), *flags, *mode)?;
+            side.fds.push(fd);
+            Ok(Val::Unit)
+        }
+        Op::Close { h } => unit(sys::close(side.fds.remove(*h))),
+        Op::Pwrite { h, off, len, seed } => {
+            let data = pattern(*seed, *len);
+            sys::pwrite(&side.fds[*h], &data, *off as i64).map(|n| Val::Int(n as i64))
+        }
+        Op::Pread { h, off, len } => {
+            let mut buf = vec![0u8; *len];
+            let n = sys::pread(&side.fds[*h], &mut buf, *off as i64)?;
+            buf.truncate(n);
+            Ok(Val::Bytes(buf))
+        }
+        Op::Ftruncate { h, len } => unit(sys::ftruncate(&side.fds[*h], *len as i64)),
+        Op::Fstat { h } => sys::fstat(&side.fds[*h]).map(|s| Val::Stat(st_of(&s))),
+        Op::Fsync { h, data_only } => {
+            let fd = &side.fds[*h];
+            unit(if *data_only {
+                sys::fdatasync(fd)
+            } else {
+                sys::fsync(fd)
+            })
+        }
+        Op::Fallocate { h, mode, off, len } => unit(sys::fallocate(
+            &side.fds[*h],
+            *mode,
+            *off as i64,
+            *len as i64,
+        )),
+        Op::Lseek { h, off, whence } => {
+            let fd = &side.fds[*h];
+            let r = sys::lseek(fd, *off as i64, *whence);
+            let size = match sys::fstat(fd) {
+                // SEEK_DATA/SEEK_HOLE only mean something for regular files.
+                Ok(s) if s.st_mode & libc::S_IFMT != libc::S_IFREG => return Ok(Val::Unit),
+                Ok(s) => s.st_size as u64,
+                Err(e) => return Err(e),
+            };
+            // Bytes [from, to) must read as zeros (a claimed hole must not hide data).
+            // (Read through a fresh O_RDONLY descriptor: the handle may be write-only.)
+            let zeros = |from: u64, to: u64| -> bool {
+                if to <= from {
+                    return true;
                 }
-                side.fds.push(fd);
+                let raw = fd.as_raw_fd();
+                let proc_path = CString::new(format!("/proc/self/fd/{raw}")).unwrap();
+                let rfd = sys::open(&proc_path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
+                    .unwrap_or_else(|e| panic!("reopen {raw} for reading: {}", errno_name(e)));
+                let mut buf = vec![0u8; (to - from) as usize];
+                let n = sys::pread(&rfd, &mut buf, from as i64);
+                drop(rfd);
+                let n =
+                    n.unwrap_or_else(|e| panic!("pread for the lseek check: {}", errno_name(e)));
+                buf[..n].iter().all(|b| *b == 0)
+            };
+            let what = if *whence == libc::SEEK_DATA {
+                "SEEK_DATA"
+            } else {
+                "SEEK_HOLE"
+            };
+            if *off >= size {
+                // Beyond EOF both must be ENXIO.
+                return r.map(Val::Int);
+            }
+            let r = match r {
+                Err(e) if *whence == libc::SEEK_DATA && e == libc::ENXIO => {
+                    // "no data after off": only right if the rest reads as zeros
+                    return if zeros(*off, size) {
+                        Ok(Val::Unit)
+                    } else {
+                        Ok(Val::Invalid(format!(
+                            "SEEK_DATA from {off} gave ENXIO but [{off}, {size}) holds data"
+                        )))
+                    };
+                }
+                Err(e) => return Err(e),
+                Ok(r) => r as u64,
+            };
+            let ok = if *whence == libc::SEEK_DATA {
+                r >= *off && r < size
+            } else {
+                r >= *off && r <= size
+            };
+            if ok && *whence == libc::SEEK_DATA && !zeros(*off, r) {
+                Ok(Val::Invalid(format!(
+                    "SEEK_DATA from {off} skipped data before {r}"
+                )))
+            } else if ok {
                 Ok(Val::Unit)
+            } else {
+                Ok(Val::Invalid(format!(
+                    "{what} from {off} returned {r} with size {size}"
+                )))
             }
-            Op::Close { h } => {
-                let fd = side.fds.remove(*h);
-                ret(libc::close(fd) as i64)
-            }
-            Op::Pwrite { h, off, len, seed } => {
-                let data = pattern(*seed, *len);
-                let n = libc::pwrite(
-                    side.fds[*h],
-                    data.as_ptr() as *const libc::c_void,
-                    data.len(),
-                    *off as i64,
-                );
-                if n < 0 {
-                    Err(errno())
-                } else {
-                    Ok(Val::Int(n as i64))
+        }
+        Op::CopyRange {
+            hin,
+            off_in,
+            hout,
+            off_out,
+            len,
+        } => {
+            let mut oi = *off_in as i64;
+            let mut oo = *off_out as i64;
+            sys::copy_file_range(&side.fds[*hin], &mut oi, &side.fds[*hout], &mut oo, *len)
+                .map(|n| Val::Int(n as i64))
+        }
+        Op::Truncate { path, len } => unit(sys::truncate(&side.p(path), *len as i64)),
+        Op::Mkdir { path, mode } => unit(sys::mkdir(&side.p(path), *mode)),
+        Op::Rmdir { path } => unit(sys::rmdir(&side.p(path))),
+        Op::Unlink { path } => unit(sys::unlink(&side.p(path))),
+        Op::Rename { from, to, flags } => unit(sys::renameat2(&side.p(from), &side.p(to), *flags)),
+        Op::Link { from, to } => unit(sys::link(&side.p(from), &side.p(to))),
+        Op::Symlink { target, path } => {
+            let t = CString::new(target.as_bytes()).unwrap();
+            unit(sys::symlink(&t, &side.p(path)))
+        }
+        Op::Readlink { path } => {
+            let mut buf = vec![0u8; 4096];
+            let n = sys::readlink(&side.p(path), &mut buf)?;
+            buf.truncate(n);
+            Ok(Val::Bytes(buf))
+        }
+        Op::Chmod { path, mode } => unit(sys::chmod(&side.p(path), *mode)),
+        Op::Chown {
+            path,
+            uid,
+            gid,
+            nofollow,
+        } => {
+            let f = if *nofollow {
+                libc::AT_SYMLINK_NOFOLLOW
+            } else {
+                0
+            };
+            unit(sys::fchownat(&side.p(path), *uid, *gid, f))
+        }
+        Op::Utimens {
+            path,
+            times,
+            nofollow,
+        } => {
+            let f = if *nofollow {
+                libc::AT_SYMLINK_NOFOLLOW
+            } else {
+                0
+            };
+            let p = side.p(path);
+            match times {
+                None => unit(sys::utimensat(&p, None, f)),
+                Some(t) => {
+                    let ts = [
+                        libc::timespec {
+                            tv_sec: t[0].0,
+                            tv_nsec: t[0].1,
+                        },
+                        libc::timespec {
+                            tv_sec: t[1].0,
+                            tv_nsec: t[1].1,
+                        },
+                    ];
+                    sys::utimensat(&p, Some(&ts), f)?;
+                    let s = if *nofollow {
+                        sys::lstat(&p)
+                    } else {
+                        sys::stat(&p)
+                    }?;
+                    Ok(Val::Times(
+                        (s.st_atime, s.st_atime_nsec),
+                        (s.st_mtime, s.st_mtime_nsec),
+                    ))
                 }
             }
-            Op::Pread { h, off, len } => {
-                let mut buf = vec![0u8; *len];
-                let n = libc::pread(
-                    side.fds[*h],
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    *len,
-                    *off as i64,
-                );
-                if n < 0 {
-                    return Err(errno());
-                }
-                buf.truncate(n as usize);
-                Ok(Val::Bytes(buf))
+        }
+        Op::Mkfifo { path, mode } => unit(sys::mknod(&side.p(path), libc::S_IFIFO | *mode, 0)),
+        Op::Setxattr {
+            path,
+            name,
+            seed,
+            len,
+            flags,
+            nofollow,
+        } => {
+            let v = pattern(*seed, *len);
+            let n = CString::new(name.as_bytes()).unwrap();
+            let p = side.p(path);
+            unit(if *nofollow {
+                sys::lsetxattr(&p, &n, &v, *flags)
+            } else {
+                sys::setxattr(&p, &n, &v, *flags)
+            })
+        }
+        Op::Getxattr {
+            path,
+            name,
+            size,
+            nofollow,
+        } => {
+            let n = CString::new(name.as_bytes()).unwrap();
+            let p = side.p(path);
+            // A size of 0 asks for the value's length (a null buffer).
+            let mut buf = vec![0u8; *size];
+            let r = if *nofollow {
+                sys::lgetxattr(&p, &n, &mut buf)
+            } else {
+                sys::getxattr(&p, &n, &mut buf)
+            }?;
+            if *size == 0 {
+                return Ok(Val::Int(r as i64));
             }
-            Op::Ftruncate { h, len } => ret(libc::ftruncate(side.fds[*h], *len as i64) as i64),
-            Op::Fstat { h } => fstat_raw(side.fds[*h]).map(|s| Val::Stat(st_of(&s))),
-            Op::Fsync { h, data_only } => {
-                let fd = side.fds[*h];
-                ret(if *data_only {
-                    libc::fdatasync(fd)
-                } else {
-                    libc::fsync(fd)
-                } as i64)
+            buf.truncate(r);
+            Ok(Val::Bytes(buf))
+        }
+        Op::Listxattr { path, nofollow } => {
+            let p = side.p(path);
+            let mut buf = vec![0u8; 65536];
+            let r = if *nofollow {
+                sys::llistxattr(&p, &mut buf)
+            } else {
+                sys::listxattr(&p, &mut buf)
+            }?;
+            buf.truncate(r);
+            let mut names: Vec<Vec<u8>> = buf
+                .split(|b| *b == 0)
+                .filter(|s| s.starts_with(b"user."))
+                .map(|s| s.to_vec())
+                .collect();
+            names.sort();
+            Ok(Val::Names(names))
+        }
+        Op::Removexattr {
+            path,
+            name,
+            nofollow,
+        } => {
+            let n = CString::new(name.as_bytes()).unwrap();
+            let p = side.p(path);
+            unit(if *nofollow {
+                sys::lremovexattr(&p, &n)
+            } else {
+                sys::removexattr(&p, &n)
+            })
+        }
+        Op::Stat { path, nofollow } => {
+            let p = side.p(path);
+            if *nofollow {
+                sys::lstat(&p)
+            } else {
+                sys::stat(&p)
             }
-            Op::Fallocate { h, mode, off, len } => {
-                ret(libc::fallocate(side.fds[*h], *mode, *off as i64, *len as i64) as i64)
-            }
-            Op::Lseek { h, off, whence } => {
-                let fd = side.fds[*h];
-                let r = libc::lseek(fd, *off as i64, *whence);
-                let e = errno();
-                let size = match fstat_raw(fd) {
-                    // SEEK_DATA/SEEK_HOLE only mean something for regular files.
-                    Ok(s) if s.st_mode & libc::S_IFMT != libc::S_IFREG => return Ok(Val::Unit),
-                    Ok(s) => s.st_size as u64,
-                    Err(e) => return Err(e),
-                };
-                // Bytes [from, to) must read as zeros (a claimed hole must not hide data).
-                // (Read through a fresh O_RDONLY descriptor: the handle may be write-only.)
-                let zeros = |from: u64, to: u64| -> bool {
-                    if to <= from {
-                        return true;
-                    }
-                    let proc_path = CString::new(format!("/proc/self/fd/{fd}")).unwrap();
-                    let rfd = libc::open(proc_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    assert!(rfd >= 0, "reopen {fd} for reading: {}", errno_name(errno()));
-                    let mut buf = vec![0u8; (to - from) as usize];
-                    let n = libc::pread(
-                        rfd,
-                        buf.as_mut_ptr() as *mut libc::c_void,
-                        buf.len(),
-                        from as i64,
-                    );
-                    libc::close(rfd);
-                    assert!(n >= 0, "pread for the lseek check: {}", errno_name(errno()));
-                    buf[..n as usize].iter().all(|b| *b == 0)
-                };
-                let what = if *whence == libc::SEEK_DATA {
-                    "SEEK_DATA"
-                } else {
-                    "SEEK_HOLE"
-                };
-                if *off >= size {
-                    // Beyond EOF both must be ENXIO.
-                    return if r < 0 { Err(e) } else { Ok(Val::Int(r)) };
-                }
-                if r < 0 {
-                    if *whence == libc::SEEK_DATA && e == libc::ENXIO {
-                        // "no data after off": only right if the rest reads as zeros
-                        return if zeros(*off, size) {
-                            Ok(Val::Unit)
-                        } else {
-                            Ok(Val::Invalid(format!(
-                                "SEEK_DATA from {off} gave ENXIO but [{off}, {size}) holds data"
-                            )))
-                        };
-                    }
-                    return Err(e);
-                }
-                let r = r as u64;
-                let ok = if *whence == libc::SEEK_DATA {
-                    r >= *off && r < size
-                } else {
-                    r >= *off && r <= size
-                };
-                if ok && *whence == libc::SEEK_DATA && !zeros(*off, r) {
-                    Ok(Val::Invalid(format!(
-                        "SEEK_DATA from {off} skipped data before {r}"
-                    )))
-                } else if ok {
-                    Ok(Val::Unit)
-                } else {
-                    Ok(Val::Invalid(format!(
-                        "{what} from {off} returned {r} with size {size}"
-                    )))
-                }
-            }
-            Op::CopyRange {
-                hin,
-                off_in,
-                hout,
-                off_out,
-                len,
-            } => {
-                let mut oi = *off_in as i64;
-                let mut oo = *off_out as i64;
-                let n = libc::copy_file_range(
-                    side.fds[*hin],
-                    &mut oi,
-                    side.fds[*hout],
-                    &mut oo,
-                    *len,
-                    0,
-                );
-                if n < 0 {
-                    Err(errno())
-                } else {
-                    Ok(Val::Int(n as i64))
-                }
-            }
-            Op::Truncate { path, len } => {
-                ret(libc::truncate(side.p(path).as_ptr(), *len as i64) as i64)
-            }
-            Op::Mkdir { path, mode } => ret(libc::mkdir(side.p(path).as_ptr(), *mode) as i64),
-            Op::Rmdir { path } => ret(libc::rmdir(side.p(path).as_ptr()) as i64),
-            Op::Unlink { path } => ret(libc::unlink(side.p(path).as_ptr()) as i64),
-            Op::Rename { from, to, flags } => ret(libc::renameat2(
-                libc::AT_FDCWD,
-                side.p(from).as_ptr(),
-                libc::AT_FDCWD,
-                side.p(to).as_ptr(),
-                *flags,
-            ) as i64),
-            Op::Link { from, to } => {
-                ret(libc::link(side.p(from).as_ptr(), side.p(to).as_ptr()) as i64)
-            }
-            Op::Symlink { target, path } => {
-                let t = CString::new(target.as_bytes()).unwrap();
-                ret(libc::symlink(t.as_ptr(), side.p(path).as_ptr()) as i64)
-            }
-            Op::Readlink { path } => {
-                let mut buf = vec![0u8; 4096];
-                let n = libc::readlink(
-                    side.p(path).as_ptr(),
-                    buf.as_mut_ptr() as *mut libc::c_char,
-                    buf.len(),
-                );
-                if n < 0 {
-                    return Err(errno());
-                }
-                buf.truncate(n as usize);
-                Ok(Val::Bytes(buf))
-            }
-            Op::Chmod { path, mode } => ret(libc::chmod(side.p(path).as_ptr(), *mode) as i64),
-            Op::Chown {
-                path,
-                uid,
-                gid,
-                nofollow,
-            } => {
-                let f = if *nofollow {
-                    libc::AT_SYMLINK_NOFOLLOW
-                } else {
-                    0
-                };
-                ret(libc::fchownat(libc::AT_FDCWD, side.p(path).as_ptr(), *uid, *gid, f) as i64)
-            }
-            Op::Utimens {
-                path,
-                times,
-                nofollow,
-            } => {
-                let f = if *nofollow {
-                    libc::AT_SYMLINK_NOFOLLOW
-                } else {
-                    0
-                };
-                let p = side.p(path);
-                match times {
-                    None => {
-                        ret(libc::utimensat(libc::AT_FDCWD, p.as_ptr(), std::ptr::null(), f) as i64)
-                    }
-                    Some(t) => {
-                        let ts = [
-                            libc::timespec {
-                                tv_sec: t[0].0,
-                                tv_nsec: t[0].1,
-                            },
-                            libc::timespec {
-                                tv_sec: t[1].0,
-                                tv_nsec: t[1].1,
-                            },
-                        ];
-                        if libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), f) < 0 {
-                            return Err(errno());
+            .map(|s| Val::Stat(st_of(&s)))
+        }
+        Op::Readdir { path } => {
+            let full = side.base.join(path);
+            match fs::read_dir(&full) {
+                Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
+                Ok(rd) => {
+                    let mut names = Vec::new();
+                    for de in rd {
+                        match de {
+                            Ok(de) => names.push(de.file_name().as_bytes().to_vec()),
+                            Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
                         }
-                        let mut s: libc::stat = std::mem::zeroed();
-                        let r = if *nofollow {
-                            libc::lstat(p.as_ptr(), &mut s)
-                        } else {
-                            libc::stat(p.as_ptr(), &mut s)
-                        };
-                        if r < 0 {
-                            return Err(errno());
-                        }
-                        Ok(Val::Times(
-                            (s.st_atime, s.st_atime_nsec),
-                            (s.st_mtime, s.st_mtime_nsec),
-                        ))
                     }
-                }
-            }
-            Op::Mkfifo { path, mode } => {
-                ret(libc::mknod(side.p(path).as_ptr(), libc::S_IFIFO | *mode, 0) as i64)
-            }
-            Op::Setxattr {
-                path,
-                name,
-                seed,
-                len,
-                flags,
-                nofollow,
-            } => {
-                let v = pattern(*seed, *len);
-                let n = CString::new(name.as_bytes()).unwrap();
-                let p = side.p(path);
-                let r = if *nofollow {
-                    libc::lsetxattr(
-                        p.as_ptr(),
-                        n.as_ptr(),
-                        v.as_ptr() as *const libc::c_void,
-                        v.len(),
-                        *flags,
-                    )
-                } else {
-                    libc::setxattr(
-                        p.as_ptr(),
-                        n.as_ptr(),
-                        v.as_ptr() as *const libc::c_void,
-                        v.len(),
-                        *flags,
-                    )
-                };
-                ret(r as i64)
-            }
-            Op::Getxattr {
-                path,
-                name,
-                size,
-                nofollow,
-            } => {
-                let n = CString::new(name.as_bytes()).unwrap();
-                let p = side.p(path);
-                let mut buf = vec![0u8; *size];
-                let ptr = if *size == 0 {
-                    std::ptr::null_mut()
-                } else {
-                    buf.as_mut_ptr() as *mut libc::c_void
-                };
-                let r = if *nofollow {
-                    libc::lgetxattr(p.as_ptr(), n.as_ptr(), ptr, *size)
-                } else {
-                    libc::getxattr(p.as_ptr(), n.as_ptr(), ptr, *size)
-                };
-                if r < 0 {
-                    return Err(errno());
-                }
-                if *size == 0 {
-                    return Ok(Val::Int(r as i64));
-                }
-                buf.truncate(r as usize);
-                Ok(Val::Bytes(buf))
-            }
-            Op::Listxattr { path, nofollow } => {
-                let p = side.p(path);
-                let mut buf = vec![0u8; 65536];
-                let r = if *nofollow {
-                    libc::llistxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
-                } else {
-                    libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
-                };
-                if r < 0 {
-                    return Err(errno());
-                }
-                buf.truncate(r as usize);
-                let mut names: Vec<Vec<u8>> = buf
-                    .split(|b| *b == 0)
-                    .filter(|s| s.starts_with(b"user."))
-                    .map(|s| s.to_vec())
-                    .collect();
-                names.sort();
-                Ok(Val::Names(names))
-            }
-            Op::Removexattr {
-                path,
-                name,
-                nofollow,
-            } => {
-                let n = CString::new(name.as_bytes()).unwrap();
-                let p = side.p(path);
-                let r = if *nofollow {
-                    libc::lremovexattr(p.as_ptr(), n.as_ptr())
-                } else {
-                    libc::removexattr(p.as_ptr(), n.as_ptr())
-                };
-                ret(r as i64)
-            }
-            Op::Stat { path, nofollow } => {
-                let p = side.p(path);
-                let mut s: libc::stat = std::mem::zeroed();
-                let r = if *nofollow {
-                    libc::lstat(p.as_ptr(), &mut s)
-                } else {
-                    libc::stat(p.as_ptr(), &mut s)
-                };
-                if r < 0 {
-                    Err(errno())
-                } else {
-                    Ok(Val::Stat(st_of(&s)))
-                }
-            }
-            Op::Readdir { path } => {
-                let full = side.base.join(path);
-                match fs::read_dir(&full) {
-                    Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
-                    Ok(rd) => {
-                        let mut names = Vec::new();
-                        for de in rd {
-                            match de {
-                                Ok(de) => names.push(de.file_name().as_bytes().to_vec()),
-                                Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
-                            }
-                        }
-                        names.sort();
-                        Ok(Val::Names(names))
-                    }
+                    names.sort();
+                    Ok(Val::Names(names))
                 }
             }
         }
@@ -994,10 +882,9 @@ fn normalize(op: &Op, o: Outcome) -> Outcome {
 
 fn run_model(seed: u64, nops: usize) {
     let td = TestDir::new(&format!("model{seed}"));
-    let img = td.mkfs("1G");
+    let (img, mut mount) = td.mkfs_and_mount("1G");
     let refdir = td.plain_dir("ref");
-    let mnt = td.mountpoint("mnt");
-    let mut mount = Mount::start(&img, &mnt);
+    let mnt = mount.mnt.clone();
     let b = run_ops(seed, nops, &refdir, &mount.root());
 
     // Persistence of the final state: clean stop, fsck, remount, compare again.
@@ -1170,7 +1057,7 @@ fn run_ops(seed: u64, nops: usize, base_a: &Path, base_b: &Path) -> Side {
 /// the comparison are deterministic. Needs no mount.
 #[test]
 fn model_selftest_host_vs_host() {
-    if unsafe { libc::geteuid() } != 0 {
+    if geteuid() != 0 {
         eprintln!("SKIP: needs root (chown)");
         return;
     }
@@ -1227,15 +1114,6 @@ fn model_seed_env() {
 // Explicit rules
 // ---------------------------------------------------------------------------------------
 
-/// A mounted fresh image with its test dir: (dir, image, mount). Drop order: mount first.
-fn fresh(name: &str, size: &str) -> (Mount, PathBuf, TestDir) {
-    let td = TestDir::new(name);
-    let img = td.mkfs(size);
-    let mnt = td.mountpoint("mnt");
-    let m = Mount::start(&img, &mnt);
-    (m, img, td)
-}
-
 fn lstat(p: &Path) -> fs::Metadata {
     fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
 }
@@ -1253,7 +1131,8 @@ fn chown(p: &Path, uid: u32, gid: u32) {
 #[test]
 fn mount_table_entry() {
     require_root_and_fuse!();
-    let (m, img, _td) = fresh("mtab", "256M");
+    let td = TestDir::new("mtab");
+    let (img, m) = td.mkfs_and_mount("256M");
     let (fstype, source) = mount_info(&m.mnt).expect("mounted");
     assert_eq!(fstype, "fuse", "fstype (subtype must be empty)");
     assert_eq!(
@@ -1288,8 +1167,8 @@ fn setgid_scenario(base: &Path) -> Vec<String> {
     std::os::unix::fs::symlink("file", d.join("link")).unwrap();
     let fifo = cstr(&d.join("fifo"));
     assert_eq!(
-        unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) },
-        0,
+        sys::mknod(&fifo, libc::S_IFIFO | 0o644, 0),
+        Ok(()),
         "mknod fifo"
     );
     for n in ["file", "sub", "link", "fifo"] {
@@ -1310,13 +1189,8 @@ fn setgid_scenario(base: &Path) -> Vec<String> {
     ));
     // a non-member creates a file asking for S_ISGID: gid is inherited, S_ISGID dropped
     let p = cstr(&d.join("user_file"));
-    let r = as_user(1001, 1001, || unsafe {
-        let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o2755);
-        if fd < 0 {
-            return errno();
-        }
-        libc::close(fd);
-        0
+    let r = as_user(1001, 1001, || {
+        code(sys::open(&p, libc::O_CREAT | libc::O_WRONLY, 0o2755))
     });
     obs.push(format!("user create: {}", errno_name(r)));
     let m = lstat(&d.join("user_file"));
@@ -1327,9 +1201,7 @@ fn setgid_scenario(base: &Path) -> Vec<String> {
         m.mode() & 0o7777
     ));
     // the owner (not in group 2000) chmods g+s: silently cleared
-    let r = as_user(1001, 1001, || unsafe {
-        rc(libc::chmod(p.as_ptr(), 0o2755))
-    });
+    let r = as_user(1001, 1001, || code(sys::chmod(&p, 0o2755)));
     let m = lstat(&d.join("user_file"));
     obs.push(format!(
         "user chmod g+s: {} mode {:o}",
@@ -1346,7 +1218,8 @@ fn setgid_scenario(base: &Path) -> Vec<String> {
 #[test]
 fn setgid_directory_inheritance() {
     require_root_and_fuse!();
-    let (m, _img, td) = fresh("setgid", "256M");
+    let td = TestDir::new("setgid");
+    let (_img, m) = td.mkfs_and_mount("256M");
     let reference = setgid_scenario(&td.plain_dir("ref"));
     // Unprivileged users reach a layer the way a container does: through a bind mount of it
     // (the mount root itself is root-only).
@@ -1380,29 +1253,18 @@ fn sticky_scenario(base: &Path) -> Vec<String> {
     let f1 = cstr(&s.join("f1"));
     let f1x = cstr(&s.join("f1x"));
     let f2 = cstr(&s.join("f2"));
-    let create = |p: &CString| unsafe {
-        let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o666);
-        if fd < 0 {
-            return errno();
-        }
-        libc::close(fd);
-        0
-    };
+    let create = |p: &CString| code(sys::open(p, libc::O_CREAT | libc::O_WRONLY, 0o666));
     obs.push(format!(
         "1001 create f1: {}",
         errno_name(as_user(1001, 1001, || create(&f1)))
     ));
     obs.push(format!(
         "1002 unlink f1: {}",
-        errno_name(as_user(1002, 1002, || unsafe {
-            rc(libc::unlink(f1.as_ptr()))
-        }))
+        errno_name(as_user(1002, 1002, || code(sys::unlink(&f1))))
     ));
     obs.push(format!(
         "1002 rename f1: {}",
-        errno_name(as_user(1002, 1002, || unsafe {
-            rc(libc::rename(f1.as_ptr(), f1x.as_ptr()))
-        }))
+        errno_name(as_user(1002, 1002, || code(sys::rename(&f1, &f1x))))
     ));
     obs.push(format!(
         "1002 create f2: {}",
@@ -1410,21 +1272,15 @@ fn sticky_scenario(base: &Path) -> Vec<String> {
     ));
     obs.push(format!(
         "1002 rename f2 over f1: {}",
-        errno_name(as_user(1002, 1002, || unsafe {
-            rc(libc::rename(f2.as_ptr(), f1.as_ptr()))
-        }))
+        errno_name(as_user(1002, 1002, || code(sys::rename(&f2, &f1))))
     ));
     obs.push(format!(
         "1002 unlink f2: {}",
-        errno_name(as_user(1002, 1002, || unsafe {
-            rc(libc::unlink(f2.as_ptr()))
-        }))
+        errno_name(as_user(1002, 1002, || code(sys::unlink(&f2))))
     ));
     obs.push(format!(
         "1001 unlink f1: {}",
-        errno_name(as_user(1001, 1001, || unsafe {
-            rc(libc::unlink(f1.as_ptr()))
-        }))
+        errno_name(as_user(1001, 1001, || code(sys::unlink(&f1))))
     ));
     // the directory's owner may delete others' files
     let o = base.join("owned");
@@ -1438,9 +1294,7 @@ fn sticky_scenario(base: &Path) -> Vec<String> {
     ));
     obs.push(format!(
         "1002 (dir owner) unlink owned/h: {}",
-        errno_name(as_user(1002, 1002, || unsafe {
-            rc(libc::unlink(h.as_ptr()))
-        }))
+        errno_name(as_user(1002, 1002, || code(sys::unlink(&h))))
     ));
     // without the sticky bit anyone with write permission may delete
     let p = base.join("open");
@@ -1453,15 +1307,15 @@ fn sticky_scenario(base: &Path) -> Vec<String> {
     ));
     obs.push(format!(
         "1002 unlink open/g: {}",
-        errno_name(as_user(1002, 1002, || unsafe {
-            rc(libc::unlink(g.as_ptr()))
-        }))
+        errno_name(as_user(1002, 1002, || code(sys::unlink(&g))))
     ));
     // and without write permission nobody but root may
     chmod(&p, 0o0755);
+    // (The path is made here: the forked child only makes system calls.)
+    let g2 = cstr(&p.join("g2"));
     obs.push(format!(
         "1001 create open/g2: {}",
-        errno_name(as_user(1001, 1001, || create(&cstr(&p.join("g2")))))
+        errno_name(as_user(1001, 1001, || create(&g2)))
     ));
     obs
 }
@@ -1469,7 +1323,8 @@ fn sticky_scenario(base: &Path) -> Vec<String> {
 #[test]
 fn sticky_bit_rules() {
     require_root_and_fuse!();
-    let (m, _img, td) = fresh("sticky", "256M");
+    let td = TestDir::new("sticky");
+    let (_img, m) = td.mkfs_and_mount("256M");
     let expected = vec![
         "1001 create f1: OK",
         "1002 unlink f1: EPERM",
@@ -1499,7 +1354,8 @@ fn sticky_bit_rules() {
 #[test]
 fn hard_link_counts() {
     require_root_and_fuse!();
-    let (m, _img, _td) = fresh("hardlinks", "256M");
+    let td = TestDir::new("hardlinks");
+    let (_img, m) = td.mkfs_and_mount("256M");
     let r = m.root();
     fs::create_dir(r.join("sub")).unwrap();
     fs::write(r.join("f"), b"hello").unwrap();
@@ -1555,7 +1411,8 @@ fn hard_link_counts() {
 #[test]
 fn directory_nlink() {
     require_root_and_fuse!();
-    let (m, _img, _td) = fresh("dirnlink", "256M");
+    let td = TestDir::new("dirnlink");
+    let (_img, m) = td.mkfs_and_mount("256M");
     let r = m.root();
     let root0 = lstat(&r).nlink();
     fs::create_dir(r.join("d")).unwrap();
@@ -1595,16 +1452,9 @@ fn directory_nlink() {
     fs::write(r.join("f"), b"").unwrap();
     let a = cstr(&r.join("f"));
     let b = cstr(&r.join("d/z"));
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    assert_eq!(rc, 0, "RENAME_EXCHANGE: {}", errno_name(errno()));
+    if let Err(e) = sys::renameat2(&a, &b, libc::RENAME_EXCHANGE) {
+        panic!("RENAME_EXCHANGE: {}", errno_name(e));
+    }
     assert!(lstat(&r.join("f")).is_dir());
     assert_eq!(
         lstat(&r.join("d")).nlink(),
@@ -1626,7 +1476,8 @@ fn directory_nlink() {
 #[test]
 fn open_unlinked_file() {
     require_root_and_fuse!();
-    let (m, _img, _td) = fresh("unlinked", "256M");
+    let td = TestDir::new("unlinked");
+    let (_img, m) = td.mkfs_and_mount("256M");
     let r = m.root();
     let p = r.join("tmp");
     let f = fs::OpenOptions::new()
@@ -1665,7 +1516,8 @@ fn open_unlinked_file() {
 #[test]
 fn sparse_file_at_1gib() {
     require_root_and_fuse!();
-    let (m, img, _td) = fresh("sparse", "256M");
+    let td = TestDir::new("sparse");
+    let (img, m) = td.mkfs_and_mount("256M");
     let p = m.root().join("sparse");
     let f = fs::OpenOptions::new()
         .read(true)
@@ -1705,38 +1557,23 @@ fn sparse_file_at_1gib() {
 #[test]
 fn mmap_write_read() {
     require_root_and_fuse!();
-    let (m, img, td) = fresh("mmap", "256M");
+    let td = TestDir::new("mmap");
+    let (img, m) = td.mkfs_and_mount("256M");
     let p = m.root().join("mapped");
     let len = 1usize << 20;
     let data = pattern(5, len);
-    unsafe {
-        let c = cstr(&p);
-        let fd = libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o644);
-        assert!(fd >= 0, "open: {}", errno_name(errno()));
-        assert_eq!(libc::ftruncate(fd, len as i64), 0, "ftruncate");
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        );
-        assert!(
-            ptr != libc::MAP_FAILED,
-            "mmap(MAP_SHARED, RW) on strata: {}",
-            errno_name(errno())
-        );
-        std::ptr::copy_nonoverlapping(data.as_ptr(), ptr as *mut u8, len);
-        assert_eq!(
-            libc::msync(ptr, len, libc::MS_SYNC),
-            0,
-            "msync: {}",
-            errno_name(errno())
-        );
-        assert_eq!(libc::munmap(ptr, len), 0);
-        libc::close(fd);
+    let c = cstr(&p);
+    let fd = sys::open(&c, libc::O_RDWR | libc::O_CREAT, 0o644)
+        .unwrap_or_else(|e| panic!("open: {}", errno_name(e)));
+    assert_eq!(sys::ftruncate(&fd, len as i64), Ok(()), "ftruncate");
+    let mut map = sys::Mapping::shared(&fd, len, libc::PROT_READ | libc::PROT_WRITE, 0)
+        .unwrap_or_else(|e| panic!("mmap(MAP_SHARED, RW) on strata: {}", errno_name(e)));
+    map.write(0, &data);
+    if let Err(e) = map.msync(libc::MS_SYNC) {
+        panic!("msync: {}", errno_name(e));
     }
+    assert_eq!(map.unmap(), Ok(()));
+    drop(fd);
     assert!(
         fs::read(&p).unwrap() == data,
         "read() after mmap write: {}",
@@ -1745,30 +1582,16 @@ fn mmap_write_read() {
     // write through write(), read through a fresh read-only mapping
     let data2 = pattern(6, len);
     fs::write(&p, &data2).unwrap();
-    unsafe {
-        let c = cstr(&p);
-        let fd = libc::open(c.as_ptr(), libc::O_RDONLY);
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        );
-        assert!(
-            ptr != libc::MAP_FAILED,
-            "mmap(PROT_READ): {}",
-            errno_name(errno())
-        );
-        let s = std::slice::from_raw_parts(ptr as *const u8, len);
-        assert!(
-            s == &data2[..],
-            "mmap read after write() sees stale or wrong data"
-        );
-        libc::munmap(ptr, len);
-        libc::close(fd);
-    }
+    let fd = sys::open(&cstr(&p), libc::O_RDONLY, 0)
+        .unwrap_or_else(|e| panic!("open: {}", errno_name(e)));
+    let map = sys::Mapping::shared(&fd, len, libc::PROT_READ, 0)
+        .unwrap_or_else(|e| panic!("mmap(PROT_READ): {}", errno_name(e)));
+    assert!(
+        map.read() == data2,
+        "mmap read after write() sees stale or wrong data"
+    );
+    drop(map);
+    drop(fd);
     // and the mmap-written content survives a remount
     m.stop();
     let m = Mount::start(&img, &td.join("mnt"));
@@ -1782,7 +1605,8 @@ fn mmap_write_read() {
 #[test]
 fn exec_copied_binary() {
     require_root_and_fuse!();
-    let (m, _img, _td) = fresh("exec", "256M");
+    let td = TestDir::new("exec");
+    let (_img, m) = td.mkfs_and_mount("256M");
     let r = m.root();
     fs::create_dir(r.join("bin")).unwrap();
     let t = r.join("bin/true");
@@ -1814,7 +1638,8 @@ fn exec_copied_binary() {
 #[test]
 fn open_inode_outlives_its_last_name() {
     require_root_and_fuse!();
-    let (m, _img, _td) = fresh("outlive", "256M");
+    let td = TestDir::new("outlive");
+    let (_img, m) = td.mkfs_and_mount("256M");
     let r = m.root();
     // a regular file replaced by rename while open
     fs::write(r.join("victim"), b"old content").unwrap();
@@ -1834,15 +1659,13 @@ fn open_inode_outlives_its_last_name() {
     drop(f);
     // a FIFO unlinked while open
     let p = cstr(&r.join("fifo"));
-    unsafe {
-        assert_eq!(libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o644, 0), 0);
-        let fd = libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK);
-        assert!(fd >= 0, "open fifo: {}", errno_name(errno()));
-        assert_eq!(libc::unlink(p.as_ptr()), 0);
-        let st = fstat_raw(fd);
-        libc::close(fd);
-        let st = st.unwrap_or_else(|e| panic!("fstat of an open unlinked FIFO: {}", errno_name(e)));
-        assert_eq!(st.st_nlink, 0, "nlink of an open unlinked FIFO");
-    }
+    assert_eq!(sys::mknod(&p, libc::S_IFIFO | 0o644, 0), Ok(()));
+    let fd = sys::open(&p, libc::O_RDWR | libc::O_NONBLOCK, 0)
+        .unwrap_or_else(|e| panic!("open fifo: {}", errno_name(e)));
+    assert_eq!(sys::unlink(&p), Ok(()));
+    let st = sys::fstat(&fd);
+    drop(fd);
+    let st = st.unwrap_or_else(|e| panic!("fstat of an open unlinked FIFO: {}", errno_name(e)));
+    assert_eq!(st.st_nlink, 0, "nlink of an open unlinked FIFO");
     m.stop();
 }

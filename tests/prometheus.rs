@@ -7,7 +7,7 @@
 //!
 //! Without `prometheus`/`promtool` on PATH the Prometheus parts print `SKIP:` and the rest runs.
 
-mod common;
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use control::admin::serde_json::{self, Value};
+use testkit::*;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -54,14 +54,6 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn on_path(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(bin))
-            .find(|f| f.is_file())
-    })
 }
 
 /// A Prometheus server, killed when dropped (also when the test fails).
@@ -147,18 +139,6 @@ fn prom_query(p: &Prom, q: &str) -> Vec<(serde_json::Map<String, Value>, f64)> {
         .collect()
 }
 
-fn strata_cli(m: &Mount, args: &[&str]) -> String {
-    let out = Command::new(STRATA)
-        .args(args)
-        .arg("--admin-socket")
-        .arg(m.admin_socket())
-        .output()
-        .expect("run strata");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "strata {args:?} failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The value of the sample `name{labels}` exactly as written in a scrape.
 fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape.lines().find_map(|l| {
@@ -235,17 +215,14 @@ fn per_layer_counters_reach_prometheus() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let m = Mount::start_with(&img, &mnt, &["--metrics-addr", &metrics]);
 
-    strata_cli(
-        &m,
-        &[
-            "layer",
-            "create",
-            "alpha",
-            "--label",
-            "containerd.io/snapshot.key=k8s.io/12/ctr-alpha",
-        ],
-    );
-    strata_cli(&m, &["layer", "create", "beta"]);
+    m.cli_ok(&[
+        "layer",
+        "create",
+        "alpha",
+        "--label",
+        "containerd.io/snapshot.key=k8s.io/12/ctr-alpha",
+    ]);
+    m.cli_ok(&["layer", "create", "beta"]);
 
     // Known workloads: sizes that FUSE splits differently (large, unaligned, tiny).
     let alpha_sizes = [3 << 20, 12_345, 1];
@@ -266,10 +243,10 @@ fn per_layer_counters_reach_prometheus() {
     assert!(std::fs::remove_dir(mnt.join("beta/d")).is_err());
 
     // Copy-on-write and shared space: a clone of a committed layer rewrites one block.
-    strata_cli(&m, &["layer", "create", "base"]);
+    m.cli_ok(&["layer", "create", "base"]);
     write_file(&mnt.join("base/big"), 1 << 20, 7);
-    strata_cli(&m, &["layer", "commit", "base"]);
-    strata_cli(&m, &["layer", "clone", "base", "kid"]);
+    m.cli_ok(&["layer", "commit", "base"]);
+    m.cli_ok(&["layer", "clone", "base", "kid"]);
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
@@ -364,14 +341,14 @@ fn per_layer_counters_reach_prometheus() {
     }
 
     // `strata stats --json` has the same numbers (plus rates).
-    let js: Value = serde_json::from_str(&strata_cli(&m, &["stats", "--json"])).expect("json");
+    let js: Value = serde_json::from_str(&m.cli_ok(&["stats", "--json"])).expect("json");
     let layers = js["layers"].as_array().expect("layers");
     let find = |id: &str| layers.iter().find(|l| l["id"] == id).cloned().expect(id);
     assert_eq!(find("alpha")["write_bytes"].as_u64(), Some(a as u64));
     assert_eq!(find("alpha")["container"].as_str(), Some("ctr-alpha"));
     assert_eq!(find("beta")["write_bytes"].as_u64(), Some(b as u64));
     assert!(find("beta")["rates"]["write_bytes_per_second"].is_number());
-    let table = strata_cli(&m, &["stats"]);
+    let table = m.cli_ok(&["stats"]);
     assert!(
         table.contains("alpha") && table.contains("ctr-alpha"),
         "{table}"
@@ -478,7 +455,7 @@ fn per_layer_counters_reach_prometheus() {
     }
 
     // A removed layer's series disappear.
-    strata_cli(&m, &["layer", "rm", "beta"]);
+    m.cli_ok(&["layer", "rm", "beta"]);
     let (_, scrape) = http_get(&metrics, "/metrics").expect("scrape");
     assert!(
         !scrape.contains(r#"layer="beta""#),

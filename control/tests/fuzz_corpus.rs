@@ -3,43 +3,54 @@
 //! seeded mutations of it, bounded in count and time. The bodies are shared with the
 //! cargo-fuzz targets (`fuzz/bodies/control.rs`).
 
+#![forbid(unsafe_code)]
+
+// Included by path, not a dependency: the fuzz crate is outside the workspace (its own lock
+// file, nightly cargo-fuzz) and builds the same file into its targets.
 #[path = "../../fuzz/bodies/control.rs"]
 mod bodies;
-#[path = "../../fuzz/support/driver.rs"]
-mod driver;
 
+use std::path::Path;
 use std::time::Duration;
+
+use testkit::fuzz;
+
+/// Where an input that makes a target panic is saved (`<target dir>/tmp/fuzz-crashes/`).
+const CRASHES: &str = env!("CARGO_TARGET_TMPDIR");
 
 #[test]
 fn fuzz_oci_import_corpus() {
-    driver::run(
+    fuzz::run(
         "oci_import",
         bodies::oci_import,
         20_000,
         Duration::from_secs(4),
         1,
+        Path::new(CRASHES),
     );
 }
 
 #[test]
 fn fuzz_admin_request_corpus() {
-    driver::run(
+    fuzz::run(
         "admin_request",
         bodies::admin_request,
         20_000,
         Duration::from_secs(4),
         2,
+        Path::new(CRASHES),
     );
 }
 
 #[test]
 fn fuzz_snapshotter_corpus() {
-    driver::run(
+    fuzz::run(
         "snapshotter",
         bodies::snapshotter,
         5_000,
         Duration::from_secs(4),
         3,
+        Path::new(CRASHES),
     );
 }
 
@@ -50,7 +61,7 @@ fn fuzz_snapshotter_corpus() {
 fn write_seed_corpus() {
     use std::io::Write;
     let put = |target: &str, name: &str, data: &[u8]| {
-        let dir = driver::corpus_dir(target);
+        let dir = fuzz::corpus_dir(target);
         std::fs::create_dir_all(&dir).expect("corpus dir");
         std::fs::write(dir.join(name), data).expect("write seed");
     };

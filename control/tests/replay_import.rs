@@ -2,20 +2,22 @@
 //! flush while two layer tars are imported (a base and a child with whiteouts, an opaque
 //! directory, changed files and hard links) and the result is cloned, written and removed.
 //! Every flush point, random subsets of unflushed writes and torn writes are replayed (see
-//! `engine/tests/support/replay_harness.rs`): fsck is clean, recovery works, every other
+//! `testkit/src/replay.rs`): fsck is clean, recovery works, every other
 //! layer is exactly as it was, and once an import has returned its layer is there, committed,
 //! byte for byte. A crash during an import may leave that layer absent or partly imported
 //! (active).
 
-#[path = "../../engine/tests/support/replay_harness.rs"]
-mod harness;
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use control::oci::{self, Compression};
 use engine::{Caller, Device, Engine, LayerState};
-use harness::{mkfs_image, observe, opts, replay, Obj, Plan, Recorder, RecordingDevice};
+use testkit::pattern;
+use testkit::replay::{
+    mkfs_image, observe, opts, replay, Obj, Plan, Recorder, RecordingDevice, State,
+};
 
 fn tar_of(entries: &[(&str, tar::EntryType, Vec<u8>, Option<&str>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -39,17 +41,6 @@ fn tar_of(entries: &[(&str, tar::EntryType, Vec<u8>, Option<&str>)]) -> Vec<u8> 
     b.into_inner().expect("tar")
 }
 
-fn bytes(seed: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u32)
-                .wrapping_mul(2654435761)
-                .wrapping_add(seed)
-                .rotate_left(5) as u8
-        })
-        .collect()
-}
-
 /// Import as one step whose inside the workload cannot see; durable on return.
 fn import(e: &Engine, r: &mut Recorder, id: &str, parent: Option<&str>, tar: &[u8]) {
     r.begin();
@@ -59,7 +50,7 @@ fn import(e: &Engine, r: &mut Recorder, id: &str, parent: Option<&str>, tar: &[u
     // Nothing else changed; the new layer is whatever the engine now shows (checked against
     // the tar by tests/oci.rs), committed.
     let (key, pre) = (format!("L:{id}"), format!("{id}/"));
-    let others = |s: &harness::State| -> harness::State {
+    let others = |s: &State| -> State {
         s.iter()
             .filter(|(k, _)| **k != key && !k.starts_with(&pre))
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -87,25 +78,25 @@ fn oci_import_crash_replay() {
 
     let l1 = tar_of(&[
         ("etc/", T::Directory, vec![], None),
-        ("etc/passwd", T::Regular, bytes(1, 700), None),
-        ("etc/hosts", T::Regular, bytes(2, 300), None),
+        ("etc/passwd", T::Regular, pattern(1, 700), None),
+        ("etc/hosts", T::Regular, pattern(2, 300), None),
         ("usr/", T::Directory, vec![], None),
         ("usr/lib/", T::Directory, vec![], None),
-        ("usr/lib/big.so", T::Regular, bytes(3, 150_000), None),
-        ("usr/lib/small.so", T::Regular, bytes(4, 5000), None),
+        ("usr/lib/big.so", T::Regular, pattern(3, 150_000), None),
+        ("usr/lib/small.so", T::Regular, pattern(4, 5000), None),
         ("usr/lib/link.so", T::Symlink, vec![], Some("small.so")),
         ("opt/", T::Directory, vec![], None),
-        ("opt/a", T::Regular, bytes(5, 9000), None),
+        ("opt/a", T::Regular, pattern(5, 9000), None),
     ]);
     let l2 = tar_of(&[
         ("etc/", T::Directory, vec![], None),
         ("etc/.wh.hosts", T::Regular, vec![], None),
-        ("etc/passwd", T::Regular, bytes(6, 900), None),
+        ("etc/passwd", T::Regular, pattern(6, 900), None),
         ("etc/passwd-hard", T::Link, vec![], Some("etc/passwd")),
         ("opt/", T::Directory, vec![], None),
         ("opt/.wh..wh..opq", T::Regular, vec![], None),
-        ("opt/b", T::Regular, bytes(7, 20_000), None),
-        ("usr/lib/big.so", T::Regular, bytes(8, 60_000), None),
+        ("opt/b", T::Regular, pattern(7, 20_000), None),
+        ("usr/lib/big.so", T::Regular, pattern(8, 60_000), None),
     ]);
     import(&e, &mut r, "img1", None, &l1);
     import(&e, &mut r, "img2", Some("img1"), &l2);
@@ -130,7 +121,7 @@ fn oci_import_crash_replay() {
         )
         .expect("create");
     e.forget(f.ino, 1);
-    e.write_sync(f.ino, 0, &bytes(9, 12_000)).expect("write");
+    e.write_sync(f.ino, 0, &pattern(9, 12_000)).expect("write");
     r.state = observe(&e);
     r.end();
     e.fsync_sync().expect("fsync");

@@ -3,28 +3,20 @@
 //! containerd maps back to its errors. tests/containerd.rs drives the same code through a
 //! real containerd.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use control::snapshotter::api::{self, Kind};
 use control::snapshotter::{Snapshotter, NAME_LABEL};
-use engine::mkfs;
-use engine::{Caller, Device, Engine, LayerState, MemDevice, Options};
+use engine::{Caller, Engine, LayerState, Options};
+use testkit::{mem_engine, mkfs_mem, open_mem, with_cache, Rng};
 use tonic::Code;
 
 fn setup() -> (Arc<Engine>, Snapshotter) {
-    let dev = Arc::new(MemDevice::new(64 << 20));
-    mkfs(dev.as_ref(), 0, 0).expect("mkfs");
-    let d: Arc<dyn Device> = dev;
-    let e = Engine::open(
-        d,
-        Options {
-            cache_bytes: 1 << 20,
-            ..Default::default()
-        },
-    )
-    .expect("open");
+    let (_, e) = mem_engine(64 << 20, with_cache(1 << 20));
     let s = Snapshotter::new(e.clone(), PathBuf::from("/mnt/strata"));
     (e, s)
 }
@@ -360,11 +352,9 @@ fn update_labels() {
 
 #[test]
 fn survives_reopen() {
-    let dev = Arc::new(MemDevice::new(64 << 20));
-    mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+    let dev = mkfs_mem(64 << 20);
     {
-        let d: Arc<dyn Device> = dev.clone();
-        let e = Engine::open(d, Options::default()).unwrap();
+        let e = open_mem(&dev, Options::default());
         let s = Snapshotter::new(e.clone(), PathBuf::from("/m"));
         prepare(&s, "k1", "").unwrap();
         commit(&s, "base", "k1").unwrap();
@@ -376,8 +366,7 @@ fn survives_reopen() {
         .unwrap();
         e.shutdown().unwrap();
     }
-    let d: Arc<dyn Device> = dev;
-    let e = Engine::open(d, Options::default()).unwrap();
+    let e = open_mem(&dev, Options::default());
     let s = Snapshotter::new(e, PathBuf::from("/m"));
     assert_eq!(list(&s, &[]).unwrap(), vec!["base", "ctr", "empty-view"]);
     assert_eq!(stat(&s, "ctr").unwrap().parent, "base");
@@ -411,17 +400,9 @@ fn encoded_requests() {
         s.call_encoded("Nope", &[]).unwrap_err().code(),
         Code::Unimplemented
     );
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     for i in 0..20_000 {
-        let len = i % 64;
-        let body: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let body = rng.bytes(i % 64);
         let m = control::snapshotter::METHODS[i % control::snapshotter::METHODS.len()];
         let _ = s.call_encoded(m, &body);
     }

@@ -2,32 +2,20 @@
 //! workload (what `kill -9` or a power cut leaves, as the in-memory device has no cache), and
 //! each copy must recover to a consistent tree that holds every file whose fsync returned.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::mkfs;
 use engine::{Caller, Device, Engine, MemDevice, Options};
+use testkit::{mkfs_mem, open_mem, pattern, with_cache};
 
 /// The root directory of the layer mkfs creates.
 const ROOT: u64 = 1 << 40 | 1;
 
-fn content(i: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|k| (k as u32).wrapping_mul(31).wrapping_add(i * 7) as u8)
-        .collect()
-}
-
-fn open(dev: Arc<MemDevice>) -> Arc<Engine> {
-    let d: Arc<dyn Device> = dev;
-    Engine::open(
-        d,
-        Options {
-            cache_bytes: 1 << 20,
-            ..Default::default()
-        },
-    )
-    .expect("recovery must succeed")
-}
+/// The block cache every engine in this file runs with.
+const CACHE: u64 = 1 << 20;
 
 fn check_image(image: Vec<u8>, durable: &BTreeMap<String, Vec<u8>>) {
     let dev = Arc::new(MemDevice::from_bytes(image));
@@ -37,7 +25,7 @@ fn check_image(image: Vec<u8>, durable: &BTreeMap<String, Vec<u8>>) {
         "fsck problems after crash: {:?}",
         report.problems
     );
-    let e = open(dev.clone());
+    let e = open_mem(&dev, with_cache(CACHE));
     for (name, want) in durable {
         let st = e
             .lookup(ROOT, name.as_bytes())
@@ -58,16 +46,15 @@ fn check_image(image: Vec<u8>, durable: &BTreeMap<String, Vec<u8>>) {
 
 #[test]
 fn every_crash_point_recovers_with_fsynced_files_intact() {
-    let dev = Arc::new(MemDevice::new(64 << 20));
-    mkfs(dev.as_ref(), 0, 0).expect("mkfs");
-    let e = open(dev.clone());
+    let dev = mkfs_mem(64 << 20);
+    let e = open_mem(&dev, with_cache(CACHE));
     let who = Caller { uid: 0, gid: 0 };
     let mut durable: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut crash_images = 0;
     for i in 0..120u32 {
         let name = format!("f{i}");
         let len = 1 + (i as usize * 1237) % 20000;
-        let data = content(i, len);
+        let data = pattern(i.into(), len);
         let st = e
             .mknod(ROOT, name.as_bytes(), libc::S_IFREG | 0o644, 0, who, None)
             .expect("create");
@@ -112,14 +99,13 @@ fn every_crash_point_recovers_with_fsynced_files_intact() {
 
 #[test]
 fn full_device_gives_enospc_and_keeps_what_was_written() {
-    let dev = Arc::new(MemDevice::new(32 << 20));
-    mkfs(dev.as_ref(), 0, 0).expect("mkfs");
-    let e = open(dev.clone());
+    let dev = mkfs_mem(32 << 20);
+    let e = open_mem(&dev, with_cache(CACHE));
     let who = Caller { uid: 0, gid: 0 };
     let keep = e
         .mknod(ROOT, b"keep", libc::S_IFREG | 0o644, 0, who, None)
         .expect("create");
-    e.write_sync(keep.ino, 0, &content(1, 100_000))
+    e.write_sync(keep.ino, 0, &pattern(1, 100_000))
         .expect("write");
     e.fsync_sync().expect("fsync");
     let big = e
@@ -146,7 +132,7 @@ fn full_device_gives_enospc_and_keeps_what_was_written() {
         .expect("write after freeing");
     e.shutdown().expect("shutdown on a nearly full device");
     let mut durable = BTreeMap::new();
-    durable.insert("keep".to_string(), content(1, 100_000));
+    durable.insert("keep".to_string(), pattern(1, 100_000));
     check_image(dev.snapshot(), &durable);
 }
 

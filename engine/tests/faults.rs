@@ -3,12 +3,15 @@
 //! reports success after data was lost), never panics, and recovers to a consistent state
 //! when opened again on a healthy device.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use engine::mkfs;
 use engine::{Caller, Device, Engine, MemDevice, Node, Options};
+use testkit::open_mem;
 
 #[derive(Default)]
 struct Faults {
@@ -90,8 +93,7 @@ fn recover(dev: &FaultyDevice, kept: &[(&str, &[u8])]) {
     let healthy = Arc::new(MemDevice::from_bytes(dev.inner.snapshot()));
     let report = engine::fsck::check(healthy.as_ref()).expect("fsck");
     assert!(report.is_clean(), "{:?}", report.problems);
-    let d: Arc<dyn Device> = healthy;
-    let e = Engine::open(d, Options::default()).expect("recovery after faults");
+    let e = open_mem(&healthy, Options::default());
     let root = e.layer_root("default").expect("root");
     for (name, data) in kept {
         let st = e
@@ -241,6 +243,7 @@ mod uring {
 
     use engine::mkfs;
     use engine::{Caller, Device, Engine, FaultOp, FileDevice, Node, Options};
+    use testkit::pattern;
 
     const WHO: Caller = Caller { uid: 0, gid: 0 };
     const NEVER: u64 = u64::MAX;
@@ -406,12 +409,6 @@ mod uring {
         Ok(st.ino)
     }
 
-    fn data(i: usize, len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|k| (k * 7 + i * 13 + k / 4096) as u8)
-            .collect()
-    }
-
     /// The image, opened again on a healthy device: fsck clean, recovery works, every file in
     /// `kept` holds its contents.
     fn recover(path: &Path, kept: &[(String, Vec<u8>)]) {
@@ -467,8 +464,8 @@ mod uring {
     fn uring_read_error_is_returned_and_not_latched() {
         let path = image("read");
         let (e, plan) = open(&path);
-        let a = create(&e, "a", &data(1, 20000)).expect("a");
-        let b = create(&e, "b", &data(2, 20000)).expect("b");
+        let a = create(&e, "a", &pattern(1, 20000)).expect("a");
+        let b = create(&e, "b", &pattern(2, 20000)).expect("b");
         e.fsync_sync().expect("fsync");
         let (slot, ino) = engine::split(a);
         let pblk = e
@@ -483,15 +480,18 @@ mod uring {
         let err = e.read_sync(a, 0, 20000).expect_err("read of the bad block");
         assert_eq!(err.errno(), libc::EIO, "{err}");
         // Only that block is bad: the rest of a, and b, read fine.
-        assert_eq!(e.read_sync(a, 0, 8192).expect("blocks 0-1"), data(1, 8192));
-        assert_eq!(e.read_sync(b, 0, 20000).expect("b"), data(2, 20000));
+        assert_eq!(
+            e.read_sync(a, 0, 8192).expect("blocks 0-1"),
+            pattern(1, 8192)
+        );
+        assert_eq!(e.read_sync(b, 0, 20000).expect("b"), pattern(2, 20000));
         assert!(
             plan.via_uring.load(Ordering::SeqCst) >= 1,
             "fault went through io_uring"
         );
         assert!(!e.is_poisoned(), "a read error does not latch read-only");
         plan.heal();
-        assert_eq!(e.read_sync(a, 0, 20000).expect("healed"), data(1, 20000));
+        assert_eq!(e.read_sync(a, 0, 20000).expect("healed"), pattern(1, 20000));
         create(&e, "c", b"still writable").expect("write after a read error");
         e.fsync_sync().expect("fsync");
         e.shutdown().expect("shutdown");
@@ -499,7 +499,7 @@ mod uring {
         recover(
             &path,
             &[
-                ("a".into(), data(1, 20000)),
+                ("a".into(), pattern(1, 20000)),
                 ("c".into(), b"still writable".to_vec()),
             ],
         );
@@ -523,14 +523,14 @@ mod uring {
                     ..opts()
                 },
             );
-            create(&e, "safe", &data(3, 10000)).expect("safe");
+            create(&e, "safe", &pattern(3, 10000)).expect("safe");
             e.fsync_sync().expect("fsync");
             let root = e.layer_root("default").expect("root");
             let st = e
                 .mknod(root, b"victim", libc::S_IFREG | 0o644, 0, WHO, None)
                 .expect("create");
             plan.fail_nth_write(1, errno);
-            match e.write_sync(st.ino, 0, &data(4, 16384)) {
+            match e.write_sync(st.ino, 0, &pattern(4, 16384)) {
                 Err(err) => assert_eq!(
                     err.errno(),
                     errno,
@@ -546,7 +546,7 @@ mod uring {
             plan.heal();
             assert_latched(&e);
             drop(e);
-            recover(&path, &[("safe".into(), data(3, 10000))]);
+            recover(&path, &[("safe".into(), pattern(3, 10000))]);
         }
         report("write error");
     }
@@ -555,15 +555,15 @@ mod uring {
     fn failed_flush_latches() {
         let path = image("flush");
         let (e, plan) = open(&path);
-        create(&e, "safe", &data(5, 5000)).expect("safe");
+        create(&e, "safe", &pattern(5, 5000)).expect("safe");
         e.fsync_sync().expect("fsync");
-        create(&e, "unsure", &data(6, 5000)).expect("unsure");
+        create(&e, "unsure", &pattern(6, 5000)).expect("unsure");
         plan.fail_nth_flush(1);
         assert!(e.fsync_sync().is_err(), "fsync with a failing flush");
         plan.heal();
         assert_latched(&e);
         drop(e);
-        recover(&path, &[("safe".into(), data(5, 5000))]);
+        recover(&path, &[("safe".into(), pattern(5, 5000))]);
         report("flush error");
     }
 
@@ -587,7 +587,7 @@ mod uring {
                 let mut failed = false;
                 for i in 0..6 {
                     let name = format!("f{i}");
-                    let d = data(i, 3000 + i * 4000);
+                    let d = pattern(i as u64, 3000 + i * 4000);
                     if create(&e, &name, &d).is_err() || e.fsync_sync().is_err() {
                         failed = true;
                         break;
@@ -627,7 +627,7 @@ mod uring {
         let path = image("recovery-read");
         let (e, _) = open(&path);
         for i in 0..4 {
-            create(&e, &format!("f{i}"), &data(i, 9000)).expect("create");
+            create(&e, &format!("f{i}"), &pattern(i as u64, 9000)).expect("create");
             e.fsync_sync().expect("fsync");
         }
         // What a crash leaves (journal records to replay, no clean flag): a copy of the image
@@ -637,8 +637,9 @@ mod uring {
         e.shutdown().expect("shutdown");
         drop(e);
         let path = crashed;
-        let kept: Vec<(String, Vec<u8>)> =
-            (0..4).map(|i| (format!("f{i}"), data(i, 9000))).collect();
+        let kept: Vec<(String, Vec<u8>)> = (0..4)
+            .map(|i| (format!("f{i}"), pattern(i as u64, 9000)))
+            .collect();
         let sb = engine::read_superblock(&FileDevice::open(&path).expect("open")).expect("sb");
         let round = path.with_extension("round");
         let mut failures = 0;

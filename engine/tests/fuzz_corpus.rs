@@ -3,34 +3,63 @@
 //! seeded mutations of it, bounded in time. The bodies are shared with the cargo-fuzz
 //! targets (`fuzz/bodies/engine.rs`).
 
+#![forbid(unsafe_code)]
+
+// Included by path, not a dependency: the fuzz crate is outside the workspace (its own lock
+// file, nightly cargo-fuzz) and builds the same file into its targets.
 #[path = "../../fuzz/bodies/engine.rs"]
 mod bodies;
-#[path = "../../fuzz/support/driver.rs"]
-mod driver;
 
+use std::path::Path;
 use std::time::Duration;
+
+use testkit::fuzz;
+
+/// Where an input that makes a target panic is saved (`<target dir>/tmp/fuzz-crashes/`).
+const CRASHES: &str = env!("CARGO_TARGET_TMPDIR");
 
 const ITERS: usize = 100_000;
 const BUDGET: Duration = Duration::from_secs(3);
 
 #[test]
 fn fuzz_superblock_corpus() {
-    driver::run("superblock", bodies::superblock, ITERS, BUDGET, 1);
+    fuzz::run(
+        "superblock",
+        bodies::superblock,
+        ITERS,
+        BUDGET,
+        1,
+        Path::new(CRASHES),
+    );
 }
 
 #[test]
 fn fuzz_journal_corpus() {
-    driver::run("journal", bodies::journal, ITERS, BUDGET, 2);
+    fuzz::run(
+        "journal",
+        bodies::journal,
+        ITERS,
+        BUDGET,
+        2,
+        Path::new(CRASHES),
+    );
 }
 
 #[test]
 fn fuzz_checkpoint_corpus() {
-    driver::run("checkpoint", bodies::checkpoint, ITERS, BUDGET, 3);
+    fuzz::run(
+        "checkpoint",
+        bodies::checkpoint,
+        ITERS,
+        BUDGET,
+        3,
+        Path::new(CRASHES),
+    );
 }
 
 #[test]
 fn fuzz_image_corpus() {
-    driver::run("image", bodies::image, ITERS, BUDGET, 4);
+    fuzz::run("image", bodies::image, ITERS, BUDGET, 4, Path::new(CRASHES));
 }
 
 /// Writes the seed corpus from a real file system (run by hand after a format change:
@@ -42,7 +71,7 @@ fn write_seed_corpus() {
 
     use engine::{Caller, Device, Engine, MemDevice, Options};
     let put = |target: &str, name: &str, data: &[u8]| {
-        let dir = driver::corpus_dir(target);
+        let dir = fuzz::corpus_dir(target);
         std::fs::create_dir_all(&dir).expect("corpus dir");
         std::fs::write(dir.join(name), data).expect("write seed");
     };

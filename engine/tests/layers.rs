@@ -2,33 +2,19 @@
 //! siblings; a chain of 100 layers checked against a model, across a remount; space returned
 //! by removal; crash points during layer operations.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use engine::mkfs;
-use engine::{Caller, Device, Engine, LayerState, MemDevice, Node, Options, SetAttr};
+use engine::{Caller, Engine, LayerState, MemDevice, Node, SetAttr};
+use testkit::{hash, mem_engine, open_mem, pattern, read_all, resolve, with_cache};
 
 const WHO: Caller = Caller { uid: 0, gid: 0 };
 
-fn open(dev: &Arc<MemDevice>) -> Arc<Engine> {
-    let d: Arc<dyn Device> = dev.clone();
-    Engine::open(
-        d,
-        Options {
-            cache_bytes: 4 << 20,
-            ..Default::default()
-        },
-    )
-    .expect("open")
-}
-
-fn fresh(size: u64) -> (Arc<MemDevice>, Arc<Engine>) {
-    let dev = Arc::new(MemDevice::new(size));
-    mkfs(dev.as_ref(), 0, 0).expect("mkfs");
-    let e = open(&dev);
-    (dev, e)
-}
+/// The block cache every engine in this file runs with.
+const CACHE: u64 = 4 << 20;
 
 fn no_labels() -> BTreeMap<String, String> {
     BTreeMap::new()
@@ -36,17 +22,6 @@ fn no_labels() -> BTreeMap<String, String> {
 
 fn root(e: &Engine, layer: &str) -> Node {
     e.layer_root(layer).expect("layer root")
-}
-
-/// Resolve a slash-separated path inside a layer.
-fn walk(e: &Engine, layer: &str, path: &str) -> engine::Result<Node> {
-    let mut n = root(e, layer);
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        let st = e.lookup(n, part.as_bytes())?;
-        e.forget(st.ino, 1);
-        n = st.ino;
-    }
-    Ok(n)
 }
 
 fn create(e: &Engine, dir: Node, name: &str, data: &[u8]) -> Node {
@@ -58,22 +33,6 @@ fn create(e: &Engine, dir: Node, name: &str, data: &[u8]) -> Node {
     }
     e.forget(st.ino, 1);
     st.ino
-}
-
-fn read_all(e: &Engine, n: Node) -> Vec<u8> {
-    let size = e.getattr(n).expect("getattr").attr.size;
-    e.read_sync(n, 0, size as u32).expect("read")
-}
-
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u32)
-                .wrapping_mul(2654435761)
-                .wrapping_add(seed)
-                .rotate_left(7) as u8
-        })
-        .collect()
 }
 
 /// Everything a test can observe of a layer, for before/after comparisons.
@@ -111,7 +70,7 @@ fn observe(e: &Engine, layer: &str) -> BTreeMap<String, String> {
                 }
                 match a.mode & libc::S_IFMT {
                     libc::S_IFREG => {
-                        desc.push_str(&format!(" crc={:08x}", crc(&read_all(e, d.ino))))
+                        desc.push_str(&format!(" fnv={:016x}", hash(&read_all(e, d.ino))))
                     }
                     libc::S_IFLNK => desc.push_str(&format!(
                         " ->{}",
@@ -127,11 +86,6 @@ fn observe(e: &Engine, layer: &str) -> BTreeMap<String, String> {
     out
 }
 
-fn crc(d: &[u8]) -> u32 {
-    d.iter()
-        .fold(0x811c9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(16777619))
-}
-
 /// A base image with one of everything.
 fn build_image(e: &Engine, layer: &str) {
     let r = root(e, layer);
@@ -142,7 +96,7 @@ fn build_image(e: &Engine, layer: &str) {
         .expect("mkdir")
         .ino;
     create(e, dir, "inner", b"inner file");
-    let f = walk(e, layer, "data").expect("data");
+    let f = resolve(e, layer, "data").expect("data");
     e.setxattr(f, b"user.tag", b"v1", 0).expect("setxattr");
     e.mknod(r, b"link", libc::S_IFLNK | 0o777, 0, WHO, Some(b"data"))
         .expect("symlink");
@@ -166,11 +120,11 @@ type Change = (&'static str, fn(&Engine, &str));
 fn changes() -> Vec<Change> {
     vec![
         ("data", |e, l| {
-            e.write_sync(walk(e, l, "big").expect("big"), 4096 * 5 + 7, b"CHANGED")
+            e.write_sync(resolve(e, l, "big").expect("big"), 4096 * 5 + 7, b"CHANGED")
                 .expect("write");
         }),
         ("truncate", |e, l| {
-            let n = walk(e, l, "data").expect("data");
+            let n = resolve(e, l, "data").expect("data");
             e.setattr(
                 n,
                 SetAttr {
@@ -181,12 +135,12 @@ fn changes() -> Vec<Change> {
             .expect("truncate");
         }),
         ("xattr", |e, l| {
-            let n = walk(e, l, "data").expect("data");
+            let n = resolve(e, l, "data").expect("data");
             e.setxattr(n, b"user.tag", b"v2", 0).expect("setxattr");
             e.setxattr(n, b"user.new", b"n", 0).expect("setxattr");
         }),
         ("chmod", |e, l| {
-            let n = walk(e, l, "dir/inner").expect("inner");
+            let n = resolve(e, l, "dir/inner").expect("inner");
             e.setattr(
                 n,
                 SetAttr {
@@ -199,16 +153,16 @@ fn changes() -> Vec<Change> {
         }),
         ("rename", |e, l| {
             let r = root(e, l);
-            let d = walk(e, l, "dir").expect("dir");
+            let d = resolve(e, l, "dir").expect("dir");
             e.rename(r, b"big", d, b"moved", 0).expect("rename");
         }),
         ("unlink", |e, l| {
-            e.unlink(walk(e, l, "dir").expect("dir"), b"hard")
+            e.unlink(resolve(e, l, "dir").expect("dir"), b"hard")
                 .expect("unlink");
             e.unlink(root(e, l), b"fifo").expect("unlink fifo");
         }),
         ("hardlink", |e, l| {
-            let n = walk(e, l, "dir/inner").expect("inner");
+            let n = resolve(e, l, "dir/inner").expect("inner");
             e.link(n, root(e, l), b"inner2").expect("link");
         }),
         ("symlink", |e, l| {
@@ -236,7 +190,7 @@ fn changes() -> Vec<Change> {
             .expect("mknod");
         }),
         ("rmdir", |e, l| {
-            let d = walk(e, l, "dir").expect("dir");
+            let d = resolve(e, l, "dir").expect("dir");
             e.unlink(d, b"inner").expect("unlink");
             e.unlink(d, b"hard").expect("unlink");
             e.rmdir(root(e, l), b"dir").expect("rmdir");
@@ -246,7 +200,7 @@ fn changes() -> Vec<Change> {
 
 #[test]
 fn parent_children_and_siblings_never_see_each_others_changes() {
-    let (_dev, e) = fresh(256 << 20);
+    let (_dev, e) = mem_engine(256 << 20, with_cache(CACHE));
     e.layer_create("img", no_labels()).expect("create");
     build_image(&e, "img");
     e.layer_commit("img").expect("commit");
@@ -289,7 +243,7 @@ fn parent_children_and_siblings_never_see_each_others_changes() {
         assert_eq!(err.errno(), libc::EROFS);
     }
     // Cross-layer rename and link are EXDEV.
-    let a_data = walk(&e, "a-data", "data").expect("data");
+    let a_data = resolve(&e, "a-data", "data").expect("data");
     let err = e
         .rename(root(&e, "a-data"), b"data", root(&e, "b-data"), b"data2", 0)
         .expect_err("cross-layer rename");
@@ -303,7 +257,7 @@ fn parent_children_and_siblings_never_see_each_others_changes() {
 
 #[test]
 fn chain_of_100_layers_matches_its_model_across_remount() {
-    let (dev, e) = fresh(256 << 20);
+    let (dev, e) = mem_engine(256 << 20, with_cache(CACHE));
     // model: layer -> file name -> contents
     let mut models: Vec<(String, BTreeMap<String, Vec<u8>>)> = Vec::new();
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -322,12 +276,12 @@ fn chain_of_100_layers_matches_its_model_across_remount() {
         let r = root(&e, &name);
         // A new file, an overwrite inside an inherited file, an append, a delete.
         let f = format!("f{i}");
-        let data = pattern(i, 1000 + (i as usize * 37) % 9000);
+        let data = pattern(i.into(), 1000 + (i as usize * 37) % 9000);
         create(&e, r, &f, &data);
         model.insert(f, data);
         if i >= 3 {
             let old = format!("f{}", i - 3);
-            let n = walk(&e, &name, &old).expect("inherited file");
+            let n = resolve(&e, &name, &old).expect("inherited file");
             let off = (i as usize * 13) % 900;
             e.write_sync(n, off as u64, b"overwritten")
                 .expect("overwrite");
@@ -363,7 +317,7 @@ fn chain_of_100_layers_matches_its_model_across_remount() {
             let want: Vec<String> = m.keys().cloned().collect();
             assert_eq!(names, want, "{when}: files of layer {name}");
             for (f, data) in m {
-                let n = walk(e, name, f).expect("file");
+                let n = resolve(e, name, f).expect("file");
                 assert_eq!(&read_all(e, n), data, "{when}: {name}/{f}");
             }
         }
@@ -375,14 +329,14 @@ fn chain_of_100_layers_matches_its_model_across_remount() {
     e.shutdown().expect("shutdown");
     let report = engine::fsck::check(dev.as_ref()).expect("fsck");
     assert!(report.is_clean(), "{:?}", report.problems);
-    let e = open(&dev);
+    let e = open_mem(&dev, with_cache(CACHE));
     check(&e, "after remount");
     e.shutdown().expect("shutdown");
 }
 
 #[test]
 fn removing_a_layer_frees_exactly_what_it_owns() {
-    let (dev, e) = fresh(256 << 20);
+    let (dev, e) = mem_engine(256 << 20, with_cache(CACHE));
     e.layer_create("img", no_labels()).expect("create");
     let big = create(&e, root(&e, "img"), "big", &pattern(3, 256 * 4096));
     let _ = big;
@@ -393,7 +347,7 @@ fn removing_a_layer_frees_exactly_what_it_owns() {
         .expect("clone");
     // 10 new blocks, and 3 inherited blocks rewritten (copy-on-write).
     create(&e, root(&e, "c"), "new", &pattern(4, 10 * 4096));
-    let b = walk(&e, "c", "big").expect("big");
+    let b = resolve(&e, "c", "big").expect("big");
     e.write_sync(b, 4096 * 7, &pattern(5, 3 * 4096))
         .expect("cow write");
     e.fsync_sync().expect("sync");
@@ -405,7 +359,7 @@ fn removing_a_layer_frees_exactly_what_it_owns() {
     );
     assert_eq!(e.layer_stat("c").expect("stat").owned_bytes, 13 * 4096);
     // The parent still reads its original data.
-    let parent_big = walk(&e, "img", "big").expect("parent big");
+    let parent_big = resolve(&e, "img", "big").expect("parent big");
     assert_eq!(read_all(&e, parent_big), pattern(3, 256 * 4096));
     // A parent with children cannot go.
     let err = e.layer_remove("img").expect_err("parent with children");
@@ -425,7 +379,7 @@ fn removing_a_layer_frees_exactly_what_it_owns() {
 
 #[test]
 fn snapshot_freezes_a_running_layer_in_place() {
-    let (dev, e) = fresh(128 << 20);
+    let (dev, e) = mem_engine(128 << 20, with_cache(CACHE));
     let r = root(&e, "default");
     let f = create(&e, r, "log", b"first");
     let parent = e.layer_snapshot("default", "frozen").expect("snapshot");
@@ -434,7 +388,7 @@ fn snapshot_freezes_a_running_layer_in_place() {
     e.write_sync(f, 0, b"SECOND").expect("write after snapshot");
     assert_eq!(read_all(&e, f), b"SECOND");
     assert_eq!(
-        read_all(&e, walk(&e, "frozen", "log").expect("frozen log")),
+        read_all(&e, resolve(&e, "frozen", "log").expect("frozen log")),
         b"first"
     );
     let info = e.layer_stat("default").expect("stat");
@@ -442,7 +396,7 @@ fn snapshot_freezes_a_running_layer_in_place() {
     e.layer_clone("frozen", "from-snap", LayerState::View, no_labels())
         .expect("clone snapshot");
     assert_eq!(
-        read_all(&e, walk(&e, "from-snap", "log").expect("log")),
+        read_all(&e, resolve(&e, "from-snap", "log").expect("log")),
         b"first"
     );
     let err = e.layer_remove("frozen").expect_err("has children");
@@ -454,7 +408,7 @@ fn snapshot_freezes_a_running_layer_in_place() {
 
 #[test]
 fn bad_layer_requests_are_clear_errors() {
-    let (_dev, e) = fresh(64 << 20);
+    let (_dev, e) = mem_engine(64 << 20, with_cache(CACHE));
     for bad in ["", ".", "..", "a/b", "x\ny", &"n".repeat(256)] {
         let err = e.layer_create(bad, no_labels()).expect_err("bad id");
         assert!(matches!(err, engine::Error::Invalid(_)), "{bad:?}: {err}");
@@ -493,7 +447,7 @@ fn bad_layer_requests_are_clear_errors() {
 #[test]
 fn crash_during_layer_operations_recovers_consistently() {
     use std::sync::atomic::AtomicUsize;
-    let (dev, e) = fresh(24 << 20);
+    let (dev, e) = mem_engine(24 << 20, with_cache(CACHE));
     // Each crash image with the number of layer operations that had returned before it was
     // taken; durable[d] is what must survive once d operations have returned.
     type Images = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
@@ -531,7 +485,7 @@ fn crash_during_layer_operations_recovers_consistently() {
         e.layer_clone("base", &id, LayerState::Active, no_labels())
             .expect("clone");
         let data = pattern(i, 5000);
-        let n = walk(&e, &id, "f").expect("f");
+        let n = resolve(&e, &id, "f").expect("f");
         e.write_sync(n, 0, &data).expect("write");
         e.layer_commit(&id).expect("commit");
         committed.insert(id.clone(), data);
@@ -556,7 +510,7 @@ fn crash_during_layer_operations_recovers_consistently() {
         let dev = Arc::new(MemDevice::from_bytes(img));
         let report = engine::fsck::check(dev.as_ref()).expect("fsck reads crash image");
         assert!(report.is_clean(), "image {k}: {:?}", report.problems);
-        let e2 = open(&dev);
+        let e2 = open_mem(&dev, with_cache(CACHE));
         // Every layer committed before this image was taken is intact, unless a removal that
         // started later had already made it go.
         for (id, data) in &durable[d] {
@@ -573,7 +527,7 @@ fn crash_during_layer_operations_recovers_consistently() {
                     assert_eq!(info.state, LayerState::Committed, "image {k}: {id}");
                 }
             }
-            let n = walk(&e2, id, "f").expect("f");
+            let n = resolve(&e2, id, "f").expect("f");
             assert_eq!(&read_all(&e2, n), data, "image {k}: {id}/f");
         }
         e2.shutdown().expect("shutdown");

@@ -2,19 +2,21 @@
 //! and flush; every prefix of the log up to each flush, seeded random subsets of the writes
 //! between two flushes, and torn 4 KiB writes are replayed onto the mkfs image, and each image
 //! must pass fsck, recover, and hold every fsynced byte, only data its files really had, and a
-//! tree that existed (see `support/replay_harness.rs`).
+//! tree that existed (see `testkit/src/replay.rs`).
 //!
 //! Run with `cargo test --release -p strata-engine --test replay -- --nocapture` to see how
 //! many crash images each workload checked.
 
-#[path = "support/replay_harness.rs"]
-mod harness;
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::{Caller, Device, Engine, LayerState, Node};
-use harness::{mkfs_image, opts, replay, Entry, Obj, Plan, Recorder, RecordingDevice, Rng};
+use testkit::replay::{
+    mkfs_image, opts, replay, replay_log, Counts, Entry, Obj, Plan, Recorder, RecordingDevice,
+};
+use testkit::{resolve, Rng};
 
 const WHO: Caller = Caller { uid: 0, gid: 0 };
 const SIZE: u64 = 32 << 20;
@@ -36,13 +38,7 @@ impl W {
     }
 
     fn node(&self, layer: &str, path: &str) -> Node {
-        let mut n = self.e.layer_root(layer).expect("layer root");
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            let st = self.e.lookup(n, part.as_bytes()).expect("lookup");
-            self.e.forget(st.ino, 1);
-            n = st.ino;
-        }
-        n
+        resolve(&self.e, layer, path).unwrap_or_else(|e| panic!("{layer}/{path}: {e}"))
     }
 
     fn parent_and_name<'a>(&self, layer: &str, path: &'a str) -> (Node, &'a str) {
@@ -202,7 +198,7 @@ impl W {
         self.r.durable();
     }
 
-    fn finish(self, name: &str, base: Vec<u8>, plan: Plan) -> harness::Counts {
+    fn finish(self, name: &str, base: Vec<u8>, plan: Plan) -> Counts {
         self.r.verify_model(&self.e);
         self.e.shutdown().expect("shutdown");
         let c = replay(name, base, &self.r, plan);
@@ -247,7 +243,7 @@ fn oracle_catches_a_missing_flush() {
         }
     }
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        harness::replay_log("doctored log", base, &w.r, &log, plan(16))
+        replay_log("doctored log", base, &w.r, &log, plan(16))
     }));
     assert!(r.is_err(), "the oracle accepted a log with missing flushes");
 }

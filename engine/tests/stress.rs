@@ -3,22 +3,18 @@
 //! fails the test instead of hanging it); afterwards every worker's files match its model,
 //! fsck is clean, and a reopen shows the same.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use engine::mkfs;
-use engine::{Caller, Device, Engine, LayerState, MemDevice, Node, Options};
+use engine::{Caller, Device, Engine, LayerState, Node, Options};
+use testkit::{mkfs_mem, Rng};
 
 const WHO: Caller = Caller { uid: 0, gid: 0 };
-
-fn rng(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
 
 fn lookup(e: &Engine, dir: Node, name: &str) -> Option<Node> {
     let st = e.lookup(dir, name.as_bytes()).ok()?;
@@ -34,14 +30,14 @@ fn worker(
     ops: usize,
     mut model: BTreeMap<String, Vec<u8>>,
 ) -> BTreeMap<String, Vec<u8>> {
-    let mut s = seed;
+    let mut rng = Rng::new(seed);
     let root = e.layer_root(&layer).expect("layer root");
     for i in 0..ops {
-        let name = format!("f{}", rng(&mut s) % 24);
-        match rng(&mut s) % 10 {
+        let name = format!("f{}", rng.below(24));
+        match rng.below(10) {
             0..=3 => {
-                let len = (rng(&mut s) % 20_000) as usize;
-                let off = (rng(&mut s) % 8192) as usize;
+                let len = rng.index(20_000);
+                let off = rng.index(8192);
                 let byte = (i % 251) as u8;
                 let node = match lookup(&e, root, &name) {
                     Some(n) => n,
@@ -70,7 +66,7 @@ fn worker(
                 }
             }
             6 => {
-                let to = format!("f{}", rng(&mut s) % 24);
+                let to = format!("f{}", rng.below(24));
                 if model.contains_key(&name) && to != name {
                     e.rename(root, name.as_bytes(), root, to.as_bytes(), 0)
                         .expect("rename");
@@ -85,7 +81,7 @@ fn worker(
             }
             8 => {
                 if let Some(node) = lookup(&e, root, &name) {
-                    let size = rng(&mut s) % 30_000;
+                    let size = rng.below(30_000);
                     e.setattr(
                         node,
                         engine::SetAttr {
@@ -125,8 +121,7 @@ type Open = Arc<dyn Fn() -> Arc<dyn Device> + Send + Sync>;
 
 #[test]
 fn workers_in_many_layers_while_layers_come_and_go() {
-    let dev = Arc::new(MemDevice::new(256 << 20));
-    mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+    let dev = mkfs_mem(256 << 20);
     let open: Open = Arc::new(move || -> Arc<dyn Device> { dev.clone() });
     stress(open, 8000);
 }

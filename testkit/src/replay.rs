@@ -1,5 +1,5 @@
 //! Write-log crash replay, shared by `engine/tests/replay.rs` and the control crate's OCI
-//! import replay test (included with `#[path]`).
+//! import replay test (`control/tests/replay_import.rs`).
 //!
 //! A [`RecordingDevice`] logs every write (offset + bytes) and every flush, in the order the
 //! device sees them. A workload runs an [`Engine`] on it and keeps a [`Recorder`]: every
@@ -17,7 +17,6 @@
 //!   write was torn) holds data that block had at some point in that range of states, so a
 //!   file whose fsync returned and was not changed again is there byte for byte, and no file
 //!   holds data it never had.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -26,6 +25,8 @@ use std::time::Duration;
 
 use engine::mkfs;
 use engine::{Device, Engine, Node, Options};
+
+use crate::Rng;
 
 pub const BLOCK: usize = 4096;
 
@@ -325,29 +326,6 @@ pub fn opts() -> Options {
         commit_interval: Duration::from_secs(3600),
         stats: false,
         ..Default::default()
-    }
-}
-
-/// A splitmix64 generator: seeded, deterministic.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
     }
 }
 
