@@ -10,10 +10,8 @@
 //! Medians with min–max. Needs root, containerd, ctr, runc and /bin/busybox (busybox-static).
 //! `cargo run -p bench --release --bin strata-ctr-bench -- [--repeats 5] [--dir /var/tmp/strata-ctr-bench]`
 
-#[path = "../../tests/common/oci_image.rs"]
+#[path = "../../../tests/common/oci_image.rs"]
 mod oci_image;
-#[allow(dead_code)]
-mod util;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -24,7 +22,7 @@ use std::time::{Duration, Instant};
 const IMAGE: &str = "docker.io/library/strata-bench-14k:1";
 const NS: &str = "strata-bench";
 
-use util::Res;
+use bench::util::{self, Res};
 
 struct Args {
     repeats: usize,

@@ -1,54 +1,17 @@
-//! strata-bench: fio, metadata, layer and memory-density workloads against ext4, kernel
-//! overlayfs, fuse-overlayfs and Strata, all on the same disk and measured in the same run;
-//! writes raw fio JSON, results.json, results.md and SVG charts.
-//!
-//! Run as root (mounting, dropping caches). See `strata-bench --help`.
-
-mod cli;
-mod fio;
-mod layers;
-mod memory;
-mod meta;
-mod report;
-mod results;
-mod systems;
-mod tarball;
-mod util;
-mod workloads;
+//! The run of `strata-bench`: set every system up, lay out the lower layers, run the workloads
+//! for each repeat, tear everything down and write the reports.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cli::{Args, Parsed};
-use results::Results;
-use systems::{Parent, SetupOptions, System};
-use util::Res;
-use workloads::{Config, Kind, MetaPhase, Unit};
-
-fn main() -> ExitCode {
-    let args = match cli::parse(std::env::args().skip(1)) {
-        Ok(Parsed::Run(a)) => a,
-        Ok(Parsed::Help) => {
-            print!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("strata-bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    util::install_signal_handlers();
-    match run(&args) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("strata-bench: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
+use crate::cli::{self, Args};
+use crate::results::{self, Results};
+use crate::systems::{Parent, SetupOptions, System};
+use crate::util::{self, Res};
+use crate::workloads::{self, Config, Kind, MetaPhase, Unit};
+use crate::{fio, layers, memory, meta, report, tarball};
 
 /// When the run started, for the elapsed time in every log line.
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -147,7 +110,7 @@ const FIO_FILE: &str = "fio.dat";
 const IMAGE_FILE: &str = "image.dat";
 
 /// Runs everything. Ok(true): every workload ran on every system without error.
-fn run(args: &Args) -> Res<bool> {
+pub fn run(args: &Args) -> Res<bool> {
     let t0 = *START.get_or_init(Instant::now);
     if !util::is_root() {
         return Err("must run as root (it mounts file systems and drops caches)".into());
