@@ -116,7 +116,7 @@ pub fn run(args: &Args) -> Res<bool> {
         return Err("must run as root (it mounts file systems and drops caches)".into());
     }
     let cfg = Config::new(args.quick);
-    let runtime_s: u64 = args.runtime.unwrap_or(if args.quick { 1 } else { 5 });
+    let runtime_s = args.runtime_s();
     let wl = workloads::select(workloads::all(&cfg), &args.only);
     if wl.is_empty() {
         return Err(format!(
@@ -148,7 +148,7 @@ pub fn run(args: &Args) -> Res<bool> {
         started: format!("{date} {}:{}", &time[..2], &time[2..4]),
         unix_time: util::unix_time(),
         quick: args.quick,
-        repeats: args.repeats,
+        repeats: args.repeats(),
         cfg: cfg.clone(),
         runtime_s,
         fio_version,
@@ -162,7 +162,7 @@ pub fn run(args: &Args) -> Res<bool> {
             .unwrap_or(1),
         dir: args.dir.display().to_string(),
         strata_bin: args.strata.display().to_string(),
-        remount: args.remount,
+        remount: args.remount(),
         git_rev: git_rev(),
         peers: peer_versions(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -174,7 +174,7 @@ pub fn run(args: &Args) -> Res<bool> {
         info.fio_version,
         workloads::fmt_size(cfg.file_size),
         runtime_s,
-        args.repeats,
+        args.repeats(),
         out.display()
     ));
 
@@ -393,8 +393,8 @@ fn run_workloads(plan: &Plan, res: &mut Results, systems: &mut [System]) -> Res<
         })
         .collect();
 
-    for rep in 0..args.repeats {
-        let tag = format!("[{}/{}]", rep + 1, args.repeats);
+    for rep in 0..args.repeats() {
+        let tag = format!("[{}/{}]", rep + 1, args.repeats());
         // One container per system for this repeat's fio, metadata and tar workloads:
         // a fresh upper layer (overlays) or clone (Strata) over the lower layer.
         if sel.fio || sel.meta || sel.tar {
@@ -458,7 +458,7 @@ fn run_workloads(plan: &Plan, res: &mut Results, systems: &mut [System]) -> Res<
                     &format!("m{}-{n}", rep + 1),
                     IMAGE_FILE,
                     plan.cfg.image_size,
-                    args.remount,
+                    args.remount(),
                 );
                 util::check_interrupted()?;
                 let cell = res.cell_mut(&id, sys.kind);
@@ -507,7 +507,7 @@ fn run_fio(
                 res.cell_mut(id, sys.kind).errors.push(skipped(sys));
                 continue;
             }
-            if let Err(e) = sys.drop_caches(plan.args.remount) {
+            if let Err(e) = sys.drop_caches(plan.args.remount()) {
                 log(&format!("{tag} {}: {e}", sys.name()));
                 res.cell_mut(id, sys.kind).errors.push(e);
                 continue;
@@ -581,7 +581,7 @@ fn run_meta(
             error_all(res, sys, is_meta, &e);
             continue;
         }
-        if let Err(e) = sys.drop_caches(plan.args.remount) {
+        if let Err(e) = sys.drop_caches(plan.args.remount()) {
             log(&format!("{tag} {}: {e}", sys.name()));
             error_all(res, sys, is_meta, &e);
             continue;
@@ -647,7 +647,7 @@ fn run_tar(
             error_all(res, sys, is_tar, &e);
             continue;
         }
-        if let Err(e) = sys.drop_caches(plan.args.remount) {
+        if let Err(e) = sys.drop_caches(plan.args.remount()) {
             log(&format!("{tag} {}: {e}", sys.name()));
             error_all(res, sys, is_tar, &e);
             continue;
@@ -717,7 +717,7 @@ fn run_first_write(
         }
         let r = (|| {
             let (tree, _) = sys.container(&cname, Parent::Standard)?;
-            sys.drop_caches(plan.args.remount)?;
+            sys.drop_caches(plan.args.remount())?;
             let file = tree.join(FIO_FILE);
             util::with_timeout("first write", Duration::from_secs(300), move || {
                 layers::first_write(&file)

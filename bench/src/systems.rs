@@ -25,11 +25,12 @@ use control::admin::{Client, CreateRequest};
 use crate::util::{self, Res};
 
 /// Every system the harness knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum SystemKind {
     /// A plain directory on the host's ext4 root file system: the baseline ratios refer to.
     Ext4,
     /// Kernel overlayfs over an ext4 lower directory (what Docker and containerd use).
+    #[value(alias = "overlay")]
     Overlayfs,
     /// fuse-overlayfs over an ext4 lower directory (rootless containers, Podman).
     FuseOverlayfs,
@@ -51,18 +52,6 @@ impl SystemKind {
             SystemKind::Strata => "strata",
             SystemKind::Overlayfs => "overlayfs",
             SystemKind::FuseOverlayfs => "fuse-overlayfs",
-        }
-    }
-
-    pub fn parse(s: &str) -> Res<Self> {
-        match s {
-            "ext4" => Ok(SystemKind::Ext4),
-            "strata" => Ok(SystemKind::Strata),
-            "overlayfs" | "overlay" => Ok(SystemKind::Overlayfs),
-            "fuse-overlayfs" => Ok(SystemKind::FuseOverlayfs),
-            other => Err(format!(
-                "unknown system {other:?} (known: ext4, overlayfs, fuse-overlayfs, strata)"
-            )),
         }
     }
 
@@ -985,7 +974,8 @@ mod tests {
             SystemKind::Overlayfs,
             SystemKind::FuseOverlayfs,
         ] {
-            assert_eq!(SystemKind::parse(k.name()).unwrap(), k);
+            let v = clap::ValueEnum::to_possible_value(&k).unwrap();
+            assert_eq!(v.get_name(), k.name());
         }
         assert!(!SystemKind::Ext4.has_layers() && SystemKind::Strata.has_layers());
     }

@@ -6,21 +6,11 @@
 
 use std::process::ExitCode;
 
-use bench::cli::{self, Parsed};
+use bench::cli::Args;
 use bench::{runner, util};
 
 fn main() -> ExitCode {
-    let args = match cli::parse(std::env::args().skip(1)) {
-        Ok(Parsed::Run(a)) => a,
-        Ok(Parsed::Help) => {
-            print!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("strata-bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::from_env();
     util::install_signal_handlers();
     match runner::run(&args) {
         Ok(true) => ExitCode::SUCCESS,

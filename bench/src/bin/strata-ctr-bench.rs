@@ -8,7 +8,7 @@
 //!   first line of output.
 //!
 //! Medians with min–max. Needs root, containerd, ctr, runc and /bin/busybox (busybox-static).
-//! `cargo run -p bench --release --bin strata-ctr-bench -- [--repeats 5] [--dir /var/tmp/strata-ctr-bench]`
+//! `cargo run -p bench --release --bin strata-ctr-bench -- --help`
 
 #[path = "../../../tests/common/oci_image.rs"]
 mod oci_image;
@@ -23,35 +23,26 @@ const IMAGE: &str = "docker.io/library/strata-bench-14k:1";
 const NS: &str = "strata-bench";
 
 use bench::util::{self, Res};
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 
+/// containerd with Strata (proxy snapshotter) vs its own overlayfs snapshotter, one private
+/// containerd serving both: `ctr images import` of a 14,000-entry image and the time from
+/// `ctr run` to the container's first line. Needs root, containerd, ctr, runc and
+/// /bin/busybox (busybox-static); the strata binary is $STRATA_BIN or the one next to this.
+#[derive(Parser)]
+#[command(name = "strata-ctr-bench")]
 struct Args {
+    /// Imports and runs per snapshotter (figures are their median, min–max)
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     repeats: usize,
+    /// Scratch directory for containerd, the Strata image and the image archive (deleted at the end)
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/strata-ctr-bench")]
     dir: PathBuf,
-    /// Only write the benchmark image archive here.
+    /// Only write the benchmark's image archive to FILE and exit
+    #[arg(long, value_name = "FILE")]
     image_out: Option<PathBuf>,
-}
-
-fn parse() -> Res<Args> {
-    let mut a = Args {
-        repeats: 5,
-        dir: PathBuf::from("/var/tmp/strata-ctr-bench"),
-        image_out: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut val = || it.next().ok_or_else(|| format!("{k} needs a value"));
-        match k.as_str() {
-            "--repeats" => a.repeats = val()?.parse().map_err(|e| format!("--repeats: {e}"))?,
-            "--dir" => a.dir = PathBuf::from(val()?),
-            "--image-out" => a.image_out = Some(PathBuf::from(val()?)),
-            "-h" | "--help" => {
-                println!("strata-ctr-bench [--repeats N] [--dir DIR] [--image-out FILE (write the image archive and exit)]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(a)
 }
 
 /// The image's one layer: busybox and 14,000 entries.
@@ -290,13 +281,7 @@ fn first_line(d: &Daemons, sn: &str, id: &str) -> Res<f64> {
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("strata-ctr-bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let a = Args::parse();
     if let Some(p) = &a.image_out {
         if let Err(e) = fs::write(p, oci_image::archive(&[layer()], IMAGE, usize::MAX)) {
             eprintln!("strata-ctr-bench: {}: {e}", p.display());
