@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{self, Res};
+use crate::rng::XorShift;
 use crate::workloads::FioJob;
+use crate::Res;
+use crate::{interrupt, process};
 
 /// What one fio run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,7 +23,7 @@ pub struct FioSample {
 }
 
 pub fn version() -> Res<String> {
-    let out = util::run_captured(
+    let out = process::run_captured(
         Command::new("fio").arg("--version"),
         Duration::from_secs(30),
     )
@@ -43,17 +45,11 @@ pub fn lay_out(path: &Path, size: u64) -> Res<()> {
         .open(path)
         .map_err(|e| format!("create {}: {e}", path.display()))?;
     let mut buf = vec![0u8; CHUNK];
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
     let mut written = 0u64;
     while written < size {
-        util::check_interrupted()?;
-        for word in buf.chunks_exact_mut(8) {
-            // xorshift64*
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            word.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
+        interrupt::check_interrupted()?;
+        rng.fill(&mut buf);
         let n = (size - written).min(CHUNK as u64) as usize;
         f.write_all(&buf[..n])
             .map_err(|e| format!("write {} at {written}: {e}", path.display()))?;
@@ -97,7 +93,7 @@ pub fn run(
     let mut cmd = command(job, file, size, runtime_s, json_out);
     // A job that hangs (a stuck FUSE request) must not hang the harness.
     let timeout = Duration::from_secs(runtime_s + 120);
-    let out = util::run_captured(&mut cmd, timeout)?;
+    let out = process::run_captured(&mut cmd, timeout)?;
     let text = fs::read_to_string(json_out).unwrap_or_default();
     if !out.status.success() {
         return Err(format!(

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use control::admin::ImportRequest;
 
 use crate::systems::{Parent, System, SystemKind};
-use crate::util::{self, Res};
+use crate::Res;
+use crate::{host, interrupt};
 
 /// Open `file` read-write, write 4 KiB in its middle, fsync: milliseconds, open included
 /// (that is where an overlay copies the file up).
@@ -80,8 +81,7 @@ pub fn clone_times(
         t.elapsed().as_secs_f64()
     ));
     // Building them dirtied a lot of ext4 metadata: write it back now, not during the clones.
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    host::sync();
     std::thread::sleep(Duration::from_secs(1));
     let mut out = Vec::new();
     let cases = sizes
@@ -90,7 +90,7 @@ pub fn clone_times(
         .chain(depths.iter().map(|&d| Case::Depth(d)));
     for case in cases {
         let r = time_case(sys, &parents, case, reps);
-        util::check_interrupted()?;
+        interrupt::check_interrupted()?;
         out.push((case, r));
     }
     Ok(out)

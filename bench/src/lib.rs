@@ -10,13 +10,20 @@
 
 pub mod cli;
 pub mod fio;
+pub mod host;
+pub mod interrupt;
 pub mod layers;
 pub mod memory;
 pub mod meta;
+pub mod mounts;
+pub mod process;
 pub mod report;
 pub mod results;
+pub mod rng;
 pub mod runner;
 pub mod systems;
 pub mod tarball;
-pub mod util;
 pub mod workloads;
+
+/// Errors are messages for the log and the report: every step says what it was doing.
+pub type Res<T> = Result<T, String>;

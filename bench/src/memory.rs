@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::systems::{Parent, System};
-use crate::util::{self, Res};
+use crate::Res;
+use crate::{interrupt, process};
 
 /// One measurement, MiB.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +61,7 @@ fn read_all(path: &Path) -> Res<u64> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("read {} at {n}: {e}", path.display())),
         }
-        if n % (64 << 20) == 0 && util::interrupted() {
+        if n % (64 << 20) == 0 && interrupt::interrupted() {
             return Err("interrupted".into());
         }
     }
@@ -113,14 +114,14 @@ fn measure_in(
     // drop_caches, running programs fault their pages back in) before the baseline.
     for p in &paths {
         let w = p.with_file_name(WARMUP_FILE);
-        util::with_timeout("warm-up", Duration::from_secs(120), move || read_all(&w))?;
+        process::with_timeout("warm-up", Duration::from_secs(120), move || read_all(&w))?;
     }
     std::thread::sleep(Duration::from_secs(1));
     let cache0 = page_cache_kib()?;
     let rss0 = rss_kib(&sys.daemon_pids());
 
     let readers = paths.clone();
-    let total = util::with_timeout("readers", Duration::from_secs(600), move || {
+    let total = process::with_timeout("readers", Duration::from_secs(600), move || {
         let handles: Vec<_> = readers
             .into_iter()
             .map(|p| std::thread::spawn(move || read_all(&p)))

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{self, Res};
+use crate::Res;
+use crate::{host, interrupt, process};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MetaTimes {
@@ -35,7 +36,7 @@ pub fn run(dir: &Path, n: usize) -> Res<MetaTimes> {
             .create_new(true)
             .open(p)
             .map_err(|e| format!("create {}: {e}", p.display()))?;
-        if util::interrupted() {
+        if interrupt::interrupted() {
             return Err("interrupted".into());
         }
     }
@@ -56,7 +57,7 @@ pub fn run(dir: &Path, n: usize) -> Res<MetaTimes> {
     let t = Instant::now();
     for p in &files {
         fs::remove_file(p).map_err(|e| format!("unlink {}: {e}", p.display()))?;
-        if util::interrupted() {
+        if interrupt::interrupted() {
             return Err("interrupted".into());
         }
     }
@@ -85,8 +86,7 @@ pub fn run(dir: &Path, n: usize) -> Res<MetaTimes> {
 /// directory reaches the daemon, and Strata's commits its journal, which covers every
 /// earlier change. Errors that mean "not supported" are ignored.
 pub fn durable(dir: &Path) -> Res<()> {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    host::sync();
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY)
@@ -111,7 +111,7 @@ pub fn tar_extract(tar: &Path, dir: &Path, timeout: Duration) -> Res<Timed> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     let t = Instant::now();
-    let out = util::run_captured(
+    let out = process::run_captured(
         Command::new("tar").arg("-xf").arg(tar).arg("-C").arg(dir),
         timeout,
     )?;
@@ -136,7 +136,7 @@ pub fn tar_extract(tar: &Path, dir: &Path, timeout: Duration) -> Res<Timed> {
 pub fn tar_remove(dir: &Path, timeout: Duration) -> Res<Timed> {
     let parent = dir.parent().ok_or("no parent")?;
     let t = Instant::now();
-    let out = util::run_captured(Command::new("rm").arg("-rf").arg(dir), timeout)?;
+    let out = process::run_captured(Command::new("rm").arg("-rf").arg(dir), timeout)?;
     if !out.status.success() {
         return Err(format!(
             "rm -rf {}: {} {}",

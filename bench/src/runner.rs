@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use crate::cli::{self, Args};
 use crate::results::{self, Results};
 use crate::systems::{Parent, SetupOptions, System};
-use crate::util::{self, Res};
 use crate::workloads::{self, Config, Kind, MetaPhase, Unit};
+use crate::Res;
 use crate::{fio, layers, memory, meta, report, tarball};
+use crate::{host, interrupt, mounts, process};
 
 /// When the run started, for the elapsed time in every log line.
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -23,7 +24,7 @@ fn log(msg: &str) {
 
 /// The default results directory: bench/results/<date>, or <date>-<time> when that exists.
 fn default_out() -> PathBuf {
-    let (date, time) = util::local_date_time();
+    let (date, time) = host::local_date_time();
     let results = cli::workspace_root().join("bench").join("results");
     let day = results.join(&date);
     if day.exists() {
@@ -112,7 +113,7 @@ const IMAGE_FILE: &str = "image.dat";
 /// Runs everything. Ok(true): every workload ran on every system without error.
 pub fn run(args: &Args) -> Res<bool> {
     let t0 = *START.get_or_init(Instant::now);
-    if !util::is_root() {
+    if !host::is_root() {
         return Err("must run as root (it mounts file systems and drops caches)".into());
     }
     let cfg = Config::new(args.quick);
@@ -135,7 +136,7 @@ pub fn run(args: &Args) -> Res<bool> {
     let out = args.out.clone().unwrap_or_else(default_out);
     fs::create_dir_all(out.join("raw")).map_err(|e| format!("mkdir {}: {e}", out.display()))?;
     fs::create_dir_all(&args.dir).map_err(|e| format!("mkdir {}: {e}", args.dir.display()))?;
-    match util::fstype_of(&args.dir) {
+    match mounts::fstype_of(&args.dir) {
         Some(t) if t == "ext4" => {}
         other => log(&format!(
             "WARNING: {} is on {}, not ext4: the ext4 baseline is not what it claims",
@@ -143,10 +144,10 @@ pub fn run(args: &Args) -> Res<bool> {
             other.as_deref().unwrap_or("an unknown file system")
         )),
     }
-    let (date, time) = util::local_date_time();
+    let (date, time) = host::local_date_time();
     let mut info = report::RunInfo {
         started: format!("{date} {}:{}", &time[..2], &time[2..4]),
-        unix_time: util::unix_time(),
+        unix_time: host::unix_time(),
         quick: args.quick,
         repeats: args.repeats(),
         cfg: cfg.clone(),
@@ -231,7 +232,7 @@ pub fn run(args: &Args) -> Res<bool> {
                     .push((kind.name().to_string(), format!("setup failed: {e}")));
             }
         }
-        if util::interrupted() {
+        if interrupt::interrupted() {
             break;
         }
     }
@@ -277,7 +278,7 @@ pub fn run(args: &Args) -> Res<bool> {
 /// `fuse-overlayfs --version`'s first line, for the report.
 fn peer_versions() -> Vec<String> {
     let mut v = Vec::new();
-    if let Ok(o) = util::run_captured(
+    if let Ok(o) = process::run_captured(
         Command::new("fuse-overlayfs").arg("--version"),
         Duration::from_secs(10),
     ) {
@@ -344,10 +345,10 @@ fn prepare_lowers(plan: &Plan, systems: &mut [System]) -> Res<()> {
             }
             let file = sys.lower().join(name);
             let t = Instant::now();
-            let r = util::with_timeout("layout", Duration::from_secs(900), move || {
+            let r = process::with_timeout("layout", Duration::from_secs(900), move || {
                 fio::lay_out(&file, size)
             });
-            util::check_interrupted()?;
+            interrupt::check_interrupted()?;
             match r {
                 Ok(()) => log(&format!(
                     "{}: lower layer: {name} ({}) laid out in {:.2} s",
@@ -460,7 +461,7 @@ fn run_workloads(plan: &Plan, res: &mut Results, systems: &mut [System]) -> Res<
                     plan.cfg.image_size,
                     args.remount(),
                 );
-                util::check_interrupted()?;
+                interrupt::check_interrupted()?;
                 let cell = res.cell_mut(&id, sys.kind);
                 match r {
                     Ok(m) => {
@@ -521,7 +522,7 @@ fn run_fio(
                 plan.runtime_s,
                 &raw,
             );
-            util::check_interrupted()?;
+            interrupt::check_interrupted()?;
             let cell = res.cell_mut(id, sys.kind);
             match r {
                 Ok(s) => {
@@ -587,10 +588,10 @@ fn run_meta(
             continue;
         }
         let dir = tree.join(format!("meta-r{}", rep + 1));
-        let r = util::with_timeout("metadata", Duration::from_secs(900), move || {
+        let r = process::with_timeout("metadata", Duration::from_secs(900), move || {
             meta::run(&dir, meta_files)
         });
-        util::check_interrupted()?;
+        interrupt::check_interrupted()?;
         match r {
             Ok(t) => {
                 log(&format!(
@@ -654,7 +655,7 @@ fn run_tar(
         }
         let dir = tree.join(format!("tar-r{}", rep + 1));
         let x = meta::tar_extract(&tar, &dir, timeout);
-        util::check_interrupted()?;
+        interrupt::check_interrupted()?;
         let x = match x {
             Ok(s) => s,
             Err(e) => {
@@ -667,7 +668,7 @@ fn run_tar(
             }
         };
         let rm = meta::tar_remove(&dir, timeout);
-        util::check_interrupted()?;
+        interrupt::check_interrupted()?;
         if res.has_workload("tar-extract") {
             res.cell_mut("tar-extract", sys.kind)
                 .samples
@@ -719,12 +720,12 @@ fn run_first_write(
             let (tree, _) = sys.container(&cname, Parent::Standard)?;
             sys.drop_caches(plan.args.remount())?;
             let file = tree.join(FIO_FILE);
-            util::with_timeout("first write", Duration::from_secs(300), move || {
+            process::with_timeout("first write", Duration::from_secs(300), move || {
                 layers::first_write(&file)
             })
         })();
         let dropped = sys.drop_container(&cname);
-        util::check_interrupted()?;
+        interrupt::check_interrupted()?;
         let cell = res.cell_mut(id, sys.kind);
         match r {
             Ok(ms) => {
@@ -789,7 +790,7 @@ fn run_clone(plan: &Plan, res: &mut Results, systems: &mut [System]) -> Res<()> 
         let r = layers::clone_times(sys, plan.tars, &sizes, &depths, plan.cfg.clone_reps, &|m| {
             log(m)
         });
-        util::check_interrupted()?;
+        interrupt::check_interrupted()?;
         match r {
             Ok(cases) => {
                 for (case, r) in cases {

@@ -15,14 +15,14 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use control::admin::{Client, CreateRequest};
 
-use crate::util::{self, Res};
+use crate::Res;
+use crate::{host, interrupt, mounts, process};
 
 /// Every system the harness knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
@@ -144,7 +144,7 @@ impl System {
                     .contains("overlay")
                 {
                     // Loading the module is the kernel's business: try once.
-                    let _ = util::run_captured(
+                    let _ = process::run_captured(
                         Command::new("modprobe").arg("overlay"),
                         Duration::from_secs(30),
                     );
@@ -153,7 +153,7 @@ impl System {
                 mkdir(&sys.lower)?;
             }
             SystemKind::FuseOverlayfs => {
-                let out = util::run_captured(
+                let out = process::run_captured(
                     Command::new("fuse-overlayfs").arg("--version"),
                     Duration::from_secs(30),
                 )
@@ -181,7 +181,14 @@ impl System {
                     })
                     .map_err(|e| format!("creating layer {STRATA_BASE_LAYER}: {e}"))?;
                 sys.lower = mnt.join(STRATA_BASE_LAYER);
-                wait_for_dir(&sys.lower)?;
+                // A new layer's directory shows in the mount root at once, or nearly.
+                let lower = sys.lower.clone();
+                process::wait_for(
+                    &format!("{}", lower.display()),
+                    Duration::from_secs(10),
+                    Duration::from_millis(20),
+                    || lower.is_dir(),
+                )?;
             }
         }
         Ok(sys)
@@ -370,7 +377,7 @@ impl System {
                         "fuse-overlayfs of container {} exited ({st}); last lines of {}:\n{}",
                         c.name,
                         self.log_dir.join("fuse-overlayfs.log").display(),
-                        util::tail(&self.log_dir.join("fuse-overlayfs.log"), 10)
+                        host::tail(&self.log_dir.join("fuse-overlayfs.log"), 10)
                     );
                     self.failed = Some(e.clone());
                     return Err(e);
@@ -391,7 +398,7 @@ impl System {
                 return Err(e);
             }
         }
-        util::drop_caches()
+        host::drop_caches()
     }
 
     pub fn mark_failed(&mut self, why: &str) {
@@ -412,7 +419,7 @@ impl Drop for System {
         if let Some(mut d) = self.daemon.take() {
             d.teardown();
         }
-        let left = mounts_below(&self.base);
+        let left = mounts::mounts_below(&self.base);
         if !left.is_empty() {
             eprintln!(
                 "strata-bench: WARNING: {} still mounted; leaving {} in place",
@@ -437,18 +444,6 @@ impl Drop for System {
 
 fn mkdir(p: &Path) -> Res<()> {
     fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
-}
-
-/// Wait (briefly) for a new layer's directory to show in the mount root.
-fn wait_for_dir(p: &Path) -> Res<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !p.is_dir() {
-        if Instant::now() >= deadline {
-            return Err(format!("{} did not appear", p.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// `lowerdir=…,upperdir=…,workdir=…` with paths relative to `base` (the mount runs there):
@@ -500,63 +495,29 @@ fn mount_overlay(base: &Path, opts: &str, target: &Path) -> Res<()> {
 
 /// Start `fuse-overlayfs -f -o OPTS MERGED` in `base`, in its own process group.
 fn spawn_fuse_overlayfs(base: &Path, opts: &str, merged: &Path, log_dir: &Path) -> Res<Child> {
-    let log = log_dir.join("fuse-overlayfs.log");
-    let logf = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-    let logf2 = logf.try_clone().map_err(|e| format!("dup log: {e}"))?;
-    Command::new("fuse-overlayfs")
-        .arg("-f")
-        .arg("-o")
-        .arg(opts)
-        .arg(merged)
-        .current_dir(base)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(logf))
-        .stderr(Stdio::from(logf2))
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start fuse-overlayfs: {e}"))
+    process::spawn_logged(
+        Command::new("fuse-overlayfs")
+            .arg("-f")
+            .arg("-o")
+            .arg(opts)
+            .arg(merged)
+            .current_dir(base),
+        &log_dir.join("fuse-overlayfs.log"),
+    )
 }
 
-/// Ready when the merged dir shows in mountinfo.
+/// Ready when the merged dir shows in mountinfo (polled often: the wait is part of the
+/// container's clone time).
 fn wait_fuse_overlayfs(c: &mut Container, log_dir: &Path) -> Res<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let child = c.child.as_mut().expect("spawned");
-    loop {
-        if util::is_mounted(&c.path) {
-            return Ok(());
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!(
-                "fuse-overlayfs exited before mounting ({st}); last lines of {}:\n{}",
-                log_dir.join("fuse-overlayfs.log").display(),
-                util::tail(&log_dir.join("fuse-overlayfs.log"), 10)
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "fuse-overlayfs: {} not mounted after 30 s",
-                c.path.display()
-            ));
-        }
-        util::check_interrupted()?;
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// umount(2), falling back to a lazy detach.
-fn unmount(p: &Path) {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: a NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 && util::is_mounted(p) {
-        // SAFETY: as above.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    mounts::wait_mounted(
+        c.child.as_mut().expect("spawned"),
+        "fuse-overlayfs",
+        &c.path,
+        &log_dir.join("fuse-overlayfs.log"),
+        10,
+        Duration::from_secs(30),
+        Duration::from_micros(200),
+    )
 }
 
 /// Unmount a container, stop its daemon, delete its directories (Strata: remove its layer).
@@ -570,24 +531,24 @@ fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path
         }
         return Ok(());
     }
-    if util::is_mounted(&c.path) {
-        unmount(&c.path);
+    if mounts::is_mounted(&c.path) {
+        mounts::unmount(&c.path);
     }
     if let Some(child) = &mut c.child {
-        let st = util::wait_until(child, Instant::now() + Duration::from_secs(10), false)
-            .or_else(|| util::stop_child(child, libc::SIGTERM, Duration::from_secs(5)));
+        let st = process::wait_until(child, Instant::now() + Duration::from_secs(10), false)
+            .or_else(|| process::stop_child(child, libc::SIGTERM, Duration::from_secs(5)));
         if st.is_none() {
             eprintln!(
                 "strata-bench: WARNING: fuse-overlayfs (pid {}) would not die",
                 child.id()
             );
         }
-        if let Some(m) = util::find_mount(&c.path) {
-            abort_fuse_connection(&m.dev);
-            unmount(&c.path);
+        if let Some(m) = mounts::find_mount(&c.path) {
+            mounts::abort_fuse_connection(&m.dev);
+            mounts::unmount(&c.path);
         }
     }
-    if util::is_mounted(&c.path) {
+    if mounts::is_mounted(&c.path) {
         return Err(format!(
             "{} is still mounted (log: {})",
             c.path.display(),
@@ -604,19 +565,6 @@ fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path
     Ok(())
 }
 
-/// Mount points at or below `base`, deepest first.
-fn mounts_below(base: &Path) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = util::parse_mountinfo(&text)
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(base))
-        .collect();
-    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    v.dedup();
-    v
-}
-
 /// Remove what an earlier, killed run may have left in `base`, unmounting everything below
 /// it first (FUSE mounts whose daemon died are aborted). Refuses to delete anything below a
 /// mount point that will not go away.
@@ -624,19 +572,20 @@ fn clean_stale(base: &Path) -> Res<()> {
     if !base.exists() {
         return Ok(());
     }
-    for m in mounts_below(base) {
+    for m in mounts::mounts_below(base) {
         eprintln!("strata-bench: unmounting a stale mount at {}", m.display());
-        if let Some(e) = util::find_mount(&m) {
+        if let Some(e) = mounts::find_mount(&m) {
             if e.fstype.starts_with("fuse") {
-                let _ = util::run_to_end(Command::new("umount").arg(&m), Duration::from_secs(30));
-                if util::is_mounted(&m) {
-                    abort_fuse_connection(&e.dev);
+                let _ =
+                    process::run_to_end(Command::new("umount").arg(&m), Duration::from_secs(30));
+                if mounts::is_mounted(&m) {
+                    mounts::abort_fuse_connection(&e.dev);
                 }
             }
         }
-        unmount(&m);
+        mounts::unmount(&m);
     }
-    let left = mounts_below(base);
+    let left = mounts::mounts_below(base);
     if !left.is_empty() {
         return Err(format!(
             "{} mounted and will not unmount; clean up by hand",
@@ -683,7 +632,7 @@ impl StrataDaemon {
         let mnt = base.join("mnt");
         fs::create_dir_all(&mnt).map_err(|e| format!("mkdir {}: {e}", mnt.display()))?;
 
-        let out = util::run_captured(
+        let out = process::run_captured(
             Command::new(bin)
                 .arg("mkfs")
                 .arg(&image)
@@ -722,37 +671,26 @@ impl StrataDaemon {
 
     /// Ready when the mount point shows up in /proc/self/mountinfo.
     fn wait_ready(&mut self) -> Res<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if util::is_mounted(&self.mnt) {
-                return Ok(());
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                self.exited = Some(st.to_string());
-                return Err(format!(
-                    "strata mount exited before mounting ({st}); last lines of {}:\n{}",
-                    self.log.display(),
-                    util::tail(&self.log, 20)
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "strata mount: {} not mounted after 60 s; last lines of {}:\n{}",
-                    self.mnt.display(),
-                    self.log.display(),
-                    util::tail(&self.log, 20)
-                ));
-            }
-            util::check_interrupted()?;
-            std::thread::sleep(Duration::from_millis(20));
+        let r = mounts::wait_mounted(
+            &mut self.child,
+            "strata mount",
+            &self.mnt,
+            &self.log,
+            20,
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+        );
+        if let Ok(Some(st)) = self.child.try_wait() {
+            self.exited = Some(st.to_string());
         }
+        r
     }
 
     /// Unmount and remount: the daemon's block cache starts cold, as the page cache does after
     /// drop_caches. Also checks that a clean unmount exits 0 and the image mounts again.
     fn remount(&mut self) -> Res<()> {
         self.check_alive()?;
-        let out = util::run_captured(
+        let out = process::run_captured(
             Command::new("umount").arg(&self.mnt),
             Duration::from_secs(120),
         )?;
@@ -763,7 +701,7 @@ impl StrataDaemon {
                 out.stderr.trim()
             ));
         }
-        match util::wait_until(
+        match process::wait_until(
             &mut self.child,
             Instant::now() + Duration::from_secs(60),
             true,
@@ -774,11 +712,11 @@ impl StrataDaemon {
                 return Err(format!(
                     "strata daemon exited with {st} after umount; last lines of {}:\n{}",
                     self.log.display(),
-                    util::tail(&self.log, 20)
+                    host::tail(&self.log, 20)
                 ));
             }
             None => {
-                util::check_interrupted()?;
+                interrupt::check_interrupted()?;
                 return Err("strata daemon still running 60 s after umount".into());
             }
         }
@@ -806,10 +744,10 @@ impl StrataDaemon {
             return Err(format!(
                 "strata daemon exited ({st}); last lines of {}:\n{}",
                 self.log.display(),
-                util::tail(&self.log, 20)
+                host::tail(&self.log, 20)
             ));
         }
-        if !util::is_mounted(&self.mnt) {
+        if !mounts::is_mounted(&self.mnt) {
             return Err(format!("{} is no longer mounted", self.mnt.display()));
         }
         Ok(())
@@ -828,8 +766,8 @@ impl StrataDaemon {
 
     fn teardown_once(&mut self) -> bool {
         // 1. The normal way: umount; the daemon then exits 0 by itself.
-        if util::is_mounted(&self.mnt) {
-            match util::run_to_end(
+        if mounts::is_mounted(&self.mnt) {
+            match process::run_to_end(
                 Command::new("umount").arg(&self.mnt),
                 Duration::from_secs(60),
             ) {
@@ -843,7 +781,7 @@ impl StrataDaemon {
             }
         }
         // 2. Wait for the daemon; SIGTERM, then SIGKILL if it lingers.
-        let status = match util::wait_until(
+        let status = match process::wait_until(
             &mut self.child,
             Instant::now() + Duration::from_secs(15),
             false,
@@ -853,7 +791,7 @@ impl StrataDaemon {
                 eprintln!(
                     "strata-bench: strata daemon still running after umount; sending SIGTERM"
                 );
-                util::stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(10))
+                process::stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(10))
             }
         };
         match status {
@@ -869,14 +807,14 @@ impl StrataDaemon {
         }
         // 3. A dead daemon leaves a dead mount ("Transport endpoint is not connected"):
         //    abort the FUSE connection if fusectl is there, then detach lazily.
-        if let Some(m) = util::find_mount(&self.mnt) {
-            abort_fuse_connection(&m.dev);
-            let _ = util::run_to_end(
+        if let Some(m) = mounts::find_mount(&self.mnt) {
+            mounts::abort_fuse_connection(&m.dev);
+            let _ = process::run_to_end(
                 Command::new("umount").arg("-l").arg(&self.mnt),
                 Duration::from_secs(30),
             );
         }
-        let still = util::is_mounted(&self.mnt);
+        let still = mounts::is_mounted(&self.mnt);
         if !still {
             if let Err(e) = fs::remove_file(&self.image) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -904,7 +842,7 @@ fn mount_args(bin: &Path, mnt: &Path, cache_size: Option<&str>) -> Vec<String> {
         "--metrics-addr".into(),
         "off".into(),
     ];
-    let help = util::run_captured(
+    let help = process::run_captured(
         Command::new(bin).args(["mount", "--help"]),
         Duration::from_secs(30),
     )
@@ -926,40 +864,16 @@ fn spawn_mount(
     mount_args: &[String],
     log: &Path,
 ) -> Res<Child> {
-    let logf = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-    let logf2 = logf.try_clone().map_err(|e| format!("dup log: {e}"))?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("mount").arg(image).arg(mnt).args(mount_args);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(logf))
-        .stderr(Stdio::from(logf2))
-        // Own process group: a Ctrl-C in the terminal must not kill the daemon under a
-        // mounted file system; the guard stops it in order.
-        .process_group(0);
-    cmd.spawn()
-        .map_err(|e| format!("cannot start {} mount: {e}", bin.display()))
-}
-
-/// Write to /sys/fs/fuse/connections/<dev>/abort, where <dev> is the kernel's dev_t of the
-/// mount (major << 20 | minor). Best effort: fusectl may not be mounted.
-fn abort_fuse_connection(dev: &str) {
-    let Some((maj, min)) = dev.split_once(':') else {
-        return;
-    };
-    let (Ok(maj), Ok(min)) = (maj.parse::<u64>(), min.parse::<u64>()) else {
-        return;
-    };
-    let path = PathBuf::from(format!(
-        "/sys/fs/fuse/connections/{}/abort",
-        (maj << 20) | min
-    ));
-    if path.exists() {
-        let _ = fs::write(&path, "1");
-    }
+    // Own process group (spawn_logged): a Ctrl-C in the terminal must not kill the daemon
+    // under a mounted file system; the guard stops it in order.
+    process::spawn_logged(
+        Command::new(bin)
+            .arg("mount")
+            .arg(image)
+            .arg(mnt)
+            .args(mount_args),
+        log,
+    )
 }
 
 #[cfg(test)]
@@ -1013,7 +927,7 @@ mod tests {
     /// is unmounted and deleted by the guard. Needs root (and fuse-overlayfs for that half).
     #[test]
     fn overlay_containers() {
-        if !util::is_root() {
+        if !host::is_root() {
             eprintln!("skipped: needs root");
             return;
         }
@@ -1055,9 +969,9 @@ mod tests {
             assert_eq!(fs::read(c.join("g")).unwrap(), b"top");
             assert_eq!(fs::read(c.join("f")).unwrap(), b"lower");
             sys.drop_container("a").unwrap();
-            assert!(!util::is_mounted(&a));
+            assert!(!mounts::is_mounted(&a));
             drop(sys);
-            assert!(!util::is_mounted(&b) && !util::is_mounted(&c));
+            assert!(!mounts::is_mounted(&b) && !mounts::is_mounted(&c));
             assert!(!base.exists(), "{kind:?}: the guard removes its directory");
         }
         let _ = fs::remove_dir_all(&dir);

@@ -5,7 +5,9 @@ use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use crate::util::{self, Res};
+use crate::interrupt;
+use crate::rng::XorShift;
+use crate::Res;
 
 /// Fixed mtime (2026-01-01) so that the archive is the same every time.
 const MTIME: u64 = 1_767_225_600;
@@ -21,24 +23,17 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
 /// The sizes of the tree's files: pseudo-random, uniform in 0..2×mean, summing to about
 /// `total` (exactly what they are is fixed by the seed).
 fn file_sizes(n: usize, total: u64) -> Vec<u64> {
     let mean = total / n.max(1) as u64;
-    let mut st = 0x1234_5678_9ABC_DEF1u64;
+    let mut rng = XorShift::new(0x1234_5678_9ABC_DEF1);
     (0..n)
         .map(|_| {
             if mean == 0 {
                 0
             } else {
-                xorshift(&mut st) % (2 * mean)
+                rng.next_u64() % (2 * mean)
             }
         })
         .collect()
@@ -52,15 +47,11 @@ pub fn write_tree(path: &Path, dirs: usize, files: usize, total: u64) -> Res<()>
     let sizes = file_sizes(dirs * files, total);
     let max = sizes.iter().copied().max().unwrap_or(0) as usize;
     // One buffer of random bytes; each file takes a window of it at a different offset.
-    let mut st = 0x9E37_79B9_7F4A_7C15u64;
     let mut data = vec![0u8; max + 4096];
-    for w in data.chunks_mut(8) {
-        let x = xorshift(&mut st).to_le_bytes();
-        w.copy_from_slice(&x[..w.len()]);
-    }
+    XorShift::new(0x9E37_79B9_7F4A_7C15).fill(&mut data);
     let err = |e: std::io::Error| format!("write {}: {e}", path.display());
     for d in 0..dirs {
-        util::check_interrupted()?;
+        interrupt::check_interrupted()?;
         let mut h = header(tar::EntryType::Directory, 0o755, 0);
         b.append_data(&mut h, format!("d{d:03}/"), std::io::empty())
             .map_err(err)?;
@@ -96,7 +87,7 @@ pub fn write_empty_files(path: &Path, n: usize) -> Res<()> {
     }
     for i in 0..n {
         if i % 10_000 == 0 {
-            util::check_interrupted()?;
+            interrupt::check_interrupted()?;
         }
         let mut h = header(tar::EntryType::Regular, 0o644, 0);
         b.append_data(

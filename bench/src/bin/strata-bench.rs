@@ -7,11 +7,11 @@
 use std::process::ExitCode;
 
 use bench::cli::Args;
-use bench::{runner, util};
+use bench::{interrupt, runner};
 
 fn main() -> ExitCode {
     let args = Args::from_env();
-    util::install_signal_handlers();
+    interrupt::install_signal_handlers();
     match runner::run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

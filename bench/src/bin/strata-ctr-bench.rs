@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 
 const IMAGE: &str = "docker.io/library/strata-bench-14k:1";
 const NS: &str = "strata-bench";
+/// How often start-up is polled.
+const POLL: Duration = Duration::from_millis(50);
 
-use bench::util::{self, Res};
+use bench::Res;
+use bench::{mounts, process};
 use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 
@@ -85,17 +88,6 @@ fn strata_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("strata"))
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Res<()> {
-    let t = Instant::now();
-    while !ok() {
-        if t.elapsed() > timeout {
-            return Err(format!("{what} did not come up in {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 impl Daemons {
     fn start(dir: &Path) -> Res<Daemons> {
         let _ = fs::remove_dir_all(dir);
@@ -135,7 +127,9 @@ impl Daemons {
                 .map_err(|e| format!("strata mount: {e}"))?,
         );
         let mnt = d.mnt.clone();
-        wait_for("strata", Duration::from_secs(30), || util::is_mounted(&mnt))?;
+        process::wait_for("strata", Duration::from_secs(30), POLL, || {
+            mounts::is_mounted(&mnt)
+        })?;
         let cfg = dir.join("config.toml");
         let p = dir.display();
         fs::write(
@@ -161,7 +155,7 @@ impl Daemons {
                 .map_err(|e| format!("containerd: {e}"))?,
         );
         let sock = d.sock.clone();
-        wait_for("containerd", Duration::from_secs(30), || {
+        process::wait_for("containerd", Duration::from_secs(30), POLL, || {
             Command::new("ctr")
                 .arg("-a")
                 .arg(&sock)
@@ -200,17 +194,14 @@ impl Daemons {
 impl Drop for Daemons {
     fn drop(&mut self) {
         if let Some(mut c) = self.containerd.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            process::signal(&c, libc::SIGTERM);
             let _ = c.wait();
         }
-        let below: Vec<PathBuf> =
-            util::parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
-                .into_iter()
-                .map(|m| m.mount_point)
-                .filter(|m| m.starts_with(&self.dir) && *m != self.mnt)
-                .collect();
-        for m in below.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
+        // containerd's leftover mounts (its overlayfs snapshots, container rootfs), deepest first.
+        for m in mounts::mounts_below(&self.dir) {
+            if m != self.mnt {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
         }
         if let Some(mut c) = self.strata.take() {
             let _ = Command::new("umount").arg(&self.mnt).status();
