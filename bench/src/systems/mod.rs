@@ -12,17 +12,20 @@
 //! | strata | layer `base`, committed once written | a layer cloned from it, `<mnt>/<name>` |
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use control::admin::{Client, CreateRequest};
 
+use strata::StrataDaemon;
+
+mod overlay;
+mod strata;
+
 use crate::Res;
-use crate::{host, interrupt, mounts, process};
+use crate::{host, mounts, process};
 
 /// Every system the harness knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
@@ -274,14 +277,14 @@ impl System {
                     fs::create_dir(cdir.join(d))
                         .map_err(|e| format!("mkdir {}: {e}", cdir.join(d).display()))?;
                 }
-                let opts = overlay_options(&self.base, dirs, &cdir);
+                let opts = overlay::overlay_options(&self.base, dirs, &cdir);
                 let r = if self.kind == SystemKind::Overlayfs {
-                    mount_overlay(&self.base, &opts, &merged)
+                    overlay::mount_overlay(&self.base, &opts, &merged)
                 } else {
-                    match spawn_fuse_overlayfs(&self.base, &opts, &merged, &self.log_dir) {
+                    match overlay::spawn_fuse_overlayfs(&self.base, &opts, &merged, &self.log_dir) {
                         Ok(child) => {
                             c.child = Some(child);
-                            wait_fuse_overlayfs(&mut c, &self.log_dir)
+                            overlay::wait_fuse_overlayfs(&mut c, &self.log_dir)
                         }
                         Err(e) => Err(e),
                     }
@@ -446,80 +449,6 @@ fn mkdir(p: &Path) -> Res<()> {
     fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
 }
 
-/// `lowerdir=…,upperdir=…,workdir=…` with paths relative to `base` (the mount runs there):
-/// a hundred lower directories stay well inside the one page the kernel takes for options.
-fn overlay_options(base: &Path, lowers: &[PathBuf], cdir: &Path) -> String {
-    let rel = |p: &Path| -> String {
-        p.strip_prefix(base)
-            .map(|r| r.display().to_string())
-            .unwrap_or_else(|_| p.display().to_string())
-    };
-    let lower: Vec<String> = lowers.iter().map(|d| rel(d)).collect();
-    format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        rel(&cdir.join("u")),
-        rel(&cdir.join("w"))
-    )
-}
-
-/// mount(2) a kernel overlay at `target`; the relative paths in `opts` are resolved from
-/// `base` (the process's working directory is changed for the call and restored).
-fn mount_overlay(base: &Path, opts: &str, target: &Path) -> Res<()> {
-    let c_target = CString::new(target.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let c_opts = CString::new(opts).map_err(|e| e.to_string())?;
-    let cwd = std::env::current_dir().ok();
-    std::env::set_current_dir(base).map_err(|e| format!("chdir {}: {e}", base.display()))?;
-    // SAFETY: NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            c_target.as_ptr(),
-            c"overlay".as_ptr(),
-            0,
-            c_opts.as_ptr().cast(),
-        )
-    };
-    let err = std::io::Error::last_os_error();
-    if let Some(cwd) = cwd {
-        let _ = std::env::set_current_dir(cwd);
-    }
-    if rc != 0 {
-        return Err(format!(
-            "mount -t overlay -o {opts} {}: {err}",
-            target.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Start `fuse-overlayfs -f -o OPTS MERGED` in `base`, in its own process group.
-fn spawn_fuse_overlayfs(base: &Path, opts: &str, merged: &Path, log_dir: &Path) -> Res<Child> {
-    process::spawn_logged(
-        Command::new("fuse-overlayfs")
-            .arg("-f")
-            .arg("-o")
-            .arg(opts)
-            .arg(merged)
-            .current_dir(base),
-        &log_dir.join("fuse-overlayfs.log"),
-    )
-}
-
-/// Ready when the merged dir shows in mountinfo (polled often: the wait is part of the
-/// container's clone time).
-fn wait_fuse_overlayfs(c: &mut Container, log_dir: &Path) -> Res<()> {
-    mounts::wait_mounted(
-        c.child.as_mut().expect("spawned"),
-        "fuse-overlayfs",
-        &c.path,
-        &log_dir.join("fuse-overlayfs.log"),
-        10,
-        Duration::from_secs(30),
-        Duration::from_micros(200),
-    )
-}
-
 /// Unmount a container, stop its daemon, delete its directories (Strata: remove its layer).
 /// Must finish after Ctrl-C: nothing here watches the interrupt flag.
 fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path) -> Res<()> {
@@ -596,284 +525,6 @@ fn clean_stale(base: &Path) -> Res<()> {
         ));
     }
     fs::remove_dir_all(base).map_err(|e| format!("cannot remove stale {}: {e}", base.display()))
-}
-
-/// A running `strata mount` and the image it serves.
-struct StrataDaemon {
-    child: Child,
-    bin: PathBuf,
-    /// Options after `mount IMAGE MNT`.
-    mount_args: Vec<String>,
-    image: PathBuf,
-    mnt: PathBuf,
-    log: PathBuf,
-    exited: Option<String>,
-    /// Set by `teardown`: (done, still mounted).
-    torn_down: Option<bool>,
-}
-
-impl Drop for StrataDaemon {
-    fn drop(&mut self) {
-        // Error paths in `start` drop a half-started daemon: stop it too.
-        self.teardown();
-    }
-}
-
-impl StrataDaemon {
-    fn start(base: &Path, opts: &SetupOptions) -> Res<StrataDaemon> {
-        let bin = opts.strata_bin;
-        if !bin.is_file() {
-            return Err(format!(
-                "strata binary not found at {} (build it with `cargo build --release`, or pass --strata)",
-                bin.display()
-            ));
-        }
-        let image = base.join("strata.img");
-        let mnt = base.join("mnt");
-        fs::create_dir_all(&mnt).map_err(|e| format!("mkdir {}: {e}", mnt.display()))?;
-
-        let out = process::run_captured(
-            Command::new(bin)
-                .arg("mkfs")
-                .arg(&image)
-                .arg("--size")
-                .arg(opts.image_size),
-            Duration::from_secs(120),
-        )?;
-        if !out.status.success() {
-            let _ = fs::remove_file(&image);
-            return Err(format!(
-                "strata mkfs {} --size {} failed ({}): {}{}",
-                image.display(),
-                opts.image_size,
-                out.status,
-                out.stderr.trim(),
-                out.stdout.trim()
-            ));
-        }
-
-        let log = opts.log_dir.join("strata.log");
-        let mount_args = mount_args(bin, &mnt, opts.cache_size);
-        let child = spawn_mount(bin, &image, &mnt, &mount_args, &log)?;
-        let mut d = StrataDaemon {
-            child,
-            bin: bin.to_path_buf(),
-            mount_args,
-            image,
-            mnt,
-            log,
-            exited: None,
-            torn_down: None,
-        };
-        d.wait_ready()?;
-        Ok(d)
-    }
-
-    /// Ready when the mount point shows up in /proc/self/mountinfo.
-    fn wait_ready(&mut self) -> Res<()> {
-        let r = mounts::wait_mounted(
-            &mut self.child,
-            "strata mount",
-            &self.mnt,
-            &self.log,
-            20,
-            Duration::from_secs(60),
-            Duration::from_millis(20),
-        );
-        if let Ok(Some(st)) = self.child.try_wait() {
-            self.exited = Some(st.to_string());
-        }
-        r
-    }
-
-    /// Unmount and remount: the daemon's block cache starts cold, as the page cache does after
-    /// drop_caches. Also checks that a clean unmount exits 0 and the image mounts again.
-    fn remount(&mut self) -> Res<()> {
-        self.check_alive()?;
-        let out = process::run_captured(
-            Command::new("umount").arg(&self.mnt),
-            Duration::from_secs(120),
-        )?;
-        if !out.status.success() {
-            return Err(format!(
-                "umount {}: {}",
-                self.mnt.display(),
-                out.stderr.trim()
-            ));
-        }
-        match process::wait_until(
-            &mut self.child,
-            Instant::now() + Duration::from_secs(60),
-            true,
-        ) {
-            Some(st) if st.success() => {}
-            Some(st) => {
-                self.exited = Some(st.to_string());
-                return Err(format!(
-                    "strata daemon exited with {st} after umount; last lines of {}:\n{}",
-                    self.log.display(),
-                    host::tail(&self.log, 20)
-                ));
-            }
-            None => {
-                interrupt::check_interrupted()?;
-                return Err("strata daemon still running 60 s after umount".into());
-            }
-        }
-        self.child = spawn_mount(
-            &self.bin,
-            &self.image,
-            &self.mnt,
-            &self.mount_args,
-            &self.log,
-        )?;
-        self.wait_ready()
-    }
-
-    /// The admin API client for this daemon's socket.
-    fn client(&self) -> Client {
-        Client::new(&admin_socket(&self.mnt))
-    }
-
-    fn check_alive(&mut self) -> Res<()> {
-        if let Some(st) = &self.exited {
-            return Err(format!("strata daemon exited ({st})"));
-        }
-        if let Ok(Some(st)) = self.child.try_wait() {
-            self.exited = Some(st.to_string());
-            return Err(format!(
-                "strata daemon exited ({st}); last lines of {}:\n{}",
-                self.log.display(),
-                host::tail(&self.log, 20)
-            ));
-        }
-        if !mounts::is_mounted(&self.mnt) {
-            return Err(format!("{} is no longer mounted", self.mnt.display()));
-        }
-        Ok(())
-    }
-
-    /// Unmount, stop the daemon, delete the image. Returns true if the mount point is still
-    /// mounted at the end (then nothing below it is deleted).
-    fn teardown(&mut self) -> bool {
-        if let Some(still) = self.torn_down {
-            return still;
-        }
-        let still = self.teardown_once();
-        self.torn_down = Some(still);
-        still
-    }
-
-    fn teardown_once(&mut self) -> bool {
-        // 1. The normal way: umount; the daemon then exits 0 by itself.
-        if mounts::is_mounted(&self.mnt) {
-            match process::run_to_end(
-                Command::new("umount").arg(&self.mnt),
-                Duration::from_secs(60),
-            ) {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!(
-                    "strata-bench: umount {}: {}",
-                    self.mnt.display(),
-                    o.stderr.trim()
-                ),
-                Err(e) => eprintln!("strata-bench: {e}"),
-            }
-        }
-        // 2. Wait for the daemon; SIGTERM, then SIGKILL if it lingers.
-        let status = match process::wait_until(
-            &mut self.child,
-            Instant::now() + Duration::from_secs(15),
-            false,
-        ) {
-            Some(st) => Some(st),
-            None => {
-                eprintln!(
-                    "strata-bench: strata daemon still running after umount; sending SIGTERM"
-                );
-                process::stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(10))
-            }
-        };
-        match status {
-            Some(st) if st.success() || self.exited.is_some() => {}
-            Some(st) => eprintln!(
-                "strata-bench: strata daemon exited with {st} at teardown (log: {})",
-                self.log.display()
-            ),
-            None => eprintln!(
-                "strata-bench: WARNING: strata daemon (pid {}) would not die",
-                self.child.id()
-            ),
-        }
-        // 3. A dead daemon leaves a dead mount ("Transport endpoint is not connected"):
-        //    abort the FUSE connection if fusectl is there, then detach lazily.
-        if let Some(m) = mounts::find_mount(&self.mnt) {
-            mounts::abort_fuse_connection(&m.dev);
-            let _ = process::run_to_end(
-                Command::new("umount").arg("-l").arg(&self.mnt),
-                Duration::from_secs(30),
-            );
-        }
-        let still = mounts::is_mounted(&self.mnt);
-        if !still {
-            if let Err(e) = fs::remove_file(&self.image) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    eprintln!("strata-bench: cannot remove {}: {e}", self.image.display());
-                }
-            }
-        }
-        still
-    }
-}
-
-/// The daemon's admin socket: next to its mount point.
-fn admin_socket(mnt: &Path) -> PathBuf {
-    mnt.with_extension("admin.sock")
-}
-
-/// Start `strata mount IMAGE MNT` in its own process group, output appended to `log`.
-/// `strata mount` options: the admin socket next to the mount point; no Prometheus endpoint
-/// and no containerd snapshotter socket (their default addresses may be taken by another
-/// daemon on this host; the snapshotter option only where the binary has it).
-fn mount_args(bin: &Path, mnt: &Path, cache_size: Option<&str>) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "--admin-socket".into(),
-        admin_socket(mnt).display().to_string(),
-        "--metrics-addr".into(),
-        "off".into(),
-    ];
-    let help = process::run_captured(
-        Command::new(bin).args(["mount", "--help"]),
-        Duration::from_secs(30),
-    )
-    .map(|o| o.stdout + &o.stderr)
-    .unwrap_or_default();
-    if help.contains("--snapshotter-socket") {
-        v.extend(["--snapshotter-socket".into(), "off".into()]);
-    }
-    if let Some(c) = cache_size {
-        v.extend(["--cache-size".into(), c.to_string()]);
-    }
-    v
-}
-
-fn spawn_mount(
-    bin: &Path,
-    image: &Path,
-    mnt: &Path,
-    mount_args: &[String],
-    log: &Path,
-) -> Res<Child> {
-    // Own process group (spawn_logged): a Ctrl-C in the terminal must not kill the daemon
-    // under a mounted file system; the guard stops it in order.
-    process::spawn_logged(
-        Command::new(bin)
-            .arg("mount")
-            .arg(image)
-            .arg(mnt)
-            .args(mount_args),
-        log,
-    )
 }
 
 #[cfg(test)]
