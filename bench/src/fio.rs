@@ -1,17 +1,144 @@
-//! fio jobs: lay the data file out, run one job, read its JSON.
+//! The fio workloads: one step per job (4k random and 1M sequential reads and writes, io_uring
+//! and libaio, `direct=1`) on the file every container inherits; run a job, read its JSON.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::rng::XorShift;
-use crate::workloads::FioJob;
+use crate::fmt::group_thousands;
+use crate::inputs::Input;
+use crate::process;
+use crate::results::Sink;
+use crate::suite::{Ctx, Run, Step};
+use crate::workloads::{Config, Detail, Goal, Group, Unit, Workload};
 use crate::Res;
-use crate::{interrupt, process};
+
+/// The file the jobs read and write, in every system's lower layer (also the large inherited
+/// file of the first-write workload).
+pub const FILE: &str = "fio.dat";
+
+/// One fio job (the other options are common to all, see [`command`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FioJob {
+    pub rw: &'static str,
+    pub bs: &'static str,
+    pub iodepth: u32,
+    pub ioengine: &'static str,
+}
+
+impl FioJob {
+    pub fn is_write(&self) -> bool {
+        self.rw.contains("write")
+    }
+}
+
+/// Every job, in run order: reads before writes, so reads see the freshly laid-out file rather
+/// than one fragmented by the write jobs (a copy-on-write file system cares).
+pub fn steps(cfg: &Config) -> Vec<Step> {
+    let mut v = Vec::new();
+    for (rw, bs, iodepth, unit, goal) in [
+        ("randread", "4k", 1, Unit::Iops, None),
+        ("randread", "4k", 32, Unit::Iops, Some(Goal::AtLeast(0.7))),
+        (
+            "seqread",
+            "1M",
+            8,
+            Unit::MibPerSec,
+            Some(Goal::AtLeast(0.7)),
+        ),
+        ("randwrite", "4k", 32, Unit::Iops, Some(Goal::AtLeast(0.5))),
+        (
+            "seqwrite",
+            "1M",
+            8,
+            Unit::MibPerSec,
+            Some(Goal::AtLeast(0.7)),
+        ),
+    ] {
+        for ioengine in ["io_uring", "libaio"] {
+            let job = FioJob {
+                rw: match rw {
+                    "seqread" => "read",
+                    "seqwrite" => "write",
+                    other => other,
+                },
+                bs,
+                iodepth,
+                ioengine,
+            };
+            let id = format!(
+                "fio-{rw}-{}-qd{iodepth}{}",
+                bs.to_lowercase(),
+                if ioengine == "libaio" { "-libaio" } else { "" }
+            );
+            let mut label = format!("{bs} {rw} QD{iodepth} {ioengine}");
+            if rw == "randwrite" && ioengine == "io_uring" {
+                // The first write job in a container: the overlays copy the file up in it.
+                label.push_str(" †");
+            }
+            let w = Workload::new(id, label, Group::Fio, unit)
+                .goal(goal)
+                .detail(Detail::Fio(job));
+            v.push(Step {
+                name: w.label.clone(),
+                needs: vec![Input::LowerFile {
+                    name: FILE,
+                    size: cfg.file_size,
+                }],
+                run: Run::InContainer(Box::new({
+                    let w = w.clone();
+                    move |ctx, tree, sink| measure(ctx, &job, &w, tree, sink)
+                })),
+                workloads: vec![w],
+            });
+        }
+    }
+    v
+}
+
+/// Run `job` on the container's copy of [`FILE`]; its JSON goes to `raw/`.
+fn measure(ctx: &Ctx, job: &FioJob, w: &Workload, tree: &Path, sink: &mut Sink) -> Res<()> {
+    let raw = raw_path(ctx.out, sink.system().name(), &w.id, ctx.rep);
+    fs::create_dir_all(raw.parent().expect("has a parent")).map_err(|e| e.to_string())?;
+    let s = run(
+        job,
+        &tree.join(FILE),
+        ctx.cfg.file_size,
+        ctx.runtime_s,
+        &raw,
+    )?;
+    let v = if w.unit == Unit::MibPerSec {
+        s.mib_per_sec
+    } else {
+        s.iops
+    };
+    ctx.log(
+        sink.system().name(),
+        &format!(
+            "{}: {} {}{}",
+            w.label,
+            group_thousands(v),
+            w.unit.name(),
+            s.clat_p50_us
+                .map(|l| format!(", p50 {l:.0} µs"))
+                .unwrap_or_default()
+        ),
+    );
+    if let Some(cell) = sink.cell(&w.id) {
+        cell.samples.push(v);
+        cell.clat_p50_us.extend(s.clat_p50_us);
+        cell.raw.push(
+            raw.strip_prefix(ctx.out)
+                .unwrap_or(&raw)
+                .display()
+                .to_string(),
+        );
+    }
+    Ok(())
+}
 
 /// What one fio run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,32 +159,6 @@ pub fn version() -> Res<String> {
         return Err(format!("fio --version failed: {}", out.stderr.trim()));
     }
     Ok(out.stdout.trim().to_string())
-}
-
-/// Write `size` bytes of pseudo-random data to `path` (1 MiB writes), then fsync. Random so that
-/// nothing can compress or deduplicate it; the same bytes for every system.
-pub fn lay_out(path: &Path, size: u64) -> Res<()> {
-    const CHUNK: usize = 1 << 20;
-    let _ = fs::remove_file(path);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| format!("create {}: {e}", path.display()))?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
-    let mut written = 0u64;
-    while written < size {
-        interrupt::check_interrupted()?;
-        rng.fill(&mut buf);
-        let n = (size - written).min(CHUNK as u64) as usize;
-        f.write_all(&buf[..n])
-            .map_err(|e| format!("write {} at {written}: {e}", path.display()))?;
-        written += n as u64;
-    }
-    f.sync_all()
-        .map_err(|e| format!("fsync {}: {e}", path.display()))?;
-    Ok(())
 }
 
 /// The fio command line for `job` (the BASELINES.md one), JSON to `json_out`.
@@ -196,17 +297,5 @@ mod tests {
         assert!(parse(r#"{"jobs":[{"error":5}]}"#, false)
             .unwrap_err()
             .contains("error 5"));
-    }
-
-    #[test]
-    fn layout_writes_random_data() {
-        let dir = std::env::temp_dir().join(format!("strata-bench-layout-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("fio.dat");
-        lay_out(&f, 3 << 20 | 123).unwrap();
-        let data = fs::read(&f).unwrap();
-        assert_eq!(data.len(), 3 << 20 | 123);
-        assert_ne!(&data[..4096], &data[1 << 20..(1 << 20) + 4096]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,8 +1,10 @@
 //! The host: root, caches, sync, the clock, files the report quotes.
 
 use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use crate::Res;
+use crate::{process, Res};
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -56,4 +58,36 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The first "model name" of /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// `git rev-parse --short HEAD` in `dir`, if it is a checkout.
+pub fn git_rev(dir: &Path) -> Option<String> {
+    let out = process::run_captured(
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["rev-parse", "--short", "HEAD"]),
+        Duration::from_secs(30),
+    )
+    .ok()?;
+    out.status.success().then(|| out.stdout.trim().to_string())
 }

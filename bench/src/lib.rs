@@ -10,19 +10,22 @@
 
 pub mod cli;
 pub mod fio;
+pub mod fmt;
 pub mod host;
+pub mod inputs;
 pub mod interrupt;
 pub mod layers;
 pub mod memory;
 pub mod meta;
 pub mod mounts;
 pub mod process;
+pub mod progress;
 pub mod report;
 pub mod results;
 pub mod rng;
 pub mod runner;
+pub mod suite;
 pub mod systems;
-pub mod tarball;
 pub mod workloads;
 
 /// Errors are messages for the log and the report: every step says what it was doing.

@@ -8,9 +8,68 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::fmt::fmt_size;
+use crate::inputs::Input;
+use crate::suite::{Run, Step};
 use crate::systems::{Parent, System};
+use crate::workloads::{Config, Detail, Goal, Group, Unit, Workload};
 use crate::Res;
 use crate::{interrupt, process};
+
+/// The file the readers share, in every system's lower layer.
+pub const IMAGE_FILE: &str = "image.dat";
+
+/// One step per reader count: N containers read the image file at once.
+pub fn steps(cfg: &Config) -> Vec<Step> {
+    let image_mib = (cfg.image_size >> 20) as f64;
+    cfg.readers
+        .iter()
+        .map(|&n| {
+            let id = format!("mem-readers-{n}");
+            let label = format!(
+                "memory, {n} container{} reading one {} file",
+                if n == 1 { "" } else { "s" },
+                fmt_size(cfg.image_size)
+            );
+            let goal = (n == 8).then_some(Goal::Absolute(1.2 * image_mib, "≤ 1.2× one copy"));
+            Step {
+                name: format!("memory, {n} readers"),
+                workloads: vec![Workload::new(id.clone(), label, Group::Memory, Unit::Mib)
+                    .goal(goal)
+                    .detail(Detail::Readers(n))],
+                needs: vec![
+                    Input::LowerFile {
+                        name: IMAGE_FILE,
+                        size: cfg.image_size,
+                    },
+                    Input::LowerFile {
+                        name: WARMUP_FILE,
+                        size: WARMUP_SIZE,
+                    },
+                ],
+                run: Run::OnSystem(Box::new(move |ctx, sys, sink| {
+                    let tag = format!("m{}-{n}", ctx.rep + 1);
+                    let size = ctx.cfg.image_size;
+                    let m = measure(sys, n, &tag, IMAGE_FILE, size, ctx.remount)?;
+                    ctx.log(
+                        sys.name(),
+                        &format!(
+                            "{n} reader(s): page cache +{:.0} MiB, daemons +{:.0} MiB = {:.2}× one copy",
+                            m.page_cache_mib,
+                            m.daemon_rss_mib,
+                            m.total() / (size >> 20) as f64
+                        ),
+                    );
+                    if let Some(cell) = sink.cell(&id) {
+                        cell.samples.push(m.total());
+                        cell.mem_parts.push((m.page_cache_mib, m.daemon_rss_mib));
+                    }
+                    Ok(())
+                })),
+            }
+        })
+        .collect()
+}
 
 /// One measurement, MiB.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -2,12 +2,18 @@
 //! plotting crate: plotters needs a font stack to lay out text, an SVG needs none).
 
 use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+use crate::cli::{self, Args};
+use crate::fmt::{fmt_size, group_thousands};
+use crate::host;
 use crate::results::{summarize, Results, Summary};
-use crate::systems::SystemKind;
-use crate::workloads::{fmt_size, group_thousands, Config, Group, Kind, Unit};
+use crate::systems::{overlay, SystemKind};
+use crate::workloads::{Config, Detail, Group, Unit};
+use crate::Res;
 
 /// How the run was made, for the report headers.
 #[derive(Debug, Clone)]
@@ -33,6 +39,50 @@ pub struct RunInfo {
     pub duration_s: f64,
     /// Systems that could not be set up or failed midway, with the reason.
     pub failures: Vec<(String, String)>,
+}
+
+impl RunInfo {
+    /// What can be known before the run: the command line, the sizes, the host.
+    pub fn new(args: &Args, cfg: &Config, fio_version: String) -> RunInfo {
+        let (date, time) = host::local_date_time();
+        RunInfo {
+            started: format!("{date} {}:{}", &time[..2], &time[2..4]),
+            unix_time: host::unix_time(),
+            quick: args.quick,
+            repeats: args.repeats(),
+            cfg: cfg.clone(),
+            runtime_s: args.runtime_s(),
+            fio_version,
+            kernel: host::kernel_release(),
+            cpu: host::cpu_model(),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            dir: args.dir.display().to_string(),
+            strata_bin: args.strata.display().to_string(),
+            remount: args.remount(),
+            git_rev: host::git_rev(&cli::workspace_root()),
+            peers: overlay::fuse_overlayfs_version().into_iter().collect(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            duration_s: 0.0,
+            failures: Vec::new(),
+        }
+    }
+}
+
+/// results.json, results.md and every chart, into `out`.
+pub fn write_all(res: &Results, info: &RunInfo, out: &Path) -> Res<()> {
+    let json = serde_json::to_string_pretty(&to_json(res, info)).map_err(|e| e.to_string())?;
+    let w = |name: &str, text: String| {
+        let p = out.join(name);
+        fs::write(&p, text).map_err(|e| format!("write {}: {e}", p.display()))
+    };
+    w("results.json", json + "\n")?;
+    w("results.md", markdown(res, info))?;
+    for (name, svg) in charts(res, info) {
+        w(&name, svg)?;
+    }
+    Ok(())
 }
 
 fn fmt_value(v: f64, unit: Unit) -> String {
@@ -86,15 +136,6 @@ fn summary_json(s: Option<Summary>) -> Value {
     }
 }
 
-fn group_name(g: Group) -> &'static str {
-    match g {
-        Group::Fio => "fio",
-        Group::Meta => "metadata",
-        Group::Layers => "layers",
-        Group::Memory => "memory",
-    }
-}
-
 pub fn to_json(r: &Results, info: &RunInfo) -> Value {
     let workloads: Vec<Value> = r
         .workloads
@@ -109,12 +150,12 @@ pub fn to_json(r: &Results, info: &RunInfo) -> Value {
                     "summary": summary_json(c.summary()),
                     "errors": c.errors,
                 });
-                if matches!(wl.kind, Kind::Fio(_)) {
+                if matches!(wl.detail, Detail::Fio(_)) {
                     o["clat_p50_us"] = json!(c.clat_p50_us);
                     o["clat_p50_us_median"] = json!(summarize(&c.clat_p50_us).map(|s| s.median));
                     o["raw"] = json!(c.raw);
                 }
-                if matches!(wl.kind, Kind::Memory(_)) {
+                if matches!(wl.detail, Detail::Readers(_)) {
                     o["page_cache_mib"] =
                         json!(c.mem_parts.iter().map(|p| p.0).collect::<Vec<_>>());
                     o["daemon_rss_mib"] =
@@ -131,8 +172,8 @@ pub fn to_json(r: &Results, info: &RunInfo) -> Value {
                     );
                 }
             }
-            let fio = match wl.kind {
-                Kind::Fio(j) => {
+            let fio = match wl.detail {
+                Detail::Fio(j) => {
                     json!({"rw": j.rw, "bs": j.bs, "iodepth": j.iodepth, "ioengine": j.ioengine})
                 }
                 _ => Value::Null,
@@ -140,7 +181,7 @@ pub fn to_json(r: &Results, info: &RunInfo) -> Value {
             json!({
                 "id": wl.id,
                 "label": wl.label,
-                "group": group_name(wl.kind.group()),
+                "group": wl.group.key(),
                 "unit": wl.unit.name(),
                 "higher_is_better": wl.unit.higher_is_better(),
                 "goal": wl.goal.map(|g| g.to_string()),
@@ -193,7 +234,7 @@ pub fn to_json(r: &Results, info: &RunInfo) -> Value {
 /// its ratio to ext4, and Strata's goal and whether it was met. None when the group is empty.
 pub fn group_table(r: &Results, group: Group) -> Option<String> {
     let rows: Vec<usize> = (0..r.workloads.len())
-        .filter(|&w| r.workloads[w].kind.group() == group)
+        .filter(|&w| r.workloads[w].group == group)
         .collect();
     if rows.is_empty() {
         return None;
@@ -230,11 +271,7 @@ pub fn group_table(r: &Results, group: Group) -> Option<String> {
                     format!("{}{failed}", fmt_summary(&sum, wl.unit))
                 }
                 None if !c.errors.is_empty() => "error".into(),
-                None if !sys.has_layers()
-                    && matches!(wl.kind, Kind::CloneFiles(_) | Kind::CloneDepth(_)) =>
-                {
-                    "n/a".into()
-                }
+                None if !sys.has_layers() && wl.needs_layers => "n/a".into(),
                 None => "—".into(),
             });
         }
@@ -272,7 +309,7 @@ pub fn table(r: &Results) -> String {
 fn latency_table(r: &Results) -> Option<String> {
     let mut rows = String::new();
     for (w, wl) in r.workloads.iter().enumerate() {
-        if !matches!(wl.kind, Kind::Fio(j) if j.bs == "4k") {
+        if !matches!(wl.detail, Detail::Fio(j) if j.bs == "4k") {
             continue;
         }
         let vals: Vec<String> = r
@@ -303,7 +340,9 @@ fn memory_table(r: &Results, info: &RunInfo) -> Option<String> {
     let one = (info.cfg.image_size >> 20) as f64;
     let mut rows = String::new();
     for (w, wl) in r.workloads.iter().enumerate() {
-        let Kind::Memory(n) = wl.kind else { continue };
+        let Detail::Readers(n) = wl.detail else {
+            continue;
+        };
         let vals: Vec<String> = r
             .systems
             .iter()
@@ -537,16 +576,16 @@ pub fn charts(r: &Results, info: &RunInfo) -> Vec<(String, String)> {
 
 /// The charts of one group (fio has two: IOPS and MiB/s).
 fn group_charts(r: &Results, info: &RunInfo, g: Group) -> Vec<(String, String)> {
-    let pick = |pred: &dyn Fn(Kind, Unit) -> bool| -> Vec<usize> {
+    let pick = |pred: &dyn Fn(Group, Unit) -> bool| -> Vec<usize> {
         (0..r.workloads.len())
-            .filter(|&w| pred(r.workloads[w].kind, r.workloads[w].unit))
+            .filter(|&w| pred(r.workloads[w].group, r.workloads[w].unit))
             .filter(|&w| r.cells[w].iter().any(|c| c.summary().is_some()))
             .collect()
     };
     let mut v = Vec::new();
     match g {
         Group::Fio => {
-            let iops = pick(&|k, u| matches!(k, Kind::Fio(_)) && u == Unit::Iops);
+            let iops = pick(&|g, u| g == Group::Fio && u == Unit::Iops);
             if !iops.is_empty() {
                 v.push((
                     "fio-iops.svg".into(),
@@ -562,7 +601,7 @@ fn group_charts(r: &Results, info: &RunInfo, g: Group) -> Vec<(String, String)> 
                     ),
                 ));
             }
-            let bw = pick(&|k, u| matches!(k, Kind::Fio(_)) && u == Unit::MibPerSec);
+            let bw = pick(&|g, u| g == Group::Fio && u == Unit::MibPerSec);
             if !bw.is_empty() {
                 v.push((
                     "fio-throughput.svg".into(),
@@ -580,7 +619,7 @@ fn group_charts(r: &Results, info: &RunInfo, g: Group) -> Vec<(String, String)> 
             }
         }
         Group::Meta => {
-            let w = pick(&|k, _| k.group() == Group::Meta);
+            let w = pick(&|g, _| g == Group::Meta);
             if !w.is_empty() {
                 v.push((
                     "metadata.svg".into(),
@@ -595,7 +634,7 @@ fn group_charts(r: &Results, info: &RunInfo, g: Group) -> Vec<(String, String)> 
             }
         }
         Group::Layers => {
-            let w = pick(&|k, _| k.group() == Group::Layers);
+            let w = pick(&|g, _| g == Group::Layers);
             if !w.is_empty() {
                 v.push((
                     "layers.svg".into(),
@@ -610,7 +649,7 @@ fn group_charts(r: &Results, info: &RunInfo, g: Group) -> Vec<(String, String)> 
             }
         }
         Group::Memory => {
-            let w = pick(&|k, _| matches!(k, Kind::Memory(_)));
+            let w = pick(&|g, _| g == Group::Memory);
             if !w.is_empty() {
                 v.push(("memory.svg".into(), memory_chart(r, info, &w)));
             }
@@ -871,8 +910,8 @@ fn memory_chart(r: &Results, info: &RunInfo, rows: &[usize]) -> String {
         v += step;
     }
     for (i, &w) in rows.iter().enumerate() {
-        let label = match r.workloads[w].kind {
-            Kind::Memory(k) => k.to_string(),
+        let label = match r.workloads[w].detail {
+            Detail::Readers(k) => k.to_string(),
             _ => "?".into(),
         };
         let _ = writeln!(
@@ -1099,11 +1138,11 @@ pub fn svg(r: &Results) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workloads;
+    use crate::suite;
 
     fn sample() -> Results {
         let mut r = Results::new(
-            workloads::all(&Config::new(false)),
+            suite::workloads(&suite::all(&Config::new(false))),
             SystemKind::ALL.to_vec(),
         );
         r.cell_mut("fio-randread-4k-qd32", SystemKind::Ext4).samples =

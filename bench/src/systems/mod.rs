@@ -21,7 +21,7 @@ use control::admin::{Client, CreateRequest};
 
 use strata::StrataDaemon;
 
-mod overlay;
+pub mod overlay;
 mod strata;
 
 use crate::Res;
@@ -156,17 +156,7 @@ impl System {
                 mkdir(&sys.lower)?;
             }
             SystemKind::FuseOverlayfs => {
-                let out = process::run_captured(
-                    Command::new("fuse-overlayfs").arg("--version"),
-                    Duration::from_secs(30),
-                )
-                .map_err(|e| format!("{e} (is it installed? `apt-get install fuse-overlayfs`)"))?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "fuse-overlayfs --version failed: {}",
-                        out.stderr.trim()
-                    ));
-                }
+                overlay::fuse_overlayfs_version()?;
                 sys.lower = sys.base.join("lower");
                 mkdir(&sys.lower)?;
             }

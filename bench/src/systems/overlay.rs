@@ -89,3 +89,21 @@ pub(super) fn wait_fuse_overlayfs(c: &mut Container, log_dir: &Path) -> Res<()> 
         Duration::from_micros(200),
     )
 }
+
+/// `fuse-overlayfs --version`: its line naming itself (an error if it is not installed).
+pub fn fuse_overlayfs_version() -> Res<String> {
+    let out = process::run_captured(
+        Command::new("fuse-overlayfs").arg("--version"),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("{e} (is it installed? `apt-get install fuse-overlayfs`)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fuse-overlayfs --version failed: {}",
+            out.stderr.trim()
+        ));
+    }
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    let line = text.lines().find(|l| l.contains("fuse-overlayfs"));
+    Ok(line.unwrap_or("fuse-overlayfs").trim().to_string())
+}

@@ -1,13 +1,85 @@
-//! Deterministic tar files: the tree `tar -x` extracts, and the images of N empty files the
-//! clone-by-size workload puts under a clone. Same bytes on every run and every system.
+//! What is prepared once per run, before any workload: the files of every system's lower layer
+//! (pseudo-random data) and the tars (the tree `tar -x` extracts, the images of N empty files
+//! the clone workload puts under a clone). Same bytes on every run and every system.
 
 use std::fs;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::interrupt;
 use crate::rng::XorShift;
 use crate::Res;
+
+/// Prepared once per run, before any container: shared by every step that names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A file of pseudo-random data in every system's lower layer (what each container
+    /// inherits), written before the lower layer is frozen.
+    LowerFile { name: &'static str, size: u64 },
+    /// A tar generated into the tars directory, outside every system (same disk).
+    Tar(TarSpec),
+}
+
+/// A deterministic tar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TarSpec {
+    /// `tree.tar`: see [`write_tree`].
+    Tree {
+        dirs: usize,
+        files_per_dir: usize,
+        bytes: u64,
+    },
+    /// `files-N.tar`: see [`write_empty_files`].
+    EmptyFiles(usize),
+}
+
+impl TarSpec {
+    /// Where it is in the tars directory `tars`.
+    pub fn path(&self, tars: &Path) -> PathBuf {
+        match self {
+            TarSpec::Tree { .. } => tars.join("tree.tar"),
+            TarSpec::EmptyFiles(n) => tars.join(format!("files-{n}.tar")),
+        }
+    }
+
+    /// Generate it into `tars`.
+    pub fn write(&self, tars: &Path) -> Res<()> {
+        match *self {
+            TarSpec::Tree {
+                dirs,
+                files_per_dir,
+                bytes,
+            } => write_tree(&self.path(tars), dirs, files_per_dir, bytes),
+            TarSpec::EmptyFiles(n) => write_empty_files(&self.path(tars), n),
+        }
+    }
+}
+
+/// Write `size` bytes of pseudo-random data to `path` (1 MiB writes), then fsync. Random so that
+/// nothing can compress or deduplicate it; the same bytes for every system.
+pub fn lay_out(path: &Path, size: u64) -> Res<()> {
+    const CHUNK: usize = 1 << 20;
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
+    let mut written = 0u64;
+    while written < size {
+        interrupt::check_interrupted()?;
+        rng.fill(&mut buf);
+        let n = (size - written).min(CHUNK as u64) as usize;
+        f.write_all(&buf[..n])
+            .map_err(|e| format!("write {} at {written}: {e}", path.display()))?;
+        written += n as u64;
+    }
+    f.sync_all()
+        .map_err(|e| format!("fsync {}: {e}", path.display()))?;
+    Ok(())
+}
 
 /// Fixed mtime (2026-01-01) so that the archive is the same every time.
 const MTIME: u64 = 1_767_225_600;
@@ -128,6 +200,18 @@ mod tests {
         write_empty_files(&a, 250).unwrap();
         let mut ar = tar::Archive::new(fs::File::open(&a).unwrap());
         assert_eq!(ar.entries().unwrap().count(), 100 + 250);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn layout_writes_random_data() {
+        let dir = std::env::temp_dir().join(format!("strata-bench-layout-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("lower.dat");
+        lay_out(&f, 3 << 20 | 123).unwrap();
+        let data = fs::read(&f).unwrap();
+        assert_eq!(data.len(), 3 << 20 | 123);
+        assert_ne!(&data[..4096], &data[1 << 20..(1 << 20) + 4096]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
