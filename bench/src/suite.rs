@@ -63,13 +63,18 @@ pub enum Run {
     /// (overlays) or clone (Strata) over the lower layer; ext4: the lower directory itself.
     /// The container is shared by every such step, in table order; the kernel's caches are
     /// dropped (and Strata remounted) before each. Gets the container's root.
-    InContainer(Box<dyn Fn(&Ctx, &Path, &mut Sink) -> Res<()>>),
+    InContainer(ContainerFn),
     /// In every repeat, after the container steps, on each system; the step makes and drops
     /// its own containers, and drops the caches itself.
-    OnSystem(Box<dyn Fn(&Ctx, &mut System, &mut Sink) -> Res<()>>),
+    OnSystem(SystemFn),
     /// Once, after every repeat, on each system (it repeats itself if it must).
-    Once(Box<dyn Fn(&Ctx, &mut System, &mut Sink) -> Res<()>>),
+    Once(SystemFn),
 }
+
+/// A container step's measurement: the container's root in, what it measured into the sink.
+pub type ContainerFn = Box<dyn Fn(&Ctx, &Path, &mut Sink) -> Res<()>>;
+/// A system step's measurement: it makes and drops its own containers on the system.
+pub type SystemFn = Box<dyn Fn(&Ctx, &mut System, &mut Sink) -> Res<()>>;
 
 impl Run {
     /// The order the runner takes them in.
