@@ -89,6 +89,20 @@ pub enum Case {
 }
 
 impl Case {
+    fn files(self) -> Option<usize> {
+        match self {
+            Case::Files(n) => Some(n),
+            Case::Depth(_) => None,
+        }
+    }
+
+    fn depth(self) -> Option<usize> {
+        match self {
+            Case::Depth(d) => Some(d),
+            Case::Files(_) => None,
+        }
+    }
+
     pub fn id(self) -> String {
         match self {
             Case::Files(n) => format!("clone-files-{n}"),
@@ -179,20 +193,8 @@ pub fn clone_times(
     if !sys.kind.has_layers() {
         return Ok(Vec::new());
     }
-    let sizes: Vec<usize> = cases
-        .iter()
-        .filter_map(|c| match c {
-            Case::Files(n) => Some(*n),
-            Case::Depth(_) => None,
-        })
-        .collect();
-    let depths: Vec<usize> = cases
-        .iter()
-        .filter_map(|c| match c {
-            Case::Depth(d) => Some(*d),
-            Case::Files(_) => None,
-        })
-        .collect();
+    let sizes: Vec<usize> = cases.iter().filter_map(|c| c.files()).collect();
+    let depths: Vec<usize> = cases.iter().filter_map(|c| c.depth()).collect();
     let smallest = *sizes.iter().min().unwrap_or(&1000);
     // Everything the cases need: the sizes asked for, and the smallest for the chain.
     let mut need: Vec<usize> = sizes.to_vec();

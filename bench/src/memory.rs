@@ -143,65 +143,56 @@ pub fn measure(
     remount: bool,
 ) -> Res<MemSample> {
     let mut names = Vec::new();
-    let r = measure_in(sys, n, tag, file, size, remount, &mut names);
+    // Every container made is dropped, whatever happened.
+    let r = (|| {
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for i in 0..n {
+            let name = format!("{tag}-{i}");
+            let (p, _) = sys.container(&name, Parent::Standard)?;
+            names.push(name);
+            paths.push(p.join(file));
+        }
+        sys.drop_caches(remount)?;
+        // Every container reads the warm-up file, then the host settles (right after
+        // drop_caches, running programs fault their pages back in) before the baseline.
+        for p in &paths {
+            let w = p.with_file_name(WARMUP_FILE);
+            process::with_timeout("warm-up", Duration::from_secs(120), move || read_all(&w))?;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let cache0 = page_cache_kib()?;
+        let rss0 = rss_kib(&sys.daemon_pids());
+
+        let readers = paths.clone();
+        let total = process::with_timeout("readers", Duration::from_secs(600), move || {
+            let handles: Vec<_> = readers
+                .into_iter()
+                .map(|p| std::thread::spawn(move || read_all(&p)))
+                .collect();
+            let mut total = 0;
+            for h in handles {
+                total += h.join().map_err(|_| "a reader panicked".to_string())??;
+            }
+            Ok(total)
+        })?;
+        if total != size * n as u64 {
+            return Err(format!(
+                "the readers read {total} bytes, expected {n} × {size}"
+            ));
+        }
+        let cache1 = page_cache_kib()?;
+        let rss1 = rss_kib(&sys.daemon_pids());
+        Ok(MemSample {
+            page_cache_mib: (cache1 as f64 - cache0 as f64) / 1024.0,
+            daemon_rss_mib: (rss1 as f64 - rss0 as f64) / 1024.0,
+        })
+    })();
     for name in names.iter().rev() {
         if let Err(e) = sys.drop_container(name) {
             eprintln!("strata-bench: {e}");
         }
     }
     r
-}
-
-fn measure_in(
-    sys: &mut System,
-    n: usize,
-    tag: &str,
-    file: &str,
-    size: u64,
-    remount: bool,
-    names: &mut Vec<String>,
-) -> Res<MemSample> {
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for i in 0..n {
-        let name = format!("{tag}-{i}");
-        let (p, _) = sys.container(&name, Parent::Standard)?;
-        names.push(name);
-        paths.push(p.join(file));
-    }
-    sys.drop_caches(remount)?;
-    // Every container reads the warm-up file, then the host settles (right after
-    // drop_caches, running programs fault their pages back in) before the baseline.
-    for p in &paths {
-        let w = p.with_file_name(WARMUP_FILE);
-        process::with_timeout("warm-up", Duration::from_secs(120), move || read_all(&w))?;
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    let cache0 = page_cache_kib()?;
-    let rss0 = rss_kib(&sys.daemon_pids());
-
-    let readers = paths.clone();
-    let total = process::with_timeout("readers", Duration::from_secs(600), move || {
-        let handles: Vec<_> = readers
-            .into_iter()
-            .map(|p| std::thread::spawn(move || read_all(&p)))
-            .collect();
-        let mut total = 0;
-        for h in handles {
-            total += h.join().map_err(|_| "a reader panicked".to_string())??;
-        }
-        Ok(total)
-    })?;
-    if total != size * n as u64 {
-        return Err(format!(
-            "the readers read {total} bytes, expected {n} × {size}"
-        ));
-    }
-    let cache1 = page_cache_kib()?;
-    let rss1 = rss_kib(&sys.daemon_pids());
-    Ok(MemSample {
-        page_cache_mib: (cache1 as f64 - cache0 as f64) / 1024.0,
-        daemon_rss_mib: (rss1 as f64 - rss0 as f64) / 1024.0,
-    })
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ const NS: &str = "strata-bench";
 /// How often start-up is polled.
 const POLL: Duration = Duration::from_millis(50);
 
+use bench::results::{summarize, Summary};
 use bench::Res;
 use bench::{mounts, process};
 use clap::builder::RangedU64ValueParser;
@@ -211,9 +212,15 @@ impl Drop for Daemons {
     }
 }
 
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (v[v.len() / 2], v[0], v[v.len() - 1])
+/// One snapshotter's figures, seconds.
+struct Row {
+    snapshotter: &'static str,
+    /// Every import, in order: the first lands on a host that has not just deleted the
+    /// previous copy; later ones follow a removal (GC) of 14,000 files, which slows overlayfs
+    /// on ext4 a lot. Both are reported.
+    imports: Vec<f64>,
+    import: Summary,
+    start: Summary,
 }
 
 /// Seconds to import the image (containerd unpacks it into the snapshotter).
@@ -308,18 +315,12 @@ fn run(a: &Args) -> Res<()> {
             eprintln!("{sn}: first line {:.3} s", starts[r]);
         }
         remove_image(&d, sn)?;
-        // The first import lands on a host that has not just deleted the previous copy;
-        // later ones follow a removal (GC) of 14,000 files, which slows overlayfs on ext4 a
-        // lot. Both are reported.
-        let first = imports[0];
-        let all: Vec<String> = imports.iter().map(|t| format!("{t:.2}")).collect();
-        rows.push((
-            sn,
-            first,
-            all.join(", "),
-            stats(&mut imports),
-            stats(&mut starts),
-        ));
+        rows.push(Row {
+            snapshotter: sn,
+            import: summarize(&imports).expect("at least one repeat"),
+            start: summarize(&starts).expect("at least one repeat"),
+            imports,
+        });
     }
     let mut md = String::new();
     md.push_str(&format!(
@@ -334,18 +335,24 @@ fn run(a: &Args) -> Res<()> {
     md.push_str(
         "| snapshotter | first import (s) | every import, in order (s) | import median (min–max) | ctr run → first line (s) |\n|---|---:|---|---:|---:|\n",
     );
-    for (sn, first, all, i, s) in &rows {
+    let sum = |s: &Summary| format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max);
+    for r in &rows {
+        let all: Vec<String> = r.imports.iter().map(|t| format!("{t:.2}")).collect();
         md.push_str(&format!(
-            "| {sn} | {first:.3} | {all} | {:.3} ({:.3}–{:.3}) | {:.3} ({:.3}–{:.3}) |\n",
-            i.0, i.1, i.2, s.0, s.1, s.2
+            "| {} | {:.3} | {} | {} | {} |\n",
+            r.snapshotter,
+            r.imports[0],
+            all.join(", "),
+            sum(&r.import),
+            sum(&r.start)
         ));
     }
     let (o, s) = (&rows[0], &rows[1]);
     md.push_str(&format!(
         "\nStrata / overlayfs: first import {:.2}×, import median {:.2}×, first line {:.2}×\n",
-        s.1 / o.1,
-        s.3 .0 / o.3 .0,
-        s.4 .0 / o.4 .0
+        s.imports[0] / o.imports[0],
+        s.import.median / o.import.median,
+        s.start.median / o.start.median
     ));
     print!("{md}");
     let _ = std::io::stdout().flush();

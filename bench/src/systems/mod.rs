@@ -535,16 +535,21 @@ mod tests {
         assert!(!SystemKind::Ext4.has_layers() && SystemKind::Strata.has_layers());
     }
 
-    #[test]
-    fn ext4_setup_and_teardown() {
-        let dir = std::env::temp_dir().join(format!("strata-bench-test-{}", std::process::id()));
-        let opts = SetupOptions {
-            dir: &dir,
+    /// Everything under `dir`; no strata binary.
+    fn test_options(dir: &Path) -> SetupOptions<'_> {
+        SetupOptions {
+            dir,
             strata_bin: Path::new("/nonexistent"),
             image_size: "1G",
             cache_size: None,
-            log_dir: &dir,
-        };
+            log_dir: dir,
+        }
+    }
+
+    #[test]
+    fn ext4_setup_and_teardown() {
+        let dir = std::env::temp_dir().join(format!("strata-bench-test-{}", std::process::id()));
+        let opts = test_options(&dir);
         let base;
         {
             let mut sys = System::setup(SystemKind::Ext4, &opts).unwrap();
@@ -573,13 +578,7 @@ mod tests {
             return;
         }
         let dir = std::env::temp_dir().join(format!("strata-bench-ovl-{}", std::process::id()));
-        let opts = SetupOptions {
-            dir: &dir,
-            strata_bin: Path::new("/nonexistent"),
-            image_size: "1G",
-            cache_size: None,
-            log_dir: &dir,
-        };
+        let opts = test_options(&dir);
         fs::create_dir_all(&dir).unwrap();
         for kind in [SystemKind::Overlayfs, SystemKind::FuseOverlayfs] {
             let mut sys = match System::setup(kind, &opts) {
