@@ -7,6 +7,19 @@
 //! - `strata-ctr-bench`: containerd with Strata vs its overlayfs snapshotter.
 //!
 //! It measures; it asserts nothing about speed (tests live in `tests/`, not here).
+//!
+//! | module | what |
+//! |---|---|
+//! | [`suite`] | every step in run order (where a workload is registered), and what a step is |
+//! | [`workloads`] | what a workload is (id, label, group, unit, goal), the sizes of a run |
+//! | [`fio`], [`meta`], [`layers`], [`memory`] | the workloads, each with its steps |
+//! | [`inputs`] | files and tars prepared once per run |
+//! | [`systems`] | ext4, overlayfs, fuse-overlayfs and Strata: set up, containers, teardown |
+//! | [`runner`] | the run: systems up, steps on each, teardown, report |
+//! | [`results`] | samples per workload and system, medians, ratios to ext4, goals |
+//! | [`report`] | results.json, results.md and the SVG charts |
+//! | [`cli`] | `strata-bench`'s command line |
+//! | [`process`], [`mounts`], [`host`], [`interrupt`], [`progress`], [`rng`], [`fmt`] | helpers: child processes with deadlines, the mount table, the host, Ctrl-C, log lines, test data, numbers |
 
 pub mod cli;
 pub mod fio;

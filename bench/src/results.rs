@@ -54,7 +54,7 @@ impl Cell {
 pub struct Results {
     pub workloads: Vec<Workload>,
     pub systems: Vec<SystemKind>,
-    /// `cells[w][s]` for workloads[w] on systems[s].
+    /// `cells[w][s]` for `workloads[w]` on `systems[s]`.
     pub cells: Vec<Vec<Cell>>,
 }
 
