@@ -10,41 +10,46 @@ use crate::results::{summarize, Results};
 use crate::systems::SystemKind;
 use crate::workloads::{Detail, Group};
 
-/// The Markdown table of one group: workload, one column per system, then per compared system
-/// its ratio to ext4, and Strata's goal and whether it was met. None when the group is empty.
-pub fn group_table(r: &Results, group: Group) -> Option<String> {
-    let rows: Vec<usize> = (0..r.workloads.len())
-        .filter(|&w| r.workloads[w].group == group)
-        .collect();
+/// A Markdown table with numbers right-aligned (the first column too with `first_right`);
+/// None without rows.
+fn md_table(head: &[String], first_right: bool, rows: &[Vec<String>]) -> Option<String> {
     if rows.is_empty() {
         return None;
     }
+    let align = |i| {
+        if i > 0 || first_right {
+            "---:|"
+        } else {
+            "---|"
+        }
+    };
+    let mut out = format!("| {} |\n|", head.join(" | "));
+    out.extend((0..head.len()).map(align));
+    out.push('\n');
+    for row in rows {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    Some(out)
+}
+
+/// The Markdown table of one group: workload, one column per system, then per compared system
+/// its ratio to ext4, and Strata's goal and whether it was met. None when the group is empty.
+pub fn group_table(r: &Results, group: Group) -> Option<String> {
     let compared = r.compared();
+    let goals = r.systems.contains(&SystemKind::Strata);
     let mut head = vec!["workload".to_string()];
     head.extend(r.systems.iter().map(|s| s.name().to_string()));
-    for s in &compared {
-        head.push(format!("{}/ext4", s.name()));
-    }
-    let goals = r.systems.contains(&SystemKind::Strata);
+    head.extend(compared.iter().map(|s| format!("{}/ext4", s.name())));
     if goals {
-        head.push("strata goal".into());
-        head.push("met?".into());
+        head.extend(["strata goal".into(), "met?".into()]);
     }
-    let mut out = String::new();
-    let _ = writeln!(out, "| {} |", head.join(" | "));
-    let _ = writeln!(
-        out,
-        "|{}",
-        head.iter()
-            .enumerate()
-            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
-            .collect::<String>()
-    );
-    for w in rows {
-        let wl = &r.workloads[w];
+    let mut rows = Vec::new();
+    for (w, wl) in r.workloads.iter().enumerate() {
+        if wl.group != group {
+            continue;
+        }
         let mut row = vec![format!("{} ({})", wl.label, wl.unit.name())];
-        for (s, sys) in r.systems.iter().enumerate() {
-            let c = &r.cells[w][s];
+        for (sys, c) in r.systems.iter().zip(&r.cells[w]) {
             row.push(match c.summary() {
                 Some(sum) => {
                     let failed = if c.errors.is_empty() { "" } else { " ⚠" };
@@ -62,7 +67,7 @@ pub fn group_table(r: &Results, group: Group) -> Option<String> {
             });
         }
         if goals {
-            row.push(wl.goal.map(|g| g.to_string()).unwrap_or_else(|| "—".into()));
+            row.push(wl.goal.map_or_else(|| "—".into(), |g| g.to_string()));
             row.push(match r.goal_met(w) {
                 Some(true) => "met".into(),
                 Some(false) => "**missed**".into(),
@@ -70,9 +75,9 @@ pub fn group_table(r: &Results, group: Group) -> Option<String> {
                 None => "".into(),
             });
         }
-        let _ = writeln!(out, "| {} |", row.join(" | "));
+        rows.push(row);
     }
-    Some(out)
+    md_table(&head, false, &rows)
 }
 
 /// Every group's table, each under a heading (what the run prints at the end).
@@ -86,77 +91,59 @@ pub fn table(r: &Results) -> String {
     out
 }
 
+/// A first column, then one per system.
+fn per_system(r: &Results, first: &str) -> Vec<String> {
+    let names = r.systems.iter().map(|s| s.name().to_string());
+    std::iter::once(first.to_string()).chain(names).collect()
+}
+
+/// fio's median completion latency (p50) of the 4k jobs.
 fn latency_table(r: &Results) -> Option<String> {
-    let mut rows = String::new();
+    let mut rows = Vec::new();
     for (w, wl) in r.workloads.iter().enumerate() {
         if !matches!(wl.detail, Detail::Fio(j) if j.bs == "4k") {
             continue;
         }
-        let vals: Vec<String> = r
-            .systems
-            .iter()
-            .enumerate()
-            .map(|(s, _)| match summarize(&r.cells[w][s].clat_p50_us) {
-                Some(x) => format!("{:.0}", x.median),
-                None => "—".into(),
-            })
-            .collect();
-        let _ = writeln!(rows, "| {} | {} |", wl.label, vals.join(" | "));
+        let mut row = vec![wl.label.clone()];
+        row.extend(r.cells[w].iter().map(|c| match summarize(&c.clat_p50_us) {
+            Some(x) => format!("{:.0}", x.median),
+            None => "—".into(),
+        }));
+        rows.push(row);
     }
-    if rows.is_empty() {
-        return None;
-    }
-    let names: Vec<&str> = r.systems.iter().map(|s| s.name()).collect();
-    Some(format!(
-        "| completion latency p50 (µs) | {} |\n|---|{}\n{rows}",
-        names.join(" | "),
-        "---:|".repeat(names.len())
-    ))
+    md_table(&per_system(r, "completion latency p50 (µs)"), false, &rows)
 }
 
 /// Memory: the median sample's split into page cache and daemon RSS growth, and the total as
 /// a multiple of one copy of the file.
 fn memory_table(r: &Results, info: &RunInfo) -> Option<String> {
     let one = (info.cfg.image_size >> 20) as f64;
-    let mut rows = String::new();
+    let mut rows = Vec::new();
     for (w, wl) in r.workloads.iter().enumerate() {
         let Detail::Readers(n) = wl.detail else {
             continue;
         };
-        let vals: Vec<String> = r
-            .systems
-            .iter()
-            .enumerate()
-            .map(|(s, _)| {
-                let c = &r.cells[w][s];
-                let Some(sum) = c.summary() else {
-                    return "—".into();
-                };
-                // The sample nearest the median, for its split.
-                let i = (0..c.samples.len())
-                    .min_by(|&a, &b| {
-                        (c.samples[a] - sum.median)
-                            .abs()
-                            .total_cmp(&(c.samples[b] - sum.median).abs())
-                    })
-                    .expect("has samples");
-                match c.mem_parts.get(i) {
-                    Some((pc, rss)) => format!("{:.2}× ({pc:.0} + {rss:.0})", sum.median / one),
-                    None => format!("{:.2}×", sum.median / one),
-                }
-            })
-            .collect();
-        let _ = writeln!(rows, "| {n} | {} |", vals.join(" | "));
+        let mut row = vec![n.to_string()];
+        row.extend(r.cells[w].iter().map(|c| {
+            let Some(sum) = c.summary() else {
+                return "—".into();
+            };
+            // The sample nearest the median, for its split.
+            let i = (0..c.samples.len())
+                .min_by(|&a, &b| {
+                    (c.samples[a] - sum.median)
+                        .abs()
+                        .total_cmp(&(c.samples[b] - sum.median).abs())
+                })
+                .expect("has samples");
+            match c.mem_parts.get(i) {
+                Some((pc, rss)) => format!("{:.2}× ({pc:.0} + {rss:.0})", sum.median / one),
+                None => format!("{:.2}×", sum.median / one),
+            }
+        }));
+        rows.push(row);
     }
-    if rows.is_empty() {
-        return None;
-    }
-    let names: Vec<&str> = r.systems.iter().map(|s| s.name()).collect();
-    Some(format!(
-        "| readers | {} |\n|---:|{}\n{rows}",
-        names.join(" | "),
-        "---:|".repeat(names.len())
-    ))
+    md_table(&per_system(r, "readers"), true, &rows)
 }
 
 pub fn markdown(r: &Results, info: &RunInfo) -> String {

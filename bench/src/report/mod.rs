@@ -266,6 +266,14 @@ mod tests {
         let md = markdown(&sample(), &info());
         assert!(md.contains("## Errors") && md.contains("boom line 2"));
         assert!(md.contains("![Memory density](memory.svg)"));
+        assert!(md.contains(
+            "| completion latency p50 (µs) | ext4 | overlayfs | fuse-overlayfs | strata |\n\
+             |---|---:|---:|---:|---:|\n\
+             | 4k randread QD1 io_uring | — | — | — | — |\n"
+        ));
+        assert!(
+            md.contains("| readers | ext4 | overlayfs | fuse-overlayfs | strata |\n|---:|---:|")
+        );
         assert!(
             md.contains("| 8 | 1.00× (512 + 0) | — | 9.00× | 0.50× (2 + 254) |"),
             "{md}"
