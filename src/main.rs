@@ -52,6 +52,10 @@ struct MountArgs {
     /// Register it in containerd's config as `[proxy_plugins.strata]` (see deploy/).
     #[arg(long, default_value = control::snapshotter::DEFAULT_SOCKET)]
     snapshotter_socket: String,
+    /// Mount an image file or device that users other than root may read or write (refused
+    /// by default: anyone who can read it can read every container's data).
+    #[arg(long)]
+    allow_shared_image: bool,
 }
 
 #[derive(Subcommand)]
@@ -205,16 +209,17 @@ fn main() -> ExitCode {
 fn mkfs(path: &Path, size: Option<&str>, force: bool) -> Result<(), String> {
     let size = size.map(parse_size).transpose()?;
     let existed = path.exists();
-    let bytes = engine::device::prepare_image(path, size).map_err(|e| e.to_string())?;
+    let bytes = engine::prepare_image(path, size).map_err(|e| e.to_string())?;
     let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
-    if existed && !force && engine::fs::read_superblock(&dev).is_ok() {
+    if existed && !force && engine::read_superblock(&dev).is_ok() {
         return Err(format!(
             "{} already holds a Strata file system; use --force to format it anyway",
             path.display()
         ));
     }
-    let (uid, gid) = engine::sys::ids();
-    let sb = engine::fs::mkfs(&dev, uid, gid).map_err(|e| e.to_string())?;
+    make_private(path)?;
+    let (uid, gid) = fusefront::sys::ids();
+    let sb = engine::mkfs(&dev, uid, gid).map_err(|e| e.to_string())?;
     println!(
         "formatted {}: {} MiB, journal {} MiB, data from block {}",
         path.display(),
@@ -222,6 +227,64 @@ fn mkfs(path: &Path, size: Option<&str>, force: bool) -> Result<(), String> {
         (sb.journal_blocks * 4096) >> 20,
         sb.data_start
     );
+    Ok(())
+}
+
+/// A new file system on an image file: only root may read or write it (block devices keep
+/// their permissions; udev owns those).
+fn make_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if m.is_file() && m.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot make {} private (chmod 600): {e}", path.display()))?;
+        println!(
+            "{}: mode set to 0600 (it will hold every container's data)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The image holds every layer's data in the clear: refuse one that users other than root can
+/// read or write (unless `allow`), and warn about group access and a directory others can
+/// write (they could replace the image).
+fn check_private(path: &Path, allow: bool) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = m.permissions().mode() & 0o777;
+    if mode & 0o006 != 0 {
+        let msg = format!(
+            "{} has mode {mode:04o}: every user on this host can {} it, and with it every \
+             container's data. Run `chmod 600 {}` (or pass --allow-shared-image)",
+            path.display(),
+            if mode & 0o002 != 0 { "write" } else { "read" },
+            path.display()
+        );
+        if !allow {
+            return Err(msg);
+        }
+        log::warn!("{msg}; mounting anyway (--allow-shared-image)");
+    } else if mode & 0o060 != 0 && m.gid() != 0 {
+        log::warn!(
+            "{} has mode {mode:04o}: members of group {} can reach every container's data",
+            path.display(),
+            m.gid()
+        );
+    }
+    let dir = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    if let Some(d) = dir.and_then(|d| std::fs::metadata(&d).ok().map(|m| (d, m))) {
+        let dmode = d.1.permissions().mode();
+        if dmode & 0o002 != 0 && dmode & 0o1000 == 0 {
+            log::warn!(
+                "{} is writable by every user: someone could replace the image; keep it in a \
+                 directory only root can write (e.g. /var/lib/strata)",
+                d.0.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -234,7 +297,7 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
                 "{} holds the dead mount of a daemon that was killed; detaching it",
                 mp.display()
             );
-            engine::sys::detach_mount(mp)
+            fusefront::sys::detach_mount(mp)
                 .map_err(|e| format!("cannot detach the dead mount at {}: {e}", mp.display()))
         }
         Err(e) => Err(format!("mount point {}: {e}", mp.display())),
@@ -251,7 +314,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         ),
     };
     check_mountpoint(mp)?;
-    engine::sys::block_shutdown_signals()
+    fusefront::sys::block_shutdown_signals()
         .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
     let eng = Engine::open(
@@ -263,6 +326,10 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         },
     )
     .map_err(|e| e.to_string())?;
+    if let Err(e) = check_private(path, opts.allow_shared_image) {
+        let _ = eng.shutdown();
+        return Err(e);
+    }
     // A layer an import was filling when the previous daemon died is incomplete: drop it.
     control::oci::remove_interrupted_imports(&eng);
     if let Some(addr) = metrics {
@@ -301,16 +368,17 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
             }
         };
     fusefront::watch_layers(&session, &eng);
+    fusefront::flush_on_freeze(&eng, mp);
     let mut unmounter = session.unmount_callable();
     let mp_owned = mp.to_path_buf();
     std::thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || {
-            let sig = engine::sys::wait_for_signal();
+            let sig = fusefront::sys::wait_for_signal();
             log::info!("signal {sig}: unmounting {}", mp_owned.display());
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount failed ({e}); detaching");
-                let _ = engine::sys::detach_mount(&mp_owned);
+                let _ = fusefront::sys::detach_mount(&mp_owned);
             }
         })
         .map_err(|e| e.to_string())?;

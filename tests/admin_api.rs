@@ -42,7 +42,7 @@ impl Drop for Tmp {
 
 fn new_engine() -> Arc<Engine> {
     let dev = MemDevice::new(64 << 20);
-    engine::fs::mkfs(&dev, 0, 0).unwrap();
+    engine::mkfs(&dev, 0, 0).unwrap();
     Engine::open(Arc::new(dev) as Arc<dyn Device>, Options::default()).unwrap()
 }
 
@@ -944,7 +944,7 @@ fn client_errors() {
     let tmp = Tmp::new("client");
     let missing = tmp.0.join("missing.sock");
     let c = admin::Client::new(&missing);
-    let e = c.list().unwrap_err();
+    let e = c.list().unwrap_err().to_string();
     assert_eq!(
         e,
         format!(
@@ -955,12 +955,12 @@ fn client_errors() {
     // A stale socket file with nobody listening.
     let stale = tmp.0.join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
-    let e = admin::Client::new(&stale).list().unwrap_err();
+    let e = admin::Client::new(&stale).list().unwrap_err().to_string();
     assert!(e.starts_with("cannot reach the strata daemon"), "{e}");
 
     let srv = Server::start("client");
     let c = admin::Client::new(&srv.sock);
-    let e = c.stat("nope").unwrap_err();
+    let e = c.stat("nope").unwrap_err().to_string();
     assert!(!e.is_empty() && !e.contains('{'), "{e}");
     let l = c
         .create(&admin::CreateRequest {
@@ -982,7 +982,7 @@ fn client_errors() {
         .unwrap();
     assert_eq!(v.state, "view");
     assert_eq!(v.chain, vec!["base".to_string()]);
-    let e = c.remove("base").unwrap_err();
+    let e = c.remove("base").unwrap_err().to_string();
     assert!(!e.is_empty(), "{e}");
     c.remove("v").unwrap();
     c.remove("base").unwrap();

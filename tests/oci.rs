@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use control::oci::{self, Compression};
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Device, Engine, Error, MemDevice, Node, Options, Stat};
 
 // ---------------------------------------------------------------------------------------

@@ -39,16 +39,16 @@ pub enum Compression {
 }
 
 impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> std::result::Result<Self, crate::Error> {
         match s {
             "auto" => Ok(Compression::Auto),
             "none" => Ok(Compression::None),
             "gzip" | "gz" => Ok(Compression::Gzip),
             "zstd" | "zst" => Ok(Compression::Zstd),
-            _ => Err(format!(
+            _ => Err(crate::Error::Invalid(format!(
                 "unknown compression {s:?} (auto, none, gzip, zstd)"
-            )),
+            ))),
         }
     }
 }
@@ -705,10 +705,7 @@ fn decompress<'r>(reader: impl Read + 'r, c: Compression) -> Result<Box<dyn Read
     })
 }
 
-/// The label a layer carries while an import fills it; removed in the journal commit that
-/// commits the layer. A layer still carrying it when the daemon starts was being imported when
-/// the previous daemon died: [`remove_interrupted_imports`] removes it.
-pub const IMPORTING_LABEL: &str = "strata.io/importing";
+pub use crate::labels::IMPORTING_LABEL;
 
 /// Apply the OCI layer tar from `reader` onto a new layer `layer` (a clone of committed layer
 /// `parent`, or a new base layer), then commit it. On any error the new layer is removed; after

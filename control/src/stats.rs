@@ -1,9 +1,9 @@
 //! Statistics as the control plane shows them: one [`StatsReport`] collected from the engine
-//! is rendered both as Prometheus text ([`crate::render`]) and as the JSON of the admin API's
-//! `GET /v1/stats`, so both show the same numbers.
+//! is shown both as Prometheus text (`metrics`) and as the JSON of the admin API's
+//! `GET /v1/stats`, so both show the same numbers. Rates for `GET /v1/stats` come from the
+//! previous report ([`RateTracker`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,9 +11,7 @@ use engine::stats::{errno_name, HistogramSnapshot};
 use engine::{Engine, LayerState};
 use serde::{Deserialize, Serialize};
 
-/// The label containerd's snapshotter puts on a snapshot: its key. For an active snapshot the
-/// last `/`-separated segment is the container id.
-pub const CONTAINERD_KEY_LABEL: &str = "containerd.io/snapshot.key";
+pub use crate::labels::CONTAINERD_KEY_LABEL;
 
 /// A latency histogram: cumulative counts per upper bound, then `+Inf`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -183,7 +181,7 @@ pub fn container_of(state: LayerState, labels: &BTreeMap<String, String>) -> Opt
     }
     let key = labels
         .get(CONTAINERD_KEY_LABEL)
-        .or_else(|| labels.get(crate::snapshotter::NAME_LABEL))?;
+        .or_else(|| labels.get(crate::labels::NAME_LABEL))?;
     let last = key.rsplit('/').next()?;
     (!last.is_empty()).then(|| last.to_string())
 }
@@ -361,386 +359,6 @@ impl RateTracker {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Prometheus text
-// ---------------------------------------------------------------------------------------------
-
-/// Escape a label value for the text format.
-pub fn escape_label(v: &str) -> String {
-    let mut o = String::with_capacity(v.len());
-    for ch in v.chars() {
-        match ch {
-            '\\' => o.push_str("\\\\"),
-            '"' => o.push_str("\\\""),
-            '\n' => o.push_str("\\n"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-fn fmt_f64(v: f64) -> String {
-    if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-    } else {
-        format!("{v}")
-    }
-}
-
-/// A metric family being written: HELP and TYPE once, then its samples.
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
-}
-
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        Family { out, name }
-    }
-
-    fn sample(&mut self, labels: &str, v: f64) {
-        let n = self.name;
-        if labels.is_empty() {
-            let _ = writeln!(self.out, "{n} {}", fmt_f64(v));
-        } else {
-            let _ = writeln!(self.out, "{n}{{{labels}}} {}", fmt_f64(v));
-        }
-    }
-
-    fn histogram(&mut self, labels: &str, h: &Histogram) {
-        let n = self.name;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, c) in h.cumulative.iter().enumerate() {
-            let le = h
-                .bounds
-                .get(i)
-                .map(|b| fmt_f64(*b))
-                .unwrap_or_else(|| "+Inf".into());
-            let _ = writeln!(self.out, "{n}_bucket{{{labels}{sep}le=\"{le}\"}} {c}");
-        }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(self.out, "{n}_sum{braces} {}", fmt_f64(h.sum_seconds));
-        let _ = writeln!(self.out, "{n}_count{braces} {}", h.count);
-    }
-}
-
-fn layer_labels(l: &LayerStatsReport) -> String {
-    let mut s = format!("layer=\"{}\"", escape_label(&l.id));
-    if let Some(c) = &l.container {
-        let _ = write!(s, ",container=\"{}\"", escape_label(c));
-    }
-    s
-}
-
-fn with(base: &str, extra: &str) -> String {
-    format!("{base},{extra}")
-}
-
-/// Render a report in the Prometheus text exposition format (0.0.4).
-pub fn render_report(r: &StatsReport) -> String {
-    let mut out = String::with_capacity(8192 + r.layers.len() * 6000);
-    let d = &r.daemon;
-    let ls: Vec<(String, &LayerStatsReport)> =
-        r.layers.iter().map(|l| (layer_labels(l), l)).collect();
-    let o = &mut out;
-
-    // Client I/O per layer (whole daemon: sum over layers). Without per-layer statistics the
-    // same families carry the daemon totals, unlabelled.
-    type Get = fn(&LayerStatsReport) -> u64;
-    let io: [(&'static str, &str, Get, u64); 5] = [
-        (
-            "strata_read_ops_total",
-            "Read requests served, per layer.",
-            |l| l.read_ops,
-            d.read_ops,
-        ),
-        (
-            "strata_read_bytes_total",
-            "Bytes returned to readers, per layer.",
-            |l| l.read_bytes,
-            d.read_bytes,
-        ),
-        (
-            "strata_write_ops_total",
-            "Write requests completed, per layer.",
-            |l| l.write_ops,
-            d.write_ops,
-        ),
-        (
-            "strata_write_bytes_total",
-            "Bytes written by clients (acknowledged), per layer.",
-            |l| l.write_bytes,
-            d.write_bytes,
-        ),
-        (
-            "strata_cow_blocks_total",
-            "Inherited blocks replaced by copy-on-write, per layer.",
-            |l| l.cow_blocks,
-            d.cow_blocks,
-        ),
-    ];
-    for (name, help, get, total) in io {
-        let mut f = Family::new(o, name, "counter", help);
-        if r.enabled {
-            for (lab, l) in &ls {
-                f.sample(lab, get(l) as f64);
-            }
-        } else {
-            f.sample("", total as f64);
-        }
-    }
-    if r.enabled {
-        let mut f = Family::new(
-            o,
-            "strata_metadata_ops_total",
-            "counter",
-            "Metadata operations by kind, per layer.",
-        );
-        for (lab, l) in &ls {
-            for (op, n) in &l.metadata_ops {
-                f.sample(&with(lab, &format!("op=\"{op}\"")), *n as f64);
-            }
-        }
-        let mut f = Family::new(
-            o,
-            "strata_errors_total",
-            "counter",
-            "Failed operations by errno, per layer.",
-        );
-        for (lab, l) in &ls {
-            for (e, n) in &l.errors {
-                f.sample(&with(lab, &format!("errno=\"{e}\"")), *n as f64);
-            }
-        }
-        let mut f = Family::new(
-            o,
-            "strata_layer_cache_hits_total",
-            "counter",
-            "Blocks of the layer's reads served by the block cache.",
-        );
-        for (lab, l) in &ls {
-            f.sample(lab, l.cache_hits as f64);
-        }
-        let mut f = Family::new(
-            o,
-            "strata_layer_cache_misses_total",
-            "counter",
-            "Blocks of the layer's reads fetched from the device.",
-        );
-        for (lab, l) in &ls {
-            f.sample(lab, l.cache_misses as f64);
-        }
-        let mut f = Family::new(
-            o,
-            "strata_layer_requests_inflight",
-            "gauge",
-            "Reads and writes of the layer in flight.",
-        );
-        for (lab, l) in &ls {
-            f.sample(lab, l.inflight as f64);
-        }
-        let mut f = Family::new(
-            o,
-            "strata_op_duration_seconds",
-            "histogram",
-            "Latency of file operations from request to reply, per layer and op (read, write, metadata).",
-        );
-        for (lab, l) in &ls {
-            for (op, h) in [
-                ("read", &l.read_latency),
-                ("write", &l.write_latency),
-                ("metadata", &l.metadata_latency),
-            ] {
-                f.histogram(&with(lab, &format!("op=\"{op}\"")), h);
-            }
-        }
-    }
-    type GetG = fn(&LayerStatsReport) -> f64;
-    let gauges: [(&'static str, &str, GetG); 3] = [
-        (
-            "strata_layer_owned_bytes",
-            "Bytes of blocks the layer allocated (exclusive to it).",
-            |l| l.owned_bytes as f64,
-        ),
-        (
-            "strata_layer_shared_bytes",
-            "Bytes the layer's files reference that belong to its ancestors (inherited, shared).",
-            |l| l.shared_bytes as f64,
-        ),
-        ("strata_layer_inodes", "Inodes in the layer.", |l| {
-            l.inodes as f64
-        }),
-    ];
-    for (name, help, get) in gauges {
-        let mut f = Family::new(o, name, "gauge", help);
-        for (lab, l) in &ls {
-            f.sample(lab, get(l));
-        }
-    }
-    let mut f = Family::new(
-        o,
-        "strata_layer_info",
-        "gauge",
-        "Always 1: a layer's state and parent.",
-    );
-    for (lab, l) in &ls {
-        let mut x = with(lab, &format!("state=\"{}\"", l.state));
-        if let Some(p) = &l.parent {
-            x = with(&x, &format!("parent=\"{}\"", escape_label(p)));
-        }
-        f.sample(&x, 1.0);
-    }
-    let mut f = Family::new(o, "strata_layers", "gauge", "Layers by state.");
-    for (s, n) in &d.layers_by_state {
-        f.sample(&format!("state=\"{s}\""), *n as f64);
-    }
-
-    // Whole daemon.
-    let scalars: [(&'static str, &str, &str, f64); 18] = [
-        (
-            "strata_journal_commits_total",
-            "counter",
-            "Journal chunks made durable.",
-            d.journal_commits as f64,
-        ),
-        (
-            "strata_journal_bytes_total",
-            "counter",
-            "Bytes written to the journal.",
-            d.journal_bytes as f64,
-        ),
-        (
-            "strata_checkpoints_total",
-            "counter",
-            "Checkpoints written.",
-            d.checkpoints as f64,
-        ),
-        (
-            "strata_checkpoint_seconds_total",
-            "counter",
-            "Time spent writing checkpoints.",
-            d.checkpoint_seconds,
-        ),
-        (
-            "strata_io_errors_total",
-            "counter",
-            "Device I/O errors.",
-            d.io_errors as f64,
-        ),
-        (
-            "strata_device_size_bytes",
-            "gauge",
-            "Data region size.",
-            d.device_size_bytes as f64,
-        ),
-        (
-            "strata_device_free_bytes",
-            "gauge",
-            "Free space.",
-            d.device_free_bytes as f64,
-        ),
-        (
-            "strata_device_used_bytes",
-            "gauge",
-            "Used space.",
-            d.device_used_bytes as f64,
-        ),
-        (
-            "strata_inodes",
-            "gauge",
-            "Inodes in use (all layers).",
-            d.inodes as f64,
-        ),
-        (
-            "strata_cache_hits_total",
-            "counter",
-            "Block cache hits.",
-            d.cache_hits as f64,
-        ),
-        (
-            "strata_cache_misses_total",
-            "counter",
-            "Block cache misses.",
-            d.cache_misses as f64,
-        ),
-        (
-            "strata_cache_bytes",
-            "gauge",
-            "Bytes held in the block cache.",
-            d.cache_bytes as f64,
-        ),
-        (
-            "strata_cache_capacity_bytes",
-            "gauge",
-            "Block cache capacity.",
-            d.cache_capacity_bytes as f64,
-        ),
-        (
-            "strata_cache_hit_ratio",
-            "gauge",
-            "Block cache hits over lookups since start (for a windowed ratio use the _total counters).",
-            d.cache_hit_ratio,
-        ),
-        (
-            "strata_io_inflight",
-            "gauge",
-            "Device operations in flight in the io_uring.",
-            d.io_inflight as f64,
-        ),
-        (
-            "strata_requests_inflight",
-            "gauge",
-            "Client (FUSE) reads and writes in flight in the engine.",
-            d.requests_inflight as f64,
-        ),
-        (
-            "strata_poisoned",
-            "gauge",
-            "1 when an I/O error made the file system read-only.",
-            d.poisoned as u8 as f64,
-        ),
-        (
-            "strata_stats_enabled",
-            "gauge",
-            "1 when per-layer statistics are kept (0 with --no-stats).",
-            r.enabled as u8 as f64,
-        ),
-    ];
-    for (name, kind, help, v) in scalars.iter() {
-        Family::new(o, name, kind, help).sample("", *v);
-    }
-    if r.enabled {
-        let mut f = Family::new(
-            o,
-            "strata_device_io_duration_seconds",
-            "histogram",
-            "Latency of device reads and writes of file data through the io_uring.",
-        );
-        f.histogram("op=\"read\"", &d.device_read_latency);
-        f.histogram("op=\"write\"", &d.device_write_latency);
-        Family::new(
-            o,
-            "strata_checkpoint_duration_seconds",
-            "histogram",
-            "Time to write a checkpoint.",
-        )
-        .histogram("", &d.checkpoint_duration);
-        Family::new(
-            o,
-            "strata_journal_commit_duration_seconds",
-            "histogram",
-            "Time of a journal group commit that wrote records (data flush, chunk write, flush).",
-        )
-        .histogram("", &d.journal_commit_duration);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_and_escape() {
+    fn quantiles() {
         let h = Histogram {
             bounds: vec![0.1, 1.0],
             cumulative: vec![90, 99, 100],
@@ -768,6 +386,5 @@ mod tests {
         assert_eq!(h.quantile_bound(0.5), Some(0.1));
         assert_eq!(h.quantile_bound(0.99), Some(1.0));
         assert_eq!(h.quantile_bound(1.0), Some(f64::INFINITY));
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

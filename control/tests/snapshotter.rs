@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use control::snapshotter::api::{self, Kind};
 use control::snapshotter::{Snapshotter, NAME_LABEL};
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Caller, Device, Engine, LayerState, MemDevice, Options};
 use tonic::Code;
 
@@ -39,7 +39,7 @@ fn prepare(
     s: &Snapshotter,
     key: &str,
     parent: &str,
-) -> Result<Vec<control::snapshotter::Mount>, tonic::Status> {
+) -> Result<Vec<control::snapshotter::Mount>, control::Error> {
     s.prepare(api::PrepareSnapshotRequest {
         key: key.into(),
         parent: parent.into(),
@@ -48,7 +48,7 @@ fn prepare(
     .map(|r| r.mounts)
 }
 
-fn commit(s: &Snapshotter, name: &str, key: &str) -> Result<(), tonic::Status> {
+fn commit(s: &Snapshotter, name: &str, key: &str) -> Result<(), control::Error> {
     s.commit(api::CommitSnapshotRequest {
         name: name.into(),
         key: key.into(),
@@ -56,7 +56,7 @@ fn commit(s: &Snapshotter, name: &str, key: &str) -> Result<(), tonic::Status> {
     })
 }
 
-fn stat(s: &Snapshotter, key: &str) -> Result<api::Info, tonic::Status> {
+fn stat(s: &Snapshotter, key: &str) -> Result<api::Info, control::Error> {
     s.stat(api::StatSnapshotRequest {
         key: key.into(),
         ..Default::default()
@@ -64,14 +64,14 @@ fn stat(s: &Snapshotter, key: &str) -> Result<api::Info, tonic::Status> {
     .map(|r| r.info.expect("info"))
 }
 
-fn remove(s: &Snapshotter, key: &str) -> Result<(), tonic::Status> {
+fn remove(s: &Snapshotter, key: &str) -> Result<(), control::Error> {
     s.remove(api::RemoveSnapshotRequest {
         key: key.into(),
         ..Default::default()
     })
 }
 
-fn list(s: &Snapshotter, filters: &[&str]) -> Result<Vec<String>, tonic::Status> {
+fn list(s: &Snapshotter, filters: &[&str]) -> Result<Vec<String>, control::Error> {
     let r = s.list(api::ListSnapshotsRequest {
         filters: filters.iter().map(|f| f.to_string()).collect(),
         ..Default::default()
@@ -79,8 +79,9 @@ fn list(s: &Snapshotter, filters: &[&str]) -> Result<Vec<String>, tonic::Status>
     Ok(r.into_iter().flat_map(|b| b.info).map(|i| i.name).collect())
 }
 
-fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
-    r.expect_err("must fail").code()
+/// The gRPC code the service answers the error with.
+fn code<T: std::fmt::Debug>(r: Result<T, control::Error>) -> Code {
+    tonic::Status::from(r.expect_err("must fail")).code()
 }
 
 const ROOT: Caller = Caller { uid: 0, gid: 0 };

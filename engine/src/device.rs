@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::format::BLOCK_SIZE;
+use crate::format::{BLOCK, BLOCK_SIZE};
 
 /// A heap buffer aligned to 4 KiB whose length is a multiple of 4 KiB, as O_DIRECT needs.
 pub struct AlignedBuf {
@@ -271,9 +271,11 @@ pub fn prepare_image(path: &Path, size: Option<u64>) -> Result<u64> {
         ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let want = size.unwrap_or(DEFAULT_IMAGE_SIZE);
+            // 0600: the image holds every container's data; only root may read it.
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(path)
                 .map_err(|e| Error::Unusable(format!("cannot create {}: {e}", path.display())))?;
             f.set_len(want)
@@ -337,4 +339,20 @@ impl Device for MemDevice {
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Read `n` whole blocks starting at `block` (synchronous; superblocks, journal, checkpoints).
+pub(crate) fn read_blocks(dev: &dyn Device, block: u64, n: u64) -> Result<AlignedBuf> {
+    let mut buf = AlignedBuf::zeroed(n as usize);
+    dev.read_at(&mut buf, block * BLOCK)
+        .map_err(|e| Error::io("read", block * BLOCK, e))?;
+    Ok(buf)
+}
+
+/// Write `data` (padded with zeros to whole blocks) at `block` (synchronous).
+pub(crate) fn write_blocks(dev: &dyn Device, block: u64, data: &[u8]) -> Result<()> {
+    let mut buf = AlignedBuf::zeroed(data.len().div_ceil(BLOCK_SIZE));
+    buf[..data.len()].copy_from_slice(data);
+    dev.write_at(&buf, block * BLOCK)
+        .map_err(|e| Error::io("write", block * BLOCK, e))
 }

@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use imbl::ordmap::DiffItem;
 
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::ROOT_INO;
-use crate::fs::Engine;
 use crate::meta::{Content, Ino, Slot, Tree};
 
 /// How a path changed.
@@ -43,6 +43,8 @@ pub struct Change {
 /// The changes of layer `id` against its parent, sorted by path (so a directory comes before
 /// what is in it), together with the layer's slot and tree (a snapshot: a pointer copy).
 pub fn layer_diff_tree(engine: &Engine, id: &str) -> Result<(Slot, Tree, Vec<Change>)> {
+    // An active layer's files may have dirty pages in the kernel.
+    engine.flush_kernel_cache();
     let (slot, tree, parent) = engine.with_layers(|ls| {
         let slot = ls
             .slot_of(id.as_bytes())

@@ -44,6 +44,11 @@ pub struct Superblock {
 }
 
 impl Superblock {
+    /// The file system id journal chunks carry (the first half of the uuid).
+    pub fn fsid(&self) -> u64 {
+        u64::from_le_bytes(self.uuid[..8].try_into().unwrap_or([0; 8]))
+    }
+
     /// Journal size for a device: 1/32 of it, between 1 MiB and 128 MiB.
     pub fn layout(total_blocks: u64) -> (u64, u64) {
         let jbytes = (total_blocks * BLOCK / 32).clamp(1 << 20, 128 << 20);

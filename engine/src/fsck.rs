@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use crate::device::Device;
 use crate::error::Result;
 use crate::format::ROOT_INO;
-use crate::fs;
 use crate::meta::Content;
+use crate::recovery;
 
 /// What fsck found.
 #[derive(Debug, Default)]
@@ -27,7 +27,7 @@ impl Report {
 
 /// Check the file system on `dev` without changing it. Errors mean it cannot be read at all.
 pub fn check(dev: &dyn Device) -> Result<Report> {
-    let l = fs::load(dev)?;
+    let l = recovery::load(dev)?;
     let mut r = Report {
         problems: l.problems.clone(),
         chunks_replayed: l.chunks_replayed,

@@ -1,37 +1,72 @@
 //! # strata-engine
 //!
-//! The Strata file system itself: on-disk format ([`format`], documented in
-//! `engine/docs/format.md`), device I/O through an io_uring ring over an O_DIRECT file
-//! descriptor ([`device`], [`ring`]), in-memory metadata in persistent maps ([`meta`]), the
-//! journal and checkpoints that make it durable ([`journal`], [`fs`]), the block cache
-//! ([`cache`]) and the checker ([`fsck`]).
+//! The Strata file system itself, without FUSE, HTTP or gRPC (`fusefront` and `control` adapt
+//! it to those). Nothing in here panics on bad input; every failure is an [`Error`].
 //!
-//! It is not a FUSE server, an HTTP server or a gRPC server: `fusefront` and `control` adapt
-//! it to those. Nothing in here panics on bad input; every failure is an [`Error`].
+//! A request goes one way through these modules, never back up:
+//!
+//! - [`Engine`] (`engine.rs`): what an open file system holds; open (recovery) and shutdown.
+//! - The operations: `namespace.rs` (lookup, create, link, unlink, rename, readdir,
+//!   attributes, xattrs, statfs), `data.rs` (read, write with copy-on-write, fallocate,
+//!   copy_file_range, SEEK_DATA/HOLE), `layer_ops.rs` (create, clone, commit, snapshot, remove),
+//!   `commit.rs` (fsync, group commit, the commit thread), `checkpoint.rs`,
+//!   `kernel_cache.rs` (what the kernel page cache may hold; flushing it).
+//!   Metadata changes go through a `Txn` (`txn.rs`) that applies journal records.
+//! - The data model: [`meta`] (inodes, extents with ownership tags, directories, journal
+//!   records), [`layer`] (layers and their checkpoint encoding), `node.rs` (node ids).
+//! - On disk: [`format`] (superblock, documented in `engine/docs/format.md`), [`journal`]
+//!   (chunk and checkpoint-block framing), `mkfs.rs`, `recovery.rs` (superblock, checkpoint,
+//!   journal replay), [`fsck`].
+//! - Below: `alloc.rs` (free space), `cache.rs` (the block cache shared by every layer),
+//!   `inflight.rs` (data writes the device has not finished), `ring.rs` (io_uring
+//!   threads), `device.rs` (O_DIRECT file or block device, aligned
+//!   buffers, fault injection), `poison.rs` (read-only after a failed write).
+//! - Beside: [`stats`] (per-layer and daemon statistics), [`diff`] (what a layer changed,
+//!   for OCI export).
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod alloc;
-pub mod cache;
+mod alloc;
+mod api;
+mod cache;
+mod checkpoint;
+mod commit;
+mod data;
+mod device;
+mod engine;
+mod error;
+mod inflight;
+mod kernel_cache;
+mod layer_ops;
+mod mkfs;
+mod namespace;
+mod node;
+mod poison;
+mod recovery;
+mod ring;
+mod txn;
+
+// The data model and the on-disk structures: public because `Engine::with_layers` hands out
+// `Layers`, and the fuzz targets decode journal chunks, checkpoints and superblocks directly.
 pub mod codec;
-pub mod device;
-pub mod diff;
-pub mod error;
 pub mod format;
-pub mod fs;
-pub mod fsck;
 pub mod journal;
 pub mod layer;
 pub mod meta;
-pub mod ring;
-pub mod stats;
-pub mod sys;
 
-pub use device::{Device, FaultOp, FileDevice, MemDevice};
+pub mod diff;
+pub mod fsck;
+pub mod stats;
+
+pub use api::{Caller, Cb, Counters, DirEntry, Options, ReadCb, SetAttr, Stat, StatFs};
+pub use data::MAX_FILE_SIZE;
+pub use device::{prepare_image, AlignedBuf, Device, FaultOp, FileDevice, MemDevice};
+pub use engine::{Engine, LayerListener};
 pub use error::{Error, Result};
-pub use format::Time;
-pub use fs::{
-    node_of, split, Caller, DirEntry, Engine, LayerInfo, Node, Options, SetAttr, Stat, StatFs,
-    DEFAULT_LAYER, MOUNT_ROOT,
-};
+pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};
+pub use kernel_cache::{CacheMode, KernelFlush, WRITEBACK_RESERVE};
+pub use layer_ops::LayerInfo;
 pub use meta::{Attr, Ino, LayerState, Name, Slot};
+pub use mkfs::{mkfs, DEFAULT_LAYER};
+pub use node::{node_of, split, Node, MOUNT_ROOT};
+pub use recovery::{load, read_superblock, Loaded};

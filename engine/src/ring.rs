@@ -15,19 +15,57 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use crate::device::{AlignedBuf, Device, FaultOp};
+use crate::format::BLOCK_SIZE;
 
 /// A finished operation hands its buffer back with the result.
-pub type Done = Box<dyn FnOnce(io::Result<AlignedBuf>) + Send>;
+pub type Done = Box<dyn FnOnce(io::Result<IoBuf>) + Send>;
 
 pub enum Op {
     Read,
     Write,
 }
 
+/// The memory an operation reads into or writes from.
+pub enum IoBuf {
+    /// A buffer the operation owns (a read fills it; it comes back in the completion).
+    Owned(AlignedBuf),
+    /// Whole blocks `[first, first + n)` of a buffer that others may read while the device
+    /// writes it (the engine's table of writes in flight serves readers from it).
+    Shared {
+        buf: Arc<AlignedBuf>,
+        first: usize,
+        n: usize,
+    },
+}
+
+impl IoBuf {
+    pub fn len(&self) -> usize {
+        match self {
+            IoBuf::Owned(b) => b.len(),
+            IoBuf::Shared { n, .. } => n * BLOCK_SIZE,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            IoBuf::Owned(b) => b,
+            IoBuf::Shared { buf, first, n } => &buf[first * BLOCK_SIZE..(first + n) * BLOCK_SIZE],
+        }
+    }
+
+    /// The owned buffer of a read.
+    pub fn into_owned(self) -> Option<AlignedBuf> {
+        match self {
+            IoBuf::Owned(b) => Some(b),
+            IoBuf::Shared { .. } => None,
+        }
+    }
+}
+
 pub struct IoReq {
     pub op: Op,
     pub offset: u64,
-    pub buf: AlignedBuf,
+    pub buf: IoBuf,
     pub done: Done,
 }
 
@@ -138,18 +176,22 @@ impl Ring {
     }
 
     /// Submit and wait (for engine-side callers that may block).
-    pub fn run_sync(&self, op: Op, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
+    pub fn read_sync(&self, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.submit(vec![IoReq {
-            op,
+            op: Op::Read,
             offset,
-            buf,
+            buf: IoBuf::Owned(buf),
             done: Box::new(move |r| {
                 let _ = tx.send(r);
             }),
         }]);
         rx.recv()
             .unwrap_or_else(|_| Err(io::Error::other("I/O thread stopped")))
+            .and_then(|b| {
+                b.into_owned()
+                    .ok_or_else(|| io::Error::other("read into a shared buffer"))
+            })
     }
 
     pub fn inflight(&self) -> u64 {
@@ -200,9 +242,12 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
                 (r.done)(Err(e));
                 continue;
             }
-            let res = match r.op {
-                Op::Read => dev.read_at(&mut r.buf, r.offset),
-                Op::Write => dev.write_at(&r.buf, r.offset),
+            let res = match (&r.op, &mut r.buf) {
+                (Op::Read, IoBuf::Owned(b)) => dev.read_at(b, r.offset),
+                (Op::Read, IoBuf::Shared { .. }) => {
+                    Err(io::Error::other("read into a shared buffer"))
+                }
+                (Op::Write, b) => dev.write_at(b.as_slice(), r.offset),
             };
             s.inflight.fetch_sub(1, Ordering::Relaxed);
             (r.done)(res.map(|_| r.buf));
@@ -312,15 +357,21 @@ fn push_op(ring: &mut IoUring, fd: types::Fd, ops: &mut Slab<InFlight>, id: usiz
     let f = &mut ops[id];
     let off = f.req.offset + f.done_bytes as u64;
     let len = (f.req.buf.len() - f.done_bytes) as u32;
-    let entry = match f.req.op {
-        Op::Read => {
+    let entry = match (&f.req.op, &mut f.req.buf) {
+        (Op::Read, IoBuf::Owned(b)) => {
             // SAFETY: pointer stays inside the owned buffer, which lives in the slab until completion.
-            let p = unsafe { f.req.buf.as_mut_ptr().add(f.done_bytes) };
+            let p = unsafe { b.as_mut_ptr().add(f.done_bytes) };
             opcode::Read::new(fd, p, len).offset(off).build()
         }
-        Op::Write => {
-            // SAFETY: as above.
-            let p = unsafe { f.req.buf.as_ptr().add(f.done_bytes) };
+        (Op::Read, IoBuf::Shared { .. }) => {
+            // Nothing submits this (reads own their buffers); fail it like a bad request.
+            opcode::Nop::new()
+                .build()
+                .flags(io_uring::squeue::Flags::empty())
+        }
+        (Op::Write, b) => {
+            // SAFETY: as above: an owned buffer, or a share of one kept alive by the slab slot.
+            let p = unsafe { b.as_slice().as_ptr().add(f.done_bytes) };
             opcode::Write::new(fd, p, len).offset(off).build()
         }
     }

@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use parking_lot::RwLock;
 
+use crate::api::ReadCb;
 use crate::error::{Error, Result};
-use crate::fs::{split, ReadCb};
 use crate::meta::Slot;
+use crate::node::split;
 
 /// Upper bounds (seconds) of the latency buckets of file operations and device I/O.
 pub const LATENCY_BUCKETS: [f64; 18] = [

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Caller, Device, Engine, MemDevice, Options};
 
 /// The root directory of the layer mkfs creates.

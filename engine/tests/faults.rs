@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Caller, Device, Engine, MemDevice, Node, Options};
 
 #[derive(Default)]
@@ -50,6 +50,12 @@ impl Device for FaultyDevice {
 const WHO: Caller = Caller { uid: 0, gid: 0 };
 
 fn setup() -> (Arc<FaultyDevice>, Arc<Faults>, Arc<Engine>, Node) {
+    setup_with(Options::default().write_buffer_bytes)
+}
+
+/// `write_buffer_bytes` 0: every write is answered when the device finished it (its error
+/// reaches the writer); otherwise writes are answered before (the error reaches fsync).
+fn setup_with(write_buffer_bytes: u64) -> (Arc<FaultyDevice>, Arc<Faults>, Arc<Engine>, Node) {
     let faults = Arc::new(Faults::default());
     let dev = Arc::new(FaultyDevice {
         inner: MemDevice::new(64 << 20),
@@ -61,6 +67,7 @@ fn setup() -> (Arc<FaultyDevice>, Arc<Faults>, Arc<Engine>, Node) {
         d,
         Options {
             cache_bytes: 0,
+            write_buffer_bytes,
             ..Default::default()
         },
     )
@@ -101,17 +108,31 @@ fn recover(dev: &FaultyDevice, kept: &[(&str, &[u8])]) {
 
 #[test]
 fn failed_write_latches_read_only_and_fsync_reports_it() {
-    let (dev, faults, e, root) = setup();
+    for buffered in [false, true] {
+        failed_write_latches(buffered);
+    }
+}
+
+fn failed_write_latches(buffered: bool) {
+    let (dev, faults, e, root) = setup_with(if buffered { 64 << 20 } else { 0 });
     file(&e, root, "safe", b"fsynced before the fault");
     e.fsync_sync().expect("fsync");
     let f = e
         .mknod(root, b"victim", libc::S_IFREG | 0o644, 0, WHO, None)
         .expect("create");
     faults.writes.store(true, Ordering::SeqCst);
-    let err = e
-        .write_sync(f.ino, 0, &[7u8; 8192])
-        .expect_err("write on a failing device");
-    assert_eq!(err.errno(), libc::EIO, "{err}");
+    match e.write_sync(f.ino, 0, &[7u8; 8192]) {
+        Err(err) => assert_eq!(err.errno(), libc::EIO, "{err}"),
+        // Answered before the device failed it: fsync reports the loss.
+        Ok(_) => assert!(
+            buffered,
+            "an unbuffered write must report the device's error"
+        ),
+    }
+    assert!(
+        e.fsync_sync().is_err(),
+        "fsync after a lost write must fail"
+    );
     assert!(e.is_poisoned());
     // Later changes are refused, and fsync does not pretend.
     let err = e
@@ -218,7 +239,7 @@ mod uring {
     use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
     use std::sync::Arc;
 
-    use engine::fs::mkfs;
+    use engine::mkfs;
     use engine::{Caller, Device, Engine, FaultOp, FileDevice, Node, Options};
 
     const WHO: Caller = Caller { uid: 0, gid: 0 };
@@ -346,7 +367,7 @@ mod uring {
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join(format!("{name}.img"));
         let _ = std::fs::remove_file(&path);
-        engine::device::prepare_image(&path, Some(32 << 20)).expect("image");
+        engine::prepare_image(&path, Some(32 << 20)).expect("image");
         let dev = FileDevice::open(&path).expect("O_DIRECT image");
         mkfs(&dev, 0, 0).expect("mkfs");
         path
@@ -360,6 +381,10 @@ mod uring {
     }
 
     fn open(path: &Path) -> (Arc<Engine>, Arc<Plan>) {
+        open_with(path, opts())
+    }
+
+    fn open_with(path: &Path, opts: Options) -> (Arc<Engine>, Arc<Plan>) {
         let plan = Plan::new();
         let dev = FaultyFile {
             inner: FileDevice::open(path).expect("open image"),
@@ -370,7 +395,7 @@ mod uring {
             "the io_uring path needs the descriptor"
         );
         let d: Arc<dyn Device> = Arc::new(dev);
-        (Engine::open(d, opts()).expect("open"), plan)
+        (Engine::open(d, opts).expect("open"), plan)
     }
 
     fn create(e: &Engine, name: &str, data: &[u8]) -> engine::Result<Node> {
@@ -483,9 +508,21 @@ mod uring {
 
     #[test]
     fn uring_write_error_latches_and_fsync_fails() {
-        for errno in [libc::EIO, libc::ENOSPC] {
-            let path = image(&format!("write-{errno}"));
-            let (e, plan) = open(&path);
+        // Unbuffered (answered when on the device) and buffered (answered before).
+        for (errno, buffer) in [
+            (libc::EIO, 0),
+            (libc::ENOSPC, 0),
+            (libc::EIO, 64 << 20),
+            (libc::ENOSPC, 64 << 20),
+        ] {
+            let path = image(&format!("write-{errno}-{buffer}"));
+            let (e, plan) = open_with(
+                &path,
+                Options {
+                    write_buffer_bytes: buffer,
+                    ..opts()
+                },
+            );
             create(&e, "safe", &data(3, 10000)).expect("safe");
             e.fsync_sync().expect("fsync");
             let root = e.layer_root("default").expect("root");
@@ -493,14 +530,18 @@ mod uring {
                 .mknod(root, b"victim", libc::S_IFREG | 0o644, 0, WHO, None)
                 .expect("create");
             plan.fail_nth_write(1, errno);
-            let err = e
-                .write_sync(st.ino, 0, &data(4, 16384))
-                .expect_err("write on a failing device");
-            assert_eq!(
-                err.errno(),
-                errno,
-                "the device's errno reaches the caller: {err}"
-            );
+            match e.write_sync(st.ino, 0, &data(4, 16384)) {
+                Err(err) => assert_eq!(
+                    err.errno(),
+                    errno,
+                    "the device's errno reaches the caller: {err}"
+                ),
+                // Answered before the device failed it: fsync reports the loss.
+                Ok(_) => {
+                    assert!(buffer > 0, "an unbuffered write reports the device's error");
+                    assert!(e.fsync_sync().is_err(), "fsync after a lost write");
+                }
+            }
             assert_eq!(plan.via_uring.load(Ordering::SeqCst), 1, "via io_uring");
             plan.heal();
             assert_latched(&e);
@@ -598,7 +639,7 @@ mod uring {
         let path = crashed;
         let kept: Vec<(String, Vec<u8>)> =
             (0..4).map(|i| (format!("f{i}"), data(i, 9000))).collect();
-        let sb = engine::fs::read_superblock(&FileDevice::open(&path).expect("open")).expect("sb");
+        let sb = engine::read_superblock(&FileDevice::open(&path).expect("open")).expect("sb");
         let round = path.with_extension("round");
         let mut failures = 0;
         // Both superblock slots, the journal's first chunks, the checkpoint.

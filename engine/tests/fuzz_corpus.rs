@@ -47,7 +47,7 @@ fn write_seed_corpus() {
         std::fs::write(dir.join(name), data).expect("write seed");
     };
     let dev = Arc::new(MemDevice::new(engine::format::MIN_DEVICE_SIZE));
-    let sb = engine::fs::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+    let sb = engine::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
     let img = dev.snapshot();
     put("superblock", "mkfs-slot-b", &img[4096..4096 + 121]);
     put("superblock", "mkfs-slot-a", &img[..121]);
@@ -74,7 +74,7 @@ fn write_seed_corpus() {
     e.fsync_sync().expect("fsync");
     // The journal now holds the chunk of those changes.
     let jimg = dev.snapshot();
-    let loaded = engine::fs::load(dev.as_ref()).expect("load");
+    let loaded = engine::load(dev.as_ref()).expect("load");
     let jb = loaded.sb.replay_block as usize * 4096;
     let h = engine::journal::decode_chunk_header(&jimg[jb..jb + 4096]).expect("a chunk");
     let payload = engine::journal::chunk_payload(&h, &jimg[jb..jb + 4096 * h.nblocks as usize])

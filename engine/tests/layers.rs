@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Caller, Device, Engine, LayerState, MemDevice, Node, Options, SetAttr};
 
 const WHO: Caller = Caller { uid: 0, gid: 0 };

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Caller, Device, Engine, LayerState, MemDevice, Node, Options};
 
 const WHO: Caller = Caller { uid: 0, gid: 0 };
@@ -139,7 +139,7 @@ fn workers_in_many_layers_on_io_uring() {
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let path = dir.join("stress.img");
     let _ = std::fs::remove_file(&path);
-    engine::device::prepare_image(&path, Some(256 << 20)).expect("image");
+    engine::prepare_image(&path, Some(256 << 20)).expect("image");
     mkfs(&engine::FileDevice::open(&path).expect("open"), 0, 0).expect("mkfs");
     let open: Open = Arc::new(move || -> Arc<dyn Device> {
         Arc::new(engine::FileDevice::open(&path).expect("O_DIRECT image"))

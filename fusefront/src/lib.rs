@@ -4,10 +4,22 @@
 //! errno here and only here ([`errno`]), and replies for reads, writes and fsync are sent from
 //! the engine's completion (the FUSE thread never waits for the disk on those paths).
 //!
-//! Node ids are engine inode numbers (the root is 1). Regular files are opened with
-//! FOPEN_DIRECT_IO, and FUSE_DIRECT_IO_ALLOW_MMAP is negotiated so mmap and exec still work:
-//! file data is cached once, in the engine's block cache, never in the kernel page cache.
-#![forbid(unsafe_code)]
+//! Node ids are the engine's (`slot << 40 | inode`; the mount root, which lists the layers, is
+//! 1). The kernel's write-back cache is on (FUSE_WRITEBACK_CACHE): a regular file is opened
+//! either into the kernel page cache (data only its layer can see, and every file opened for
+//! writing: FOPEN_KEEP_CACHE, everything in a layer changes through this mount) or with
+//! FOPEN_DIRECT_IO (data other layers share, cached once in the engine's block cache;
+//! FUSE_DIRECT_IO_ALLOW_MMAP keeps mmap and exec working). The engine decides which
+//! (`Engine::cache_mode`). Before a layer is frozen or exported the engine asks for the
+//! kernel's dirty pages: [`flush_on_freeze`] answers with a `syncfs` of the mount.
+//!
+//! [`sys`] holds the daemon's few system calls outside FUSE (signals, unmounting a dead
+//! mount): the only unsafe code of this crate.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[allow(unsafe_code)]
+pub mod sys;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -15,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use engine::{Caller, Engine, Error, SetAttr, Stat, Time};
+use engine::{CacheMode, Caller, Engine, Error, SetAttr, Stat, Time};
 use fuser::{
     Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
@@ -176,12 +188,19 @@ impl StrataFs {
         }
     }
 
-    fn open_flags(st: &Stat) -> FopenFlags {
-        if st.attr.is_reg() {
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
-        } else {
-            FopenFlags::empty()
-        }
+    /// How a regular file is opened: into the kernel page cache, or past it to the engine.
+    fn open_flags(&self, node: u64, write: bool) -> engine::Result<FopenFlags> {
+        Ok(match self.engine.cache_mode(node, write)? {
+            CacheMode::Kernel => FopenFlags::FOPEN_KEEP_CACHE,
+            // KEEP_CACHE here too: an open without it would drop (after writing back) the
+            // pages a writer of the same file has cached; direct reads and writes flush and
+            // invalidate the range they touch themselves.
+            CacheMode::Engine => {
+                FopenFlags::FOPEN_DIRECT_IO
+                    | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+                    | FopenFlags::FOPEN_KEEP_CACHE
+            }
+        })
     }
 }
 
@@ -191,6 +210,11 @@ impl Filesystem for StrataFs {
         let _ = config.set_max_background(128);
         let _ = config.set_congestion_threshold(96);
         for cap in [
+            InitFlags::FUSE_WRITEBACK_CACHE,
+            // We clear set-user-id, set-group-id and file capabilities on write, truncate and
+            // chown; in return the kernel marks inodes S_NOSEC and stops asking for
+            // security.capability before every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -233,7 +257,7 @@ impl Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -257,7 +281,10 @@ impl Filesystem for StrataFs {
             atime: atime.map(time_or_now),
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_systime),
-            kill_suidgid: false,
+            // With FUSE_HANDLE_KILLPRIV_V2 the kernel asks a truncation by a caller without
+            // CAP_FSETID to clear set-user-id; fuser does not pass that flag on, so a caller
+            // other than root stands for it.
+            kill_suidgid: size.is_some() && req.uid() != 0,
         };
         match self.engine.setattr(ino.0, s) {
             Ok(st) => reply.attr(ttl(st.ino), &attr(&st)),
@@ -373,9 +400,10 @@ impl Filesystem for StrataFs {
         )
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.engine.getattr(ino.0) {
-            Ok(st) => reply.opened(FileHandle(0), Self::open_flags(&st)),
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.open_flags(ino.0, write) {
+            Ok(f) => reply.opened(FileHandle(0), f),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -428,7 +456,7 @@ impl Filesystem for StrataFs {
     }
 
     // flush is not implemented: the kernel then stops sending it (one round trip less per
-    // close); there is nothing to write back, as nothing is cached in the kernel.
+    // close). It still writes the file's dirty pages back at close (as WRITE requests).
 
     fn release(
         &self,
@@ -602,8 +630,8 @@ impl Filesystem for StrataFs {
         let r = self
             .engine
             .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None);
-        match r {
-            Ok(st) => reply.created(&TTL, &attr(&st), GEN, FileHandle(0), Self::open_flags(&st)),
+        match r.and_then(|st| Ok((st, self.open_flags(st.ino, true)?))) {
+            Ok((st, f)) => reply.created(&TTL, &attr(&st), GEN, FileHandle(0), f),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -690,6 +718,21 @@ pub fn watch_layers(session: &Session<StrataFs>, engine: &Engine) {
             if e.raw_os_error() != Some(libc::ENOENT) {
                 log::debug!("could not drop the kernel's entry for layer {id}: {e}");
             }
+        }
+    }));
+}
+
+/// Let the engine get the kernel's dirty pages back before it freezes or exports a layer: a
+/// `syncfs` of the mount (from the admin or snapshotter thread that asks; the FUSE threads
+/// serve the writes it causes).
+pub fn flush_on_freeze(engine: &Engine, mountpoint: &Path) {
+    let mp = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    engine.set_kernel_flush(Box::new(move || {
+        if let Err(e) = sys::syncfs(&mp) {
+            log::warn!(
+                "could not write back the kernel's cached pages (syncfs {}): {e}",
+                mp.display()
+            );
         }
     }));
 }

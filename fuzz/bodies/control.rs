@@ -57,7 +57,7 @@ fn import_ctx() -> &'static ImportCtx {
     static C: OnceLock<ImportCtx> = OnceLock::new();
     C.get_or_init(|| {
         let dev = Arc::new(MemDevice::new(128 << 20));
-        engine::fs::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+        engine::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
         let d: Arc<dyn Device> = dev.clone();
         let engine = Engine::open(
             d,
@@ -144,7 +144,7 @@ fn admin_ctx() -> &'static AdminCtx {
     static C: OnceLock<AdminCtx> = OnceLock::new();
     C.get_or_init(|| {
         let dev = Arc::new(MemDevice::new(64 << 20));
-        engine::fs::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+        engine::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
         let d: Arc<dyn Device> = dev;
         let engine = Engine::open(
             d,
@@ -235,7 +235,7 @@ pub fn admin_request(data: &[u8]) {
 pub fn snapshotter(data: &[u8]) {
     use control::snapshotter::{api, Snapshotter, METHODS, NAME_LABEL};
     let dev = Arc::new(MemDevice::new(engine::format::MIN_DEVICE_SIZE));
-    engine::fs::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+    engine::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
     let d: Arc<dyn Device> = dev.clone();
     let e = Engine::open(
         d,

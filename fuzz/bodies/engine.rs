@@ -30,8 +30,8 @@ fn base_layers() -> &'static Layers {
     static L: OnceLock<Layers> = OnceLock::new();
     L.get_or_init(|| {
         let dev = engine::MemDevice::new(engine::format::MIN_DEVICE_SIZE);
-        engine::fs::mkfs(&dev, 0, 0).expect("mkfs");
-        engine::fs::load(&dev).expect("load").layers
+        engine::mkfs(&dev, 0, 0).expect("mkfs");
+        engine::load(&dev).expect("load").layers
     })
 }
 
@@ -94,7 +94,7 @@ fn base_image() -> &'static (Vec<u8>, Superblock) {
     static I: OnceLock<(Vec<u8>, Superblock)> = OnceLock::new();
     I.get_or_init(|| {
         let dev = Arc::new(engine::MemDevice::new(engine::format::MIN_DEVICE_SIZE));
-        engine::fs::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
+        engine::mkfs(dev.as_ref(), 0, 0).expect("mkfs");
         let d: Arc<dyn Device> = dev.clone();
         let e = engine::Engine::open(
             d,
@@ -130,7 +130,7 @@ fn base_image() -> &'static (Vec<u8>, Superblock) {
         .expect("clone");
         // No shutdown: the journal holds chunks to replay.
         let img = dev.snapshot();
-        let sb = engine::fs::read_superblock(dev.as_ref()).expect("sb");
+        let sb = engine::read_superblock(dev.as_ref()).expect("sb");
         let _ = e.shutdown();
         (img, sb)
     })
@@ -228,6 +228,6 @@ pub fn image(data: &[u8]) {
         base: img,
         blocks: Mutex::new(blocks),
     };
-    let _ = engine::fs::load(&dev);
+    let _ = engine::load(&dev);
     let _ = engine::fsck::check(&dev);
 }

@@ -58,9 +58,9 @@ fn run(a: &Args) -> Result<(), String> {
     std::fs::create_dir_all(&a.dir).map_err(|e| e.to_string())?;
     let img = a.dir.join("layers.img");
     let _ = std::fs::remove_file(&img);
-    engine::device::prepare_image(&img, Some(16 << 30)).map_err(|e| e.to_string())?;
+    engine::prepare_image(&img, Some(16 << 30)).map_err(|e| e.to_string())?;
     let dev = FileDevice::open(&img).map_err(|e| e.to_string())?;
-    engine::fs::mkfs(&dev, 0, 0).map_err(|e| e.to_string())?;
+    engine::mkfs(&dev, 0, 0).map_err(|e| e.to_string())?;
     let d: Arc<dyn Device> = Arc::new(dev);
     let e = Engine::open(d, Options::default()).map_err(|e| e.to_string())?;
     let res = measure(&e, a);

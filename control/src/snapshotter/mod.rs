@@ -25,33 +25,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use engine::{Engine, LayerState, Time};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use self::filter::Filter;
 pub use self::pb::containerd::services::snapshots::v1 as api;
 pub use self::pb::containerd::types::Mount;
+use crate::Error;
 use api::Kind;
+
+pub use crate::labels::{KIND_LABEL, NAME_LABEL, UPDATED_LABEL};
 
 /// Where the daemon serves the snapshotter unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/strata/containerd-snapshotter.sock";
-/// The containerd key (active, view) or name (committed) of a snapshot layer.
-pub const NAME_LABEL: &str = "strata.io/snapshotter.name";
-/// When the snapshot's info last changed (Unix nanoseconds).
-pub const UPDATED_LABEL: &str = "strata.io/snapshotter.updated";
-/// `view` on an empty view (a layer with no parent, so no engine view state).
-pub const KIND_LABEL: &str = "strata.io/snapshotter.kind";
 /// Prefix of the layer ids the snapshotter makes.
 pub const ID_PREFIX: &str = "snap-";
 /// containerd limits a label's key and value together to 4096 bytes.
 const MAX_LABEL_PAIR: usize = 4096;
 /// Infos per List response message.
 const LIST_BATCH: usize = 100;
-
-/// Strata's own labels (these, and the import marker): never shown to containerd, never
-/// taken from it.
-fn hidden(k: &str) -> bool {
-    k.starts_with(crate::admin::RESERVED_LABEL_PREFIX)
-}
 
 /// One snapshot as containerd sees it.
 #[derive(Clone, Debug)]
@@ -110,25 +101,10 @@ fn utf8(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The engine error as the gRPC status containerd maps back to its errdefs.
-fn status(e: engine::Error) -> Status {
-    use engine::Error as E;
-    let code = match &e {
-        E::NotFound(_) => Code::NotFound,
-        E::Exists(_) => Code::AlreadyExists,
-        E::Invalid(_) => Code::InvalidArgument,
-        E::Busy(_) => Code::FailedPrecondition,
-        E::NoSpace => Code::ResourceExhausted,
-        E::Poisoned => Code::Unavailable,
-        _ => Code::Internal,
-    };
-    Status::new(code, e.to_string())
-}
-
 /// Keys and names are kept in a label, so they share its limit.
-fn check_name(what: &str, name: &str) -> Result<(), Status> {
+fn check_name(what: &str, name: &str) -> Result<(), Error> {
     if name.is_empty() || name.len() > engine::meta::MAX_LABEL {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::Invalid(format!(
             "snapshot {what} must be 1 to {} bytes long (got {})",
             engine::meta::MAX_LABEL,
             name.len()
@@ -137,11 +113,12 @@ fn check_name(what: &str, name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn not_found(key: &str) -> Status {
-    Status::not_found(format!("snapshot {key:?} does not exist"))
+fn not_found(key: &str) -> Error {
+    Error::NotFound(format!("snapshot {key:?} does not exist"))
 }
 
-/// The request handling, shared by the gRPC service and tests/fuzzing.
+/// The request handling, shared by the gRPC service and tests/fuzzing. It fails with
+/// [`Error`]; the service answers with the code [`Error::grpc_code`] gives.
 pub struct Snapshotter {
     engine: Arc<Engine>,
     mountpoint: PathBuf,
@@ -193,7 +170,7 @@ impl Snapshotter {
                     .labels
                     .iter()
                     .map(|(k, v)| (utf8(k), utf8(v)))
-                    .filter(|(k, _)| !hidden(k))
+                    .filter(|(k, _)| !crate::labels::is_reserved(k))
                     .collect();
                 out.insert(
                     name,
@@ -214,7 +191,7 @@ impl Snapshotter {
         })
     }
 
-    fn find(&self, key: &str) -> Result<Snap, Status> {
+    fn find(&self, key: &str) -> Result<Snap, Error> {
         self.index().0.remove(key).ok_or_else(|| not_found(key))
     }
 
@@ -233,19 +210,19 @@ impl Snapshotter {
         user: impl IntoIterator<Item = (String, String)>,
         name: &str,
         extra: &[(&str, &str)],
-    ) -> Result<BTreeMap<String, String>, Status> {
+    ) -> Result<BTreeMap<String, String>, Error> {
         let mut out = BTreeMap::new();
         for (k, v) in user {
             if k.is_empty() {
-                return Err(Status::invalid_argument("label keys may not be empty"));
+                return Err(Error::Invalid("label keys may not be empty".into()));
             }
             if k.len() + v.len() > MAX_LABEL_PAIR {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::Invalid(format!(
                     "label {k:?}: key and value together exceed {MAX_LABEL_PAIR} bytes"
                 )));
             }
-            if hidden(&k) {
-                return Err(Status::invalid_argument(format!(
+            if crate::labels::is_reserved(&k) {
+                return Err(Error::Invalid(format!(
                     "label {k:?} is reserved for Strata"
                 )));
             }
@@ -265,26 +242,24 @@ impl Snapshotter {
         parent: &str,
         labels: impl IntoIterator<Item = (String, String)>,
         view: bool,
-    ) -> Result<Vec<Mount>, Status> {
+    ) -> Result<Vec<Mount>, Error> {
         check_name("key", key)?;
         let _g = self.guard();
         let (idx, max) = self.index();
         if idx.contains_key(key) {
-            return Err(Status::already_exists(format!(
-                "snapshot {key:?} already exists"
-            )));
+            return Err(Error::Exists(format!("snapshot {key:?} already exists")));
         }
         let id = format!("{ID_PREFIX}{}", max + 1);
         let info = if parent.is_empty() {
             let extra: &[(&str, &str)] = if view { &[(KIND_LABEL, "view")] } else { &[] };
             let labels = Self::labels(labels, key, extra)?;
-            self.engine.layer_create(&id, labels).map_err(status)?
+            self.engine.layer_create(&id, labels)?
         } else {
             let p = idx.get(parent).ok_or_else(|| {
-                Status::not_found(format!("parent snapshot {parent:?} does not exist"))
+                Error::NotFound(format!("parent snapshot {parent:?} does not exist"))
             })?;
             if p.kind != Kind::Committed {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::Invalid(format!(
                     "parent {parent:?} is not a committed snapshot"
                 )));
             }
@@ -294,9 +269,7 @@ impl Snapshotter {
             } else {
                 LayerState::Active
             };
-            self.engine
-                .layer_clone(&p.id, &id, state, labels)
-                .map_err(status)?
+            self.engine.layer_clone(&p.id, &id, state, labels)?
         };
         log::debug!("snapshotter: {key:?} is layer {}", info.id);
         let kind = if view { Kind::View } else { Kind::Active };
@@ -306,20 +279,20 @@ impl Snapshotter {
     pub fn prepare(
         &self,
         r: api::PrepareSnapshotRequest,
-    ) -> Result<api::PrepareSnapshotResponse, Status> {
+    ) -> Result<api::PrepareSnapshotResponse, Error> {
         let mounts = self.create(&r.key, &r.parent, r.labels, false)?;
         Ok(api::PrepareSnapshotResponse { mounts })
     }
 
-    pub fn view(&self, r: api::ViewSnapshotRequest) -> Result<api::ViewSnapshotResponse, Status> {
+    pub fn view(&self, r: api::ViewSnapshotRequest) -> Result<api::ViewSnapshotResponse, Error> {
         let mounts = self.create(&r.key, &r.parent, r.labels, true)?;
         Ok(api::ViewSnapshotResponse { mounts })
     }
 
-    pub fn mounts_of(&self, r: api::MountsRequest) -> Result<api::MountsResponse, Status> {
+    pub fn mounts_of(&self, r: api::MountsRequest) -> Result<api::MountsResponse, Error> {
         let s = self.find(&r.key)?;
         if s.kind == Kind::Committed {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::Busy(format!(
                 "snapshot {:?} is committed; only active snapshots and views have mounts",
                 r.key
             )));
@@ -329,39 +302,36 @@ impl Snapshotter {
         })
     }
 
-    pub fn commit(&self, r: api::CommitSnapshotRequest) -> Result<(), Status> {
+    pub fn commit(&self, r: api::CommitSnapshotRequest) -> Result<(), Error> {
         check_name("name", &r.name)?;
         let _g = self.guard();
         let (idx, _) = self.index();
         let s = idx.get(&r.key).ok_or_else(|| not_found(&r.key))?;
         if s.kind != Kind::Active {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::Busy(format!(
                 "snapshot {:?} is {}, not active",
                 r.key,
                 s.kind_str()
             )));
         }
         if idx.contains_key(&r.name) {
-            return Err(Status::already_exists(format!(
+            return Err(Error::Exists(format!(
                 "snapshot {:?} already exists",
                 r.name
             )));
         }
         // The committed snapshot takes the labels given to Commit (containerd's semantics).
         let labels = Self::labels(r.labels, &r.name, &[])?;
-        self.engine
-            .layer_commit_labeled(&s.id, Some(labels))
-            .map_err(status)?;
+        self.engine.layer_commit_labeled(&s.id, Some(labels))?;
         Ok(())
     }
 
-    pub fn remove(&self, r: api::RemoveSnapshotRequest) -> Result<(), Status> {
+    pub fn remove(&self, r: api::RemoveSnapshotRequest) -> Result<(), Error> {
         let _g = self.guard();
         let s = self.find(&r.key)?;
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let users = crate::admin::mount_users(&info, &self.mountpoint, &s.id);
+        if let Ok(users) = crate::host::read_mount_users(&self.mountpoint, &s.id) {
             if !users.is_empty() {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::Busy(format!(
                     "snapshot {:?} (layer {}) is mounted at {}",
                     r.key,
                     s.id,
@@ -374,15 +344,15 @@ impl Snapshotter {
             }
         }
         self.engine.layer_remove(&s.id).map_err(|e| match e {
-            engine::Error::Busy(_) => Status::failed_precondition(format!(
+            engine::Error::Busy(_) => Error::Busy(format!(
                 "snapshot {:?} has children: remove them first",
                 r.key
             )),
-            e => status(e),
+            e => e.into(),
         })
     }
 
-    pub fn stat(&self, r: api::StatSnapshotRequest) -> Result<api::StatSnapshotResponse, Status> {
+    pub fn stat(&self, r: api::StatSnapshotRequest) -> Result<api::StatSnapshotResponse, Error> {
         let s = self.find(&r.key)?;
         Ok(api::StatSnapshotResponse {
             info: Some(s.info(&r.key)),
@@ -392,10 +362,10 @@ impl Snapshotter {
     pub fn update(
         &self,
         r: api::UpdateSnapshotRequest,
-    ) -> Result<api::UpdateSnapshotResponse, Status> {
+    ) -> Result<api::UpdateSnapshotResponse, Error> {
         let info = r
             .info
-            .ok_or_else(|| Status::invalid_argument("update without info"))?;
+            .ok_or_else(|| Error::Invalid("update without info".into()))?;
         let _g = self.guard();
         let s = self.find(&info.name)?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -412,7 +382,7 @@ impl Snapshotter {
             } else if p == "labels" {
                 labels = info.labels.clone().into_iter().collect();
             } else {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::Invalid(format!(
                     "cannot update {p:?} of snapshot {:?}: only labels may change",
                     info.name
                 )));
@@ -425,7 +395,7 @@ impl Snapshotter {
             &[]
         };
         let all = Self::labels(labels, &info.name, extra)?;
-        self.engine.layer_set_labels(&s.id, all).map_err(status)?;
+        self.engine.layer_set_labels(&s.id, all)?;
         let s = self.find(&info.name)?;
         Ok(api::UpdateSnapshotResponse {
             info: Some(s.info(&info.name)),
@@ -436,8 +406,8 @@ impl Snapshotter {
     pub fn list(
         &self,
         r: api::ListSnapshotsRequest,
-    ) -> Result<Vec<api::ListSnapshotsResponse>, Status> {
-        let f = Filter::parse_all(&r.filters).map_err(|e| Status::invalid_argument(e.0))?;
+    ) -> Result<Vec<api::ListSnapshotsResponse>, Error> {
+        let f = Filter::parse_all(&r.filters).map_err(|e| Error::Invalid(e.0))?;
         let (idx, _) = self.index();
         let mut names: Vec<&String> = idx.keys().collect();
         names.sort();
@@ -461,7 +431,7 @@ impl Snapshotter {
             .collect())
     }
 
-    pub fn usage(&self, r: api::UsageRequest) -> Result<api::UsageResponse, Status> {
+    pub fn usage(&self, r: api::UsageRequest) -> Result<api::UsageResponse, Error> {
         let s = self.find(&r.key)?;
         // Clone the two trees under the lock (pointer copies), diff outside it.
         let (owned, trees) = self.engine.with_layers(|ls| {
@@ -491,7 +461,7 @@ impl Snapshotter {
     }
 
     /// Nothing to do: a removed layer's blocks are free as soon as the removal is durable.
-    pub fn cleanup(&self, _r: api::CleanupRequest) -> Result<(), Status> {
+    pub fn cleanup(&self, _r: api::CleanupRequest) -> Result<(), Error> {
         Ok(())
     }
 
@@ -500,8 +470,8 @@ impl Snapshotter {
     /// transport. Used by the fuzz target; a message that does not decode is InvalidArgument.
     pub fn call_encoded(&self, method: &str, body: &[u8]) -> Result<Vec<Vec<u8>>, Status> {
         use prost::Message;
-        fn dec<M: Message + Default>(b: &[u8]) -> Result<M, Status> {
-            M::decode(b).map_err(|e| Status::invalid_argument(format!("bad request: {e}")))
+        fn dec<M: Message + Default>(b: &[u8]) -> Result<M, Error> {
+            M::decode(b).map_err(|e| Error::Invalid(format!("bad request: {e}")))
         }
         Ok(match method {
             "Prepare" => {
@@ -569,14 +539,14 @@ impl Service {
     async fn run<T: Send + 'static>(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Snapshotter) -> Result<T, Status> + Send + 'static,
+        f: impl FnOnce(&Snapshotter) -> Result<T, Error> + Send + 'static,
     ) -> Res<T> {
         let s = self.0.clone();
         let out = f(&s);
         if let Err(e) = &out {
-            log::debug!("snapshotter {what}: {:?}: {}", e.code(), e.message());
+            log::debug!("snapshotter {what}: {:?}: {}", e.grpc_code(), e.message());
         }
-        out.map(tonic::Response::new)
+        out.map(tonic::Response::new).map_err(Status::from)
     }
 }
 
@@ -661,11 +631,11 @@ pub fn serve(
     engine: Arc<Engine>,
     mountpoint: PathBuf,
 ) -> io::Result<SnapshotterHandle> {
-    let listener = crate::admin::bind_socket(path)?;
+    let listener = crate::host::bind_socket(path)?;
     listener.set_nonblocking(true)?;
     let snap = Arc::new(Snapshotter::new(
         engine,
-        crate::admin::absolute_mountpoint(&mountpoint),
+        crate::host::absolute_mountpoint(&mountpoint),
     ));
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop2 = stop.clone();

@@ -24,7 +24,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use engine::fs::mkfs;
+use engine::mkfs;
 use engine::{Device, Engine, Node, Options};
 
 pub const BLOCK: usize = 4096;
@@ -324,6 +324,7 @@ pub fn opts() -> Options {
         // Only the workload's fsyncs commit: the log is deterministic.
         commit_interval: Duration::from_secs(3600),
         stats: false,
+        ..Default::default()
     }
 }
 

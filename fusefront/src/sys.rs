@@ -1,5 +1,6 @@
 //! Small process-level helpers the daemon needs (signals, detaching a dead mount), kept here
-//! so the binary and the other crates stay free of unsafe code.
+//! so the binary and the other crates stay free of unsafe code. (They lived in the engine,
+//! which has no business with signals or mounts.)
 
 use std::ffi::CString;
 use std::io;
@@ -70,4 +71,16 @@ pub fn unmount(path: &Path) -> io::Result<()> {
 pub fn ids() -> (u32, u32) {
     // SAFETY: getuid/getgid cannot fail and take no pointers.
     unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// syncfs(2) on the file system mounted at `path`: write back its dirty pages and wait.
+pub fn syncfs(path: &Path) -> io::Result<()> {
+    let dir = std::fs::File::open(path)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs takes a descriptor we own for the duration of the call.
+    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

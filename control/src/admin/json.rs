@@ -1,0 +1,181 @@
+//! The JSON bodies of the admin API: a layer as the API shows it ([`Layer`], its creation time
+//! in RFC 3339), the requests, and the error answer. The server's routes and the [`Client`](super::Client)
+//! share them, so both ends encode and parse the same types.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use engine::{LayerInfo, LayerState};
+use serde::{Deserialize, Serialize};
+
+/// A layer as the API shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub id: String,
+    /// Engine slot (the high bits of the layer's FUSE node ids).
+    pub slot: u32,
+    pub parent: Option<String>,
+    /// `active`, `committed` or `view`.
+    pub state: String,
+    pub labels: BTreeMap<String, String>,
+    /// Creation time, RFC 3339 in UTC with nanoseconds.
+    pub created: String,
+    /// Creation time, seconds since the epoch.
+    pub created_unix: i64,
+    /// Bytes of blocks this layer allocated (shared blocks count for their owner only).
+    pub owned_bytes: u64,
+    /// Inodes owned by this layer.
+    pub inodes: u64,
+    /// Ancestors, nearest first.
+    pub chain: Vec<String>,
+    pub children: Vec<String>,
+    /// The layer's directory: `<mountpoint>/<id>`.
+    #[serde(default)]
+    pub path: String,
+}
+
+impl Layer {
+    pub fn from_info(i: &LayerInfo, mountpoint: &Path) -> Layer {
+        Layer {
+            id: i.id.clone(),
+            slot: i.slot,
+            parent: i.parent.clone(),
+            state: i.state.as_str().to_string(),
+            labels: i.labels.clone(),
+            created: rfc3339(i.created.sec, i.created.nsec),
+            created_unix: i.created.sec,
+            owned_bytes: i.owned_bytes,
+            inodes: i.inodes,
+            chain: i.chain.clone(),
+            children: i.children.clone(),
+            path: mountpoint.join(&i.id).to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// `GET /v1/layers`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LayerList {
+    pub layers: Vec<Layer>,
+}
+
+/// The state of a new clone.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneState {
+    Active,
+    View,
+}
+
+impl From<CloneState> for LayerState {
+    fn from(s: CloneState) -> LayerState {
+        match s {
+            CloneState::Active => LayerState::Active,
+            CloneState::View => LayerState::View,
+        }
+    }
+}
+
+/// `POST /v1/layers`: without `parent`, an empty active base layer; with it, a clone of the
+/// committed `parent` (`state` active, the default, or view).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<CloneState>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /v1/import`: apply the OCI layer tar the daemon reads from `path` (absolute) as a new
+/// committed layer `layer`, a clone of committed `parent` or a base layer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub layer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub path: String,
+    /// auto (default), none, gzip, zstd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+}
+
+/// `POST /v1/layers/{id}/export`: write the layer's diff against its parent as an OCI layer
+/// tar to `path` (absolute).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    pub path: String,
+}
+
+/// `POST /v1/layers/{id}/snapshot`: the id of the new committed parent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    pub id: String,
+}
+
+/// `PUT /v1/layers/{id}/labels`: the new labels (they replace the old ones).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsRequest {
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Every error answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// A body that must be empty or `{}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Empty {}
+
+/// RFC 3339 in UTC with nanoseconds, e.g. `2025-03-01T12:00:00.000000000Z`.
+pub fn rfc3339(sec: i64, nsec: u32) -> String {
+    let days = sec.div_euclid(86_400);
+    let rem = sec.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        nsec.min(999_999_999)
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m as u32, d as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(rfc3339(1_700_000_000, 0), "2023-11-14T22:13:20.000000000Z");
+        assert_eq!(rfc3339(-1, 0), "1969-12-31T23:59:59.000000000Z");
+        let _ = rfc3339(i64::MAX / 2, u32::MAX);
+        let _ = rfc3339(i64::MIN / 2, 0);
+    }
+}

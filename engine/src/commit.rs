@@ -1,0 +1,201 @@
+//! Durability: fsync waiters queue here and the commit thread serves them all with one group
+//! commit (data flushed, the pending records written as one journal chunk, flushed again);
+//! without fsync it commits every `commit_interval`, and writes a checkpoint when half the
+//! journal is used.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::api::Cb;
+use crate::checkpoint::CheckpointKind;
+use crate::device::write_blocks;
+use crate::engine::{Engine, Inner, Meta};
+use crate::error::{Error, Result};
+use crate::format::*;
+use crate::journal;
+use crate::layer::Layers;
+use crate::meta::Record;
+use crate::node::{split, Node};
+
+/// What a seal takes besides the pending records and frees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seal {
+    RecordsOnly,
+    /// Also a copy of every layer (O(1): persistent maps), for a checkpoint.
+    WithSnapshot,
+}
+
+impl Engine {
+    /// fsync/fdatasync: `cb` runs when everything written so far (data and metadata) is durable.
+    pub fn fsync(&self, cb: Cb<()>) {
+        if self.inner.poison.is_set() {
+            return cb(Err(Error::Poisoned));
+        }
+        let mut q = self.inner.commitq.lock();
+        if q.stop {
+            drop(q);
+            return cb(self.inner.commit());
+        }
+        q.waiters.push(cb);
+        drop(q);
+        self.inner.commit_cv.notify_one();
+    }
+
+    pub fn fsync_sync(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.fsync(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.recv().unwrap_or(Err(Error::Poisoned))
+    }
+
+    /// Force a checkpoint now.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint(CheckpointKind::InUse)
+    }
+}
+
+/// If the commit thread dies by a panic, latch the file system read-only and answer every
+/// queued fsync with the error: no caller waits for a commit that will never come.
+struct CommitThreadGuard<'a>(&'a Inner);
+
+impl Drop for CommitThreadGuard<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.0
+            .poison
+            .latch(Error::Unusable("the commit thread panicked".into()));
+        let waiters = {
+            let mut q = self.0.commitq.lock();
+            q.stop = true;
+            std::mem::take(&mut q.waiters)
+        };
+        for w in waiters {
+            w(Err(Error::Poisoned));
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn commit_loop(self: Arc<Self>) {
+        let _guard = CommitThreadGuard(&self);
+        loop {
+            let waiters = {
+                let mut q = self.commitq.lock();
+                if q.waiters.is_empty() && !q.stop {
+                    self.commit_cv.wait_for(&mut q, self.opts.commit_interval);
+                }
+                if q.stop && q.waiters.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut q.waiters)
+            };
+            let r = self.commit();
+            for w in waiters {
+                w(match &r {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Error::Poisoned),
+                });
+            }
+            if r.is_ok() {
+                let half = { self.jpos.lock().sb.journal_blocks / 2 };
+                let used = self.jpos.lock().used;
+                if used > half {
+                    if let Err(e) = self.checkpoint(CheckpointKind::InUse) {
+                        log::error!("checkpoint failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take pending records and frees, flip the data epoch; wait for the old epoch's data.
+    pub(crate) fn seal(&self, what: Seal) -> (Vec<u8>, Vec<(u64, u64)>, Option<Layers>) {
+        let (bytes, frees, tree, epoch) = {
+            let mut m = self.meta.lock();
+            let dirty: Vec<Node> = m.dirty.drain().collect();
+            for node in dirty {
+                let (slot, ino) = split(node);
+                if let Some(i) = m.layers.get(slot).and_then(|l| l.tree.get(ino)) {
+                    let rec = Record::SetAttr { ino, attr: i.attr };
+                    journal::encode_record(&mut m.pending, slot, &rec);
+                }
+            }
+            let bytes = std::mem::take(&mut m.pending.buf);
+            let frees = m.alloc.take_pending();
+            let tree = (what == Seal::WithSnapshot).then(|| m.layers.clone());
+            let e = m.epoch;
+            m.epoch ^= 1;
+            (bytes, frees, tree, e)
+        };
+        let mut l = self.data_cv.0.lock();
+        while self.data_inflight[epoch].load(Ordering::SeqCst) > 0 {
+            self.data_cv.1.wait_for(&mut l, Duration::from_millis(50));
+        }
+        (bytes, frees, tree)
+    }
+
+    /// Group commit: data flushed, then the journal chunk, then flushed again.
+    pub(crate) fn commit(&self) -> Result<()> {
+        self.poison.check()?;
+        let t_commit = Instant::now();
+        let (bytes, frees, _) = self.seal(Seal::RecordsOnly);
+        // A data write of the sealed epoch failed: its records must not become durable.
+        self.poison.check()?;
+        self.dev
+            .flush()
+            .map_err(|e| self.poison.latch(Error::io("flush", 0, e)))?;
+        if !bytes.is_empty() {
+            let mut j = self.jpos.lock();
+            let chunk = journal::encode_chunk(j.seq, self.fsid, &bytes);
+            let nb = (chunk.len() / BLOCK_SIZE) as u64;
+            let jend = j.sb.journal_start + j.sb.journal_blocks;
+            let mut at = j.pos;
+            let mut wasted = 0;
+            if at + nb > jend {
+                wasted = jend - at;
+                at = j.sb.journal_start;
+            }
+            if j.used + wasted + nb + 1 > j.sb.journal_blocks {
+                // No room: a checkpoint makes these records durable instead.
+                drop(j);
+                self.meta.lock().alloc_return(frees);
+                return self.checkpoint(CheckpointKind::InUse);
+            }
+            write_blocks(self.dev.as_ref(), at, &chunk).map_err(|e| self.poison.latch(e))?;
+            self.dev
+                .flush()
+                .map_err(|e| self.poison.latch(Error::io("flush", 0, e)))?;
+            j.pos = at + nb;
+            if j.pos >= jend {
+                j.pos = j.sb.journal_start;
+            }
+            j.seq += 1;
+            j.used += wasted + nb;
+            self.counters
+                .journal_commits
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .journal_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.stats.journal_commit.observe_since(t_commit);
+        }
+        let mut m = self.meta.lock();
+        for (b, n) in frees {
+            m.alloc.release(b, n);
+        }
+        Ok(())
+    }
+}
+
+impl Meta {
+    /// Put frees taken by a seal back (the commit that took them did not happen).
+    pub(crate) fn alloc_return(&mut self, frees: Vec<(u64, u64)>) {
+        for (b, n) in frees {
+            self.alloc.defer_free(b, n);
+        }
+    }
+}
