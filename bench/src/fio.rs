@@ -1,5 +1,6 @@
 //! The fio workloads: one step per job (4k random and 1M sequential reads and writes, io_uring
-//! and libaio, `direct=1`) on the file every container inherits; run a job, read its JSON.
+//! and libaio, `direct=1`) on the file every container inherits; run a job (also the buffered
+//! ones of [`crate::buffered`]), read its JSON.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,9 @@ pub struct FioJob {
     pub bs: &'static str,
     pub iodepth: u32,
     pub ioengine: &'static str,
+    /// O_DIRECT (`--direct=1`); else through the page cache, which fio must not empty
+    /// before the job (`--direct=0 --invalidate=0`).
+    pub direct: bool,
 }
 
 impl FioJob {
@@ -68,6 +72,7 @@ pub fn steps(cfg: &Config) -> Vec<Step> {
                 bs,
                 iodepth,
                 ioengine,
+                direct: true,
             };
             let id = format!(
                 "fio-{rw}-{}-qd{iodepth}{}",
@@ -90,7 +95,10 @@ pub fn steps(cfg: &Config) -> Vec<Step> {
                 }],
                 run: Run::InContainer(Box::new({
                     let w = w.clone();
-                    move |ctx, tree, sink| measure(ctx, &job, &w, tree, sink)
+                    move |ctx, tree, sink| {
+                        let file = tree.join(FILE);
+                        measure(ctx, &job, &w, &file, ctx.cfg.file_size, sink).map(|_| ())
+                    }
                 })),
                 workloads: vec![w],
             });
@@ -99,17 +107,20 @@ pub fn steps(cfg: &Config) -> Vec<Step> {
     v
 }
 
-/// Run `job` on the container's copy of [`FILE`]; its JSON goes to `raw/`.
-fn measure(ctx: &Ctx, job: &FioJob, w: &Workload, tree: &Path, sink: &mut Sink) -> Res<()> {
+/// Run `job` on the first `size` bytes of `file` for `ctx.runtime_s` seconds; its JSON goes to
+/// `raw/`. Records the figure in `w`'s unit and the completion latencies in `w`'s cell, and
+/// returns what fio measured.
+pub fn measure(
+    ctx: &Ctx,
+    job: &FioJob,
+    w: &Workload,
+    file: &Path,
+    size: u64,
+    sink: &mut Sink,
+) -> Res<FioSample> {
     let raw = raw_path(ctx.out, sink.system().name(), &w.id, ctx.rep);
     fs::create_dir_all(raw.parent().expect("has a parent")).map_err(|e| e.to_string())?;
-    let s = run(
-        job,
-        &tree.join(FILE),
-        ctx.cfg.file_size,
-        ctx.runtime_s,
-        &raw,
-    )?;
+    let s = run(job, file, size, ctx.runtime_s, &raw)?;
     let v = if w.unit == Unit::MibPerSec {
         s.mib_per_sec
     } else {
@@ -130,6 +141,7 @@ fn measure(ctx: &Ctx, job: &FioJob, w: &Workload, tree: &Path, sink: &mut Sink) 
     if let Some(cell) = sink.cell(&w.id) {
         cell.samples.push(v);
         cell.clat_p50_us.extend(s.clat_p50_us);
+        cell.clat_p99_us.extend(s.clat_p99_us);
         cell.raw.push(
             raw.strip_prefix(ctx.out)
                 .unwrap_or(&raw)
@@ -137,7 +149,7 @@ fn measure(ctx: &Ctx, job: &FioJob, w: &Workload, tree: &Path, sink: &mut Sink) 
                 .to_string(),
         );
     }
-    Ok(())
+    Ok(s)
 }
 
 /// What one fio run measured.
@@ -147,6 +159,8 @@ pub struct FioSample {
     pub mib_per_sec: f64,
     /// Completion latency, median, microseconds.
     pub clat_p50_us: Option<f64>,
+    /// Completion latency, 99th percentile, microseconds.
+    pub clat_p99_us: Option<f64>,
 }
 
 pub fn version() -> Res<String> {
@@ -161,17 +175,19 @@ pub fn version() -> Res<String> {
     Ok(out.stdout.trim().to_string())
 }
 
-/// The fio command line for `job` (the BASELINES.md one), JSON to `json_out`.
+/// The fio command line for `job` (the BASELINES.md one; `direct=0` jobs also keep the page
+/// cache as it is), JSON to `json_out`.
 pub fn command(job: &FioJob, file: &Path, size: u64, runtime_s: u64, json_out: &Path) -> Command {
     let mut c = Command::new("fio");
     c.arg("--name=J")
         .arg(format!("--filename={}", file.display()))
         .arg(format!("--size={size}"))
         .arg(format!("--ioengine={}", job.ioengine))
-        .arg("--direct=1")
+        .arg(format!("--direct={}", u8::from(job.direct)))
         .arg(format!("--rw={}", job.rw))
         .arg(format!("--bs={}", job.bs))
         .arg(format!("--iodepth={}", job.iodepth))
+        .args((!job.direct).then_some("--invalidate=0"))
         .arg("--numjobs=1")
         .arg("--group_reporting")
         .arg(format!("--runtime={runtime_s}"))
@@ -198,11 +214,12 @@ pub fn run(
     let text = fs::read_to_string(json_out).unwrap_or_default();
     if !out.status.success() {
         return Err(format!(
-            "fio {} {} QD{} {} failed ({}): {}",
+            "fio {} {} QD{} {}{} failed ({}): {}",
             job.rw,
             job.bs,
             job.iodepth,
             job.ioengine,
+            if job.direct { "" } else { " buffered" },
             out.status,
             first_lines(&format!("{}\n{}", out.stderr.trim(), out.stdout.trim()), 6)
         ));
@@ -245,12 +262,13 @@ pub fn parse(text: &str, write: bool) -> Res<FioSample> {
         .get("bw_bytes")
         .and_then(Value::as_f64)
         .ok_or("fio JSON: no bw_bytes")?;
-    let clat = side
-        .get("clat_ns")
-        .and_then(|c| c.get("percentile"))
-        .and_then(|p| p.get("50.000000"))
-        .and_then(Value::as_f64)
-        .map(|ns| ns / 1000.0);
+    let clat = |pct: &str| {
+        side.get("clat_ns")
+            .and_then(|c| c.get("percentile"))
+            .and_then(|p| p.get(pct))
+            .and_then(Value::as_f64)
+            .map(|ns| ns / 1000.0)
+    };
     let io_bytes = side.get("io_bytes").and_then(Value::as_f64).unwrap_or(0.0);
     if io_bytes <= 0.0 {
         return Err("fio did no I/O".into());
@@ -258,7 +276,8 @@ pub fn parse(text: &str, write: bool) -> Res<FioSample> {
     Ok(FioSample {
         iops,
         mib_per_sec: bw / (1024.0 * 1024.0),
-        clat_p50_us: clat,
+        clat_p50_us: clat("50.000000"),
+        clat_p99_us: clat("99.000000"),
     })
 }
 
@@ -278,7 +297,7 @@ mod tests {
   "fio version" : "fio-3.33",
   "jobs" : [ { "jobname" : "J", "error" : 0,
       "read" : { "io_bytes" : 887427072, "bw_bytes" : 443491790, "iops" : 108274.362819,
-                 "clat_ns" : { "percentile" : { "50.000000" : 268288 } } },
+                 "clat_ns" : { "percentile" : { "50.000000" : 268288, "99.000000" : 1003520 } } },
       "write" : { "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0 } } ]
 }"#;
 
@@ -288,6 +307,7 @@ mod tests {
         assert!((s.iops - 108274.362819).abs() < 1e-6);
         assert!((s.mib_per_sec - 443491790.0 / 1048576.0).abs() < 1e-9);
         assert_eq!(s.clat_p50_us, Some(268.288));
+        assert_eq!(s.clat_p99_us, Some(1003.52));
     }
 
     #[test]

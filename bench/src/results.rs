@@ -38,6 +38,8 @@ pub struct Cell {
     pub samples: Vec<f64>,
     /// fio completion latency p50 per sample (µs), when fio reported it.
     pub clat_p50_us: Vec<f64>,
+    /// fio completion latency p99 per sample (µs), when fio reported it.
+    pub clat_p99_us: Vec<f64>,
     /// Raw fio JSON files, relative to the results directory.
     pub raw: Vec<String>,
     /// Memory workloads: (page cache growth, daemon RSS growth) in MiB per sample.

@@ -31,6 +31,8 @@ pub fn to_json(r: &Results, info: &RunInfo) -> Value {
                 if matches!(wl.detail, Detail::Fio(_)) {
                     o["clat_p50_us"] = json!(c.clat_p50_us);
                     o["clat_p50_us_median"] = json!(summarize(&c.clat_p50_us).map(|s| s.median));
+                    o["clat_p99_us"] = json!(c.clat_p99_us);
+                    o["clat_p99_us_median"] = json!(summarize(&c.clat_p99_us).map(|s| s.median));
                     o["raw"] = json!(c.raw);
                 }
                 if matches!(wl.detail, Detail::Readers(_)) {
@@ -52,7 +54,7 @@ pub fn to_json(r: &Results, info: &RunInfo) -> Value {
             }
             let fio = match wl.detail {
                 Detail::Fio(j) => {
-                    json!({"rw": j.rw, "bs": j.bs, "iodepth": j.iodepth, "ioengine": j.ioengine})
+                    json!({"rw": j.rw, "bs": j.bs, "iodepth": j.iodepth, "ioengine": j.ioengine, "direct": j.direct})
                 }
                 _ => Value::Null,
             };
