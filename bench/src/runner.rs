@@ -155,7 +155,7 @@ impl TarsDir {
     /// Generate every tar the steps need, each once.
     fn generate(&self, steps: &[Step]) -> Res<()> {
         let specs: Vec<TarSpec> = unique(steps, |i| match i {
-            Input::Tar(t) => Some(*t),
+            Input::Tar(t) | Input::LowerTree { tar: t, .. } => Some(*t),
             Input::LowerFile { .. } => None,
         });
         if specs.is_empty() {
@@ -196,8 +196,14 @@ fn unique<T: PartialEq>(steps: &[Step], pick: impl Fn(&Input) -> Option<T>) -> V
     v
 }
 
-/// Lay out the lower layer's files on every system, then freeze the lower layers.
-fn prepare_lowers(files: &[(&str, u64)], systems: &mut [System]) -> Res<()> {
+/// Lay out the lower layer's files and extract its trees on every system, then freeze the
+/// lower layers.
+fn prepare_lowers(
+    files: &[(&str, u64)],
+    trees: &[(&'static str, TarSpec)],
+    tars: &Path,
+    systems: &mut [System],
+) -> Res<()> {
     for sys in systems.iter_mut() {
         for &(name, size) in files {
             if sys.check_alive().is_err() {
@@ -222,6 +228,27 @@ fn prepare_lowers(files: &[(&str, u64)], systems: &mut [System]) -> Res<()> {
                 }
             }
         }
+        for &(dir, tar) in trees {
+            if sys.check_alive().is_err() {
+                break;
+            }
+            let (tar, dest) = (tar.path(tars), sys.lower().join(dir));
+            let t = Instant::now();
+            let r = inputs::extract(&tar, &dest);
+            interrupt::check_interrupted()?;
+            match r {
+                Ok(()) => log(&format!(
+                    "{}: lower layer: {} extracted into {dir}/ in {:.2} s",
+                    sys.name(),
+                    tar.file_name().unwrap_or_default().to_string_lossy(),
+                    t.elapsed().as_secs_f64()
+                )),
+                Err(e) => {
+                    log(&format!("{}: {e}", sys.name()));
+                    sys.mark_failed(&format!("extracting into {dir}/: {e}"));
+                }
+            }
+        }
         if sys.check_alive().is_ok() {
             if let Err(e) = sys.freeze() {
                 sys.mark_failed(&e);
@@ -242,10 +269,14 @@ fn run_steps(
 ) -> Res<()> {
     let lower_files = unique(steps, |i| match i {
         Input::LowerFile { name, size } => Some((*name, *size)),
-        Input::Tar(_) => None,
+        _ => None,
     });
-    if !lower_files.is_empty() {
-        prepare_lowers(&lower_files, systems)?;
+    let lower_trees = unique(steps, |i| match i {
+        Input::LowerTree { dir, tar } => Some((*dir, *tar)),
+        _ => None,
+    });
+    if !lower_files.is_empty() || !lower_trees.is_empty() {
+        prepare_lowers(&lower_files, &lower_trees, base.tars, systems)?;
     }
     let phase = |p: u8| -> Vec<&Step> { steps.iter().filter(|s| s.run.phase() == p).collect() };
     let (in_container, on_system, once) = (phase(0), phase(1), phase(2));
