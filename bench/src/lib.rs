@@ -1,8 +1,8 @@
 //! Strata's benchmark harness, shared by its three binaries:
 //!
-//! - `strata-bench` ([`runner`]): fio, metadata, tar, layer and memory-density workloads on
-//!   ext4, kernel overlayfs, fuse-overlayfs and Strata, on the same disk, in the same run;
-//!   results.json, results.md and SVG charts.
+//! - `strata-bench` ([`runner`]): fio, buffered-I/O, metadata, tar, layer and
+//!   memory-density workloads on ext4, kernel overlayfs, fuse-overlayfs and Strata, on the same
+//!   disk, in the same run; results.json, results.md and SVG charts.
 //! - `strata-layer-bench`: the engine's layer costs, without FUSE.
 //! - `strata-ctr-bench`: containerd with Strata vs its overlayfs snapshotter.
 //!
@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`suite`] | every step in run order (where a workload is registered), and what a step is |
 //! | [`workloads`] | what a workload is (id, label, group, unit, goal), the sizes of a run |
-//! | [`fio`], [`meta`], [`layers`], [`memory`] | the workloads, each with its steps |
+//! | [`fio`], [`buffered`], [`meta`], [`layers`], [`memory`] | the workloads, each with its steps |
 //! | [`inputs`] | files and tars prepared once per run |
 //! | [`systems`] | ext4, overlayfs, fuse-overlayfs and Strata: set up, containers, teardown |
 //! | [`runner`] | the run: systems up, steps on each, teardown, report |
@@ -21,6 +21,7 @@
 //! | [`cli`] | `strata-bench`'s command line |
 //! | [`process`], [`mounts`], [`host`], [`interrupt`], [`progress`], [`rng`], [`fmt`] | helpers: child processes with deadlines, the mount table, the host, Ctrl-C, log lines, test data, numbers |
 
+pub mod buffered;
 pub mod cli;
 pub mod fio;
 pub mod fmt;

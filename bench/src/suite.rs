@@ -7,34 +7,49 @@ use std::path::Path;
 use crate::inputs::Input;
 use crate::results::Sink;
 use crate::systems::System;
-use crate::workloads::{Config, Workload};
-use crate::{fio, layers, memory, meta, progress, Res};
+use crate::workloads::{Config, Detail, Workload};
+use crate::{buffered, fio, layers, memory, meta, progress, Res};
 
 /// Every step, in run order.
 ///
 /// To add a workload (say buffered 4 KiB writes with `dd`, on a layer's own file and on an
-/// inherited one):
-/// 1. Write the measurement in a module of its own (`buffered.rs`): a function from the paths
-///    it works on to numbers, as `meta::run` is.
+/// inherited one, as `buffered::dd_step` does):
+/// 1. Write the measurement in a module of its own (as `buffered.rs`): a function from the
+///    paths it works on to numbers, as `meta::run` and `buffered::dd` are.
 /// 2. Beside it, a constructor of its [`Step`]: the [`Workload`]s it reports (id: stable, what
 ///    `--only` and results.json use; label, [`Group`](crate::workloads::Group),
 ///    [`Unit`](crate::workloads::Unit), goal); the [`Input`]s it needs (a `LowerFile` is in
 ///    every container's lower layer, i.e. inherited; a file the step writes in the container
 ///    is the layer's own); and its [`Run`], mostly `InContainer`: a closure that gets the
 ///    container's root and puts what it measured in the [`Sink`]. `meta::files_step` is a
-///    short example.
+///    short example. An inherited tree is an [`Input::LowerTree`] (a tar extracted into the
+///    lower layer).
 /// 3. Add the constructor here. Its place is its turn: container steps run first in each
-///    repeat, then system steps, then once-per-run steps (`order_is_run_order` checks).
+///    repeat, in table order and in one container (a step that reads an inherited file must
+///    come before any step that writes it there), then system steps, then once-per-run steps
+///    (`order_is_run_order` checks).
 /// 4. A new group also wants a title and a results.json key (`Group`), a chart
 ///    (`report::charts`) and a paragraph (`report::markdown`); the compiler points at each.
 pub fn all(cfg: &Config) -> Vec<Step> {
-    let mut v = fio::steps(cfg);
+    let (mut v, fio_writes): (Vec<Step>, Vec<Step>) =
+        fio::steps(cfg).into_iter().partition(|s| !writes(s));
+    // It reads the inherited fio file, which fio's write jobs then change in the container.
+    v.push(buffered::fio_step(cfg));
+    v.extend(fio_writes);
     v.push(meta::files_step(cfg));
     v.push(meta::tar_step(cfg));
+    v.extend(buffered::steps(cfg));
     v.push(layers::first_write_step(cfg));
     v.extend(memory::steps(cfg));
     v.push(layers::clone_step(cfg));
     v
+}
+
+/// Whether a step runs a fio write job.
+fn writes(s: &Step) -> bool {
+    s.workloads
+        .iter()
+        .any(|w| matches!(w.detail, Detail::Fio(j) if j.is_write()))
 }
 
 /// One thing run on every system, measuring one or more workloads at once (the metadata step
@@ -137,7 +152,7 @@ pub fn select(steps: Vec<Step>, only: &[String]) -> Vec<Step> {
 mod tests {
     use super::*;
     use crate::inputs::TarSpec;
-    use crate::workloads::Group;
+    use crate::workloads::{Goal, Group};
 
     fn ids(steps: &[Step]) -> Vec<String> {
         steps
@@ -186,6 +201,43 @@ mod tests {
         ] {
             assert!(ids.iter().any(|i| i == id), "{id} in {ids:?}");
         }
+    }
+
+    #[test]
+    fn buffered_ids_goals_and_place() {
+        let cfg = Config::new(true);
+        let buf = select(all(&cfg), &["buf-".to_string()]);
+        let ids = ids(&buf);
+        assert_eq!(ids.len(), 13, "{ids:?}");
+        let wls: Vec<&Workload> = buf.iter().flat_map(|s| &s.workloads).collect();
+        assert!(wls.iter().all(|w| w.group == Group::Buffered));
+        // Every throughput figure on a layer's own files has the 0.8 goal.
+        for w in &wls {
+            if w.id.ends_with("-own") && w.unit.higher_is_better() && w.id != "buf-randwrite-4k-qd1"
+            {
+                assert_eq!(w.goal, Some(Goal::AtLeast(0.8)), "{}", w.id);
+            }
+        }
+        let goal = |id: &str| wls.iter().find(|w| w.id == id).unwrap().goal;
+        assert_eq!(
+            goal("buf-seqread-4k-hot-inherited"),
+            Some(Goal::AtLeast(0.5))
+        );
+        assert_eq!(
+            goal("buf-randread-4k-hot-inherited"),
+            Some(Goal::AtLeast(0.1))
+        );
+        assert_eq!(goal("buf-randwrite-4k-qd1-p50"), Some(Goal::AtMost(1.5)));
+        // The hot reads of the inherited fio file run before fio writes it.
+        let steps = all(&cfg);
+        let at = |f: &dyn Fn(&Step) -> bool| steps.iter().position(f).unwrap();
+        let hot = at(&|s| {
+            s.workloads
+                .iter()
+                .any(|w| w.id == "buf-randread-4k-hot-inherited")
+        });
+        let fio = |s: &Step| s.workloads[0].id.starts_with("fio-");
+        assert!(at(&|s| fio(s) && !writes(s)) < hot && hot < at(&|s| fio(s) && writes(s)));
     }
 
     #[test]

@@ -13,6 +13,11 @@ pub enum Unit {
     Millis,
     /// Memory, MiB.
     Mib,
+    /// Latency, microseconds (less is better).
+    Micros,
+    /// Operations per second, named by what is counted ("writes/s", "files/s"): more is
+    /// better.
+    Rate(&'static str),
 }
 
 impl Unit {
@@ -23,12 +28,14 @@ impl Unit {
             Unit::Seconds => "s",
             Unit::Millis => "ms",
             Unit::Mib => "MiB",
+            Unit::Micros => "µs",
+            Unit::Rate(name) => name,
         }
     }
 
     /// Throughput: more is better. Time and memory: less is better.
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Unit::Iops | Unit::MibPerSec)
+        matches!(self, Unit::Iops | Unit::MibPerSec | Unit::Rate(_))
     }
 }
 
@@ -78,18 +85,26 @@ impl fmt::Display for Goal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Group {
     Fio,
+    Buffered,
     Meta,
     Layers,
     Memory,
 }
 
 impl Group {
-    pub const ALL: [Group; 4] = [Group::Fio, Group::Meta, Group::Layers, Group::Memory];
+    pub const ALL: [Group; 5] = [
+        Group::Fio,
+        Group::Buffered,
+        Group::Meta,
+        Group::Layers,
+        Group::Memory,
+    ];
 
     /// The heading of its table.
     pub fn title(self) -> &'static str {
         match self {
             Group::Fio => "fio (direct=1, the file read from the lower layer)",
+            Group::Buffered => "Buffered I/O and small files (own and inherited files)",
             Group::Meta => "Metadata",
             Group::Layers => "Layers: clone and first write",
             Group::Memory => "Memory density",
@@ -100,6 +115,7 @@ impl Group {
     pub fn key(self) -> &'static str {
         match self {
             Group::Fio => "fio",
+            Group::Buffered => "buffered",
             Group::Meta => "metadata",
             Group::Layers => "layers",
             Group::Memory => "memory",
@@ -178,6 +194,31 @@ pub struct Config {
     /// Clones timed per size and depth.
     pub clone_reps: usize,
     pub readers: Vec<usize>,
+    /// The buffered and small-file workloads' sizes.
+    pub buffered: Buffered,
+}
+
+/// Sizes of the buffered-I/O and small-file workloads ([`crate::buffered`],
+/// [`crate::smallfiles`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buffered {
+    /// `dd bs=4k`: bytes written to a new file, and over an inherited file of this size.
+    pub dd_size: u64,
+    /// 22-byte O_APPEND writes per file (own and inherited).
+    pub log_lines: usize,
+    /// 4-byte appends, then as many 4-byte reads.
+    pub tiny_appends: usize,
+    /// The file a container writes and then reads hot with fio (also the QD1 write file).
+    pub hot_own_size: u64,
+    /// How much of the inherited fio file the hot fio reads cover: it must fit in Strata's
+    /// block cache (256 MiB by default) with room to spare, or "hot" would not be hot.
+    pub hot_inherited_size: u64,
+    /// Small files (1–8 KiB) read, own and inherited.
+    pub small_files: usize,
+    /// Interpreter starts timed after the first (cold) one.
+    pub python_runs: usize,
+    /// Loose objects written the way git writes them.
+    pub git_objects: usize,
 }
 
 impl Config {
@@ -194,6 +235,16 @@ impl Config {
                 clone_depths: vec![1, 10],
                 clone_reps: 5,
                 readers: vec![1, 2, 4, 8],
+                buffered: Buffered {
+                    dd_size: 32 << 20,
+                    log_lines: 10_000,
+                    tiny_appends: 30_000,
+                    hot_own_size: 64 << 20,
+                    hot_inherited_size: 64 << 20,
+                    small_files: 2_000,
+                    python_runs: 5,
+                    git_objects: 1_000,
+                },
             }
         } else {
             Config {
@@ -207,6 +258,16 @@ impl Config {
                 clone_depths: vec![1, 10, 100],
                 clone_reps: 11,
                 readers: vec![1, 2, 4, 8],
+                buffered: Buffered {
+                    dd_size: 80 << 20,
+                    log_lines: 20_000,
+                    tiny_appends: 300_000,
+                    hot_own_size: 256 << 20,
+                    hot_inherited_size: 128 << 20,
+                    small_files: 10_000,
+                    python_runs: 10,
+                    git_objects: 5_000,
+                },
             }
         }
     }

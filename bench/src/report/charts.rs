@@ -1,5 +1,6 @@
-//! Which charts the report draws: per group, each system's values (fio: IOPS and MiB/s apart),
-//! and `ratios.svg`, every system relative to ext4. All are [`BarChart`]s.
+//! Which charts the report draws: per group, each system's values (fio: IOPS and MiB/s apart)
+//! or, for a group of mixed units (buffered I/O), each system relative to ext4; and
+//! `ratios.svg`, every workload relative to ext4. All are [`BarChart`]s.
 
 use super::svg::{Bar, BarChart, Row};
 use super::{fmt_summary, fmt_value, RunInfo};
@@ -14,6 +15,8 @@ pub struct Spec {
     title: String,
     unit: Option<Unit>,
     log: bool,
+    /// Each compared system relative to ext4, rather than every system's values.
+    relative: bool,
 }
 
 /// Each group's charts; a new group gets its chart here.
@@ -23,6 +26,7 @@ fn specs(g: Group, info: &RunInfo) -> Vec<Spec> {
         title: title.to_string(),
         unit,
         log,
+        relative: false,
     };
     let (iops, mibs) = (Some(Unit::Iops), Some(Unit::MibPerSec));
     match g {
@@ -40,6 +44,15 @@ fn specs(g: Group, info: &RunInfo) -> Vec<Spec> {
                 false,
             ),
         ],
+        Group::Buffered => vec![Spec {
+            relative: true,
+            ..spec(
+                "buffered.svg",
+                "Buffered I/O and small files relative to ext4 (1.0 = ext4, higher is better)",
+                None,
+                false,
+            )
+        }],
         Group::Meta => vec![spec(
             "metadata.svg",
             "Metadata (seconds, log scale, lower is better)",
@@ -63,14 +76,19 @@ fn specs(g: Group, info: &RunInfo) -> Vec<Spec> {
 
 /// A group's charts that have data, with their rows (workload indices).
 pub fn group_specs(r: &Results, info: &RunInfo, g: Group) -> Vec<(Spec, Vec<usize>)> {
-    let with_data = |w: &usize| r.cells[*w].iter().any(|c| c.summary().is_some());
     specs(g, info)
         .into_iter()
         .map(|spec| {
             let rows = (0..r.workloads.len())
                 .filter(|&w| r.workloads[w].group == g)
                 .filter(|&w| spec.unit.is_none_or(|u| u == r.workloads[w].unit))
-                .filter(with_data)
+                .filter(|&w| {
+                    if spec.relative {
+                        compared(r, w)
+                    } else {
+                        r.cells[w].iter().any(|c| c.summary().is_some())
+                    }
+                })
                 .collect();
             (spec, rows)
         })
@@ -81,18 +99,27 @@ pub fn group_specs(r: &Results, info: &RunInfo, g: Group) -> Vec<(Spec, Vec<usiz
 /// Every chart with data: (file name, SVG).
 pub fn charts(r: &Results, info: &RunInfo) -> Vec<(String, String)> {
     let mut v = Vec::new();
-    if !r.compared().is_empty() {
-        v.push(("ratios.svg".to_string(), ratios(r).svg()));
+    let all: Vec<usize> = (0..r.workloads.len()).filter(|&w| compared(r, w)).collect();
+    if !all.is_empty() {
+        let title = "Relative to ext4 (1.0 = ext4, higher is better)";
+        v.push(("ratios.svg".to_string(), ratios(r, &all, title).svg()));
     }
     for g in Group::ALL {
         for (spec, rows) in group_specs(r, info, g) {
-            v.push((
-                spec.file.to_string(),
-                values(r, info, g, &spec, &rows).svg(),
-            ));
+            let chart = if spec.relative {
+                ratios(r, &rows, &spec.title)
+            } else {
+                values(r, info, g, &spec, &rows)
+            };
+            v.push((spec.file.to_string(), chart.svg()));
         }
     }
     v
+}
+
+/// Whether some system has a ratio to ext4 for workload `w`.
+fn compared(r: &Results, w: usize) -> bool {
+    r.compared().iter().any(|s| r.compare(w, *s).is_some())
 }
 
 /// One colour per system, the same in every chart.
@@ -159,7 +186,7 @@ fn values(r: &Results, info: &RunInfo, g: Group, spec: &Spec, rows: &[usize]) ->
             notes.push("dashed: one copy");
             rules.push((one, "one copy".to_string()));
         }
-        Group::Meta | Group::Layers => {}
+        Group::Meta | Group::Layers | Group::Buffered => {}
     }
     if rows.iter().any(|r| r.goal.is_some()) {
         notes.push("red tick = Strata's goal");
@@ -184,14 +211,15 @@ fn missing(sys: &SystemKind, why: &str) -> Bar {
     }
 }
 
-/// Each compared system's speed relative to ext4 per workload (1.0 = ext4, higher is better;
-/// time and memory as ext4's / the system's), Strata's ratio goals as ticks, cut at 3.
-fn ratios(r: &Results) -> BarChart {
+/// Each compared system's speed relative to ext4 on workloads `rows` (1.0 = ext4, higher is
+/// better; time, latency and memory as ext4's / the system's), Strata's ratio goals as
+/// ticks, cut at 3.
+fn ratios(r: &Results, rows: &[usize], title: &str) -> BarChart {
     let compared = r.compared();
     let strata = compared.contains(&SystemKind::Strata);
-    let rows = (0..r.workloads.len())
-        .filter(|&w| compared.iter().any(|s| r.compare(w, *s).is_some()))
-        .map(|w| {
+    let rows = rows
+        .iter()
+        .map(|&w| {
             let bars = compared.iter().map(|sys| match r.compare(w, *sys) {
                 Some(c) => Bar {
                     value: Some(c.speed),
@@ -211,8 +239,8 @@ fn ratios(r: &Results) -> BarChart {
         })
         .collect();
     BarChart {
-        title: "Relative to ext4 (1.0 = ext4, higher is better)".into(),
-        subtitle: "time and memory plotted as ext4 / system; red tick = Strata's goal; bars past 3 are cut".into(),
+        title: title.into(),
+        subtitle: "time, latency and memory plotted as ext4 / system; red tick = Strata's goal; bars past 3 are cut".into(),
         series: series(&compared),
         rows,
         log: false,

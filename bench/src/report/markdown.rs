@@ -97,21 +97,35 @@ fn per_system(r: &Results, first: &str) -> Vec<String> {
     std::iter::once(first.to_string()).chain(names).collect()
 }
 
-/// fio's median completion latency (p50) of the 4k jobs.
-fn latency_table(r: &Results) -> Option<String> {
+/// fio's median completion latency (p50) of the group's 4k jobs; with `p99`, "p50 / p99".
+fn latency_table(r: &Results, group: Group, p99: bool) -> Option<String> {
+    let median = |v: &[f64]| {
+        summarize(v).map(|s| match s.median {
+            m if m < 10.0 => format!("{m:.1}"),
+            m => format!("{m:.0}"),
+        })
+    };
     let mut rows = Vec::new();
     for (w, wl) in r.workloads.iter().enumerate() {
-        if !matches!(wl.detail, Detail::Fio(j) if j.bs == "4k") {
+        if wl.group != group || !matches!(wl.detail, Detail::Fio(j) if j.bs == "4k") {
             continue;
         }
         let mut row = vec![wl.label.clone()];
-        row.extend(r.cells[w].iter().map(|c| match summarize(&c.clat_p50_us) {
-            Some(x) => format!("{:.0}", x.median),
-            None => "—".into(),
+        row.extend(r.cells[w].iter().map(|c| {
+            match (median(&c.clat_p50_us), median(&c.clat_p99_us)) {
+                (Some(a), Some(b)) if p99 => format!("{a} / {b}"),
+                (Some(a), _) => a,
+                (None, _) => "—".into(),
+            }
         }));
         rows.push(row);
     }
-    md_table(&per_system(r, "completion latency p50 (µs)"), false, &rows)
+    let first = if p99 {
+        "completion latency p50 / p99 (µs)"
+    } else {
+        "completion latency p50 (µs)"
+    };
+    md_table(&per_system(r, first), false, &rows)
 }
 
 /// Memory: the median sample's split into page cache and daemon RSS growth, and the total as
@@ -210,6 +224,37 @@ pub fn markdown(r: &Results, info: &RunInfo) -> String {
                     info.runtime_s
                 );
             }
+            Group::Buffered => {
+                let b = &c.buffered;
+                let _ = writeln!(
+                    md,
+                    "In the repeat's container, caches dropped (and strata remounted) before each \
+                     step. *Own* files are written in the container (strata keeps a layer's own \
+                     data in the kernel page cache, with write-back); *inherited* ones are in the \
+                     lower layer (strata: shared blocks, read through its block cache, each read a \
+                     FUSE request). **dd**: `dd if=/dev/zero bs=4k conv=fsync` of {dd} into a new \
+                     file, and with `conv=notrunc` over an inherited {dd} file (the overlays copy \
+                     it up when dd opens it), MiB/s from start to fsync. **O_APPEND**: {lines} \
+                     write(2) calls of 22 bytes each from the harness, the calls alone timed (a \
+                     logger keeps its file open: neither the open, where the overlays copy the \
+                     inherited 1 MiB log up, nor the close, where a FUSE mount writes its dirty \
+                     pages back, is counted). **4-byte appends**: {tiny} write(2) calls, then the \
+                     file read back with 4-byte read(2)s, the calls alone timed. **Hot reads**: fio `--ioengine=psync \
+                     --direct=0 --invalidate=0 --bs=4k`, {rt} s per job, on an own {own} file \
+                     and on the first {inh} of the inherited fio file (less than strata's default \
+                     256 MiB block cache), each read once first. **QD1 writes**: fio \
+                     `--direct=1 --iodepth=1 --ioengine=psync` random 4 KiB writes on the own \
+                     file; its p50 and p99 are rows of their own. Strata's goals: \
+                     ≥ 0.8 of ext4 on a layer's own files, ≥ 0.5 on inherited sequential reads, \
+                     ≥ 0.1 on inherited hot random reads, QD1 write p50 ≤ 1.5× ext4's.\n",
+                    dd = fmt_size(b.dd_size),
+                    lines = group_thousands(b.log_lines as f64),
+                    tiny = group_thousands(b.tiny_appends as f64),
+                    rt = info.runtime_s,
+                    own = fmt_size(b.hot_own_size),
+                    inh = fmt_size(b.hot_inherited_size.min(c.file_size)),
+                );
+            }
             Group::Meta => {
                 let _ = writeln!(
                     md,
@@ -256,8 +301,8 @@ pub fn markdown(r: &Results, info: &RunInfo) -> String {
         }
         md.push_str(&t);
         match g {
-            Group::Fio => {
-                if let Some(lat) = latency_table(r) {
+            Group::Fio | Group::Buffered => {
+                if let Some(lat) = latency_table(r, g, g == Group::Buffered) {
                     let _ = writeln!(md, "\n{lat}");
                 }
             }

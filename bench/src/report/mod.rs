@@ -100,7 +100,7 @@ pub fn write_all(res: &Results, info: &RunInfo, out: &Path) -> Res<()> {
 
 pub(crate) fn fmt_value(v: f64, unit: Unit) -> String {
     match unit {
-        Unit::Iops | Unit::MibPerSec | Unit::Mib => group_thousands(v),
+        Unit::Iops | Unit::MibPerSec | Unit::Mib | Unit::Rate(_) => group_thousands(v),
         Unit::Seconds => {
             if v < 0.1 {
                 format!("{v:.4}")
@@ -111,6 +111,13 @@ pub(crate) fn fmt_value(v: f64, unit: Unit) -> String {
         Unit::Millis => {
             if v < 10.0 {
                 format!("{v:.3}")
+            } else {
+                group_thousands(v)
+            }
+        }
+        Unit::Micros => {
+            if v < 10.0 {
+                format!("{v:.1}")
             } else {
                 group_thousands(v)
             }
@@ -167,6 +174,19 @@ mod tests {
         r.cell_mut("clone-files-100000", SystemKind::Overlayfs)
             .samples = vec![0.2];
         r.cell_mut("clone-depth-100", SystemKind::Strata).samples = vec![1.3];
+        for (sys, iops, p50, p99) in [
+            (SystemKind::Ext4, 400_000.0, 2.0, 5.0),
+            (SystemKind::Strata, 100_000.0, 9.0, 30.0),
+        ] {
+            let c = r.cell_mut("buf-randread-4k-hot-inherited", sys);
+            c.samples = vec![iops];
+            c.clat_p50_us = vec![p50];
+            c.clat_p99_us = vec![p99];
+        }
+        r.cell_mut("buf-randwrite-4k-qd1-p50", SystemKind::Ext4)
+            .samples = vec![80.0];
+        r.cell_mut("buf-randwrite-4k-qd1-p50", SystemKind::Strata)
+            .samples = vec![110.0];
         for (n, e, s) in [(1, 512.0, 100.0), (8, 512.0, 256.0)] {
             let id = format!("mem-readers-{n}");
             r.cell_mut(&id, SystemKind::Ext4).samples = vec![e];
@@ -230,6 +250,7 @@ mod tests {
             [
                 "ratios.svg",
                 "fio-iops.svg",
+                "buffered.svg",
                 "metadata.svg",
                 "layers.svg",
                 "memory.svg"
@@ -247,6 +268,12 @@ mod tests {
             }
         }
         assert!(charts[0].1.contains("no data"));
+        let buffered = &charts[2].1;
+        assert!(buffered.contains("hot 4k rand reads psync, inherited fio file"));
+        assert!(
+            !buffered.contains("dd bs=4k"),
+            "rows without data are left out"
+        );
     }
 
     #[test]
@@ -274,6 +301,14 @@ mod tests {
         assert!(
             md.contains("| readers | ext4 | overlayfs | fuse-overlayfs | strata |\n|---:|---:|")
         );
+        assert!(
+            md.contains("![Buffered I/O and small files (own and inherited files)](buffered.svg)")
+        );
+        assert!(
+            md.contains("| hot 4k rand reads psync, inherited fio file (first 128 MiB) | 2.0 / 5.0 | — | — | 9.0 / 30 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 4k randwrite QD1 direct=1: latency p50 (µs) | 80 | — | — | 110 | — | — | 1.38× | ≤ 1.5× time | met |"), "{md}");
         assert!(
             md.contains("| 8 | 1.00× (512 + 0) | — | 9.00× | 0.50× (2 + 254) |"),
             "{md}"
