@@ -1,6 +1,6 @@
 //! Strata's benchmark harness, shared by its three binaries:
 //!
-//! - `strata-bench` ([`runner`]): fio, buffered-I/O, metadata, tar, layer and
+//! - `strata-bench` ([`runner`]): fio, buffered-I/O and small-file, metadata, tar, layer and
 //!   memory-density workloads on ext4, kernel overlayfs, fuse-overlayfs and Strata, on the same
 //!   disk, in the same run; results.json, results.md and SVG charts.
 //! - `strata-layer-bench`: the engine's layer costs, without FUSE.
@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`suite`] | every step in run order (where a workload is registered), and what a step is |
 //! | [`workloads`] | what a workload is (id, label, group, unit, goal), the sizes of a run |
-//! | [`fio`], [`buffered`], [`meta`], [`layers`], [`memory`] | the workloads, each with its steps |
+//! | [`fio`], [`buffered`], [`smallfiles`], [`meta`], [`layers`], [`memory`] | the workloads, each with its steps |
 //! | [`inputs`] | files and tars prepared once per run |
 //! | [`systems`] | ext4, overlayfs, fuse-overlayfs and Strata: set up, containers, teardown |
 //! | [`runner`] | the run: systems up, steps on each, teardown, report |
@@ -38,6 +38,7 @@ pub mod report;
 pub mod results;
 pub mod rng;
 pub mod runner;
+pub mod smallfiles;
 pub mod suite;
 pub mod systems;
 pub mod workloads;

@@ -8,7 +8,7 @@ use crate::inputs::Input;
 use crate::results::Sink;
 use crate::systems::System;
 use crate::workloads::{Config, Detail, Workload};
-use crate::{buffered, fio, layers, memory, meta, progress, Res};
+use crate::{buffered, fio, layers, memory, meta, progress, smallfiles, Res};
 
 /// Every step, in run order.
 ///
@@ -39,6 +39,7 @@ pub fn all(cfg: &Config) -> Vec<Step> {
     v.push(meta::files_step(cfg));
     v.push(meta::tar_step(cfg));
     v.extend(buffered::steps(cfg));
+    v.extend(smallfiles::steps(cfg));
     v.push(layers::first_write_step(cfg));
     v.extend(memory::steps(cfg));
     v.push(layers::clone_step(cfg));
@@ -208,7 +209,7 @@ mod tests {
         let cfg = Config::new(true);
         let buf = select(all(&cfg), &["buf-".to_string()]);
         let ids = ids(&buf);
-        assert_eq!(ids.len(), 13, "{ids:?}");
+        assert_eq!(ids.len(), 19, "{ids:?}");
         let wls: Vec<&Workload> = buf.iter().flat_map(|s| &s.workloads).collect();
         assert!(wls.iter().all(|w| w.group == Group::Buffered));
         // Every throughput figure on a layer's own files has the 0.8 goal.
@@ -227,6 +228,7 @@ mod tests {
             goal("buf-randread-4k-hot-inherited"),
             Some(Goal::AtLeast(0.1))
         );
+        assert_eq!(goal("buf-tar-stdlib"), Some(Goal::AtMost(1.5)));
         assert_eq!(goal("buf-randwrite-4k-qd1-p50"), Some(Goal::AtMost(1.5)));
         // The hot reads of the inherited fio file run before fio writes it.
         let steps = all(&cfg);
@@ -238,6 +240,14 @@ mod tests {
         });
         let fio = |s: &Step| s.workloads[0].id.starts_with("fio-");
         assert!(at(&|s| fio(s) && !writes(s)) < hot && hot < at(&|s| fio(s) && writes(s)));
+        // The interpreter and the tar step need the standard library, in the lower layer
+        // and as a tar.
+        let needs: Vec<&Input> = buf.iter().flat_map(|s| &s.needs).collect();
+        assert!(needs.contains(&&Input::Tar(TarSpec::PyStdlib)));
+        assert!(needs.contains(&&Input::LowerTree {
+            dir: "py/lib",
+            tar: TarSpec::PyStdlib
+        }));
     }
 
     #[test]
