@@ -7,20 +7,24 @@ use clap::Parser;
 
 use crate::systems::SystemKind;
 
-/// fio, metadata, layer and memory-density workloads against ext4, kernel overlayfs,
-/// fuse-overlayfs and Strata, on the same disk, in the same run. Run as root.
+/// fio, buffered-I/O and small-file, metadata, layer and memory-density workloads against
+/// ext4, kernel overlayfs, fuse-overlayfs and Strata, on the same disk, in the same run. Run as
+/// root.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "strata-bench",
     after_help = "\
-A full run takes about 20 minutes on a 2-core VM: 1 GiB fio file, 5 s per fio job, 3 repeats,
-20,000 files, a 14,000-entry tar, clones over 1k/10k/100k files and depth 1/10/100, 1/2/4/8
-readers of a 512 MiB file. --quick is a 2-minute smoke run of everything (its timings mean
-nothing)."
+A full run takes about 30 minutes on a 2-core VM: 1 GiB fio file, 5 s per fio job, 3 repeats,
+buffered I/O on own and inherited files (80 MiB dd, 20,000 log lines, 300,000 4-byte appends,
+hot reads of 256/128 MiB), 10,000 small files, 5,000 git objects, Python starts and tar -x of
+its standard library, 20,000 files, a 14,000-entry tar, clones over 1k/10k/100k files and depth
+1/10/100, 1/2/4/8 readers of a 512 MiB file. --quick is a 3-minute smoke run of everything (its
+timings mean nothing). The Python workloads need python3.11 (Debian's, /usr/lib/python3.11)."
 )]
 pub struct Args {
-    /// Smoke run: 256 MiB fio file, 1 s per fio job, 1 repeat, 5,000 files, a 3,500-entry tar,
-    /// clones over 1k/10k files and depth 1/10, readers of a 128 MiB file
+    /// Smoke run: 256 MiB fio file, 1 s per fio job, 1 repeat, smaller buffered and small-file
+    /// workloads (32 MiB dd, 64 MiB hot reads, 2,000 small files), 5,000 files, a 3,500-entry
+    /// tar, clones over 1k/10k files and depth 1/10, readers of a 128 MiB file
     #[arg(long)]
     pub quick: bool,
 
@@ -55,7 +59,7 @@ pub struct Args {
     repeats: Option<usize>,
 
     /// Only the workloads whose id contains one of these comma-separated substrings: fio-,
-    /// meta-, tar-, first-write, clone-, mem- (e.g. --only fio-,meta) [default: all]
+    /// buf-, meta-, tar-, first-write, clone-, mem- (e.g. --only fio-,meta) [default: all]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub only: Vec<String>,
 
