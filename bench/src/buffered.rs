@@ -87,13 +87,13 @@ pub fn dd_step(cfg: &Config) -> Step {
         workloads: vec![
             workload(
                 "buf-dd-4k-own",
-                format!("dd bs=4k, {s} to a new file + fsync"),
+                format!("dd bs=4k {s} + fsync, new file"),
                 Unit::MibPerSec,
             )
             .goal(OWN_GOAL),
             workload(
                 "buf-dd-4k-inherited",
-                format!("dd bs=4k notrunc over an inherited {s} file + fsync"),
+                format!("dd bs=4k {s} + fsync, over inherited file"),
                 Unit::MibPerSec,
             ),
         ],
@@ -162,13 +162,13 @@ pub fn log_step(cfg: &Config) -> Step {
         workloads: vec![
             workload(
                 "buf-append-22b-own",
-                format!("{lines} × 22-byte O_APPEND writes, new file"),
+                format!("{lines} × 22 B O_APPEND writes, new file"),
                 Unit::Rate("writes/s"),
             )
             .goal(OWN_GOAL),
             workload(
                 "buf-append-22b-inherited",
-                format!("{lines} × 22-byte O_APPEND writes, inherited log"),
+                format!("{lines} × 22 B O_APPEND writes, inherited log"),
                 Unit::Rate("writes/s"),
             ),
         ],
@@ -246,13 +246,13 @@ pub fn tiny_step(cfg: &Config) -> Step {
         workloads: vec![
             workload(
                 "buf-append-4b-own",
-                format!("{ops} × 4-byte appends, new file"),
+                format!("{ops} × 4 B appends, new file"),
                 Unit::Rate("ops/s"),
             )
             .goal(OWN_GOAL),
             workload(
                 "buf-readback-4b-own",
-                format!("read back those {ops} × 4 bytes, 4-byte reads"),
+                format!("{ops} × 4 B reads of them back"),
                 Unit::Rate("ops/s"),
             )
             .goal(OWN_GOAL),
@@ -348,8 +348,8 @@ pub fn fio_step(cfg: &Config) -> Step {
         ioengine: "psync",
         direct: true,
     };
-    let own = format!("own {} file", fmt_size(own_size));
-    let inh = format!("inherited fio file (first {})", fmt_size(inh_size));
+    let own = format!("own {}", fmt_size(own_size));
+    let inh = format!("inherited {}", fmt_size(inh_size));
     let reads: Vec<(Workload, FioJob, Side)> = [
         ("randread", "rand", Side::Own, OWN_GOAL),
         ("read", "seq", Side::Own, OWN_GOAL),
@@ -365,7 +365,7 @@ pub fn fio_step(cfg: &Config) -> Step {
         let job = hot(rw);
         let w = workload(
             &format!("buf-{kind}read-4k-hot-{suffix}"),
-            format!("hot 4k {kind} reads psync, {what}"),
+            format!("hot 4k {kind}read psync, {what}"),
             Unit::Iops,
         )
         .goal(goal)
@@ -375,7 +375,7 @@ pub fn fio_step(cfg: &Config) -> Step {
     .collect();
     let write = workload(
         "buf-randwrite-4k-qd1",
-        format!("4k randwrite QD1 psync direct=1, {own}"),
+        format!("4k randwrite QD1 direct, {own}"),
         Unit::Iops,
     )
     .detail(Detail::Fio(qd1));
@@ -383,17 +383,8 @@ pub fn fio_step(cfg: &Config) -> Step {
     let mut workloads: Vec<Workload> = reads.iter().map(|r| r.0.clone()).collect();
     workloads.extend([
         write.clone(),
-        workload(
-            p50,
-            "4k randwrite QD1 direct=1: latency p50".into(),
-            Unit::Micros,
-        )
-        .goal(Goal::AtMost(1.5)),
-        workload(
-            p99,
-            "4k randwrite QD1 direct=1: latency p99".into(),
-            Unit::Micros,
-        ),
+        workload(p50, "4k randwrite QD1 direct, p50".into(), Unit::Micros).goal(Goal::AtMost(1.5)),
+        workload(p99, "4k randwrite QD1 direct, p99".into(), Unit::Micros),
     ]);
     Step {
         name: "fio hot reads, QD1 writes".into(),

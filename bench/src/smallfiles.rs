@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::buffered::{guarded, record, OWN_GOAL};
 use crate::fmt::group_thousands;
-use crate::inputs::{Input, SmallTree, TarSpec, PY_BIN, PY_STDLIB};
+use crate::inputs::{Input, SmallTree, TarSpec, PY_BIN};
 use crate::meta::{durable, Timed};
 use crate::rng::XorShift;
 use crate::suite::{Run, Step};
@@ -48,13 +48,13 @@ pub fn read_step(cfg: &Config) -> Step {
         workloads: vec![
             workload(
                 "buf-smallfiles-read-own",
-                format!("open+read of {files} small files (1–8 KiB), own, hot"),
+                format!("open+read {files} small files, own"),
                 FILES,
             )
             .goal(OWN_GOAL),
             workload(
                 "buf-smallfiles-read-inherited",
-                format!("open+read of {files} small files (1–8 KiB), inherited, hot"),
+                format!("open+read {files} small files, inherited"),
                 FILES,
             ),
         ],
@@ -139,7 +139,7 @@ pub fn git_step(cfg: &Config) -> Step {
         workloads: vec![workload(
             "buf-git-objects-own",
             format!(
-                "{} git-style loose objects (tmp + rename) + sync",
+                "{} git loose objects (tmp + rename) + sync",
                 group_thousands(n as f64)
             ),
             FILES,
@@ -210,20 +210,16 @@ pub fn git_objects(dir: &Path, n: usize) -> Res<Timed> {
 /// `python_runs` more. Seconds. Checks that every module came from the copy.
 pub fn python_step(cfg: &Config) -> Step {
     let runs = cfg.buffered.python_runs;
-    let what = "python3 -S -c 'import json, asyncio, …'";
+    let what = "python3 start, ~190 modules";
     Step {
         name: "interpreter start".into(),
         workloads: vec![
             workload(
                 "buf-python-start-cold",
-                format!("{what}, stdlib inherited, first start"),
+                format!("{what}, first"),
                 Unit::Seconds,
             ),
-            workload(
-                "buf-python-start",
-                format!("{what}, stdlib inherited, warm"),
-                Unit::Seconds,
-            ),
+            workload("buf-python-start", format!("{what}, warm"), Unit::Seconds),
         ],
         needs: vec![Input::LowerTree {
             dir: "py/lib",
@@ -309,7 +305,7 @@ fn python(cwd: &Path, home: &Path, script: &str) -> Res<(String, f64)> {
     Ok((out.stdout, took.as_secs_f64()))
 }
 
-/// `tar -x` of the Python standard library ([`PY_STDLIB`], a real tree of small files) into
+/// `tar -x` of the Python standard library ([`PY_STDLIB`](crate::inputs::PY_STDLIB), a real tree of small files) into
 /// the container, then `sync` and an fsync of the directory, as the metadata tar step does.
 /// Seconds.
 pub fn tar_step() -> Step {
@@ -317,7 +313,7 @@ pub fn tar_step() -> Step {
         name: "tar -x stdlib".into(),
         workloads: vec![workload(
             "buf-tar-stdlib",
-            format!("tar -x of {PY_STDLIB} (small files) + sync"),
+            "tar -x python3.11 stdlib + sync".into(),
             Unit::Seconds,
         )
         .goal(Goal::AtMost(1.5))],
@@ -396,6 +392,7 @@ fn walk_count(dir: &Path) -> usize {
 mod tests {
     use super::*;
     use crate::buffered::test_dir;
+    use crate::inputs::PY_STDLIB;
 
     #[test]
     fn small_trees_and_objects() {

@@ -186,7 +186,8 @@ pub fn markdown(r: &Results, info: &RunInfo) -> String {
     let _ = writeln!(
         md,
         "Each figure is the median of {} run{}{}. Ratios are system / ext4 of the medians, measured in \
-         this run: for IOPS and MiB/s higher is better, for seconds and MiB lower is better. Every \
+         this run: for IOPS, MiB/s and other rates higher is better, for seconds, µs and MiB \
+         lower is better. Every \
          system lives under {} on the same disk: ext4 is a plain directory there (the physical \
          limit, no layers); kernel overlayfs and fuse-overlayfs have a lower directory there and, per \
          container, an upper and a work directory; strata is an image file there, {}. The files \

@@ -269,7 +269,7 @@ mod tests {
         }
         assert!(charts[0].1.contains("no data"));
         let buffered = &charts[2].1;
-        assert!(buffered.contains("hot 4k rand reads psync, inherited fio file"));
+        assert!(buffered.contains("hot 4k randread psync, inherited 128 MiB"));
         assert!(
             !buffered.contains("dd bs=4k"),
             "rows without data are left out"
@@ -305,10 +305,12 @@ mod tests {
             md.contains("![Buffered I/O and small files (own and inherited files)](buffered.svg)")
         );
         assert!(
-            md.contains("| hot 4k rand reads psync, inherited fio file (first 128 MiB) | 2.0 / 5.0 | — | — | 9.0 / 30 |"),
+            md.contains(
+                "| hot 4k randread psync, inherited 128 MiB | 2.0 / 5.0 | — | — | 9.0 / 30 |"
+            ),
             "{md}"
         );
-        assert!(md.contains("| 4k randwrite QD1 direct=1: latency p50 (µs) | 80 | — | — | 110 | — | — | 1.38× | ≤ 1.5× time | met |"), "{md}");
+        assert!(md.contains("| 4k randwrite QD1 direct, p50 (µs) | 80 | — | — | 110 | — | — | 1.38× | ≤ 1.5× time | met |"), "{md}");
         assert!(
             md.contains("| 8 | 1.00× (512 + 0) | — | 9.00× | 0.50× (2 + 254) |"),
             "{md}"
