@@ -1,15 +1,156 @@
-//! fio jobs: lay the data file out, run one job, read its JSON.
+//! The fio workloads: one step per job (4k random and 1M sequential reads and writes, io_uring
+//! and libaio, `direct=1`) on the file every container inherits; run a job (also the buffered
+//! ones of [`crate::buffered`]), read its JSON.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{self, Res};
-use crate::workloads::FioJob;
+use crate::fmt::group_thousands;
+use crate::inputs::Input;
+use crate::process;
+use crate::results::Sink;
+use crate::suite::{Ctx, Run, Step};
+use crate::workloads::{Config, Detail, Goal, Group, Unit, Workload};
+use crate::Res;
+
+/// The file the jobs read and write, in every system's lower layer (also the large inherited
+/// file of the first-write workload).
+pub const FILE: &str = "fio.dat";
+
+/// One fio job (the other options are common to all, see [`command`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FioJob {
+    pub rw: &'static str,
+    pub bs: &'static str,
+    pub iodepth: u32,
+    pub ioengine: &'static str,
+    /// O_DIRECT (`--direct=1`); else through the page cache, which fio must not empty
+    /// before the job (`--direct=0 --invalidate=0`).
+    pub direct: bool,
+}
+
+impl FioJob {
+    pub fn is_write(&self) -> bool {
+        self.rw.contains("write")
+    }
+}
+
+/// Every job, in run order: reads before writes, so reads see the freshly laid-out file rather
+/// than one fragmented by the write jobs (a copy-on-write file system cares).
+pub fn steps(cfg: &Config) -> Vec<Step> {
+    let mut v = Vec::new();
+    for (rw, bs, iodepth, unit, goal) in [
+        ("randread", "4k", 1, Unit::Iops, None),
+        ("randread", "4k", 32, Unit::Iops, Some(Goal::AtLeast(0.7))),
+        (
+            "seqread",
+            "1M",
+            8,
+            Unit::MibPerSec,
+            Some(Goal::AtLeast(0.7)),
+        ),
+        ("randwrite", "4k", 32, Unit::Iops, Some(Goal::AtLeast(0.5))),
+        (
+            "seqwrite",
+            "1M",
+            8,
+            Unit::MibPerSec,
+            Some(Goal::AtLeast(0.7)),
+        ),
+    ] {
+        for ioengine in ["io_uring", "libaio"] {
+            let job = FioJob {
+                rw: match rw {
+                    "seqread" => "read",
+                    "seqwrite" => "write",
+                    other => other,
+                },
+                bs,
+                iodepth,
+                ioengine,
+                direct: true,
+            };
+            let id = format!(
+                "fio-{rw}-{}-qd{iodepth}{}",
+                bs.to_lowercase(),
+                if ioengine == "libaio" { "-libaio" } else { "" }
+            );
+            let mut label = format!("{bs} {rw} QD{iodepth} {ioengine}");
+            if rw == "randwrite" && ioengine == "io_uring" {
+                // The first write job in a container: the overlays copy the file up in it.
+                label.push_str(" †");
+            }
+            let w = Workload::new(id, label, Group::Fio, unit)
+                .goal(goal)
+                .detail(Detail::Fio(job));
+            v.push(Step {
+                name: w.label.clone(),
+                needs: vec![Input::LowerFile {
+                    name: FILE,
+                    size: cfg.file_size,
+                }],
+                run: Run::InContainer(Box::new({
+                    let w = w.clone();
+                    move |ctx, tree, sink| {
+                        let file = tree.join(FILE);
+                        measure(ctx, &job, &w, &file, ctx.cfg.file_size, sink).map(|_| ())
+                    }
+                })),
+                workloads: vec![w],
+            });
+        }
+    }
+    v
+}
+
+/// Run `job` on the first `size` bytes of `file` for `ctx.runtime_s` seconds; its JSON goes to
+/// `raw/`. Records the figure in `w`'s unit and the completion latencies in `w`'s cell, and
+/// returns what fio measured.
+pub fn measure(
+    ctx: &Ctx,
+    job: &FioJob,
+    w: &Workload,
+    file: &Path,
+    size: u64,
+    sink: &mut Sink,
+) -> Res<FioSample> {
+    let raw = raw_path(ctx.out, sink.system().name(), &w.id, ctx.rep);
+    fs::create_dir_all(raw.parent().expect("has a parent")).map_err(|e| e.to_string())?;
+    let s = run(job, file, size, ctx.runtime_s, &raw)?;
+    let v = if w.unit == Unit::MibPerSec {
+        s.mib_per_sec
+    } else {
+        s.iops
+    };
+    ctx.log(
+        sink.system().name(),
+        &format!(
+            "{}: {} {}{}",
+            w.label,
+            group_thousands(v),
+            w.unit.name(),
+            s.clat_p50_us
+                .map(|l| format!(", p50 {l:.0} µs"))
+                .unwrap_or_default()
+        ),
+    );
+    if let Some(cell) = sink.cell(&w.id) {
+        cell.samples.push(v);
+        cell.clat_p50_us.extend(s.clat_p50_us);
+        cell.clat_p99_us.extend(s.clat_p99_us);
+        cell.raw.push(
+            raw.strip_prefix(ctx.out)
+                .unwrap_or(&raw)
+                .display()
+                .to_string(),
+        );
+    }
+    Ok(s)
+}
 
 /// What one fio run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,10 +159,12 @@ pub struct FioSample {
     pub mib_per_sec: f64,
     /// Completion latency, median, microseconds.
     pub clat_p50_us: Option<f64>,
+    /// Completion latency, 99th percentile, microseconds.
+    pub clat_p99_us: Option<f64>,
 }
 
 pub fn version() -> Res<String> {
-    let out = util::run_captured(
+    let out = process::run_captured(
         Command::new("fio").arg("--version"),
         Duration::from_secs(30),
     )
@@ -32,49 +175,19 @@ pub fn version() -> Res<String> {
     Ok(out.stdout.trim().to_string())
 }
 
-/// Write `size` bytes of pseudo-random data to `path` (1 MiB writes), then fsync. Random so that
-/// nothing can compress or deduplicate it; the same bytes for every system.
-pub fn lay_out(path: &Path, size: u64) -> Res<()> {
-    const CHUNK: usize = 1 << 20;
-    let _ = fs::remove_file(path);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| format!("create {}: {e}", path.display()))?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut written = 0u64;
-    while written < size {
-        util::check_interrupted()?;
-        for word in buf.chunks_exact_mut(8) {
-            // xorshift64*
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            word.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = (size - written).min(CHUNK as u64) as usize;
-        f.write_all(&buf[..n])
-            .map_err(|e| format!("write {} at {written}: {e}", path.display()))?;
-        written += n as u64;
-    }
-    f.sync_all()
-        .map_err(|e| format!("fsync {}: {e}", path.display()))?;
-    Ok(())
-}
-
-/// The fio command line for `job` (the BASELINES.md one), JSON to `json_out`.
+/// The fio command line for `job` (the BASELINES.md one; `direct=0` jobs also keep the page
+/// cache as it is), JSON to `json_out`.
 pub fn command(job: &FioJob, file: &Path, size: u64, runtime_s: u64, json_out: &Path) -> Command {
     let mut c = Command::new("fio");
     c.arg("--name=J")
         .arg(format!("--filename={}", file.display()))
         .arg(format!("--size={size}"))
         .arg(format!("--ioengine={}", job.ioengine))
-        .arg("--direct=1")
+        .arg(format!("--direct={}", u8::from(job.direct)))
         .arg(format!("--rw={}", job.rw))
         .arg(format!("--bs={}", job.bs))
         .arg(format!("--iodepth={}", job.iodepth))
+        .args((!job.direct).then_some("--invalidate=0"))
         .arg("--numjobs=1")
         .arg("--group_reporting")
         .arg(format!("--runtime={runtime_s}"))
@@ -97,15 +210,16 @@ pub fn run(
     let mut cmd = command(job, file, size, runtime_s, json_out);
     // A job that hangs (a stuck FUSE request) must not hang the harness.
     let timeout = Duration::from_secs(runtime_s + 120);
-    let out = util::run_captured(&mut cmd, timeout)?;
+    let out = process::run_captured(&mut cmd, timeout)?;
     let text = fs::read_to_string(json_out).unwrap_or_default();
     if !out.status.success() {
         return Err(format!(
-            "fio {} {} QD{} {} failed ({}): {}",
+            "fio {} {} QD{} {}{} failed ({}): {}",
             job.rw,
             job.bs,
             job.iodepth,
             job.ioengine,
+            if job.direct { "" } else { " buffered" },
             out.status,
             first_lines(&format!("{}\n{}", out.stderr.trim(), out.stdout.trim()), 6)
         ));
@@ -148,12 +262,13 @@ pub fn parse(text: &str, write: bool) -> Res<FioSample> {
         .get("bw_bytes")
         .and_then(Value::as_f64)
         .ok_or("fio JSON: no bw_bytes")?;
-    let clat = side
-        .get("clat_ns")
-        .and_then(|c| c.get("percentile"))
-        .and_then(|p| p.get("50.000000"))
-        .and_then(Value::as_f64)
-        .map(|ns| ns / 1000.0);
+    let clat = |pct: &str| {
+        side.get("clat_ns")
+            .and_then(|c| c.get("percentile"))
+            .and_then(|p| p.get(pct))
+            .and_then(Value::as_f64)
+            .map(|ns| ns / 1000.0)
+    };
     let io_bytes = side.get("io_bytes").and_then(Value::as_f64).unwrap_or(0.0);
     if io_bytes <= 0.0 {
         return Err("fio did no I/O".into());
@@ -161,7 +276,8 @@ pub fn parse(text: &str, write: bool) -> Res<FioSample> {
     Ok(FioSample {
         iops,
         mib_per_sec: bw / (1024.0 * 1024.0),
-        clat_p50_us: clat,
+        clat_p50_us: clat("50.000000"),
+        clat_p99_us: clat("99.000000"),
     })
 }
 
@@ -181,7 +297,7 @@ mod tests {
   "fio version" : "fio-3.33",
   "jobs" : [ { "jobname" : "J", "error" : 0,
       "read" : { "io_bytes" : 887427072, "bw_bytes" : 443491790, "iops" : 108274.362819,
-                 "clat_ns" : { "percentile" : { "50.000000" : 268288 } } },
+                 "clat_ns" : { "percentile" : { "50.000000" : 268288, "99.000000" : 1003520 } } },
       "write" : { "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0 } } ]
 }"#;
 
@@ -191,6 +307,7 @@ mod tests {
         assert!((s.iops - 108274.362819).abs() < 1e-6);
         assert!((s.mib_per_sec - 443491790.0 / 1048576.0).abs() < 1e-9);
         assert_eq!(s.clat_p50_us, Some(268.288));
+        assert_eq!(s.clat_p99_us, Some(1003.52));
     }
 
     #[test]
@@ -200,17 +317,5 @@ mod tests {
         assert!(parse(r#"{"jobs":[{"error":5}]}"#, false)
             .unwrap_err()
             .contains("error 5"));
-    }
-
-    #[test]
-    fn layout_writes_random_data() {
-        let dir = std::env::temp_dir().join(format!("strata-bench-layout-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("fio.dat");
-        lay_out(&f, 3 << 20 | 123).unwrap();
-        let data = fs::read(&f).unwrap();
-        assert_eq!(data.len(), 3 << 20 | 123);
-        assert_ne!(&data[..4096], &data[1 << 20..(1 << 20) + 4096]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

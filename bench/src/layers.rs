@@ -1,6 +1,6 @@
 //! Layer workloads: the first write to a large inherited file (overlayfs copies the whole file
 //! up; Strata copies one 4 KiB block), and the time to make a container layer over parents of
-//! growing size and depth.
+//! growing size and depth (systems with layers only).
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 
 use control::admin::ImportRequest;
 
+use crate::fmt::{fmt_size, group_thousands};
+use crate::inputs::{Input, TarSpec};
+use crate::results::summarize;
+use crate::suite::{Run, Step};
 use crate::systems::{Parent, System, SystemKind};
-use crate::util::{self, Res};
+use crate::workloads::{Config, Goal, Group, Unit, Workload};
+use crate::Res;
+use crate::{fio, host, interrupt, process};
 
 /// Open `file` read-write, write 4 KiB in its middle, fsync: milliseconds, open included
 /// (that is where an overlay copies the file up).
@@ -33,6 +39,48 @@ pub fn first_write(file: &Path) -> Res<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
+/// The first write to the inherited fio file, in a fresh container per repeat.
+pub fn first_write_step(cfg: &Config) -> Step {
+    let id = "first-write";
+    let label = format!(
+        "first 4 KiB write + fsync to an inherited {} file",
+        fmt_size(cfg.file_size)
+    );
+    Step {
+        name: "first write".into(),
+        workloads: vec![Workload::new(id, label, Group::Layers, Unit::Millis)],
+        needs: vec![Input::LowerFile {
+            name: fio::FILE,
+            size: cfg.file_size,
+        }],
+        run: Run::OnSystem(Box::new(move |ctx, sys, sink| {
+            let cname = format!("fw{}", ctx.rep + 1);
+            let r = (|| {
+                let (tree, _) = sys.container(&cname, Parent::Standard)?;
+                sys.drop_caches(ctx.remount)?;
+                let file = tree.join(fio::FILE);
+                process::with_timeout("first write", Duration::from_secs(300), move || {
+                    first_write(&file)
+                })
+            })();
+            if let Err(e) = sys.drop_container(&cname) {
+                ctx.log(sys.name(), &e);
+                sys.mark_failed(&e);
+            }
+            let ms = r?;
+            ctx.log(
+                sys.name(),
+                &format!(
+                    "first 4 KiB write + fsync to the inherited {}: {ms:.2} ms",
+                    fmt_size(ctx.cfg.file_size)
+                ),
+            );
+            sink.push(id, ms);
+            Ok(())
+        })),
+    }
+}
+
 /// What the clone workload times: a parent holding N files, or a parent at depth D.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Case {
@@ -40,9 +88,93 @@ pub enum Case {
     Depth(usize),
 }
 
-/// The tar of N empty files in `tars`.
-pub fn files_tar(tars: &Path, n: usize) -> PathBuf {
-    tars.join(format!("files-{n}.tar"))
+impl Case {
+    fn files(self) -> Option<usize> {
+        match self {
+            Case::Files(n) => Some(n),
+            Case::Depth(_) => None,
+        }
+    }
+
+    fn depth(self) -> Option<usize> {
+        match self {
+            Case::Depth(d) => Some(d),
+            Case::Files(_) => None,
+        }
+    }
+
+    pub fn id(self) -> String {
+        match self {
+            Case::Files(n) => format!("clone-files-{n}"),
+            Case::Depth(d) => format!("clone-depth-{d}"),
+        }
+    }
+}
+
+/// Clone times over every parent size and depth of the config, once per run (each timed
+/// `cfg.clone_reps` times), on the systems with layers.
+pub fn clone_step(cfg: &Config) -> Step {
+    let cases: Vec<Case> = (cfg.clone_sizes.iter().map(|&n| Case::Files(n)))
+        .chain(cfg.clone_depths.iter().map(|&d| Case::Depth(d)))
+        .collect();
+    let workloads = cases
+        .iter()
+        .map(|&c| {
+            let label = match c {
+                Case::Files(n) => {
+                    format!("clone over a parent of {} files", group_thousands(n as f64))
+                }
+                Case::Depth(d) => format!("clone of a parent at depth {d}"),
+            };
+            Workload::new(c.id(), label, Group::Layers, Unit::Millis)
+                .goal(Goal::Absolute(1.0, "≤ 1 ms"))
+                .needs_layers()
+        })
+        .collect();
+    let mut sizes = cfg.clone_sizes.clone();
+    sizes.sort();
+    Step {
+        name: "clone".into(),
+        workloads,
+        needs: sizes
+            .into_iter()
+            .map(|n| Input::Tar(TarSpec::EmptyFiles(n)))
+            .collect(),
+        run: Run::Once(Box::new(move |ctx, sys, sink| {
+            let wanted: Vec<Case> = cases
+                .iter()
+                .copied()
+                .filter(|c| sink.wants(&c.id()))
+                .collect();
+            let name = sys.name();
+            let timed = clone_times(sys, ctx.tars, &wanted, ctx.cfg.clone_reps, &|m| {
+                ctx.log(name, m)
+            })?;
+            for (case, r) in timed {
+                let id = case.id();
+                match r {
+                    Ok(times) => {
+                        let s = summarize(&times).expect("some times");
+                        ctx.log(
+                            name,
+                            &format!(
+                                "{id}: median {:.3} ms ({:.3}–{:.3}, {} clones)",
+                                s.median, s.min, s.max, s.n
+                            ),
+                        );
+                        if let Some(c) = sink.cell(&id) {
+                            c.samples.extend(times);
+                        }
+                    }
+                    Err(e) => {
+                        ctx.log(name, &format!("{id}: {e}"));
+                        sink.error(&id, &e);
+                    }
+                }
+            }
+            Ok(())
+        })),
+    }
 }
 
 /// Build the parents every case needs, then time `reps` containers made over each. Returns
@@ -54,14 +186,15 @@ pub fn files_tar(tars: &Path, n: usize) -> PathBuf {
 pub fn clone_times(
     sys: &mut System,
     tars: &Path,
-    sizes: &[usize],
-    depths: &[usize],
+    cases: &[Case],
     reps: usize,
     log: &dyn Fn(&str),
 ) -> Res<Vec<(Case, Res<Vec<f64>>)>> {
     if !sys.kind.has_layers() {
         return Ok(Vec::new());
     }
+    let sizes: Vec<usize> = cases.iter().filter_map(|c| c.files()).collect();
+    let depths: Vec<usize> = cases.iter().filter_map(|c| c.depth()).collect();
     let smallest = *sizes.iter().min().unwrap_or(&1000);
     // Everything the cases need: the sizes asked for, and the smallest for the chain.
     let mut need: Vec<usize> = sizes.to_vec();
@@ -75,22 +208,16 @@ pub fn clone_times(
         _ => overlay_parents(sys, tars, &need, smallest, max_depth)?,
     };
     log(&format!(
-        "{}: clone parents built in {:.1} s",
-        sys.name(),
+        "clone parents built in {:.1} s",
         t.elapsed().as_secs_f64()
     ));
     // Building them dirtied a lot of ext4 metadata: write it back now, not during the clones.
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    host::sync();
     std::thread::sleep(Duration::from_secs(1));
     let mut out = Vec::new();
-    let cases = sizes
-        .iter()
-        .map(|&n| Case::Files(n))
-        .chain(depths.iter().map(|&d| Case::Depth(d)));
-    for case in cases {
+    for &case in cases {
         let r = time_case(sys, &parents, case, reps);
-        util::check_interrupted()?;
+        interrupt::check_interrupted()?;
         out.push((case, r));
     }
     Ok(out)
@@ -120,7 +247,11 @@ fn overlay_parents(
     let mut files = Vec::new();
     for &n in need {
         let dir = root.join(format!("files-{n}"));
-        crate::meta::tar_extract(&files_tar(tars, n), &dir, Duration::from_secs(600))?;
+        crate::meta::tar_extract(
+            &TarSpec::EmptyFiles(n).path(tars),
+            &dir,
+            Duration::from_secs(600),
+        )?;
         files.push((n, dir));
     }
     let mut chain = Vec::new();
@@ -149,7 +280,7 @@ fn strata_parents(
     let client = sys.strata_client().ok_or("no strata daemon")?;
     let mnt = sys.strata_mnt().ok_or("no strata mount")?.to_path_buf();
     for &n in need {
-        let tar = files_tar(tars, n);
+        let tar = TarSpec::EmptyFiles(n).path(tars);
         client
             .import(&ImportRequest {
                 layer: format!("files-{n}"),

@@ -8,8 +8,68 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::fmt::fmt_size;
+use crate::inputs::Input;
+use crate::suite::{Run, Step};
 use crate::systems::{Parent, System};
-use crate::util::{self, Res};
+use crate::workloads::{Config, Detail, Goal, Group, Unit, Workload};
+use crate::Res;
+use crate::{interrupt, process};
+
+/// The file the readers share, in every system's lower layer.
+pub const IMAGE_FILE: &str = "image.dat";
+
+/// One step per reader count: N containers read the image file at once.
+pub fn steps(cfg: &Config) -> Vec<Step> {
+    let image_mib = (cfg.image_size >> 20) as f64;
+    cfg.readers
+        .iter()
+        .map(|&n| {
+            let id = format!("mem-readers-{n}");
+            let label = format!(
+                "memory, {n} container{} reading one {} file",
+                if n == 1 { "" } else { "s" },
+                fmt_size(cfg.image_size)
+            );
+            let goal = (n == 8).then_some(Goal::Absolute(1.2 * image_mib, "≤ 1.2× one copy"));
+            Step {
+                name: format!("memory, {n} readers"),
+                workloads: vec![Workload::new(id.clone(), label, Group::Memory, Unit::Mib)
+                    .goal(goal)
+                    .detail(Detail::Readers(n))],
+                needs: vec![
+                    Input::LowerFile {
+                        name: IMAGE_FILE,
+                        size: cfg.image_size,
+                    },
+                    Input::LowerFile {
+                        name: WARMUP_FILE,
+                        size: WARMUP_SIZE,
+                    },
+                ],
+                run: Run::OnSystem(Box::new(move |ctx, sys, sink| {
+                    let tag = format!("m{}-{n}", ctx.rep + 1);
+                    let size = ctx.cfg.image_size;
+                    let m = measure(sys, n, &tag, IMAGE_FILE, size, ctx.remount)?;
+                    ctx.log(
+                        sys.name(),
+                        &format!(
+                            "{n} reader(s): page cache +{:.0} MiB, daemons +{:.0} MiB = {:.2}× one copy",
+                            m.page_cache_mib,
+                            m.daemon_rss_mib,
+                            m.total() / (size >> 20) as f64
+                        ),
+                    );
+                    if let Some(cell) = sink.cell(&id) {
+                        cell.samples.push(m.total());
+                        cell.mem_parts.push((m.page_cache_mib, m.daemon_rss_mib));
+                    }
+                    Ok(())
+                })),
+            }
+        })
+        .collect()
+}
 
 /// One measurement, MiB.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +120,7 @@ fn read_all(path: &Path) -> Res<u64> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("read {} at {n}: {e}", path.display())),
         }
-        if n % (64 << 20) == 0 && util::interrupted() {
+        if n % (64 << 20) == 0 && interrupt::interrupted() {
             return Err("interrupted".into());
         }
     }
@@ -83,65 +143,56 @@ pub fn measure(
     remount: bool,
 ) -> Res<MemSample> {
     let mut names = Vec::new();
-    let r = measure_in(sys, n, tag, file, size, remount, &mut names);
+    // Every container made is dropped, whatever happened.
+    let r = (|| {
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for i in 0..n {
+            let name = format!("{tag}-{i}");
+            let (p, _) = sys.container(&name, Parent::Standard)?;
+            names.push(name);
+            paths.push(p.join(file));
+        }
+        sys.drop_caches(remount)?;
+        // Every container reads the warm-up file, then the host settles (right after
+        // drop_caches, running programs fault their pages back in) before the baseline.
+        for p in &paths {
+            let w = p.with_file_name(WARMUP_FILE);
+            process::with_timeout("warm-up", Duration::from_secs(120), move || read_all(&w))?;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let cache0 = page_cache_kib()?;
+        let rss0 = rss_kib(&sys.daemon_pids());
+
+        let readers = paths.clone();
+        let total = process::with_timeout("readers", Duration::from_secs(600), move || {
+            let handles: Vec<_> = readers
+                .into_iter()
+                .map(|p| std::thread::spawn(move || read_all(&p)))
+                .collect();
+            let mut total = 0;
+            for h in handles {
+                total += h.join().map_err(|_| "a reader panicked".to_string())??;
+            }
+            Ok(total)
+        })?;
+        if total != size * n as u64 {
+            return Err(format!(
+                "the readers read {total} bytes, expected {n} × {size}"
+            ));
+        }
+        let cache1 = page_cache_kib()?;
+        let rss1 = rss_kib(&sys.daemon_pids());
+        Ok(MemSample {
+            page_cache_mib: (cache1 as f64 - cache0 as f64) / 1024.0,
+            daemon_rss_mib: (rss1 as f64 - rss0 as f64) / 1024.0,
+        })
+    })();
     for name in names.iter().rev() {
         if let Err(e) = sys.drop_container(name) {
             eprintln!("strata-bench: {e}");
         }
     }
     r
-}
-
-fn measure_in(
-    sys: &mut System,
-    n: usize,
-    tag: &str,
-    file: &str,
-    size: u64,
-    remount: bool,
-    names: &mut Vec<String>,
-) -> Res<MemSample> {
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for i in 0..n {
-        let name = format!("{tag}-{i}");
-        let (p, _) = sys.container(&name, Parent::Standard)?;
-        names.push(name);
-        paths.push(p.join(file));
-    }
-    sys.drop_caches(remount)?;
-    // Every container reads the warm-up file, then the host settles (right after
-    // drop_caches, running programs fault their pages back in) before the baseline.
-    for p in &paths {
-        let w = p.with_file_name(WARMUP_FILE);
-        util::with_timeout("warm-up", Duration::from_secs(120), move || read_all(&w))?;
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    let cache0 = page_cache_kib()?;
-    let rss0 = rss_kib(&sys.daemon_pids());
-
-    let readers = paths.clone();
-    let total = util::with_timeout("readers", Duration::from_secs(600), move || {
-        let handles: Vec<_> = readers
-            .into_iter()
-            .map(|p| std::thread::spawn(move || read_all(&p)))
-            .collect();
-        let mut total = 0;
-        for h in handles {
-            total += h.join().map_err(|_| "a reader panicked".to_string())??;
-        }
-        Ok(total)
-    })?;
-    if total != size * n as u64 {
-        return Err(format!(
-            "the readers read {total} bytes, expected {n} × {size}"
-        ));
-    }
-    let cache1 = page_cache_kib()?;
-    let rss1 = rss_kib(&sys.daemon_pids());
-    Ok(MemSample {
-        page_cache_mib: (cache1 as f64 - cache0 as f64) / 1024.0,
-        daemon_rss_mib: (rss1 as f64 - rss0 as f64) / 1024.0,
-    })
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct Cell {
     pub samples: Vec<f64>,
     /// fio completion latency p50 per sample (µs), when fio reported it.
     pub clat_p50_us: Vec<f64>,
+    /// fio completion latency p99 per sample (µs), when fio reported it.
+    pub clat_p99_us: Vec<f64>,
     /// Raw fio JSON files, relative to the results directory.
     pub raw: Vec<String>,
     /// Memory workloads: (page cache growth, daemon RSS growth) in MiB per sample.
@@ -54,7 +56,7 @@ impl Cell {
 pub struct Results {
     pub workloads: Vec<Workload>,
     pub systems: Vec<SystemKind>,
-    /// `cells[w][s]` for workloads[w] on systems[s].
+    /// `cells[w][s]` for `workloads[w]` on `systems[s]`.
     pub cells: Vec<Vec<Cell>>,
 }
 
@@ -68,7 +70,9 @@ pub struct Comparison {
 }
 
 impl Results {
-    pub fn new(workloads: Vec<Workload>, systems: Vec<SystemKind>) -> Self {
+    /// Rows in group order (each group's in the order given), a column per system.
+    pub fn new(mut workloads: Vec<Workload>, systems: Vec<SystemKind>) -> Self {
+        workloads.sort_by_key(|w| w.group);
         let cells = workloads
             .iter()
             .map(|_| systems.iter().map(|_| Cell::default()).collect())
@@ -80,8 +84,13 @@ impl Results {
         }
     }
 
-    pub fn has_workload(&self, workload_id: &str) -> bool {
-        self.workloads.iter().any(|w| w.id == workload_id)
+    /// Where a step records what it measured on `system`.
+    pub fn sink(&mut self, system: SystemKind) -> Sink<'_> {
+        Sink {
+            res: self,
+            system,
+            timed_out: None,
+        }
     }
 
     pub fn cell_mut(&mut self, workload_id: &str, system: SystemKind) -> &mut Cell {
@@ -143,10 +152,63 @@ impl Results {
     }
 }
 
+/// What a step measured on one system goes here. Workloads that were not selected are
+/// ignored, so a step may record all it measures.
+pub struct Sink<'a> {
+    res: &'a mut Results,
+    system: SystemKind,
+    timed_out: Option<String>,
+}
+
+impl Sink<'_> {
+    pub fn system(&self) -> SystemKind {
+        self.system
+    }
+
+    /// Whether workload `id` was selected.
+    pub fn wants(&self, id: &str) -> bool {
+        self.res.workloads.iter().any(|w| w.id == id)
+    }
+
+    /// The cell of workload `id` on this system; None when it was not selected.
+    pub fn cell(&mut self, id: &str) -> Option<&mut Cell> {
+        if !self.wants(id) {
+            return None;
+        }
+        Some(self.res.cell_mut(id, self.system))
+    }
+
+    pub fn push(&mut self, id: &str, sample: f64) {
+        if let Some(c) = self.cell(id) {
+            c.samples.push(sample);
+        }
+    }
+
+    pub fn error(&mut self, id: &str, e: &str) {
+        if e.contains("timed out") {
+            self.timed_out.get_or_insert_with(|| e.to_string());
+        }
+        if let Some(c) = self.cell(id) {
+            c.errors.push(e.to_string());
+        }
+    }
+
+    pub fn error_all(&mut self, workloads: &[Workload], e: &str) {
+        for w in workloads {
+            self.error(&w.id, e);
+        }
+    }
+
+    /// The first error recorded that says the system hung.
+    pub fn timed_out(&self) -> Option<&str> {
+        self.timed_out.as_deref()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workloads;
+    use crate::{suite, workloads};
 
     #[test]
     fn medians() {
@@ -159,7 +221,7 @@ mod tests {
 
     #[test]
     fn ratios_and_goals() {
-        let wl = workloads::all(&workloads::Config::new(true));
+        let wl = suite::workloads(&suite::all(&workloads::Config::new(true)));
         let mut r = Results::new(wl, vec![SystemKind::Ext4, SystemKind::Strata]);
         r.cell_mut("fio-randread-4k-qd32", SystemKind::Ext4).samples = vec![100.0, 110.0, 90.0];
         r.cell_mut("fio-randread-4k-qd32", SystemKind::Strata)

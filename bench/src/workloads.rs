@@ -1,6 +1,9 @@
-//! The workloads, their units and Strata's goals (relative to ext4, or absolute).
+//! What is measured: a workload (id, label, group, unit, Strata's goal), and the sizes of a
+//! run. How each is run is declared beside its code and listed in [`crate::suite`].
 
 use std::fmt;
+
+use crate::fio::FioJob;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -10,6 +13,11 @@ pub enum Unit {
     Millis,
     /// Memory, MiB.
     Mib,
+    /// Latency, microseconds (less is better).
+    Micros,
+    /// Operations per second, named by what is counted ("writes/s", "files/s"): more is
+    /// better.
+    Rate(&'static str),
 }
 
 impl Unit {
@@ -20,12 +28,14 @@ impl Unit {
             Unit::Seconds => "s",
             Unit::Millis => "ms",
             Unit::Mib => "MiB",
+            Unit::Micros => "µs",
+            Unit::Rate(name) => name,
         }
     }
 
     /// Throughput: more is better. Time and memory: less is better.
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Unit::Iops | Unit::MibPerSec)
+        matches!(self, Unit::Iops | Unit::MibPerSec | Unit::Rate(_))
     }
 }
 
@@ -71,92 +81,99 @@ impl fmt::Display for Goal {
     }
 }
 
-/// One fio job (the other options are common to all, see `fio.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FioJob {
-    pub rw: &'static str,
-    pub bs: &'static str,
-    pub iodepth: u32,
-    pub ioengine: &'static str,
-}
-
-impl FioJob {
-    pub fn is_write(&self) -> bool {
-        self.rw.contains("write")
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetaPhase {
-    Create,
-    Stat,
-    Unlink,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TarPhase {
-    /// `tar -xf` into the container, then sync.
-    Extract,
-    /// `rm -rf` of the extracted tree, then sync.
-    Remove,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Fio(FioJob),
-    Meta(MetaPhase),
-    Tar(TarPhase),
-    /// Open the inherited fio file read-write in a fresh container, write 4 KiB, fsync.
-    FirstWrite,
-    /// N containers each reading the same image file: page cache + daemon RSS growth.
-    Memory(usize),
-    /// Clone (a new container layer) over a parent holding this many files.
-    CloneFiles(usize),
-    /// Clone of a parent at this depth (1 = a base layer).
-    CloneDepth(usize),
-}
-
-/// Workloads are reported, and plotted, in these groups.
+/// Workloads are reported, and plotted, in these groups (in this order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Group {
     Fio,
+    Buffered,
     Meta,
     Layers,
     Memory,
 }
 
 impl Group {
-    pub const ALL: [Group; 4] = [Group::Fio, Group::Meta, Group::Layers, Group::Memory];
+    pub const ALL: [Group; 5] = [
+        Group::Fio,
+        Group::Buffered,
+        Group::Meta,
+        Group::Layers,
+        Group::Memory,
+    ];
 
+    /// The heading of its table.
     pub fn title(self) -> &'static str {
         match self {
             Group::Fio => "fio (direct=1, the file read from the lower layer)",
+            Group::Buffered => "Buffered I/O and small files (own and inherited files)",
             Group::Meta => "Metadata",
             Group::Layers => "Layers: clone and first write",
             Group::Memory => "Memory density",
         }
     }
-}
 
-impl Kind {
-    pub fn group(self) -> Group {
+    /// Its name in results.json.
+    pub fn key(self) -> &'static str {
         match self {
-            Kind::Fio(_) => Group::Fio,
-            Kind::Meta(_) | Kind::Tar(_) => Group::Meta,
-            Kind::FirstWrite | Kind::CloneFiles(_) | Kind::CloneDepth(_) => Group::Layers,
-            Kind::Memory(_) => Group::Memory,
+            Group::Fio => "fio",
+            Group::Buffered => "buffered",
+            Group::Meta => "metadata",
+            Group::Layers => "layers",
+            Group::Memory => "memory",
         }
     }
 }
 
+/// What the report shows of a workload beyond its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    None,
+    /// The fio job (results.json; 4k jobs get a latency table).
+    Fio(FioJob),
+    /// Memory density with this many readers (the memory table's rows).
+    Readers(usize),
+}
+
+/// One figure per system: what is measured, in what unit, and Strata's goal for it.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// Stable identifier: file names, results.json keys, `--only`.
+    /// Stable identifier: results.json keys, raw file names, `--only`.
     pub id: String,
     pub label: String,
-    pub kind: Kind,
+    pub group: Group,
     pub unit: Unit,
     pub goal: Option<Goal>,
+    pub detail: Detail,
+    /// Measured only on systems with layers (ext4 shows "n/a").
+    pub needs_layers: bool,
+}
+
+impl Workload {
+    pub fn new(id: impl Into<String>, label: impl Into<String>, group: Group, unit: Unit) -> Self {
+        Workload {
+            id: id.into(),
+            label: label.into(),
+            group,
+            unit,
+            goal: None,
+            detail: Detail::None,
+            needs_layers: false,
+        }
+    }
+
+    pub fn goal(mut self, goal: impl Into<Option<Goal>>) -> Self {
+        self.goal = goal.into();
+        self
+    }
+
+    pub fn detail(mut self, detail: Detail) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    pub fn needs_layers(mut self) -> Self {
+        self.needs_layers = true;
+        self
+    }
 }
 
 /// The sizes of a run (`--quick` makes everything smaller).
@@ -177,6 +194,31 @@ pub struct Config {
     /// Clones timed per size and depth.
     pub clone_reps: usize,
     pub readers: Vec<usize>,
+    /// The buffered and small-file workloads' sizes.
+    pub buffered: Buffered,
+}
+
+/// Sizes of the buffered-I/O and small-file workloads ([`crate::buffered`],
+/// [`crate::smallfiles`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buffered {
+    /// `dd bs=4k`: bytes written to a new file, and over an inherited file of this size.
+    pub dd_size: u64,
+    /// 22-byte O_APPEND writes per file (own and inherited).
+    pub log_lines: usize,
+    /// 4-byte appends, then as many 4-byte reads.
+    pub tiny_appends: usize,
+    /// The file a container writes and then reads hot with fio (also the QD1 write file).
+    pub hot_own_size: u64,
+    /// How much of the inherited fio file the hot fio reads cover: it must fit in Strata's
+    /// block cache (256 MiB by default) with room to spare, or "hot" would not be hot.
+    pub hot_inherited_size: u64,
+    /// Small files (1–8 KiB) read, own and inherited.
+    pub small_files: usize,
+    /// Interpreter starts timed after the first (cold) one.
+    pub python_runs: usize,
+    /// Loose objects written the way git writes them.
+    pub git_objects: usize,
 }
 
 impl Config {
@@ -193,6 +235,16 @@ impl Config {
                 clone_depths: vec![1, 10],
                 clone_reps: 5,
                 readers: vec![1, 2, 4, 8],
+                buffered: Buffered {
+                    dd_size: 32 << 20,
+                    log_lines: 10_000,
+                    tiny_appends: 30_000,
+                    hot_own_size: 64 << 20,
+                    hot_inherited_size: 64 << 20,
+                    small_files: 2_000,
+                    python_runs: 5,
+                    git_objects: 1_000,
+                },
             }
         } else {
             Config {
@@ -206,6 +258,16 @@ impl Config {
                 clone_depths: vec![1, 10, 100],
                 clone_reps: 11,
                 readers: vec![1, 2, 4, 8],
+                buffered: Buffered {
+                    dd_size: 80 << 20,
+                    log_lines: 20_000,
+                    tiny_appends: 300_000,
+                    hot_own_size: 256 << 20,
+                    hot_inherited_size: 128 << 20,
+                    small_files: 10_000,
+                    python_runs: 10,
+                    git_objects: 5_000,
+                },
             }
         }
     }
@@ -215,199 +277,9 @@ impl Config {
     }
 }
 
-/// "1 GiB", "256 MiB".
-pub fn fmt_size(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
-        format!("{} GiB", bytes >> 30)
-    } else {
-        format!("{} MiB", bytes >> 20)
-    }
-}
-
-const fn fio(rw: &'static str, bs: &'static str, iodepth: u32, ioengine: &'static str) -> Kind {
-    Kind::Fio(FioJob {
-        rw,
-        bs,
-        iodepth,
-        ioengine,
-    })
-}
-
-/// All workloads in run order: reads before writes, so reads see the freshly laid-out file
-/// rather than one fragmented by the write jobs (a copy-on-write file system cares).
-pub fn all(cfg: &Config) -> Vec<Workload> {
-    let files = group_thousands(cfg.meta_files as f64);
-    let w = |id: &str, label: &str, kind, unit, goal| Workload {
-        id: id.to_string(),
-        label: label.to_string(),
-        kind,
-        unit,
-        goal,
-    };
-    let mut v = Vec::new();
-    for (rw, bs, qd, unit, goal) in [
-        ("randread", "4k", 1, Unit::Iops, None),
-        ("randread", "4k", 32, Unit::Iops, Some(Goal::AtLeast(0.7))),
-        (
-            "seqread",
-            "1M",
-            8,
-            Unit::MibPerSec,
-            Some(Goal::AtLeast(0.7)),
-        ),
-        ("randwrite", "4k", 32, Unit::Iops, Some(Goal::AtLeast(0.5))),
-        (
-            "seqwrite",
-            "1M",
-            8,
-            Unit::MibPerSec,
-            Some(Goal::AtLeast(0.7)),
-        ),
-    ] {
-        let fio_rw = match rw {
-            "seqread" => "read",
-            "seqwrite" => "write",
-            other => other,
-        };
-        for engine in ["io_uring", "libaio"] {
-            let id = format!(
-                "fio-{rw}-{}-qd{qd}{}",
-                bs.to_lowercase(),
-                if engine == "libaio" { "-libaio" } else { "" }
-            );
-            let mut label = format!("{bs} {rw} QD{qd} {engine}");
-            if rw == "randwrite" && engine == "io_uring" {
-                // The first write job in a container: the overlays copy the file up in it.
-                label.push_str(" †");
-            }
-            v.push(w(&id, &label, fio(fio_rw, bs, qd, engine), unit, goal));
-        }
-    }
-    v.push(w(
-        "meta-create",
-        &format!("create {files} empty files"),
-        Kind::Meta(MetaPhase::Create),
-        Unit::Seconds,
-        Some(Goal::AtMost(3.0)),
-    ));
-    v.push(w(
-        "meta-stat",
-        &format!("stat {files} files"),
-        Kind::Meta(MetaPhase::Stat),
-        Unit::Seconds,
-        None,
-    ));
-    v.push(w(
-        "meta-unlink",
-        &format!("unlink {files} files"),
-        Kind::Meta(MetaPhase::Unlink),
-        Unit::Seconds,
-        None,
-    ));
-    let entries = group_thousands(cfg.tar_entries() as f64);
-    v.push(w(
-        "tar-extract",
-        &format!(
-            "tar -x of {entries} entries ({}) + sync",
-            fmt_size(cfg.tar_bytes)
-        ),
-        Kind::Tar(TarPhase::Extract),
-        Unit::Seconds,
-        None,
-    ));
-    v.push(w(
-        "tar-rm",
-        &format!("rm -rf of those {entries} entries + sync"),
-        Kind::Tar(TarPhase::Remove),
-        Unit::Seconds,
-        None,
-    ));
-    v.push(w(
-        "first-write",
-        &format!(
-            "first 4 KiB write + fsync to an inherited {} file",
-            fmt_size(cfg.file_size)
-        ),
-        Kind::FirstWrite,
-        Unit::Millis,
-        None,
-    ));
-    for &n in &cfg.clone_sizes {
-        v.push(w(
-            &format!("clone-files-{n}"),
-            &format!("clone over a parent of {} files", group_thousands(n as f64)),
-            Kind::CloneFiles(n),
-            Unit::Millis,
-            Some(Goal::Absolute(1.0, "≤ 1 ms")),
-        ));
-    }
-    for &d in &cfg.clone_depths {
-        v.push(w(
-            &format!("clone-depth-{d}"),
-            &format!("clone of a parent at depth {d}"),
-            Kind::CloneDepth(d),
-            Unit::Millis,
-            Some(Goal::Absolute(1.0, "≤ 1 ms")),
-        ));
-    }
-    let image_mib = (cfg.image_size >> 20) as f64;
-    for &n in &cfg.readers {
-        let goal = (n == 8).then_some(Goal::Absolute(1.2 * image_mib, "≤ 1.2× one copy"));
-        v.push(w(
-            &format!("mem-readers-{n}"),
-            &format!(
-                "memory, {n} container{} reading one {} file",
-                if n == 1 { "" } else { "s" },
-                fmt_size(cfg.image_size)
-            ),
-            Kind::Memory(n),
-            Unit::Mib,
-            goal,
-        ));
-    }
-    v
-}
-
-/// Keep the workloads whose id contains one of `only` (all when `only` is empty).
-pub fn select(all: Vec<Workload>, only: &[String]) -> Vec<Workload> {
-    if only.is_empty() {
-        return all;
-    }
-    all.into_iter()
-        .filter(|w| only.iter().any(|o| w.id.contains(o.as_str())))
-        .collect()
-}
-
-/// 20000 -> "20,000"; fractions are rounded.
-pub fn group_thousands(v: f64) -> String {
-    let neg = v < 0.0;
-    let digits = format!("{:.0}", v.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if neg {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands() {
-        assert_eq!(group_thousands(0.0), "0");
-        assert_eq!(group_thousands(999.4), "999");
-        assert_eq!(group_thousands(1000.0), "1,000");
-        assert_eq!(group_thousands(58900.0), "58,900");
-        assert_eq!(group_thousands(1234567.0), "1,234,567");
-    }
 
     #[test]
     fn goals() {
@@ -422,38 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_unique_and_select() {
-        for quick in [true, false] {
-            let cfg = Config::new(quick);
-            let all = all(&cfg);
-            let mut ids: Vec<_> = all.iter().map(|w| w.id.clone()).collect();
-            ids.sort();
-            ids.dedup();
-            assert_eq!(ids.len(), all.len());
-            let fio = select(all.clone(), &["fio-".to_string()]);
-            assert_eq!(fio.len(), 10);
-            assert!(select(all.clone(), &["meta".to_string()])
-                .iter()
-                .all(|w| matches!(w.kind, Kind::Meta(_))));
-            let mem = select(all, &["mem-".to_string()]);
-            assert_eq!(mem.len(), 4);
-            assert_eq!(mem.iter().filter(|w| w.goal.is_some()).count(), 1);
-        }
+    fn tar_entries() {
         assert_eq!(Config::new(false).tar_entries(), 14_000);
-    }
-
-    #[test]
-    fn fio_ids() {
-        let all = all(&Config::new(true));
-        let ids: Vec<&str> = all.iter().map(|w| w.id.as_str()).collect();
-        for id in [
-            "fio-randread-4k-qd1",
-            "fio-randread-4k-qd32-libaio",
-            "fio-seqread-1m-qd8",
-            "fio-randwrite-4k-qd32",
-            "fio-seqwrite-1m-qd8-libaio",
-        ] {
-            assert!(ids.contains(&id), "{id} in {ids:?}");
-        }
     }
 }

@@ -3,65 +3,51 @@
 //! lookup+stat time in a layer at depth 1 vs 100, and the first write to a large inherited file
 //! (the copy-up that costs overlayfs seconds).
 //!
-//! `cargo run -p bench --release --bin strata-layer-bench -- [--files 100000] [--big-mib 1024] [--dir /var/tmp/strata-layer-bench]`
+//! `cargo run -p bench --release --bin strata-layer-bench -- --help`
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use bench::results::summarize;
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 use engine::{Caller, Device, Engine, FileDevice, LayerState, Options};
 
+/// The costs the layer design promises, measured on the engine alone (no FUSE) over an
+/// O_DIRECT image file: clone time at depth 1 and 100, lookup cost by depth, and the first
+/// write to a large inherited file.
+#[derive(Parser)]
+#[command(name = "strata-layer-bench")]
 struct Args {
+    /// Files in the image the clones and lookups run over (100 directories)
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     files: usize,
+    /// Size of the large file whose first inherited write is timed, MiB
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
     big_mib: u64,
+    /// Scratch directory for the image file (the file is deleted at the end)
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/tmp/strata-layer-bench"
+    )]
     dir: PathBuf,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        files: 100_000,
-        big_mib: 1024,
-        dir: PathBuf::from("/var/tmp/strata-layer-bench"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut val = || it.next().ok_or_else(|| format!("{k} needs a value"));
-        match k.as_str() {
-            "--files" => a.files = val()?.parse().map_err(|e| format!("--files: {e}"))?,
-            "--big-mib" => a.big_mib = val()?.parse().map_err(|e| format!("--big-mib: {e}"))?,
-            "--dir" => a.dir = PathBuf::from(val()?),
-            "-h" | "--help" => {
-                println!("strata-layer-bench [--files N] [--big-mib M] [--dir DIR]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(a)
-}
-
-fn median(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
-    v.sort();
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+/// Seconds, in µs below a millisecond, else in ms.
+fn fmt(secs: f64) -> String {
+    if secs < 1e-3 {
+        format!("{:.1} µs", secs * 1e6)
     } else {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+        format!("{:.2} ms", secs * 1e3)
     }
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("strata-layer-bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let a = Args::parse();
     if let Err(e) = run(&a) {
         eprintln!("strata-layer-bench: {e}");
         std::process::exit(1);
@@ -87,6 +73,21 @@ fn run(a: &Args) -> Result<(), String> {
         println!("| {k} | {v} |");
     }
     Ok(())
+}
+
+/// 21 clones of `parent` (named `<prefix>-<i>`, each removed after): "median (min–max)".
+fn time_clones(e: &Engine, parent: &str, prefix: &str) -> Result<String, String> {
+    let mut times = Vec::new();
+    for i in 0..21 {
+        let id = format!("{prefix}-{i}");
+        let t = Instant::now();
+        e.layer_clone(parent, &id, LayerState::Active, BTreeMap::new())
+            .map_err(|x| x.to_string())?;
+        times.push(t.elapsed().as_secs_f64());
+        e.layer_remove(&id).map_err(|x| x.to_string())?;
+    }
+    let s = summarize(&times).expect("21 clones");
+    Ok(format!("{} ({}–{})", fmt(s.median), fmt(s.min), fmt(s.max)))
 }
 
 fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
@@ -126,23 +127,13 @@ fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
     e.layer_commit("img").map_err(err)?;
     rows.push((
         format!("build image of {} files", a.files),
-        fmt(t.elapsed()),
+        fmt(t.elapsed().as_secs_f64()),
     ));
 
     // Clone at depth 1 (clone of the image), 21 times.
-    let mut times = Vec::new();
-    for i in 0..21 {
-        let id = format!("c1-{i}");
-        let t = Instant::now();
-        e.layer_clone("img", &id, LayerState::Active, none())
-            .map_err(err)?;
-        times.push(t.elapsed());
-        e.layer_remove(&id).map_err(err)?;
-    }
-    let (m, lo, hi) = median(times);
     rows.push((
         "clone at depth 1, durable (median, min–max of 21)".into(),
-        format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi)),
+        time_clones(e, "img", "c1")?,
     ));
 
     // A chain of 100 layers, each changing one file.
@@ -172,19 +163,9 @@ fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
         e.layer_commit(&id).map_err(err)?;
         prev = id;
     }
-    let mut times = Vec::new();
-    for i in 0..21 {
-        let id = format!("c100-{i}");
-        let t = Instant::now();
-        e.layer_clone(&prev, &id, LayerState::Active, none())
-            .map_err(err)?;
-        times.push(t.elapsed());
-        e.layer_remove(&id).map_err(err)?;
-    }
-    let (m, lo, hi) = median(times);
     rows.push((
         "clone at depth 100, durable (median, min–max of 21)".into(),
-        format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi)),
+        time_clones(e, &prev, "c100")?,
     ));
 
     // Lookup + stat of 20,000 paths at depth 1 and at depth 100.
@@ -208,7 +189,7 @@ fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
         let depth = if layer == "top1" { 1 } else { 101 };
         rows.push((
             format!("lookup+lookup+stat in a layer at depth {depth} (per path, engine)"),
-            fmt(per),
+            fmt(per.as_secs_f64()),
         ));
     }
 
@@ -226,7 +207,7 @@ fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
     e.fsync_sync().map_err(err)?;
     rows.push((
         format!("write the {} MiB file in the base layer", a.big_mib),
-        fmt(t.elapsed()),
+        fmt(t.elapsed().as_secs_f64()),
     ));
     // Baseline: a 4 KiB overwrite + fsync in the file's own layer.
     let t = Instant::now();
@@ -235,7 +216,7 @@ fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
     e.fsync_sync().map_err(err)?;
     rows.push((
         "4 KiB overwrite + fsync in the owning layer (baseline)".into(),
-        fmt(t.elapsed()),
+        fmt(t.elapsed().as_secs_f64()),
     ));
     e.layer_commit("bigbase").map_err(err)?;
     e.layer_clone("bigbase", "bigchild", LayerState::Active, none())
@@ -251,7 +232,7 @@ fn measure(e: &Engine, a: &Args) -> Result<Vec<(String, String)>, String> {
             "first 4 KiB write + fsync to the inherited {} MiB file (lookup included)",
             a.big_mib
         ),
-        fmt(t.elapsed()),
+        fmt(t.elapsed().as_secs_f64()),
     ));
     let info = e.layer_stat("bigchild").map_err(err)?;
     rows.push((

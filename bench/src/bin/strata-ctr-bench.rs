@@ -8,12 +8,10 @@
 //!   first line of output.
 //!
 //! Medians with min–max. Needs root, containerd, ctr, runc and /bin/busybox (busybox-static).
-//! `cargo run -p bench --release --bin strata-ctr-bench -- [--repeats 5] [--dir /var/tmp/strata-ctr-bench]`
+//! `cargo run -p bench --release --bin strata-ctr-bench -- --help`
 
-#[path = "../../tests/common/oci_image.rs"]
+#[path = "../../../tests/common/oci_image.rs"]
 mod oci_image;
-#[allow(dead_code)]
-mod util;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -23,37 +21,32 @@ use std::time::{Duration, Instant};
 
 const IMAGE: &str = "docker.io/library/strata-bench-14k:1";
 const NS: &str = "strata-bench";
+/// How often start-up is polled.
+const POLL: Duration = Duration::from_millis(50);
 
-use util::Res;
+use bench::results::{summarize, Summary};
+use bench::Res;
+use bench::{mounts, process};
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 
+/// containerd with Strata (proxy snapshotter) vs its own overlayfs snapshotter, one private
+/// containerd serving both: `ctr images import` of a 14,000-entry image and the time from
+/// `ctr run` to the container's first line. Needs root, containerd, ctr, runc and
+/// /bin/busybox (busybox-static); the strata binary is $STRATA_BIN or the one next to this.
+#[derive(Parser)]
+#[command(name = "strata-ctr-bench")]
 struct Args {
+    /// Imports and runs per snapshotter (figures are their median, min–max)
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     repeats: usize,
+    /// Scratch directory for containerd, the Strata image and the image archive (deleted at the end)
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/strata-ctr-bench")]
     dir: PathBuf,
-    /// Only write the benchmark image archive here.
+    /// Only write the benchmark's image archive to FILE and exit
+    #[arg(long, value_name = "FILE")]
     image_out: Option<PathBuf>,
-}
-
-fn parse() -> Res<Args> {
-    let mut a = Args {
-        repeats: 5,
-        dir: PathBuf::from("/var/tmp/strata-ctr-bench"),
-        image_out: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut val = || it.next().ok_or_else(|| format!("{k} needs a value"));
-        match k.as_str() {
-            "--repeats" => a.repeats = val()?.parse().map_err(|e| format!("--repeats: {e}"))?,
-            "--dir" => a.dir = PathBuf::from(val()?),
-            "--image-out" => a.image_out = Some(PathBuf::from(val()?)),
-            "-h" | "--help" => {
-                println!("strata-ctr-bench [--repeats N] [--dir DIR] [--image-out FILE (write the image archive and exit)]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(a)
 }
 
 /// The image's one layer: busybox and 14,000 entries.
@@ -96,17 +89,6 @@ fn strata_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("strata"))
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Res<()> {
-    let t = Instant::now();
-    while !ok() {
-        if t.elapsed() > timeout {
-            return Err(format!("{what} did not come up in {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 impl Daemons {
     fn start(dir: &Path) -> Res<Daemons> {
         let _ = fs::remove_dir_all(dir);
@@ -146,7 +128,9 @@ impl Daemons {
                 .map_err(|e| format!("strata mount: {e}"))?,
         );
         let mnt = d.mnt.clone();
-        wait_for("strata", Duration::from_secs(30), || util::is_mounted(&mnt))?;
+        process::wait_for("strata", Duration::from_secs(30), POLL, || {
+            mounts::is_mounted(&mnt)
+        })?;
         let cfg = dir.join("config.toml");
         let p = dir.display();
         fs::write(
@@ -172,7 +156,7 @@ impl Daemons {
                 .map_err(|e| format!("containerd: {e}"))?,
         );
         let sock = d.sock.clone();
-        wait_for("containerd", Duration::from_secs(30), || {
+        process::wait_for("containerd", Duration::from_secs(30), POLL, || {
             Command::new("ctr")
                 .arg("-a")
                 .arg(&sock)
@@ -211,17 +195,14 @@ impl Daemons {
 impl Drop for Daemons {
     fn drop(&mut self) {
         if let Some(mut c) = self.containerd.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            process::signal(&c, libc::SIGTERM);
             let _ = c.wait();
         }
-        let below: Vec<PathBuf> =
-            util::parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
-                .into_iter()
-                .map(|m| m.mount_point)
-                .filter(|m| m.starts_with(&self.dir) && *m != self.mnt)
-                .collect();
-        for m in below.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
+        // containerd's leftover mounts (its overlayfs snapshots, container rootfs), deepest first.
+        for m in mounts::mounts_below(&self.dir) {
+            if m != self.mnt {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
         }
         if let Some(mut c) = self.strata.take() {
             let _ = Command::new("umount").arg(&self.mnt).status();
@@ -231,9 +212,15 @@ impl Drop for Daemons {
     }
 }
 
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (v[v.len() / 2], v[0], v[v.len() - 1])
+/// One snapshotter's figures, seconds.
+struct Row {
+    snapshotter: &'static str,
+    /// Every import, in order: the first lands on a host that has not just deleted the
+    /// previous copy; later ones follow a removal (GC) of 14,000 files, which slows overlayfs
+    /// on ext4 a lot. Both are reported.
+    imports: Vec<f64>,
+    import: Summary,
+    start: Summary,
 }
 
 /// Seconds to import the image (containerd unpacks it into the snapshotter).
@@ -292,13 +279,7 @@ fn first_line(d: &Daemons, sn: &str, id: &str) -> Res<f64> {
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("strata-ctr-bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let a = Args::parse();
     if let Some(p) = &a.image_out {
         if let Err(e) = fs::write(p, oci_image::archive(&[layer()], IMAGE, usize::MAX)) {
             eprintln!("strata-ctr-bench: {}: {e}", p.display());
@@ -334,18 +315,12 @@ fn run(a: &Args) -> Res<()> {
             eprintln!("{sn}: first line {:.3} s", starts[r]);
         }
         remove_image(&d, sn)?;
-        // The first import lands on a host that has not just deleted the previous copy;
-        // later ones follow a removal (GC) of 14,000 files, which slows overlayfs on ext4 a
-        // lot. Both are reported.
-        let first = imports[0];
-        let all: Vec<String> = imports.iter().map(|t| format!("{t:.2}")).collect();
-        rows.push((
-            sn,
-            first,
-            all.join(", "),
-            stats(&mut imports),
-            stats(&mut starts),
-        ));
+        rows.push(Row {
+            snapshotter: sn,
+            import: summarize(&imports).expect("at least one repeat"),
+            start: summarize(&starts).expect("at least one repeat"),
+            imports,
+        });
     }
     let mut md = String::new();
     md.push_str(&format!(
@@ -360,18 +335,24 @@ fn run(a: &Args) -> Res<()> {
     md.push_str(
         "| snapshotter | first import (s) | every import, in order (s) | import median (min–max) | ctr run → first line (s) |\n|---|---:|---|---:|---:|\n",
     );
-    for (sn, first, all, i, s) in &rows {
+    let sum = |s: &Summary| format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max);
+    for r in &rows {
+        let all: Vec<String> = r.imports.iter().map(|t| format!("{t:.2}")).collect();
         md.push_str(&format!(
-            "| {sn} | {first:.3} | {all} | {:.3} ({:.3}–{:.3}) | {:.3} ({:.3}–{:.3}) |\n",
-            i.0, i.1, i.2, s.0, s.1, s.2
+            "| {} | {:.3} | {} | {} | {} |\n",
+            r.snapshotter,
+            r.imports[0],
+            all.join(", "),
+            sum(&r.import),
+            sum(&r.start)
         ));
     }
     let (o, s) = (&rows[0], &rows[1]);
     md.push_str(&format!(
         "\nStrata / overlayfs: first import {:.2}×, import median {:.2}×, first line {:.2}×\n",
-        s.1 / o.1,
-        s.3 .0 / o.3 .0,
-        s.4 .0 / o.4 .0
+        s.imports[0] / o.imports[0],
+        s.import.median / o.import.median,
+        s.start.median / o.start.median
     ));
     print!("{md}");
     let _ = std::io::stdout().flush();

@@ -12,24 +12,28 @@
 //! | strata | layer `base`, committed once written | a layer cloned from it, `<mnt>/<name>` |
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use control::admin::{Client, CreateRequest};
 
-use crate::util::{self, Res};
+use strata::StrataDaemon;
+
+pub mod overlay;
+mod strata;
+
+use crate::Res;
+use crate::{host, mounts, process};
 
 /// Every system the harness knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum SystemKind {
     /// A plain directory on the host's ext4 root file system: the baseline ratios refer to.
     Ext4,
     /// Kernel overlayfs over an ext4 lower directory (what Docker and containerd use).
+    #[value(alias = "overlay")]
     Overlayfs,
     /// fuse-overlayfs over an ext4 lower directory (rootless containers, Podman).
     FuseOverlayfs,
@@ -51,18 +55,6 @@ impl SystemKind {
             SystemKind::Strata => "strata",
             SystemKind::Overlayfs => "overlayfs",
             SystemKind::FuseOverlayfs => "fuse-overlayfs",
-        }
-    }
-
-    pub fn parse(s: &str) -> Res<Self> {
-        match s {
-            "ext4" => Ok(SystemKind::Ext4),
-            "strata" => Ok(SystemKind::Strata),
-            "overlayfs" | "overlay" => Ok(SystemKind::Overlayfs),
-            "fuse-overlayfs" => Ok(SystemKind::FuseOverlayfs),
-            other => Err(format!(
-                "unknown system {other:?} (known: ext4, overlayfs, fuse-overlayfs, strata)"
-            )),
         }
     }
 
@@ -155,7 +147,7 @@ impl System {
                     .contains("overlay")
                 {
                     // Loading the module is the kernel's business: try once.
-                    let _ = util::run_captured(
+                    let _ = process::run_captured(
                         Command::new("modprobe").arg("overlay"),
                         Duration::from_secs(30),
                     );
@@ -164,17 +156,7 @@ impl System {
                 mkdir(&sys.lower)?;
             }
             SystemKind::FuseOverlayfs => {
-                let out = util::run_captured(
-                    Command::new("fuse-overlayfs").arg("--version"),
-                    Duration::from_secs(30),
-                )
-                .map_err(|e| format!("{e} (is it installed? `apt-get install fuse-overlayfs`)"))?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "fuse-overlayfs --version failed: {}",
-                        out.stderr.trim()
-                    ));
-                }
+                overlay::fuse_overlayfs_version()?;
                 sys.lower = sys.base.join("lower");
                 mkdir(&sys.lower)?;
             }
@@ -192,7 +174,14 @@ impl System {
                     })
                     .map_err(|e| format!("creating layer {STRATA_BASE_LAYER}: {e}"))?;
                 sys.lower = mnt.join(STRATA_BASE_LAYER);
-                wait_for_dir(&sys.lower)?;
+                // A new layer's directory shows in the mount root at once, or nearly.
+                let lower = sys.lower.clone();
+                process::wait_for(
+                    &format!("{}", lower.display()),
+                    Duration::from_secs(10),
+                    Duration::from_millis(20),
+                    || lower.is_dir(),
+                )?;
             }
         }
         Ok(sys)
@@ -278,14 +267,14 @@ impl System {
                     fs::create_dir(cdir.join(d))
                         .map_err(|e| format!("mkdir {}: {e}", cdir.join(d).display()))?;
                 }
-                let opts = overlay_options(&self.base, dirs, &cdir);
+                let opts = overlay::overlay_options(&self.base, dirs, &cdir);
                 let r = if self.kind == SystemKind::Overlayfs {
-                    mount_overlay(&self.base, &opts, &merged)
+                    overlay::mount_overlay(&self.base, &opts, &merged)
                 } else {
-                    match spawn_fuse_overlayfs(&self.base, &opts, &merged, &self.log_dir) {
+                    match overlay::spawn_fuse_overlayfs(&self.base, &opts, &merged, &self.log_dir) {
                         Ok(child) => {
                             c.child = Some(child);
-                            wait_fuse_overlayfs(&mut c, &self.log_dir)
+                            overlay::wait_fuse_overlayfs(&mut c, &self.log_dir)
                         }
                         Err(e) => Err(e),
                     }
@@ -381,7 +370,7 @@ impl System {
                         "fuse-overlayfs of container {} exited ({st}); last lines of {}:\n{}",
                         c.name,
                         self.log_dir.join("fuse-overlayfs.log").display(),
-                        util::tail(&self.log_dir.join("fuse-overlayfs.log"), 10)
+                        host::tail(&self.log_dir.join("fuse-overlayfs.log"), 10)
                     );
                     self.failed = Some(e.clone());
                     return Err(e);
@@ -402,7 +391,7 @@ impl System {
                 return Err(e);
             }
         }
-        util::drop_caches()
+        host::drop_caches()
     }
 
     pub fn mark_failed(&mut self, why: &str) {
@@ -423,7 +412,7 @@ impl Drop for System {
         if let Some(mut d) = self.daemon.take() {
             d.teardown();
         }
-        let left = mounts_below(&self.base);
+        let left = mounts::mounts_below(&self.base);
         if !left.is_empty() {
             eprintln!(
                 "strata-bench: WARNING: {} still mounted; leaving {} in place",
@@ -450,126 +439,6 @@ fn mkdir(p: &Path) -> Res<()> {
     fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
 }
 
-/// Wait (briefly) for a new layer's directory to show in the mount root.
-fn wait_for_dir(p: &Path) -> Res<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !p.is_dir() {
-        if Instant::now() >= deadline {
-            return Err(format!("{} did not appear", p.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-/// `lowerdir=…,upperdir=…,workdir=…` with paths relative to `base` (the mount runs there):
-/// a hundred lower directories stay well inside the one page the kernel takes for options.
-fn overlay_options(base: &Path, lowers: &[PathBuf], cdir: &Path) -> String {
-    let rel = |p: &Path| -> String {
-        p.strip_prefix(base)
-            .map(|r| r.display().to_string())
-            .unwrap_or_else(|_| p.display().to_string())
-    };
-    let lower: Vec<String> = lowers.iter().map(|d| rel(d)).collect();
-    format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        rel(&cdir.join("u")),
-        rel(&cdir.join("w"))
-    )
-}
-
-/// mount(2) a kernel overlay at `target`; the relative paths in `opts` are resolved from
-/// `base` (the process's working directory is changed for the call and restored).
-fn mount_overlay(base: &Path, opts: &str, target: &Path) -> Res<()> {
-    let c_target = CString::new(target.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let c_opts = CString::new(opts).map_err(|e| e.to_string())?;
-    let cwd = std::env::current_dir().ok();
-    std::env::set_current_dir(base).map_err(|e| format!("chdir {}: {e}", base.display()))?;
-    // SAFETY: NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            c_target.as_ptr(),
-            c"overlay".as_ptr(),
-            0,
-            c_opts.as_ptr().cast(),
-        )
-    };
-    let err = std::io::Error::last_os_error();
-    if let Some(cwd) = cwd {
-        let _ = std::env::set_current_dir(cwd);
-    }
-    if rc != 0 {
-        return Err(format!(
-            "mount -t overlay -o {opts} {}: {err}",
-            target.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Start `fuse-overlayfs -f -o OPTS MERGED` in `base`, in its own process group.
-fn spawn_fuse_overlayfs(base: &Path, opts: &str, merged: &Path, log_dir: &Path) -> Res<Child> {
-    let log = log_dir.join("fuse-overlayfs.log");
-    let logf = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-    let logf2 = logf.try_clone().map_err(|e| format!("dup log: {e}"))?;
-    Command::new("fuse-overlayfs")
-        .arg("-f")
-        .arg("-o")
-        .arg(opts)
-        .arg(merged)
-        .current_dir(base)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(logf))
-        .stderr(Stdio::from(logf2))
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start fuse-overlayfs: {e}"))
-}
-
-/// Ready when the merged dir shows in mountinfo.
-fn wait_fuse_overlayfs(c: &mut Container, log_dir: &Path) -> Res<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let child = c.child.as_mut().expect("spawned");
-    loop {
-        if util::is_mounted(&c.path) {
-            return Ok(());
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!(
-                "fuse-overlayfs exited before mounting ({st}); last lines of {}:\n{}",
-                log_dir.join("fuse-overlayfs.log").display(),
-                util::tail(&log_dir.join("fuse-overlayfs.log"), 10)
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "fuse-overlayfs: {} not mounted after 30 s",
-                c.path.display()
-            ));
-        }
-        util::check_interrupted()?;
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// umount(2), falling back to a lazy detach.
-fn unmount(p: &Path) {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: a NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 && util::is_mounted(p) {
-        // SAFETY: as above.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 /// Unmount a container, stop its daemon, delete its directories (Strata: remove its layer).
 /// Must finish after Ctrl-C: nothing here watches the interrupt flag.
 fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path) -> Res<()> {
@@ -581,24 +450,24 @@ fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path
         }
         return Ok(());
     }
-    if util::is_mounted(&c.path) {
-        unmount(&c.path);
+    if mounts::is_mounted(&c.path) {
+        mounts::unmount(&c.path);
     }
     if let Some(child) = &mut c.child {
-        let st = util::wait_until(child, Instant::now() + Duration::from_secs(10), false)
-            .or_else(|| util::stop_child(child, libc::SIGTERM, Duration::from_secs(5)));
+        let st = process::wait_until(child, Instant::now() + Duration::from_secs(10), false)
+            .or_else(|| process::stop_child(child, libc::SIGTERM, Duration::from_secs(5)));
         if st.is_none() {
             eprintln!(
                 "strata-bench: WARNING: fuse-overlayfs (pid {}) would not die",
                 child.id()
             );
         }
-        if let Some(m) = util::find_mount(&c.path) {
-            abort_fuse_connection(&m.dev);
-            unmount(&c.path);
+        if let Some(m) = mounts::find_mount(&c.path) {
+            mounts::abort_fuse_connection(&m.dev);
+            mounts::unmount(&c.path);
         }
     }
-    if util::is_mounted(&c.path) {
+    if mounts::is_mounted(&c.path) {
         return Err(format!(
             "{} is still mounted (log: {})",
             c.path.display(),
@@ -615,19 +484,6 @@ fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path
     Ok(())
 }
 
-/// Mount points at or below `base`, deepest first.
-fn mounts_below(base: &Path) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = util::parse_mountinfo(&text)
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(base))
-        .collect();
-    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    v.dedup();
-    v
-}
-
 /// Remove what an earlier, killed run may have left in `base`, unmounting everything below
 /// it first (FUSE mounts whose daemon died are aborted). Refuses to delete anything below a
 /// mount point that will not go away.
@@ -635,19 +491,20 @@ fn clean_stale(base: &Path) -> Res<()> {
     if !base.exists() {
         return Ok(());
     }
-    for m in mounts_below(base) {
+    for m in mounts::mounts_below(base) {
         eprintln!("strata-bench: unmounting a stale mount at {}", m.display());
-        if let Some(e) = util::find_mount(&m) {
+        if let Some(e) = mounts::find_mount(&m) {
             if e.fstype.starts_with("fuse") {
-                let _ = util::run_to_end(Command::new("umount").arg(&m), Duration::from_secs(30));
-                if util::is_mounted(&m) {
-                    abort_fuse_connection(&e.dev);
+                let _ =
+                    process::run_to_end(Command::new("umount").arg(&m), Duration::from_secs(30));
+                if mounts::is_mounted(&m) {
+                    mounts::abort_fuse_connection(&e.dev);
                 }
             }
         }
-        unmount(&m);
+        mounts::unmount(&m);
     }
-    let left = mounts_below(base);
+    let left = mounts::mounts_below(base);
     if !left.is_empty() {
         return Err(format!(
             "{} mounted and will not unmount; clean up by hand",
@@ -658,319 +515,6 @@ fn clean_stale(base: &Path) -> Res<()> {
         ));
     }
     fs::remove_dir_all(base).map_err(|e| format!("cannot remove stale {}: {e}", base.display()))
-}
-
-/// A running `strata mount` and the image it serves.
-struct StrataDaemon {
-    child: Child,
-    bin: PathBuf,
-    /// Options after `mount IMAGE MNT`.
-    mount_args: Vec<String>,
-    image: PathBuf,
-    mnt: PathBuf,
-    log: PathBuf,
-    exited: Option<String>,
-    /// Set by `teardown`: (done, still mounted).
-    torn_down: Option<bool>,
-}
-
-impl Drop for StrataDaemon {
-    fn drop(&mut self) {
-        // Error paths in `start` drop a half-started daemon: stop it too.
-        self.teardown();
-    }
-}
-
-impl StrataDaemon {
-    fn start(base: &Path, opts: &SetupOptions) -> Res<StrataDaemon> {
-        let bin = opts.strata_bin;
-        if !bin.is_file() {
-            return Err(format!(
-                "strata binary not found at {} (build it with `cargo build --release`, or pass --strata)",
-                bin.display()
-            ));
-        }
-        let image = base.join("strata.img");
-        let mnt = base.join("mnt");
-        fs::create_dir_all(&mnt).map_err(|e| format!("mkdir {}: {e}", mnt.display()))?;
-
-        let out = util::run_captured(
-            Command::new(bin)
-                .arg("mkfs")
-                .arg(&image)
-                .arg("--size")
-                .arg(opts.image_size),
-            Duration::from_secs(120),
-        )?;
-        if !out.status.success() {
-            let _ = fs::remove_file(&image);
-            return Err(format!(
-                "strata mkfs {} --size {} failed ({}): {}{}",
-                image.display(),
-                opts.image_size,
-                out.status,
-                out.stderr.trim(),
-                out.stdout.trim()
-            ));
-        }
-
-        let log = opts.log_dir.join("strata.log");
-        let mount_args = mount_args(bin, &mnt, opts.cache_size);
-        let child = spawn_mount(bin, &image, &mnt, &mount_args, &log)?;
-        let mut d = StrataDaemon {
-            child,
-            bin: bin.to_path_buf(),
-            mount_args,
-            image,
-            mnt,
-            log,
-            exited: None,
-            torn_down: None,
-        };
-        d.wait_ready()?;
-        Ok(d)
-    }
-
-    /// Ready when the mount point shows up in /proc/self/mountinfo.
-    fn wait_ready(&mut self) -> Res<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if util::is_mounted(&self.mnt) {
-                return Ok(());
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                self.exited = Some(st.to_string());
-                return Err(format!(
-                    "strata mount exited before mounting ({st}); last lines of {}:\n{}",
-                    self.log.display(),
-                    util::tail(&self.log, 20)
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "strata mount: {} not mounted after 60 s; last lines of {}:\n{}",
-                    self.mnt.display(),
-                    self.log.display(),
-                    util::tail(&self.log, 20)
-                ));
-            }
-            util::check_interrupted()?;
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Unmount and remount: the daemon's block cache starts cold, as the page cache does after
-    /// drop_caches. Also checks that a clean unmount exits 0 and the image mounts again.
-    fn remount(&mut self) -> Res<()> {
-        self.check_alive()?;
-        let out = util::run_captured(
-            Command::new("umount").arg(&self.mnt),
-            Duration::from_secs(120),
-        )?;
-        if !out.status.success() {
-            return Err(format!(
-                "umount {}: {}",
-                self.mnt.display(),
-                out.stderr.trim()
-            ));
-        }
-        match util::wait_until(
-            &mut self.child,
-            Instant::now() + Duration::from_secs(60),
-            true,
-        ) {
-            Some(st) if st.success() => {}
-            Some(st) => {
-                self.exited = Some(st.to_string());
-                return Err(format!(
-                    "strata daemon exited with {st} after umount; last lines of {}:\n{}",
-                    self.log.display(),
-                    util::tail(&self.log, 20)
-                ));
-            }
-            None => {
-                util::check_interrupted()?;
-                return Err("strata daemon still running 60 s after umount".into());
-            }
-        }
-        self.child = spawn_mount(
-            &self.bin,
-            &self.image,
-            &self.mnt,
-            &self.mount_args,
-            &self.log,
-        )?;
-        self.wait_ready()
-    }
-
-    /// The admin API client for this daemon's socket.
-    fn client(&self) -> Client {
-        Client::new(&admin_socket(&self.mnt))
-    }
-
-    fn check_alive(&mut self) -> Res<()> {
-        if let Some(st) = &self.exited {
-            return Err(format!("strata daemon exited ({st})"));
-        }
-        if let Ok(Some(st)) = self.child.try_wait() {
-            self.exited = Some(st.to_string());
-            return Err(format!(
-                "strata daemon exited ({st}); last lines of {}:\n{}",
-                self.log.display(),
-                util::tail(&self.log, 20)
-            ));
-        }
-        if !util::is_mounted(&self.mnt) {
-            return Err(format!("{} is no longer mounted", self.mnt.display()));
-        }
-        Ok(())
-    }
-
-    /// Unmount, stop the daemon, delete the image. Returns true if the mount point is still
-    /// mounted at the end (then nothing below it is deleted).
-    fn teardown(&mut self) -> bool {
-        if let Some(still) = self.torn_down {
-            return still;
-        }
-        let still = self.teardown_once();
-        self.torn_down = Some(still);
-        still
-    }
-
-    fn teardown_once(&mut self) -> bool {
-        // 1. The normal way: umount; the daemon then exits 0 by itself.
-        if util::is_mounted(&self.mnt) {
-            match util::run_to_end(
-                Command::new("umount").arg(&self.mnt),
-                Duration::from_secs(60),
-            ) {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!(
-                    "strata-bench: umount {}: {}",
-                    self.mnt.display(),
-                    o.stderr.trim()
-                ),
-                Err(e) => eprintln!("strata-bench: {e}"),
-            }
-        }
-        // 2. Wait for the daemon; SIGTERM, then SIGKILL if it lingers.
-        let status = match util::wait_until(
-            &mut self.child,
-            Instant::now() + Duration::from_secs(15),
-            false,
-        ) {
-            Some(st) => Some(st),
-            None => {
-                eprintln!(
-                    "strata-bench: strata daemon still running after umount; sending SIGTERM"
-                );
-                util::stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(10))
-            }
-        };
-        match status {
-            Some(st) if st.success() || self.exited.is_some() => {}
-            Some(st) => eprintln!(
-                "strata-bench: strata daemon exited with {st} at teardown (log: {})",
-                self.log.display()
-            ),
-            None => eprintln!(
-                "strata-bench: WARNING: strata daemon (pid {}) would not die",
-                self.child.id()
-            ),
-        }
-        // 3. A dead daemon leaves a dead mount ("Transport endpoint is not connected"):
-        //    abort the FUSE connection if fusectl is there, then detach lazily.
-        if let Some(m) = util::find_mount(&self.mnt) {
-            abort_fuse_connection(&m.dev);
-            let _ = util::run_to_end(
-                Command::new("umount").arg("-l").arg(&self.mnt),
-                Duration::from_secs(30),
-            );
-        }
-        let still = util::is_mounted(&self.mnt);
-        if !still {
-            if let Err(e) = fs::remove_file(&self.image) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    eprintln!("strata-bench: cannot remove {}: {e}", self.image.display());
-                }
-            }
-        }
-        still
-    }
-}
-
-/// The daemon's admin socket: next to its mount point.
-fn admin_socket(mnt: &Path) -> PathBuf {
-    mnt.with_extension("admin.sock")
-}
-
-/// Start `strata mount IMAGE MNT` in its own process group, output appended to `log`.
-/// `strata mount` options: the admin socket next to the mount point; no Prometheus endpoint
-/// and no containerd snapshotter socket (their default addresses may be taken by another
-/// daemon on this host; the snapshotter option only where the binary has it).
-fn mount_args(bin: &Path, mnt: &Path, cache_size: Option<&str>) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "--admin-socket".into(),
-        admin_socket(mnt).display().to_string(),
-        "--metrics-addr".into(),
-        "off".into(),
-    ];
-    let help = util::run_captured(
-        Command::new(bin).args(["mount", "--help"]),
-        Duration::from_secs(30),
-    )
-    .map(|o| o.stdout + &o.stderr)
-    .unwrap_or_default();
-    if help.contains("--snapshotter-socket") {
-        v.extend(["--snapshotter-socket".into(), "off".into()]);
-    }
-    if let Some(c) = cache_size {
-        v.extend(["--cache-size".into(), c.to_string()]);
-    }
-    v
-}
-
-fn spawn_mount(
-    bin: &Path,
-    image: &Path,
-    mnt: &Path,
-    mount_args: &[String],
-    log: &Path,
-) -> Res<Child> {
-    let logf = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-    let logf2 = logf.try_clone().map_err(|e| format!("dup log: {e}"))?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("mount").arg(image).arg(mnt).args(mount_args);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(logf))
-        .stderr(Stdio::from(logf2))
-        // Own process group: a Ctrl-C in the terminal must not kill the daemon under a
-        // mounted file system; the guard stops it in order.
-        .process_group(0);
-    cmd.spawn()
-        .map_err(|e| format!("cannot start {} mount: {e}", bin.display()))
-}
-
-/// Write to /sys/fs/fuse/connections/<dev>/abort, where <dev> is the kernel's dev_t of the
-/// mount (major << 20 | minor). Best effort: fusectl may not be mounted.
-fn abort_fuse_connection(dev: &str) {
-    let Some((maj, min)) = dev.split_once(':') else {
-        return;
-    };
-    let (Ok(maj), Ok(min)) = (maj.parse::<u64>(), min.parse::<u64>()) else {
-        return;
-    };
-    let path = PathBuf::from(format!(
-        "/sys/fs/fuse/connections/{}/abort",
-        (maj << 20) | min
-    ));
-    if path.exists() {
-        let _ = fs::write(&path, "1");
-    }
 }
 
 #[cfg(test)]
@@ -985,21 +529,27 @@ mod tests {
             SystemKind::Overlayfs,
             SystemKind::FuseOverlayfs,
         ] {
-            assert_eq!(SystemKind::parse(k.name()).unwrap(), k);
+            let v = clap::ValueEnum::to_possible_value(&k).unwrap();
+            assert_eq!(v.get_name(), k.name());
         }
         assert!(!SystemKind::Ext4.has_layers() && SystemKind::Strata.has_layers());
+    }
+
+    /// Everything under `dir`; no strata binary.
+    fn test_options(dir: &Path) -> SetupOptions<'_> {
+        SetupOptions {
+            dir,
+            strata_bin: Path::new("/nonexistent"),
+            image_size: "1G",
+            cache_size: None,
+            log_dir: dir,
+        }
     }
 
     #[test]
     fn ext4_setup_and_teardown() {
         let dir = std::env::temp_dir().join(format!("strata-bench-test-{}", std::process::id()));
-        let opts = SetupOptions {
-            dir: &dir,
-            strata_bin: Path::new("/nonexistent"),
-            image_size: "1G",
-            cache_size: None,
-            log_dir: &dir,
-        };
+        let opts = test_options(&dir);
         let base;
         {
             let mut sys = System::setup(SystemKind::Ext4, &opts).unwrap();
@@ -1023,18 +573,12 @@ mod tests {
     /// is unmounted and deleted by the guard. Needs root (and fuse-overlayfs for that half).
     #[test]
     fn overlay_containers() {
-        if !util::is_root() {
+        if !host::is_root() {
             eprintln!("skipped: needs root");
             return;
         }
         let dir = std::env::temp_dir().join(format!("strata-bench-ovl-{}", std::process::id()));
-        let opts = SetupOptions {
-            dir: &dir,
-            strata_bin: Path::new("/nonexistent"),
-            image_size: "1G",
-            cache_size: None,
-            log_dir: &dir,
-        };
+        let opts = test_options(&dir);
         fs::create_dir_all(&dir).unwrap();
         for kind in [SystemKind::Overlayfs, SystemKind::FuseOverlayfs] {
             let mut sys = match System::setup(kind, &opts) {
@@ -1065,9 +609,9 @@ mod tests {
             assert_eq!(fs::read(c.join("g")).unwrap(), b"top");
             assert_eq!(fs::read(c.join("f")).unwrap(), b"lower");
             sys.drop_container("a").unwrap();
-            assert!(!util::is_mounted(&a));
+            assert!(!mounts::is_mounted(&a));
             drop(sys);
-            assert!(!util::is_mounted(&b) && !util::is_mounted(&c));
+            assert!(!mounts::is_mounted(&b) && !mounts::is_mounted(&c));
             assert!(!base.exists(), "{kind:?}: the guard removes its directory");
         }
         let _ = fs::remove_dir_all(&dir);
