@@ -446,14 +446,32 @@ fn containerd_uses_strata_as_its_snapshotter() {
         "mine",
         "work",
     ]);
-    c.ok(&[
-        "snapshots",
-        "--snapshotter",
-        "strata",
-        "view",
-        "look",
-        "mine",
-    ]);
+    // `ctr snapshots view` sets no gc.root label (prepare and commit do), and the commit
+    // above schedules containerd's garbage collector, which may remove an unlabeled view
+    // before the test gets to it: label it, and make it again if the collector was first.
+    for attempt in 0.. {
+        c.ok(&[
+            "snapshots",
+            "--snapshotter",
+            "strata",
+            "view",
+            "look",
+            "mine",
+        ]);
+        let (labeled, _, _) = c.ctr(&[
+            "snapshots",
+            "--snapshotter",
+            "strata",
+            "label",
+            "look",
+            "containerd.io/gc.root=test",
+        ]);
+        let (kept, _, _) = c.ctr(&["snapshots", "--snapshotter", "strata", "info", "look"]);
+        if labeled && kept {
+            break;
+        }
+        assert!(attempt < 5, "the view keeps disappearing");
+    }
     c.ok(&[
         "snapshots",
         "--snapshotter",

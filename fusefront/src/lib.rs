@@ -32,8 +32,8 @@ use fuser::{
     Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
-    TimeOrNow, WriteFlags,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 
 /// How long the kernel may cache entries and attributes inside a layer. Everything in a
@@ -666,23 +666,10 @@ impl Filesystem for StrataFs {
         Self::empty(self.engine.fallocate(ino.0, offset, length, mode), reply)
     }
 
-    fn lseek(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        if offset < 0 {
-            return reply.error(Errno::ENXIO);
-        }
-        match self.engine.lseek(ino.0, offset as u64, whence) {
-            Ok(o) => reply.offset(o as i64),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
+    // lseek (SEEK_DATA / SEEK_HOLE) is not implemented: the kernel then answers it itself
+    // from its own size (all data, a hole at EOF). The engine's answer would miss the dirty
+    // pages the kernel's write-back cache has not sent yet (the kernel does not flush before
+    // asking), and report data the kernel holds as a hole.
 
     fn copy_file_range(
         &self,
