@@ -19,7 +19,7 @@
 //!   journal replay), [`fsck`].
 //! - Below: `alloc.rs` (free space), `cache.rs` (the block cache shared by every layer),
 //!   `inflight.rs` (data writes the device has not finished), `ring.rs` (io_uring
-//!   threads), `device.rs` (O_DIRECT file or block device, aligned
+//!   threads), `local_io.rs` (device reads on a caller's own io_uring), `device.rs` (O_DIRECT file or block device, aligned
 //!   buffers, fault injection), `poison.rs` (read-only after a failed write).
 //! - Beside: [`stats`] (per-layer and daemon statistics), [`diff`] (what a layer changed,
 //!   for OCI export).
@@ -38,6 +38,7 @@ mod error;
 mod inflight;
 mod kernel_cache;
 mod layer_ops;
+mod local_io;
 mod mkfs;
 mod namespace;
 mod node;
@@ -68,7 +69,9 @@ pub use error::{Error, Result};
 pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};
 pub use kernel_cache::{CacheMode, KernelFlush, WRITEBACK_RESERVE};
 pub use layer_ops::LayerInfo;
+pub use local_io::{set_local_io, DeviceIo, LocalIo};
 pub use meta::{Attr, Ino, LayerState, Name, Slot};
 pub use mkfs::{mkfs, DEFAULT_LAYER};
+pub use namespace::Atime;
 pub use node::{node_of, split, Node, MOUNT_ROOT};
 pub use recovery::{load, read_superblock, Loaded};

@@ -181,6 +181,61 @@ impl Engine {
     }
 
     pub fn link(&self, node: Node, parent: Node, name: &[u8]) -> Result<Stat> {
+        self.link_impl(node, parent, name, Unlinked::Refuse)
+    }
+
+    /// link(2) as the kernel asks for it: also of a file with no name left, which the kernel
+    /// allows only for an O_TMPFILE file (`linkat(fd, "", ..., AT_EMPTY_PATH)`; it refuses
+    /// other unlinked files itself).
+    pub fn link_from_kernel(&self, node: Node, parent: Node, name: &[u8]) -> Result<Stat> {
+        self.link_impl(node, parent, name, Unlinked::Allow)
+    }
+
+    /// O_TMPFILE: a regular file in `parent`'s layer with no name (nlink 0), held by one
+    /// kernel reference like a lookup; it goes when the last reference does (or, after a
+    /// crash, at the next open, as every orphan does) unless `link_from_kernel` names it.
+    pub fn tmpfile(&self, parent: Node, mode: u32, who: Caller) -> Result<Stat> {
+        let _op = self
+            .inner
+            .stats
+            .meta_op(parent, crate::stats::MetaOp::of_mode(mode, false));
+        self.change(parent, |t, parent| {
+            let pattr = t.attr(parent)?;
+            t.dir(parent)?;
+            if pattr.nlink == 0 {
+                return Err(errno(libc::ENOENT));
+            }
+            let now = Time::now();
+            let gid = if pattr.mode & libc::S_ISGID != 0 {
+                pattr.gid
+            } else {
+                who.gid
+            };
+            let attr = Attr {
+                mode: S_IFREG | (mode & 0o7777),
+                uid: who.uid,
+                gid,
+                nlink: 0,
+                size: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                btime: now,
+                rdev: 0,
+                flags: 0,
+            };
+            let ino = t.layer()?.tree.next_ino;
+            t.rec(Record::NewInode {
+                ino,
+                attr,
+                symlink: None,
+            })?;
+            t.take_ref(ino);
+            t.stat(ino)
+        })
+    }
+
+    fn link_impl(&self, node: Node, parent: Node, name: &[u8], unlinked: Unlinked) -> Result<Stat> {
         let _op = self.inner.stats.meta_op(parent, crate::stats::MetaOp::Link);
         check_name(name)?;
         if split(node).0 != split(parent).0 {
@@ -192,7 +247,7 @@ impl Engine {
             if a.is_dir() {
                 return Err(errno(libc::EPERM));
             }
-            if a.nlink == 0 {
+            if a.nlink == 0 && unlinked == Unlinked::Refuse {
                 return Err(errno(libc::ENOENT));
             }
             if t.dir(parent)?.get(name).is_some() {
@@ -392,6 +447,25 @@ impl Engine {
             guard += 1;
         }
         Ok(b == a)
+    }
+
+    /// The cookie the next entry added to directory `node` will get: every entry present now
+    /// has a smaller one. A reader that stops there sees each entry that stays put once and
+    /// cannot be kept going by entries renamed or created behind it. (The mount root, whose
+    /// offsets are layer slots, has none: `u64::MAX`.)
+    pub fn readdir_end(&self, node: Node) -> Result<u64> {
+        let (slot, ino) = split(node);
+        if slot == 0 {
+            return Ok(u64::MAX);
+        }
+        let m = self.inner.meta.lock();
+        let d = tree_of(&m, slot)?
+            .get(ino)
+            .ok_or(errno(libc::ENOENT))?
+            .dir()
+            .ok_or(errno(libc::ENOTDIR))?
+            .next_cookie;
+        Ok(d.max(crate::meta::FIRST_COOKIE))
     }
 
     pub fn readdir(&self, node: Node, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
@@ -657,5 +731,98 @@ impl Engine {
             })?;
             t.touch_ctime(ino, Time::now())
         })
+    }
+}
+
+/// Whether a link may name a file that has no name left (an O_TMPFILE file).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unlinked {
+    Refuse,
+    Allow,
+}
+
+/// When reads update a file's access time (the mount's `relatime`, `strictatime`,
+/// `noatime`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Atime {
+    /// Only when the access time is not after the last change, or is a day old (Linux's
+    /// default): the first read after a write is seen, repeated reads cost nothing.
+    #[default]
+    Relatime,
+    /// On every read.
+    Strictatime,
+    /// Never.
+    Noatime,
+}
+
+impl Engine {
+    /// `node` was read (file data, a directory listing): update its access time as `policy`
+    /// says. Nothing happens in layers that cannot change (committed layers, views) or when
+    /// the policy asks for nothing, and then no journal record is written.
+    pub fn accessed(&self, node: Node, policy: Atime) -> Result<()> {
+        if policy == Atime::Noatime {
+            return Ok(());
+        }
+        let (slot, ino) = split(node);
+        if slot == 0 {
+            return Ok(());
+        }
+        let now = Time::now();
+        let due = |a: &Attr| match policy {
+            Atime::Noatime => false,
+            Atime::Strictatime => a.atime != now,
+            Atime::Relatime => {
+                a.atime <= a.mtime || a.atime <= a.ctime || now.sec - a.atime.sec >= 24 * 3600
+            }
+        };
+        {
+            let m = self.inner.meta.lock();
+            match m.layers.get(slot) {
+                Some(l) if l.state == LayerState::Active => {}
+                _ => return Ok(()),
+            }
+            match tree_of(&m, slot)?.get(ino) {
+                Some(i) if due(&i.attr) => {}
+                _ => return Ok(()),
+            }
+        }
+        self.change(node, |t, ino| {
+            let mut a = t.attr(ino)?;
+            if !due(&a) {
+                return Ok(());
+            }
+            a.atime = now;
+            t.set_attr(ino, a)
+        })
+    }
+
+    /// The directory that holds directory `node` (its ".."), counted as a kernel reference
+    /// like a lookup. For file handles: the kernel asks it to reconnect a directory it has
+    /// forgotten. A layer's root answers the mount root. (Directories keep no parent
+    /// pointer, so this searches the layer: rare, and only for handles.)
+    pub fn lookup_parent(&self, node: Node) -> Result<Stat> {
+        let (slot, ino) = split(node);
+        let parent = if slot == 0 || ino == ROOT_INO {
+            MOUNT_ROOT
+        } else {
+            let m = self.inner.meta.lock();
+            let t = tree_of(&m, slot)?;
+            if !t.get(ino).ok_or(errno(libc::ENOENT))?.attr.is_dir() {
+                return Err(errno(libc::ENOTDIR));
+            }
+            let p = t
+                .inodes
+                .iter()
+                .find(|(_, i)| {
+                    i.dir()
+                        .is_some_and(|d| d.entries.values().any(|e| e.0 == ino))
+                })
+                .map(|(p, _)| *p)
+                .ok_or(errno(libc::ENOENT))?;
+            node_of(slot, p)
+        };
+        let st = self.getattr(parent)?;
+        self.inc_ref(parent, 1);
+        Ok(st)
     }
 }

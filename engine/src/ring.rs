@@ -46,7 +46,7 @@ impl IoBuf {
         }
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             IoBuf::Owned(b) => b,
             IoBuf::Shared { buf, first, n } => &buf[first * BLOCK_SIZE..(first + n) * BLOCK_SIZE],
@@ -108,6 +108,10 @@ pub struct Ring {
     workers: Vec<Worker>,
     next: AtomicUsize,
     inflight: Arc<AtomicU64>,
+    /// The device, and its descriptor when it has one (then reads may also be submitted on
+    /// a caller's own ring: `local_io`).
+    dev: Arc<dyn Device>,
+    fd: Option<RawFd>,
 }
 
 const WAKE: u64 = u64::MAX;
@@ -159,11 +163,27 @@ impl Ring {
             workers,
             next: AtomicUsize::new(0),
             inflight,
+            fd: dev.raw_fd(),
+            dev,
         })
     }
 
     pub fn submit(&self, reqs: Vec<IoReq>) {
         if reqs.is_empty() {
+            return;
+        }
+        // A thread with its own ring takes the reads it started itself (`local_io`).
+        if let Some((fd, local)) = self.fd.zip(crate::local_io::local_for(&reqs[0].op)) {
+            self.inflight
+                .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+            for r in reqs {
+                if let Some(e) = injected(self.dev.as_ref(), &r) {
+                    self.inflight.fetch_sub(1, Ordering::Relaxed);
+                    (r.done)(Err(e));
+                    continue;
+                }
+                local.submit(crate::local_io::DeviceIo::new(r, fd, self.inflight.clone()));
+            }
             return;
         }
         self.inflight

@@ -299,7 +299,22 @@ pub struct Stats {
     pub journal_commit: Histogram,
     /// Bytes referenced per layer (owned + inherited), recomputed at most every few seconds.
     pub(crate) referenced: parking_lot::Mutex<Option<(Instant, HashMap<Slot, u64>)>>,
+    /// What the FUSE front reports about itself (see [`Stats::set_frontend`]).
+    frontend: parking_lot::Mutex<Option<FrontendSource>>,
 }
+
+/// What the FUSE front says about itself: the transport requests travel on, and requests
+/// received per opcode. The front owns these numbers; the engine only passes them on to
+/// whoever renders statistics.
+#[derive(Clone, Debug, Default)]
+pub struct FrontendReport {
+    pub transport: String,
+    /// (opcode name, requests received).
+    pub requests: Vec<(&'static str, u64)>,
+}
+
+/// Produces a [`FrontendReport`] on demand.
+pub type FrontendSource = Box<dyn Fn() -> FrontendReport + Send + Sync>;
 
 impl Stats {
     pub fn new(enabled: bool) -> Stats {
@@ -311,7 +326,18 @@ impl Stats {
             checkpoint: Histogram::new(&SLOW_BUCKETS),
             journal_commit: Histogram::new(&SLOW_BUCKETS),
             referenced: parking_lot::Mutex::new(None),
+            frontend: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Set where the FUSE front's report comes from (the mounted daemon's front end).
+    pub fn set_frontend(&self, f: FrontendSource) {
+        *self.frontend.lock() = Some(f);
+    }
+
+    /// The FUSE front's report, when a front end is mounted.
+    pub fn frontend(&self) -> Option<FrontendReport> {
+        self.frontend.lock().as_ref().map(|f| f())
     }
 
     /// Whether per-layer and latency statistics are kept (`--no-stats` turns them off).

@@ -1,0 +1,136 @@
+//! Device I/O on the caller's own io_uring. A thread that runs an io_uring of its own (the
+//! FUSE front's io_uring queues) can take the device reads of the requests it serves: it
+//! registers a [`LocalIo`] once ([`set_local_io`]), starts reads with
+//! [`Engine::read_local`], submits the [`DeviceIo`]s it is handed on its ring, and completes
+//! them from its own completions. A request, its disk I/O and its reply then stay on one
+//! thread, with no hand-over to the engine's I/O threads and back.
+//!
+//! Only reads started through `read_local` go there, and only their first submission: I/O
+//! started from a completion, and every blocking wait inside the engine (`read_sync`), use
+//! the engine's I/O threads, so the thread never waits for I/O only it could complete.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types};
+
+use crate::api::ReadCb;
+use crate::engine::Engine;
+use crate::node::Node;
+use crate::ring::{IoBuf, IoReq, Op};
+
+/// Takes device I/O on a thread's own ring (see the module doc).
+pub trait LocalIo {
+    /// Submit `io` on this thread's ring; complete it with [`DeviceIo::complete`].
+    fn submit(&self, io: DeviceIo);
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Rc<dyn LocalIo>>> = RefCell::new(None);
+    /// Set while `read_local` runs: its device reads go to LOCAL.
+    static ROUTE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Route the device reads this thread starts with [`Engine::read_local`] to `io` (None:
+/// to the engine's I/O threads).
+pub fn set_local_io(io: Option<Rc<dyn LocalIo>>) {
+    LOCAL.with(|l| *l.borrow_mut() = io);
+}
+
+/// The local ring to hand `op` to, if this thread routes it there.
+pub(crate) fn local_for(op: &Op) -> Option<Rc<dyn LocalIo>> {
+    if !matches!(op, Op::Read) || !ROUTE.with(Cell::get) {
+        return None;
+    }
+    LOCAL.with(|l| l.borrow().clone())
+}
+
+/// One device operation handed to a [`LocalIo`].
+pub struct DeviceIo {
+    req: IoReq,
+    done_bytes: usize,
+    fd: RawFd,
+    inflight: Arc<AtomicU64>,
+}
+
+impl DeviceIo {
+    pub(crate) fn new(req: IoReq, fd: RawFd, inflight: Arc<AtomicU64>) -> DeviceIo {
+        DeviceIo {
+            req,
+            done_bytes: 0,
+            fd,
+            inflight,
+        }
+    }
+
+    /// The submission for what is left of this operation. The buffer it names belongs to
+    /// the `DeviceIo`: keep it (unmoved is not needed: the buffer is on the heap) until its
+    /// completion is handed to [`DeviceIo::complete`].
+    pub fn entry(&mut self) -> squeue::Entry {
+        let off = self.req.offset + self.done_bytes as u64;
+        let len = (self.req.buf.len() - self.done_bytes) as u32;
+        let fd = types::Fd(self.fd);
+        match (&self.req.op, &mut self.req.buf) {
+            (Op::Read, IoBuf::Owned(b)) => {
+                let p = b[self.done_bytes..].as_mut_ptr();
+                opcode::Read::new(fd, p, len).offset(off).build()
+            }
+            (Op::Write, b) => {
+                let p = b.as_slice()[self.done_bytes..].as_ptr();
+                opcode::Write::new(fd, p, len).offset(off).build()
+            }
+            // Nothing routes these here (reads own their buffers).
+            (Op::Read, IoBuf::Shared { .. }) => opcode::Nop::new().build(),
+        }
+    }
+
+    /// The completion of the last [`DeviceIo::entry`] (`res` from the CQE): `Some(self)`
+    /// when a short transfer must be submitted again; otherwise the operation's callback runs
+    /// here.
+    pub fn complete(mut self, res: i32) -> Option<DeviceIo> {
+        if res < 0 {
+            self.finish(Err(io::Error::from_raw_os_error(-res)));
+            return None;
+        }
+        self.done_bytes += res as usize;
+        if res > 0 && self.done_bytes < self.req.buf.len() {
+            return Some(self);
+        }
+        if self.done_bytes < self.req.buf.len() {
+            self.finish(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short I/O at end of device",
+            )));
+        } else {
+            self.finish(Ok(()));
+        }
+        None
+    }
+
+    fn finish(self, r: io::Result<()>) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        let IoReq { buf, done, .. } = self.req;
+        done(r.map(|()| buf));
+    }
+}
+
+impl Engine {
+    /// [`Engine::read`], with the device reads it needs submitted on this thread's
+    /// [`LocalIo`] (when one is set and the device has a descriptor); `cb` then runs from
+    /// that ring's completion, on this thread.
+    pub fn read_local(&self, node: Node, offset: u64, size: u32, cb: ReadCb) {
+        struct Route;
+        impl Drop for Route {
+            fn drop(&mut self) {
+                ROUTE.with(|r| r.set(false));
+            }
+        }
+        ROUTE.with(|r| r.set(true));
+        let _route = Route;
+        self.read(node, offset, size, cb);
+    }
+}
