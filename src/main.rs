@@ -42,9 +42,18 @@ struct MountArgs {
     /// Prometheus endpoint address, or `off`.
     #[arg(long, default_value = "127.0.0.1:9477")]
     metrics_addr: String,
-    /// FUSE worker threads.
+    /// FUSE worker threads reading /dev/fuse.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// How FUSE requests reach the daemon: `io-uring` (FUSE over io_uring, one ring per CPU;
+    /// Linux 6.14+, the daemon turns on the fuse module's enable_uring), `dev` (/dev/fuse), or
+    /// `auto` (io-uring where the kernel offers it, else dev; the log says which).
+    #[arg(long, default_value = "auto", env = "STRATA_FUSE_TRANSPORT")]
+    fuse_transport: fusefront::Transport,
+    /// When reads update access times: `relatime` (the first read after a change, or once a
+    /// day), `strictatime` (every read) or `noatime` (never).
+    #[arg(long, default_value = "relatime", value_parser = parse_atime)]
+    atime: engine::Atime,
     /// Keep no per-layer statistics or latency histograms (whole-daemon counters remain).
     #[arg(long)]
     no_stats: bool,
@@ -122,28 +131,27 @@ struct Logger {
 
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        // fuser's own warnings (e.g. its second unmount attempt after `umount`) are noise
-        // unless debugging.
-        let ours = !m.target().starts_with("fuser");
         m.level() <= self.level
-            && (ours || m.level() <= log::Level::Error || self.level >= log::LevelFilter::Debug)
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            let msg = r.args().to_string();
-            // A reply the kernel no longer waits for (the caller was interrupted or killed,
-            // e.g. a container exiting with requests in flight): routine, not an error.
-            if r.target().starts_with("fuser")
-                && msg.starts_with("Failed to send FUSE reply")
-                && msg.contains("(os error 2)")
-                && self.level < log::LevelFilter::Debug
-            {
-                return;
-            }
-            eprintln!("strata: {}: {}", r.level().as_str().to_lowercase(), msg);
+            eprintln!(
+                "strata: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
         }
     }
     fn flush(&self) {}
+}
+
+fn parse_atime(s: &str) -> Result<engine::Atime, String> {
+    match s {
+        "relatime" => Ok(engine::Atime::Relatime),
+        "strictatime" => Ok(engine::Atime::Strictatime),
+        "noatime" => Ok(engine::Atime::Noatime),
+        _ => Err(format!("{s:?}: use relatime, strictatime or noatime")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -359,17 +367,22 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         }
     };
     let fsname = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut session =
-        match fusefront::session(eng.clone(), mp, &fsname.to_string_lossy(), opts.threads) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = eng.shutdown();
-                return Err(format!("cannot mount at {}: {e}", mp.display()));
-            }
-        };
+    let mount_opts = fusefront::MountOptions {
+        fsname: fsname.to_string_lossy().into_owned(),
+        threads: opts.threads,
+        transport: opts.fuse_transport,
+        atime: opts.atime,
+    };
+    let session = match fusefront::Session::mount(eng.clone(), mp, &mount_opts) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = eng.shutdown();
+            return Err(format!("cannot mount at {}: {e}", mp.display()));
+        }
+    };
     fusefront::watch_layers(&session, &eng);
     fusefront::flush_on_freeze(&eng, mp);
-    let mut unmounter = session.unmount_callable();
+    let unmounter = session.unmounter();
     let mp_owned = mp.to_path_buf();
     std::thread::Builder::new()
         .name("strata-signals".into())
@@ -377,8 +390,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
             let sig = fusefront::sys::wait_for_signal();
             log::info!("signal {sig}: unmounting {}", mp_owned.display());
             if let Err(e) = unmounter.unmount() {
-                log::warn!("unmount failed ({e}); detaching");
-                let _ = fusefront::sys::detach_mount(&mp_owned);
+                log::warn!("unmount of {} failed: {e}", mp_owned.display());
             }
         })
         .map_err(|e| e.to_string())?;

@@ -89,8 +89,10 @@ pub fn table(r: &StatsReport, top: Option<usize>) -> String {
         .map(|(s, n)| format!("{n} {s}"))
         .collect();
     out.push_str(&format!(
-        "layers: {} | in flight: {} requests, {} device ops | rates over {:.1}s{}\n\n",
+        "layers: {} | FUSE over {} ({} requests) | in flight: {} requests, {} device ops | rates over {:.1}s{}\n\n",
         states.join(", "),
+        if d.fuse_transport.is_empty() { "-" } else { d.fuse_transport.as_str() },
+        d.fuse_requests.values().sum::<u64>(),
         d.requests_inflight,
         d.io_inflight,
         r.interval_seconds,

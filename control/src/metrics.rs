@@ -419,6 +419,27 @@ pub fn render_report(r: &StatsReport) -> String {
     for (name, kind, help, v) in scalars.iter() {
         Family::new(o, name, kind, help).sample("", *v);
     }
+    if !d.fuse_transport.is_empty() {
+        Family::new(
+            o,
+            "strata_fuse_transport_info",
+            "gauge",
+            "1, labelled with the transport FUSE requests travel on (io-uring or dev).",
+        )
+        .sample(
+            &format!("transport=\"{}\"", escape_label(&d.fuse_transport)),
+            1.0,
+        );
+        let mut f = Family::new(
+            o,
+            "strata_fuse_requests_total",
+            "counter",
+            "FUSE requests received from the kernel, per opcode.",
+        );
+        for (op, n) in &d.fuse_requests {
+            f.sample(&format!("opcode=\"{}\"", escape_label(op)), *n as f64);
+        }
+    }
     if r.enabled {
         let mut f = Family::new(
             o,

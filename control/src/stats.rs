@@ -158,6 +158,12 @@ pub struct DaemonStats {
     pub device_write_latency: Histogram,
     pub checkpoint_duration: Histogram,
     pub journal_commit_duration: Histogram,
+    /// How FUSE requests reach the daemon ("io-uring" or "dev"; empty without a mount).
+    #[serde(default)]
+    pub fuse_transport: String,
+    /// FUSE requests received, per opcode (LOOKUP, GETATTR, ...).
+    #[serde(default)]
+    pub fuse_requests: BTreeMap<String, u64>,
 }
 
 /// The answer of `GET /v1/stats`.
@@ -245,6 +251,7 @@ pub fn collect(engine: &Engine) -> StatsReport {
     }
     let used = s.blocks.saturating_sub(s.bfree) * bs;
     let lookups = hits + misses;
+    let front = st.frontend().unwrap_or_default();
     let daemon = DaemonStats {
         device_size_bytes: s.blocks * bs,
         device_used_bytes: used,
@@ -277,6 +284,12 @@ pub fn collect(engine: &Engine) -> StatsReport {
         device_write_latency: st.device_write.snapshot().into(),
         checkpoint_duration: st.checkpoint.snapshot().into(),
         journal_commit_duration: st.journal_commit.snapshot().into(),
+        fuse_transport: front.transport,
+        fuse_requests: front
+            .requests
+            .into_iter()
+            .map(|(op, n)| (op.to_string(), n))
+            .collect(),
     };
     StatsReport {
         time_unix: SystemTime::now()

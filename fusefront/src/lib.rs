@@ -1,724 +1,286 @@
 //! # strata-fusefront
 //!
-//! A thin `fuser` adapter: each FUSE request becomes one engine call, engine errors become
-//! errno here and only here ([`errno`]), and replies for reads, writes and fsync are sent from
-//! the engine's completion (the FUSE thread never waits for the disk on those paths).
+//! The FUSE front of Strata: the kernel's protocol, written from its ABI header, two
+//! transports, and the dispatcher onto the engine. It is not a general FUSE library: it
+//! speaks what Strata needs and nothing else.
 //!
-//! Node ids are the engine's (`slot << 40 | inode`; the mount root, which lists the layers, is
-//! 1). The kernel's write-back cache is on (FUSE_WRITEBACK_CACHE): a regular file is opened
-//! either into the kernel page cache (data only its layer can see, and every file opened for
-//! writing: FOPEN_KEEP_CACHE, everything in a layer changes through this mount) or with
-//! FOPEN_DIRECT_IO (data other layers share, cached once in the engine's block cache;
-//! FUSE_DIRECT_IO_ALLOW_MMAP keeps mmap and exec working). The engine decides which
-//! (`Engine::cache_mode`). Before a layer is frozen or exported the engine asks for the
-//! kernel's dirty pages: [`flush_on_freeze`] answers with a `syncfs` of the mount.
+//! - [`abi`]: opcodes, flags and structure layouts of include/uapi/linux/fuse.h, encoded and
+//!   decoded field by field, little-endian, with the kernel's sizes pinned by tests.
+//! - [`request`]: a message parsed into an [`request::Op`] that borrows names and data from
+//!   the buffer it came in; lengths are checked, bad input is an error, never a panic.
+//! - [`reply`]: the reply bodies (entries, attributes, directory listings, ...).
+//! - `fs.rs` ([`Fs`]): each request becomes one engine call; engine errors become errno here
+//!   and only here ([`errno`]); replies for reads, writes and fsync are sent from the
+//!   engine's completion (no FUSE thread waits for the disk).
+//! - Transports: `dev.rs` (/dev/fuse: worker threads, each with its own cloned descriptor)
+//!   and `uring.rs` (FUSE over io_uring: one ring per possible CPU, each request answered and
+//!   the next fetched with one COMMIT_AND_FETCH). [`Transport::Auto`] uses io_uring where
+//!   the kernel offers it and /dev/fuse otherwise; INIT, FORGET, INTERRUPT and
+//!   notifications always use /dev/fuse.
 //!
-//! [`sys`] holds the daemon's few system calls outside FUSE (signals, unmounting a dead
-//! mount): the only unsafe code of this crate.
+//! Node ids are the engine's (`slot << 40 | inode`; the mount root, which lists the layers,
+//! is 1). The kernel's write-back cache is on (FUSE_WRITEBACK_CACHE): a regular file is
+//! opened either into the kernel page cache (data only its layer can see, and every file
+//! opened for writing: FOPEN_KEEP_CACHE) or with FOPEN_DIRECT_IO (data other layers share,
+//! cached once in the engine's block cache; FUSE_DIRECT_IO_ALLOW_MMAP keeps mmap and exec
+//! working). The engine decides which (`Engine::cache_mode`). Before a layer is frozen or
+//! exported the engine asks for the kernel's dirty pages: [`flush_on_freeze`] answers with a
+//! `syncfs` of the mount.
+//!
+//! Unsafe code lives in [`sys`] (system calls) and `uring.rs` (ring submission and the
+//! entries' buffers), every block with a `// SAFETY:` comment.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod abi;
+mod dev;
+mod fs;
+pub mod reply;
+pub mod request;
+mod session;
 #[allow(unsafe_code)]
 pub mod sys;
+mod uring;
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
-use engine::{CacheMode, Caller, Engine, Error, KillPriv, SetAttr, Stat, Time, WriteTimes};
-use fuser::{
-    Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
-    WriteFlags,
-};
+use engine::{Engine, Error};
+use parking_lot::Mutex;
 
-/// How long the kernel may cache entries and attributes inside a layer. Everything in a
-/// layer changes through this mount, so the kernel's copy stays right; long TTLs spare a
-/// round trip per stat.
-const TTL: Duration = Duration::from_secs(60);
-/// Entries of the mount root (layers come and go through the admin API, not the kernel).
-const ROOT_TTL: Duration = Duration::from_secs(1);
-
-fn ttl(node: u64) -> &'static Duration {
-    if engine::split(node).0 == 0 {
-        &ROOT_TTL
-    } else {
-        &TTL
-    }
-}
-const GEN: Generation = Generation(0);
-/// Largest write the kernel sends us.
-pub const MAX_WRITE: u32 = 1 << 20;
+pub use fs::{Fs, Proto, MAX_WRITE, ROOT_TTL, TTL};
+pub use session::{OpCounters, Reply};
+pub use uring::{enable_in_kernel as enable_uring_in_kernel, possible_cpus};
 
 /// The one place engine errors become errno.
-pub fn errno(e: &Error) -> Errno {
-    Errno::from_i32(e.errno())
+pub fn errno(e: &Error) -> i32 {
+    e.errno()
 }
 
-fn kind(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
+/// How requests reach the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// io_uring where the kernel offers it, else /dev/fuse (said in the log).
+    Auto,
+    /// FUSE over io_uring; refused where the kernel lacks it.
+    IoUring,
+    /// read(2)/writev(2) on /dev/fuse.
+    Dev,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Transport, String> {
+        match s {
+            "auto" => Ok(Transport::Auto),
+            "io-uring" | "io_uring" | "uring" => Ok(Transport::IoUring),
+            "dev" | "dev-fuse" => Ok(Transport::Dev),
+            _ => Err(format!(
+                "unknown FUSE transport {s:?} (use auto, io-uring or dev)"
+            )),
+        }
     }
 }
 
-fn systime(t: Time) -> SystemTime {
-    if t.sec >= 0 {
-        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
-    }
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// What mount tables show as the device.
+    pub fsname: String,
+    /// /dev/fuse worker threads.
+    pub threads: usize,
+    pub transport: Transport,
+    /// When reads update access times (relatime by default).
+    pub atime: engine::Atime,
 }
 
-fn from_systime(t: SystemTime) -> Time {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Time {
-            sec: d.as_secs() as i64,
-            nsec: d.subsec_nanos(),
-        },
-        Err(e) => {
-            let d = e.duration();
-            let mut sec = -(d.as_secs() as i64);
-            let mut nsec = d.subsec_nanos();
-            if nsec > 0 {
-                sec -= 1;
-                nsec = 1_000_000_000 - nsec;
+/// A mounted file system and the threads that serve it.
+pub struct Session {
+    fs: Arc<Fs>,
+    mountpoint: PathBuf,
+    main: Arc<dev::Channel>,
+    threads: usize,
+    use_uring: bool,
+    /// The transport requests travel on now ("dev" until the rings are registered).
+    active: Arc<Mutex<&'static str>>,
+}
+
+impl Session {
+    /// Open /dev/fuse and mount it at `mountpoint` (as root: no fusermount). Serve it with
+    /// [`Session::run`].
+    pub fn mount(
+        engine: Arc<Engine>,
+        mountpoint: &Path,
+        opts: &MountOptions,
+    ) -> io::Result<Session> {
+        let use_uring = match opts.transport {
+            Transport::Dev => false,
+            Transport::IoUring => {
+                uring::enable_in_kernel().map_err(io::Error::other)?;
+                true
             }
-            Time { sec, nsec }
-        }
-    }
-}
-
-fn time_or_now(t: TimeOrNow) -> Time {
-    match t {
-        TimeOrNow::Now => Time::now(),
-        TimeOrNow::SpecificTime(s) => from_systime(s),
-    }
-}
-
-fn attr(st: &Stat) -> FileAttr {
-    let a = &st.attr;
-    FileAttr {
-        ino: INodeNo(st.ino),
-        size: a.size,
-        blocks: st.blocks,
-        atime: systime(a.atime),
-        mtime: systime(a.mtime),
-        ctime: systime(a.ctime),
-        crtime: systime(a.btime),
-        kind: kind(a.mode),
-        perm: (a.mode & 0o7777) as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
-/// A lookup reply with node id 0: "no such name", cached by the kernel for the entry TTL.
-fn negative_attr() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: SystemTime::UNIX_EPOCH,
-        mtime: SystemTime::UNIX_EPOCH,
-        ctime: SystemTime::UNIX_EPOCH,
-        crtime: SystemTime::UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
-/// The mode of a new node: the type bits as given (a regular file when none), permissions
-/// less the umask.
-fn node_mode(mode: u32, umask: u32) -> u32 {
-    let kind = match mode & libc::S_IFMT {
-        0 => libc::S_IFREG,
-        k => k,
-    };
-    kind | (mode & 0o7777 & !umask)
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-/// The FUSE file system over one engine.
-pub struct StrataFs {
-    engine: Arc<Engine>,
-}
-
-impl StrataFs {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        StrataFs { engine }
-    }
-
-    fn entry(&self, r: engine::Result<Stat>, reply: ReplyEntry) {
-        match r {
-            Ok(st) => reply.entry(&TTL, &attr(&st), GEN),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn empty(r: engine::Result<()>, reply: ReplyEmpty) {
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    /// How a regular file is opened: into the kernel page cache, or past it to the engine.
-    fn open_flags(&self, node: u64, write: bool) -> engine::Result<FopenFlags> {
-        Ok(match self.engine.cache_mode(node, write)? {
-            CacheMode::Kernel => FopenFlags::FOPEN_KEEP_CACHE,
-            // KEEP_CACHE here too: an open without it would drop (after writing back) the
-            // pages a writer of the same file has cached; direct reads and writes flush and
-            // invalidate the range they touch themselves.
-            CacheMode::Engine => {
-                FopenFlags::FOPEN_DIRECT_IO
-                    | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
-                    | FopenFlags::FOPEN_KEEP_CACHE
-            }
+            Transport::Auto => match uring::enable_in_kernel() {
+                Ok(()) => true,
+                Err(why) => {
+                    log::info!("FUSE transport: /dev/fuse ({why})");
+                    false
+                }
+            },
+        };
+        let counters = Arc::new(OpCounters::default());
+        let fs = Arc::new(Fs::new(engine.clone(), counters.clone(), opts.atime));
+        fs.set_want_uring(use_uring);
+        let fd = sys::open_fuse_device()?;
+        let (uid, gid) = sys::ids();
+        let data =
+            format!("rootmode=40000,user_id={uid},group_id={gid},default_permissions,allow_other");
+        let flags = match opts.atime {
+            engine::Atime::Relatime => libc::MS_RELATIME,
+            engine::Atime::Strictatime => libc::MS_STRICTATIME,
+            engine::Atime::Noatime => libc::MS_NOATIME,
+        };
+        sys::mount_fuse(&opts.fsname, mountpoint, fd.as_raw_fd(), flags, &data)?;
+        let active: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("dev"));
+        let (a, c) = (active.clone(), counters);
+        engine
+            .stats()
+            .set_frontend(Box::new(move || engine::stats::FrontendReport {
+                transport: a.lock().to_string(),
+                requests: c.snapshot(),
+            }));
+        Ok(Session {
+            fs,
+            mountpoint: mountpoint.to_path_buf(),
+            main: Arc::new(dev::Channel::new(fd)),
+            threads: opts.threads.max(1),
+            use_uring,
+            active,
         })
     }
-}
 
-impl Filesystem for StrataFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_background(128);
-        let _ = config.set_congestion_threshold(96);
-        for cap in [
-            InitFlags::FUSE_WRITEBACK_CACHE,
-            // We clear set-user-id, set-group-id and file capabilities on write, truncate and
-            // chown; in return the kernel marks inodes S_NOSEC and stops asking for
-            // security.capability before every write.
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ASYNC_DIO,
-        ] {
-            if let Err(missing) = config.add_capabilities(cap) {
-                log::debug!("kernel lacks FUSE capability {missing:?}");
+    /// The request counters per opcode.
+    pub fn counters(&self) -> Arc<OpCounters> {
+        self.fs.counters().clone()
+    }
+
+    /// Sends notifications to the kernel.
+    pub fn notifier(&self) -> Notifier {
+        Notifier {
+            chan: self.main.clone(),
+        }
+    }
+
+    /// Unmounts this session's mount (from another thread; [`Session::run`] then returns).
+    pub fn unmounter(&self) -> Unmounter {
+        Unmounter {
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
+
+    /// Serve requests until the file system is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        let rings: Arc<OnceLock<uring::Rings>> = Arc::new(OnceLock::new());
+        let after_init = {
+            let (fs, rings, main, active) = (
+                self.fs.clone(),
+                rings.clone(),
+                self.main.clone(),
+                self.active.clone(),
+            );
+            let use_uring = self.use_uring;
+            move || {
+                if !use_uring || rings.get().is_some() {
+                    return;
+                }
+                let granted = fs
+                    .proto()
+                    .is_some_and(|p| p.flags & abi::init::OVER_IO_URING != 0);
+                if !granted {
+                    log::warn!("FUSE transport: /dev/fuse (the kernel did not agree to FUSE over io_uring at INIT)");
+                    return;
+                }
+                match uring::Rings::start(fs.clone(), main.fd().as_raw_fd()) {
+                    Ok(r) => {
+                        log::info!(
+                            "FUSE transport: io_uring, {} queues of {} entries",
+                            r.queues(),
+                            uring::ENTRIES
+                        );
+                        *active.lock() = "io-uring";
+                        let _ = rings.set(r);
+                    }
+                    Err(e) => log::warn!(
+                        "FUSE transport: /dev/fuse (io_uring rings could not be set up: {e})"
+                    ),
+                }
             }
+        };
+        let after_init: Arc<dyn Fn() + Send + Sync> = Arc::new(after_init);
+        let mut workers = Vec::new();
+        for k in 1..self.threads {
+            let chan = Arc::new(dev::Channel::new(sys::clone_fuse_fd(self.main.fd())?));
+            let (fs, hook) = (self.fs.clone(), after_init.clone());
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("strata-fuse{k}"))
+                    .spawn(move || dev::worker(fs, chan, &*hook))?,
+            );
+        }
+        dev::worker(self.fs.clone(), self.main.clone(), &*after_init);
+        for w in workers {
+            let _ = w.join();
+        }
+        if let Some(r) = rings.get() {
+            r.stop();
+            let _ = r.ready.load(Ordering::Relaxed);
         }
         Ok(())
     }
+}
 
-    fn destroy(&mut self) {}
+/// Sends notifications (FUSE_NOTIFY_*) on the connection.
+#[derive(Clone)]
+pub struct Notifier {
+    chan: Arc<dev::Channel>,
+}
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.engine.lookup(parent.0, name.as_bytes()) {
-            Ok(st) => reply.entry(ttl(parent.0), &attr(&st), GEN),
-            // Inside a layer, names change only through this mount, so the kernel may keep a
-            // negative entry: a stat-then-create (tar, containerd's applier, cp) then costs
-            // one LOOKUP instead of two. Not at the mount root, where layers come and go
-            // through the admin API.
-            Err(e) if e.errno() == libc::ENOENT && engine::split(parent.0).0 != 0 => {
-                reply.entry(&TTL, &negative_attr(), GEN)
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.engine.forget(ino.0, nlookup)
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.engine.getattr(ino.0) {
-            Ok(st) => reply.attr(ttl(st.ino), &attr(&st)),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let s = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(time_or_now),
-            mtime: mtime.map(time_or_now),
-            ctime: ctime.map(from_systime),
-            // With FUSE_HANDLE_KILLPRIV_V2 this is ours, as the VFS does it: a chown clears
-            // set-user-id (set-group-id when group execute is set) whoever asks, a truncation
-            // when the caller lacks CAP_FSETID (fuser does not pass the kernel's flag on: a
-            // caller other than root stands for it); both drop file capabilities.
-            kill: KillPriv {
-                suid_sgid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
-                caps: uid.is_some() || gid.is_some() || size.is_some(),
-            },
-        };
-        match self.engine.setattr(ino.0, s) {
-            Ok(st) => reply.attr(ttl(st.ino), &attr(&st)),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.engine.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        let mode = node_mode(mode, umask);
-        self.entry(
-            self.engine
-                .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req), None),
-            reply,
-        )
-    }
-
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        reply: ReplyEntry,
-    ) {
-        let mode = node_mode(libc::S_IFDIR | (mode & 0o7777), umask);
-        self.entry(
-            self.engine
-                .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None),
-            reply,
-        )
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.engine.unlink(parent.0, name.as_bytes()), reply)
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.engine.rmdir(parent.0, name.as_bytes()), reply)
-    }
-
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        let t = target.as_os_str().as_bytes();
-        self.entry(
-            self.engine.mknod(
-                parent.0,
-                link_name.as_bytes(),
-                libc::S_IFLNK | 0o777,
-                0,
-                caller(req),
-                Some(t),
-            ),
-            reply,
-        )
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        Self::empty(
-            self.engine.rename(
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags.bits(),
-            ),
-            reply,
-        )
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        self.entry(
-            self.engine.link(ino.0, newparent.0, newname.as_bytes()),
-            reply,
-        )
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        match self.open_flags(ino.0, write) {
-            Ok(f) => reply.opened(FileHandle(0), f),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        self.engine.read(
-            ino.0,
-            offset,
-            size,
-            Box::new(move |r| match r {
-                Ok(d) => reply.data(d),
-                Err(e) => reply.error(errno(&e)),
-            }),
-        )
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        // A write drops file capabilities, and set-user-id / set-group-id when the kernel says
-        // the writer lacks CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2 leaves both to us).
-        let kill = KillPriv {
-            suid_sgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
-            caps: true,
-        };
-        // A page the kernel's write-back cache sends: the kernel keeps the file's times and
-        // sends them itself (a setattr that may come before this page).
-        let times = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
-            WriteTimes::Kernel
-        } else {
-            WriteTimes::Set
-        };
-        self.engine.write(
-            ino.0,
-            offset,
-            data,
-            kill,
-            times,
-            Box::new(move |r| match r {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(&e)),
-            }),
-        )
-    }
-
-    // flush is not implemented: the kernel then stops sending it (one round trip less per
-    // close). It still writes the file's dirty pages back at close (as WRITE requests).
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok()
-    }
-
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.engine.fsync(Box::new(move |r| Self::empty(r, reply)))
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.engine.getattr(ino.0) {
-            Ok(st) if st.attr.is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        match self.engine.readdir(ino.0, offset, 1024) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(
-                        INodeNo(e.ino),
-                        e.offset,
-                        kind(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        match self.engine.readdir(ino.0, offset, 1024) {
-            Ok(entries) => {
-                for e in entries {
-                    let st = match &e.name[..] {
-                        b"." | b".." => self.engine.getattr(ino.0),
-                        _ => self.engine.getattr(e.ino),
-                    };
-                    let Ok(st) = st else { continue };
-                    let full = reply.add(
-                        INodeNo(e.ino),
-                        e.offset,
-                        OsStr::from_bytes(&e.name),
-                        ttl(ino.0),
-                        &attr(&st),
-                        GEN,
-                    );
-                    if full {
-                        break;
-                    }
-                    // The kernel counts a lookup for every entry but "." and "..".
-                    if e.name[..] != *b"." && e.name[..] != *b".." {
-                        self.engine.inc_ref(e.ino, 1);
-                    }
-                }
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.engine.fsync(Box::new(move |r| Self::empty(r, reply)))
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.engine.statfs();
-        reply.statfs(
-            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
-        )
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        Self::empty(
-            self.engine.setxattr(ino.0, name.as_bytes(), value, flags),
-            reply,
-        )
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // security.capability is asked before every write by an unprivileged writer; it is
-        // answered from memory like every other attribute.
-        match self.engine.getxattr(ino.0, name.as_bytes()) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.engine.listxattr(ino.0) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.engine.removexattr(ino.0, name.as_bytes()), reply)
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        Self::empty(self.engine.getattr(ino.0).map(|_| ()), reply)
-    }
-
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        let mode = node_mode(mode, umask);
-        let r = self
-            .engine
-            .mknod(parent.0, name.as_bytes(), mode, 0, caller(req), None);
-        match r.and_then(|st| Ok((st, self.open_flags(st.ino, true)?))) {
-            Ok((st, f)) => reply.created(&TTL, &attr(&st), GEN, FileHandle(0), f),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        Self::empty(self.engine.fallocate(ino.0, offset, length, mode), reply)
-    }
-
-    // lseek (SEEK_DATA / SEEK_HOLE) is not implemented: the kernel then answers it itself
-    // from its own size (all data, a hole at EOF). The engine's answer would miss the dirty
-    // pages the kernel's write-back cache has not sent yet (the kernel does not flush before
-    // asking), and report data the kernel holds as a hole.
-
-    fn copy_file_range(
-        &self,
-        _req: &Request,
-        ino_in: INodeNo,
-        _fh_in: FileHandle,
-        offset_in: u64,
-        ino_out: INodeNo,
-        _fh_out: FileHandle,
-        offset_out: u64,
-        len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        let len = len.min(u32::MAX as u64 / 2);
-        match self
-            .engine
-            .copy_file_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
-        }
+impl Notifier {
+    /// Drop the kernel's cached entry `name` of directory `parent`.
+    pub fn inval_entry(&self, parent: u64, name: &[u8]) -> io::Result<()> {
+        self.chan.notify(&reply::notify_inval_entry(parent, name))
     }
 }
 
-/// Mount options Strata uses: the device as fsname, no subtype, root-style options.
-pub fn config(fsname: &str, threads: usize) -> Config {
-    let mut c = Config::default();
-    c.mount_options = vec![
-        MountOption::FSName(fsname.to_string()),
-        MountOption::DefaultPermissions,
-        MountOption::Suid,
-        MountOption::Dev,
-        MountOption::RW,
-        MountOption::Exec,
-        MountOption::Async,
-    ];
-    c.acl = SessionACL::All;
-    c.n_threads = Some(threads.max(1));
-    c.clone_fd = true;
-    c
+/// Unmounts a session's mount.
+pub struct Unmounter {
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// umount(2); when the mount is busy, detach it (MNT_DETACH).
+    pub fn unmount(&self) -> io::Result<()> {
+        match sys::unmount(&self.mountpoint) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::warn!(
+                    "unmount of {} failed ({e}); detaching",
+                    self.mountpoint.display()
+                );
+                sys::detach_mount(&self.mountpoint)
+            }
+        }
+    }
 }
 
 /// Drop the kernel's cached entry of a layer's directory when the layer is removed, so
 /// `<mnt>/<id>` disappears at once rather than when its entry expires.
-pub fn watch_layers(session: &Session<StrataFs>, engine: &Engine) {
+pub fn watch_layers(session: &Session, engine: &Engine) {
     let notifier = session.notifier();
     engine.set_layer_listener(Box::new(move |id| {
-        if let Err(e) = notifier.inval_entry(INodeNo(engine::MOUNT_ROOT), OsStr::new(id)) {
+        if let Err(e) = notifier.inval_entry(engine::MOUNT_ROOT, id.as_bytes()) {
             if e.raw_os_error() != Some(libc::ENOENT) {
                 log::debug!("could not drop the kernel's entry for layer {id}: {e}");
             }
@@ -739,14 +301,4 @@ pub fn flush_on_freeze(engine: &Engine, mountpoint: &Path) {
             );
         }
     }));
-}
-
-/// Create the FUSE session (mounts). Run it with `Session::run`.
-pub fn session(
-    engine: Arc<Engine>,
-    mountpoint: &Path,
-    fsname: &str,
-    threads: usize,
-) -> std::io::Result<Session<StrataFs>> {
-    Session::new(StrataFs::new(engine), mountpoint, &config(fsname, threads))
 }

@@ -1,0 +1,99 @@
+//! The /dev/fuse transport: worker threads each read requests from their own descriptor of
+//! the connection (FUSE_DEV_IOC_CLONE) and answer through it with one writev. With io_uring
+//! on, it still carries INIT, FORGET, INTERRUPT, notifications, and whatever the kernel
+//! sends before the rings are ready.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::abi::{self, op};
+use crate::fs::{Fs, MAX_WRITE};
+use crate::request::Request;
+use crate::session::{Reply, Sink};
+use crate::sys;
+
+/// Room for the largest request: a WRITE of MAX_WRITE bytes and its headers.
+pub(crate) const BUF_SIZE: usize = MAX_WRITE as usize + 4096;
+
+/// One descriptor of the connection.
+pub(crate) struct Channel {
+    fd: OwnedFd,
+}
+
+impl Channel {
+    pub(crate) fn new(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Write a reply: the header, then the body.
+    pub(crate) fn reply(&self, unique: u64, error: i32, parts: &[&[u8]]) {
+        let len = abi::OUT_HEADER_SIZE + parts.iter().map(|p| p.len()).sum::<usize>();
+        let h = abi::out_header(len as u32, error, unique);
+        let mut all: [&[u8]; 4] = [&h, &[], &[], &[]];
+        for (slot, p) in all[1..].iter_mut().zip(parts) {
+            *slot = p;
+        }
+        match sys::writev(self.fd.as_raw_fd(), &all[..1 + parts.len().min(3)]) {
+            Ok(_) => {}
+            // The request was interrupted or its caller is gone (e.g. a container exiting
+            // with requests in flight): routine.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => log::debug!("FUSE reply to request {unique} not sent: {e}"),
+        }
+    }
+
+    /// Write a notification (a whole message, header included).
+    pub(crate) fn notify(&self, msg: &[u8]) -> io::Result<()> {
+        sys::writev(self.fd.as_raw_fd(), &[msg]).map(|_| ())
+    }
+}
+
+/// Whether a request of this opcode is answered.
+fn has_reply(opcode: u32) -> bool {
+    !matches!(opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT)
+}
+
+/// Serve requests from `chan` until the file system is unmounted. `after_init` runs once
+/// INIT has been answered (the connection is then initialised).
+pub(crate) fn worker(fs: Arc<Fs>, chan: Arc<Channel>, after_init: &(dyn Fn() + Sync)) {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let fd = chan.fd.as_raw_fd();
+    loop {
+        let n = match sys::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(e) => match e.raw_os_error() {
+                // ENOENT: the request was interrupted before we read it.
+                Some(libc::ENOENT) | Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                // Unmounted (or the connection aborted).
+                Some(libc::ENODEV) | Some(libc::ECONNABORTED) => return,
+                _ => {
+                    log::error!("reading /dev/fuse failed: {e}");
+                    return;
+                }
+            },
+        };
+        match Request::parse_dev(&buf[..n]) {
+            Ok(req) => {
+                let (unique, opcode) = (req.header.unique, req.header.opcode);
+                fs.dispatch(req, Reply::new(unique, Sink::Dev(chan.clone())));
+                if opcode == op::INIT {
+                    after_init();
+                }
+            }
+            Err(bad) => {
+                let h = abi::InHeader::decode(&buf[..n]);
+                log::warn!("malformed FUSE request ({}): {h:?}", bad.0);
+                if let Some(h) = h {
+                    if has_reply(h.opcode) {
+                        chan.reply(h.unique, -libc::EINVAL, &[]);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! What the transports share: [`Reply`] (sent exactly once, from whatever thread finishes the
+//! request — a FUSE thread, an engine completion), the per-opcode request counters, and the
+//! negotiated protocol.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::abi::{self, op};
+use crate::dev;
+use crate::uring;
+
+/// Where a reply goes: back down the /dev/fuse descriptor the request came from, or into the
+/// io_uring entry that carried it (then committed, which fetches the next request).
+pub(crate) enum Sink {
+    Dev(Arc<dev::Channel>),
+    Uring(uring::EntryRef),
+}
+
+impl Sink {
+    fn send(self, unique: u64, error: i32, parts: &[&[u8]]) {
+        match self {
+            Sink::Dev(c) => c.reply(unique, error, parts),
+            Sink::Uring(e) => e.reply(unique, error, parts),
+        }
+    }
+}
+
+/// The answer to one request. Dropping it unanswered answers EIO, so a request is never
+/// left waiting.
+pub struct Reply {
+    unique: u64,
+    sink: Option<Sink>,
+}
+
+impl Reply {
+    pub(crate) fn new(unique: u64, sink: Sink) -> Reply {
+        Reply {
+            unique,
+            sink: Some(sink),
+        }
+    }
+
+    fn send(&mut self, error: i32, parts: &[&[u8]]) {
+        if let Some(s) = self.sink.take() {
+            s.send(self.unique, error, parts)
+        }
+    }
+
+    /// Success with this body.
+    pub fn ok(mut self, body: &[u8]) {
+        self.send(0, &[body])
+    }
+
+    /// Success with a body in two pieces (e.g. `fuse_entry_out` then `fuse_open_out`).
+    pub fn ok2(mut self, a: &[u8], b: &[u8]) {
+        self.send(0, &[a, b])
+    }
+
+    /// Failure with a (positive) errno.
+    pub fn error(mut self, errno: i32) {
+        let e = if errno > 0 && errno < 4096 {
+            errno
+        } else {
+            libc::EIO
+        };
+        self.send(-e, &[])
+    }
+
+    /// A request that takes no reply (FORGET, INTERRUPT): release what carried it. On
+    /// /dev/fuse nothing is written; an io_uring entry is never given such a request.
+    pub fn none(mut self) {
+        self.sink = None;
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if self.sink.is_some() {
+            self.send(-libc::EIO, &[]);
+        }
+    }
+}
+
+/// Requests received, per opcode (index: opcode; the last slot counts unknown opcodes).
+pub struct OpCounters {
+    by_op: [AtomicU64; op::COUNT + 1],
+}
+
+impl Default for OpCounters {
+    fn default() -> Self {
+        OpCounters {
+            by_op: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl OpCounters {
+    pub fn count(&self, opcode: u32) {
+        let i = (opcode as usize).min(op::COUNT);
+        self.by_op[i].fetch_add(1, Relaxed);
+    }
+
+    /// (opcode name, requests) of every opcode seen at least once.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.by_op
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Relaxed);
+                (n > 0).then(|| (abi::op_name(i as u32), n))
+            })
+            .collect()
+    }
+
+    /// Requests of one opcode.
+    pub fn get(&self, opcode: u32) -> u64 {
+        self.by_op[(opcode as usize).min(op::COUNT)].load(Relaxed)
+    }
+}
