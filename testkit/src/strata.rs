@@ -46,6 +46,14 @@ pub fn strata_bin() -> &'static Path {
     })
 }
 
+/// The FUSE transport mount tests ask for: `STRATA_FUSE_TRANSPORT` (`io-uring`, `dev` or
+/// `auto`), passed to `strata mount` as `--fuse-transport`; unset, the daemon's default.
+pub fn fuse_transport() -> Option<String> {
+    std::env::var("STRATA_FUSE_TRANSPORT")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
 /// `None` when the environment can run mount tests; otherwise why not.
 pub fn skip_reason() -> Option<String> {
     if crate::geteuid() != 0 {
@@ -338,6 +346,12 @@ impl Mount {
         if !extra.iter().any(|a| a.starts_with("--snapshotter-socket")) {
             cmd.arg("--snapshotter-socket")
                 .arg(Self::snapshotter_socket_for(mnt));
+        }
+        // The FUSE transport under test (scripts/test runs the mount tests on both).
+        if let Some(t) = fuse_transport() {
+            if !extra.iter().any(|a| a.starts_with("--fuse-transport")) {
+                cmd.arg("--fuse-transport").arg(t);
+            }
         }
         cmd.args(extra);
         cmd.stdin(Stdio::null())
