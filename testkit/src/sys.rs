@@ -179,6 +179,94 @@ pub fn open(path: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A file handle from `name_to_handle_at(2)`: its type and bytes, and the mount id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileHandle {
+    pub handle_type: i32,
+    pub bytes: Vec<u8>,
+    pub mount_id: i32,
+}
+
+/// `name_to_handle_at(AT_FDCWD, path, ..., 0)`.
+pub fn name_to_handle(path: &CStr) -> SysResult<FileHandle> {
+    // struct file_handle: u32 handle_bytes, i32 handle_type, then up to MAX_HANDLE_SZ bytes.
+    let mut buf = [0u32; 2 + 128 / 4];
+    buf[0] = 128;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` is a struct file_handle with room for 128 handle bytes (as handle_bytes
+    // says); `path` is NUL-terminated; the kernel writes only inside both.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    let n = (buf[0] as usize).min(128);
+    let bytes: Vec<u8> = buf[2..]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(n)
+        .collect();
+    Ok(FileHandle {
+        handle_type: buf[1] as i32,
+        bytes,
+        mount_id,
+    })
+}
+
+/// `open_by_handle_at(mount_fd, handle, flags)` (needs CAP_DAC_READ_SEARCH).
+pub fn open_by_handle(mount_fd: impl AsFd, h: &FileHandle, flags: i32) -> SysResult<OwnedFd> {
+    let mut buf = [0u32; 2 + 128 / 4];
+    let n = h.bytes.len().min(128);
+    buf[0] = n as u32;
+    buf[1] = h.handle_type as u32;
+    for (i, c) in h.bytes[..n].chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..c.len()].copy_from_slice(c);
+        buf[2 + i] = u32::from_ne_bytes(w);
+    }
+    // SAFETY: `buf` is a valid struct file_handle the kernel only reads.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_fd().as_raw_fd(),
+            buf.as_mut_ptr(),
+            flags,
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH)`: give an open file (an O_TMPFILE one) a
+/// name.
+pub fn link_fd(fd: impl AsFd, path: &CStr) -> SysResult<()> {
+    // SAFETY: the empty path and `path` are NUL-terminated; no buffers are written.
+    let r = unsafe {
+        libc::linkat(
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
 pub fn mknod(path: &CStr, mode: u32, dev: u64) -> SysResult<()> {
     // SAFETY: `path` is a valid C string.
     check(unsafe { libc::mknod(path.as_ptr(), mode, dev) })
