@@ -13,7 +13,7 @@ use crate::fmt::{fmt_size, group_thousands};
 use crate::inputs::{Input, TarSpec};
 use crate::results::summarize;
 use crate::suite::{Run, Step};
-use crate::systems::{Parent, System, SystemKind};
+use crate::systems::{Parent, System};
 use crate::workloads::{Config, Goal, Group, Unit, Workload};
 use crate::Res;
 use crate::{fio, host, interrupt, process};
@@ -204,7 +204,7 @@ pub fn clone_times(
     let max_depth = depths.iter().copied().max().unwrap_or(1);
     let t = Instant::now();
     let parents = match sys.kind {
-        SystemKind::Strata => strata_parents(sys, tars, &need, smallest, max_depth)?,
+        k if k.is_strata() => strata_parents(sys, tars, &need, smallest, max_depth)?,
         _ => overlay_parents(sys, tars, &need, smallest, max_depth)?,
     };
     log(&format!(

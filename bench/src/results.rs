@@ -140,11 +140,18 @@ impl Results {
         Some(Comparison { ratio, speed })
     }
 
+    /// The Strata system goals are judged on: the first one measured (the default transport,
+    /// else the first transport given).
+    pub fn goal_system(&self) -> Option<SystemKind> {
+        self.systems.iter().copied().find(|s| s.is_strata())
+    }
+
     /// Whether Strata met the workload's goal (None: no goal, or no data to tell).
     pub fn goal_met(&self, w: usize) -> Option<bool> {
         let goal = self.workloads[w].goal?;
-        let val = self.cell(w, SystemKind::Strata)?.summary()?.median;
-        goal.met(val, self.compare(w, SystemKind::Strata).map(|c| c.ratio))
+        let sys = self.goal_system()?;
+        let val = self.cell(w, sys)?.summary()?.median;
+        goal.met(val, self.compare(w, sys).map(|c| c.ratio))
     }
 
     pub fn has_errors(&self) -> bool {

@@ -129,6 +129,8 @@ fn series(systems: &[SystemKind]) -> Vec<(&'static str, &'static str)> {
         SystemKind::Overlayfs => "#dd6b20",
         SystemKind::FuseOverlayfs => "#38a169",
         SystemKind::Strata => "#2b6cb0",
+        SystemKind::StrataDev => "#805ad5",
+        SystemKind::StrataUring => "#2c5282",
     };
     systems.iter().map(|&s| (s.name(), color(s))).collect()
 }
@@ -136,7 +138,7 @@ fn series(systems: &[SystemKind]) -> Vec<(&'static str, &'static str)> {
 /// Medians with min–max whiskers, a bar per system; Strata's absolute goals as ticks; memory
 /// also in copies of the file, with a line at one copy.
 fn values(r: &Results, info: &RunInfo, g: Group, spec: &Spec, rows: &[usize]) -> BarChart {
-    let strata = r.systems.contains(&SystemKind::Strata);
+    let strata = r.systems.iter().any(|s| s.is_strata());
     let one = (info.cfg.image_size >> 20) as f64;
     let rows: Vec<Row> = rows
         .iter()
@@ -216,7 +218,7 @@ fn missing(sys: &SystemKind, why: &str) -> Bar {
 /// ticks, cut at 3.
 fn ratios(r: &Results, rows: &[usize], title: &str) -> BarChart {
     let compared = r.compared();
-    let strata = compared.contains(&SystemKind::Strata);
+    let strata = compared.iter().any(|s| s.is_strata());
     let rows = rows
         .iter()
         .map(|&w| {

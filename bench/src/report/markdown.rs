@@ -9,7 +9,6 @@ use crate::fmt::{fmt_size, group_thousands};
 use crate::inputs::{PY_BIN, PY_STDLIB};
 use crate::results::{summarize, Results};
 use crate::smallfiles::PY_IMPORTS;
-use crate::systems::SystemKind;
 use crate::workloads::{Detail, Group};
 
 /// A Markdown table with numbers right-aligned (the first column too with `first_right`);
@@ -38,7 +37,7 @@ fn md_table(head: &[String], first_right: bool, rows: &[Vec<String>]) -> Option<
 /// its ratio to ext4, and Strata's goal and whether it was met. None when the group is empty.
 pub fn group_table(r: &Results, group: Group) -> Option<String> {
     let compared = r.compared();
-    let goals = r.systems.contains(&SystemKind::Strata);
+    let goals = r.systems.iter().any(|s| s.is_strata());
     let mut head = vec!["workload".to_string()];
     head.extend(r.systems.iter().map(|s| s.name().to_string()));
     head.extend(compared.iter().map(|s| format!("{}/ext4", s.name())));

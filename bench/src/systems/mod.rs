@@ -37,8 +37,15 @@ pub enum SystemKind {
     Overlayfs,
     /// fuse-overlayfs over an ext4 lower directory (rootless containers, Podman).
     FuseOverlayfs,
-    /// `strata mkfs` an image file next to the ext4 directory, `strata mount` it.
+    /// `strata mkfs` an image file next to the ext4 directory, `strata mount` it (the
+    /// daemon's default FUSE transport: io_uring where the kernel has it).
     Strata,
+    /// Strata with `--fuse-transport dev` (requests over /dev/fuse).
+    #[value(name = "strata-dev")]
+    StrataDev,
+    /// Strata with `--fuse-transport io-uring` (FUSE over io_uring).
+    #[value(name = "strata-io-uring", alias = "strata-uring")]
+    StrataUring,
 }
 
 impl SystemKind {
@@ -55,6 +62,25 @@ impl SystemKind {
             SystemKind::Strata => "strata",
             SystemKind::Overlayfs => "overlayfs",
             SystemKind::FuseOverlayfs => "fuse-overlayfs",
+            SystemKind::StrataDev => "strata-dev",
+            SystemKind::StrataUring => "strata-io-uring",
+        }
+    }
+
+    /// Whether this is Strata (on any FUSE transport).
+    pub fn is_strata(self) -> bool {
+        matches!(
+            self,
+            SystemKind::Strata | SystemKind::StrataDev | SystemKind::StrataUring
+        )
+    }
+
+    /// The `--fuse-transport` a Strata system mounts with (None: the daemon's default).
+    pub fn fuse_transport(self) -> Option<&'static str> {
+        match self {
+            SystemKind::StrataDev => Some("dev"),
+            SystemKind::StrataUring => Some("io-uring"),
+            _ => None,
         }
     }
 
@@ -160,8 +186,8 @@ impl System {
                 sys.lower = sys.base.join("lower");
                 mkdir(&sys.lower)?;
             }
-            SystemKind::Strata => {
-                let daemon = StrataDaemon::start(&sys.base, opts)?;
+            SystemKind::Strata | SystemKind::StrataDev | SystemKind::StrataUring => {
+                let daemon = StrataDaemon::start(&sys.base, opts, kind.fuse_transport())?;
                 let mnt = daemon.mnt.clone();
                 let client = daemon.client();
                 sys.daemon = Some(daemon);
@@ -288,7 +314,7 @@ impl System {
                 }
                 Ok((merged, took))
             }
-            SystemKind::Strata => {
+            SystemKind::Strata | SystemKind::StrataDev | SystemKind::StrataUring => {
                 let parent = match parent {
                     Parent::Standard => {
                         self.freeze()?;

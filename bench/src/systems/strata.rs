@@ -35,7 +35,11 @@ impl Drop for StrataDaemon {
 }
 
 impl StrataDaemon {
-    pub(super) fn start(base: &Path, opts: &SetupOptions) -> Res<StrataDaemon> {
+    pub(super) fn start(
+        base: &Path,
+        opts: &SetupOptions,
+        transport: Option<&str>,
+    ) -> Res<StrataDaemon> {
         let bin = opts.strata_bin;
         if !bin.is_file() {
             return Err(format!(
@@ -68,7 +72,10 @@ impl StrataDaemon {
         }
 
         let log = opts.log_dir.join("strata.log");
-        let mount_args = mount_args(bin, &mnt, opts.cache_size);
+        let mut mount_args = mount_args(bin, &mnt, opts.cache_size);
+        if let Some(t) = transport {
+            mount_args.extend(["--fuse-transport".into(), t.to_string()]);
+        }
         let child = spawn_mount(bin, &image, &mnt, &mount_args, &log)?;
         let mut d = StrataDaemon {
             child,
