@@ -137,6 +137,14 @@ fn requests_per_file_of_tar_create_and_unlink() {
         table("create (open O_CREAT|O_EXCL, close)", &create, N),
         table("unlink", &unlink, N)
     );
+    // The transport asked for is the one in use (and says so).
+    if let Some(t) = testkit::fuse_transport().filter(|t| t != "auto") {
+        assert_eq!(
+            v["daemon"]["fuse_transport"],
+            t.as_str(),
+            "transport in use"
+        );
+    }
     // What the kernel lets us skip, it skips (the mount's first OPENDIR is answered ENOSYS,
     // after which the kernel sends none).
     assert!(tar_x.get("OPENDIR").copied().unwrap_or(0) <= 1, "{tar_x:?}");

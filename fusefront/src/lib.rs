@@ -45,7 +45,6 @@ mod uring;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use engine::{Engine, Error};
@@ -202,14 +201,13 @@ impl Session {
                     log::warn!("FUSE transport: /dev/fuse (the kernel did not agree to FUSE over io_uring at INIT)");
                     return;
                 }
-                match uring::Rings::start(fs.clone(), main.fd().as_raw_fd()) {
+                match uring::Rings::start(fs.clone(), main.fd().as_raw_fd(), active.clone()) {
                     Ok(r) => {
                         log::info!(
                             "FUSE transport: io_uring, {} queues of {} entries",
                             r.queues(),
                             uring::ENTRIES
                         );
-                        *active.lock() = "io-uring";
                         let _ = rings.set(r);
                     }
                     Err(e) => log::warn!(
@@ -235,7 +233,6 @@ impl Session {
         }
         if let Some(r) = rings.get() {
             r.stop();
-            let _ = r.ready.load(Ordering::Relaxed);
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell, UnsafeCell};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -162,8 +162,6 @@ impl EntryRef {
 pub(crate) struct Rings {
     queues: Vec<Arc<Queue>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Queues whose entries all registered.
-    pub(crate) ready: Arc<AtomicUsize>,
 }
 
 /// Number of possible CPUs (the kernel's queue count): /sys/devices/system/cpu/possible.
@@ -198,30 +196,34 @@ pub fn enable_in_kernel() -> Result<(), String> {
 
 impl Rings {
     /// Create every queue and register its entries (after INIT has been answered).
-    pub(crate) fn start(fs: Arc<Fs>, dev: RawFd) -> io::Result<Rings> {
+    pub(crate) fn start(
+        fs: Arc<Fs>,
+        dev: RawFd,
+        active: Arc<Mutex<&'static str>>,
+    ) -> io::Result<Rings> {
         let n = possible_cpus();
         let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let ready = Arc::new(AtomicUsize::new(0));
         let mut queues = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for qid in 0..n {
             let q = Arc::new(Queue::new(qid as u16, dev)?);
-            let (fs, q2, ready) = (fs.clone(), q.clone(), ready.clone());
+            let (fs, q2, active) = (fs.clone(), q.clone(), active.clone());
             let t = std::thread::Builder::new()
                 .name(format!("strata-fuseq{qid}"))
                 .spawn(move || {
                     if qid < online {
                         sys::pin_to_cpu(qid);
                     }
-                    run(&fs, &q2, &ready)
+                    run(&fs, &q2, &active)
                 })?;
             queues.push(q);
             threads.push(t);
         }
+        // Reported from now on; a queue the kernel refuses sets it back to "dev".
+        *active.lock() = "io-uring";
         Ok(Rings {
             queues,
             threads: Mutex::new(threads),
-            ready,
         })
     }
 
@@ -374,7 +376,7 @@ impl QueueIo {
     }
 }
 
-fn run(fs: &Arc<Fs>, q: &Arc<Queue>, ready: &AtomicUsize) {
+fn run(fs: &Arc<Fs>, q: &Arc<Queue>, active: &Mutex<&'static str>) {
     CURRENT.with(|c| c.set(Arc::as_ptr(q)));
     let local = Rc::new(QueueIo {
         q: q.clone(),
@@ -387,7 +389,7 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, ready: &AtomicUsize) {
         q.push(&q.register_sqe(i));
     }
     let mut alive = ENTRIES;
-    let mut registered = false;
+    let mut served = false;
     let mut wake_armed = false;
     loop {
         if !wake_armed {
@@ -421,10 +423,6 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, ready: &AtomicUsize) {
         let cqes: Vec<(u64, i32)> = unsafe { q.ring.completion_shared() }
             .map(|c| (c.user_data(), c.result()))
             .collect();
-        if !registered {
-            registered = true;
-            ready.fetch_add(1, Ordering::SeqCst);
-        }
         for (ud, res) in cqes {
             if ud == WAKE {
                 wake_armed = false;
@@ -439,8 +437,19 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, ready: &AtomicUsize) {
                 continue;
             }
             if res < 0 {
-                // The connection is going away (ENOTCONN), or io_uring was refused for it.
-                if !matches!(-res, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED) {
+                // The connection is going away (ENOTCONN), or io_uring was refused for it:
+                // then the kernel keeps sending everything on /dev/fuse.
+                let going = matches!(-res, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED);
+                if !going && !served {
+                    let mut a = active.lock();
+                    if *a != "dev" {
+                        *a = "dev";
+                        log::warn!(
+                            "FUSE transport: /dev/fuse (the kernel refused the io_uring queues: {})",
+                            io::Error::from_raw_os_error(-res)
+                        );
+                    }
+                } else if !going {
                     log::warn!(
                         "FUSE ring {} entry {idx}: {}",
                         q.qid,
@@ -450,6 +459,7 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, ready: &AtomicUsize) {
                 alive -= 1;
                 continue;
             }
+            served = true;
             serve(fs, q, idx);
         }
     }

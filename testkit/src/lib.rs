@@ -40,8 +40,8 @@ pub use mountinfo::{is_mounted, mount_entries, mount_info, mounts_below, umount,
 pub use process::{on_path, run_with_timeout, status_code, wait_child, Output};
 pub use rng::{hash, pattern, Rng};
 pub use strata::{
-    assert_fsck_clean, assert_no_panic, fsck, mkfs_at, skip_reason, strata, strata_bin, Mount,
-    MountFailure, MountGuard, TestDir, MOUNT_TIMEOUT, STOP_TIMEOUT,
+    assert_fsck_clean, assert_no_panic, fsck, fuse_transport, mkfs_at, skip_reason, strata,
+    strata_bin, Mount, MountFailure, MountGuard, TestDir, MOUNT_TIMEOUT, STOP_TIMEOUT,
 };
 pub use sys::{as_user, code, cstr, errno, errno_name, errno_of, geteuid};
 pub use tree::{
