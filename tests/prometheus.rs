@@ -294,6 +294,28 @@ fn per_layer_counters_reach_prometheus() {
         sample(&scrape, r#"strata_read_bytes_total{layer="beta"}"#),
         Some(0.0)
     );
+    // FUSE requests per opcode, and the transport they travel on.
+    for op in ["INIT", "LOOKUP", "CREATE", "WRITE", "RMDIR"] {
+        assert!(
+            sample(
+                &scrape,
+                &format!("strata_fuse_requests_total{{opcode=\"{op}\"}}")
+            )
+            .is_some_and(|n| n >= 1.0),
+            "strata_fuse_requests_total for {op} in:\n{scrape}"
+        );
+    }
+    let transports: Vec<&str> = scrape
+        .lines()
+        .filter(|l| l.starts_with("strata_fuse_transport_info{") && l.ends_with(" 1"))
+        .collect();
+    assert_eq!(transports.len(), 1, "one transport in:\n{scrape}");
+    if let Some(t) = testkit::fuse_transport().filter(|t| t != "auto") {
+        assert!(
+            transports[0].contains(&format!("transport=\"{t}\"")),
+            "{transports:?}"
+        );
+    }
     assert_eq!(
         sample(
             &scrape,
