@@ -164,6 +164,45 @@ fn reads_update_atime_as_the_mount_option_says() {
     }
 }
 
+#[test]
+fn reading_inherited_files_leaves_the_layer_diff_empty() {
+    require_root_and_fuse!();
+    let td = TestDir::new("atime-diff");
+    let (_img, m) = td.mkfs_and_mount("256M");
+    m.cli_ok(&["layer", "create", "img"]);
+    fs::create_dir(m.mnt.join("img/dir")).unwrap();
+    fs::write(m.mnt.join("img/dir/f"), b"image file").unwrap();
+    m.cli_ok(&["layer", "commit", "img"]);
+    m.cli_ok(&["layer", "clone", "img", "ctr"]);
+    let f = m.mnt.join("ctr/dir/f");
+    let before = atime_of(&f);
+    std::thread::sleep(Duration::from_millis(1100));
+    read_through_daemon(&f);
+    let _ = fs::read_dir(m.mnt.join("ctr/dir")).unwrap().count();
+    assert!(
+        atime_of(&f) > before,
+        "a read of an inherited file sets its atime in the layer"
+    );
+    assert_eq!(
+        atime_of(&m.mnt.join("img/dir/f")),
+        before,
+        "the committed layer keeps its own"
+    );
+    // An access time is not a change an OCI layer carries: the diff stays empty.
+    let tar = td.join("ctr.tar");
+    m.cli_ok(&["export", "ctr", "-o", tar.to_str().unwrap()]);
+    let out = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !listed.contains("dir/f"),
+        "a read file exported as changed:\n{listed}"
+    );
+}
+
 fn mount_fd(m: &Mount) -> std::os::fd::OwnedFd {
     sys::open(&cstr(&m.mnt), libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap()
 }

@@ -15,7 +15,7 @@ use imbl::ordmap::DiffItem;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::ROOT_INO;
-use crate::meta::{Content, Ino, Slot, Tree};
+use crate::meta::{Content, Ino, Inode, Slot, Tree};
 
 /// How a path changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,7 +131,14 @@ pub fn diff_trees(parent: Option<&Tree>, tree: &Tree) -> Vec<Change> {
     // also compare its entries; for anything else all its paths (hard links) are modified.
     let mut changed: HashMap<Ino, u32> = HashMap::new();
     for d in parent.inodes.diff(&tree.inodes) {
-        if let DiffItem::Update { new: (ino, v), .. } = d {
+        if let DiffItem::Update {
+            old: (_, o),
+            new: (ino, v),
+        } = d
+        {
+            if only_atime_differs(o, v) {
+                continue;
+            }
             let want = if v.attr.is_dir() {
                 1
             } else {
@@ -192,6 +199,14 @@ pub fn diff_trees(parent: Option<&Tree>, tree: &Tree) -> Vec<Change> {
         }
     }
     out.0.into_values().collect()
+}
+
+/// Whether two versions of an inode differ in nothing but the access time: a read in the
+/// layer, which its diff does not carry (OCI layers have no access times).
+fn only_atime_differs(a: &Inode, b: &Inode) -> bool {
+    let mut attr = a.attr;
+    attr.atime = b.attr.atime;
+    attr == b.attr && a.content == b.content && a.xattrs == b.xattrs
 }
 
 /// Paths in `tree` of the inodes in `want` (inode → how many paths to find), by one walk of the
