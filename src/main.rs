@@ -146,7 +146,7 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
     let num_end = lower

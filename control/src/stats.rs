@@ -108,6 +108,15 @@ pub struct LayerStatsReport {
     /// Bytes its files reference that belong to ancestors (inherited, shared).
     pub shared_bytes: u64,
     pub inodes: u64,
+    /// Inodes added to what the layer inherited (what the inode limit counts).
+    #[serde(default)]
+    pub inodes_added: u64,
+    /// Space limit in bytes (none: unlimited).
+    #[serde(default)]
+    pub limit_bytes: Option<u64>,
+    /// Inode limit (none: unlimited).
+    #[serde(default)]
+    pub limit_inodes: Option<u64>,
     /// Reads and writes in flight.
     pub inflight: u64,
     pub read_latency: Histogram,
@@ -216,6 +225,9 @@ pub fn collect(engine: &Engine) -> StatsReport {
                 .map(|r| r.saturating_sub(i.owned_bytes))
                 .unwrap_or(0),
             inodes: i.inodes,
+            inodes_added: i.inodes_added,
+            limit_bytes: i.limits.bytes,
+            limit_inodes: i.limits.inodes,
             ..Default::default()
         };
         if let Some(l) = per.get(&i.slot) {

@@ -12,6 +12,7 @@ use crate::device::AlignedBuf;
 use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
 use crate::format::*;
+use crate::limits::Limits;
 use crate::meta::*;
 use crate::node::{split, Node};
 use crate::ring::{IoBuf, IoReq, Op};
@@ -46,6 +47,8 @@ enum Planned {
     Ready(WritePlan),
     /// Blocks an earlier write is still writing in place: wait, then plan again.
     WaitFor(Vec<(u64, u64)>),
+    /// Only the first this-many blocks fit under the layer's space limit.
+    Shorten(u64),
 }
 
 /// Membership of a read or write in a data epoch: a commit that seals the epoch waits until
@@ -93,6 +96,16 @@ impl Engine {
             .entry(node)
             .or_default()
             .clone()
+    }
+
+    /// Blocks the layer of `node` may still allocate under its space limit.
+    pub(crate) fn quota_room(&self, node: Node) -> Result<u64> {
+        let m = self.inner.meta.lock();
+        let l = m.layers.get(split(node).0).ok_or(errno(libc::ENOENT))?;
+        Ok(Limits::of(&l.labels)
+            .bytes
+            .map(|b| (b / BLOCK).saturating_sub(l.owned))
+            .unwrap_or(u64::MAX))
     }
 
     /// SEEK_DATA / SEEK_HOLE.
@@ -409,6 +422,19 @@ impl Engine {
             match self.plan_write(node, b0, n, end, (kill, times), &buf) {
                 Ok(Planned::Ready(p)) => break Ok(p),
                 Ok(Planned::WaitFor(busy)) => self.inner.inflight.wait_clear(&busy),
+                Ok(Planned::Shorten(blocks)) => {
+                    // Write what fits (under the file lock we hold), as a short write.
+                    let len = (blocks * BLOCK - skip as u64).min(data.len() as u64) as usize;
+                    self.write_impl(
+                        node,
+                        offset,
+                        &data[..len],
+                        (kill, times),
+                        cb,
+                        FileLock::Held,
+                    );
+                    return;
+                }
                 Err(Error::NoSpace)
                     if !committed
                         && self.inner.meta.lock().alloc.pending() > 0
@@ -464,8 +490,10 @@ impl Engine {
             // writes leave behind) would go out as many small device writes: it goes to new,
             // contiguous blocks instead, and the layer's old blocks are freed when the
             // remapping commits (the mapping records free them, as for any overwrite).
-            let relocate =
-                n as u64 >= RELOCATE_MIN_BLOCKS && runs.len() as u64 * RELOCATE_MIN_RUN > n as u64;
+            let quota = Limits::of(&t.layer()?.labels).bytes.map(|b| b / BLOCK);
+            let relocate = quota.is_none()
+                && n as u64 >= RELOCATE_MIN_BLOCKS
+                && runs.len() as u64 * RELOCATE_MIN_RUN > n as u64;
             let fresh = |r: &Run| relocate || r.pblk.is_none() || r.owner != owner;
             let in_place: Vec<(u64, u64)> = runs
                 .iter()
@@ -476,6 +504,29 @@ impl Engine {
                 return Ok(Planned::WaitFor(in_place));
             }
             let need: u64 = runs.iter().filter(|r| fresh(r)).map(|r| r.len).sum();
+            // The layer's space limit: a write that needs more new blocks than are left is
+            // cut to the part that fits (a short write; the next one gets EDQUOT).
+            if let Some(max) = quota {
+                let room = max.saturating_sub(t.layer()?.owned);
+                if need > room {
+                    let (mut fit, mut used) = (0u64, 0u64);
+                    for r in &runs {
+                        if fresh(r) {
+                            if used + r.len > room {
+                                fit += room - used;
+                                break;
+                            }
+                            used += r.len;
+                        }
+                        fit += r.len;
+                    }
+                    return if fit == 0 {
+                        Err(errno(libc::EDQUOT))
+                    } else {
+                        Ok(Planned::Shorten(fit))
+                    };
+                }
+            }
             let mut phys: Vec<(u64, u64, u64)> = Vec::new(); // (logical, physical, len)
             let allocating = need > 0;
             if allocating {
@@ -788,6 +839,9 @@ impl Engine {
         let needed: u64 = holes.iter().map(|h| h.1).sum();
         if needed > self.statfs().bavail {
             return Err(Error::NoSpace);
+        }
+        if needed > self.quota_room(node)? {
+            return Err(errno(libc::EDQUOT));
         }
         let size = st.attr.size;
         for (l, n) in holes {

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::format::*;
 use crate::journal;
 use crate::layer::Layers;
+use crate::limits::{inodes_added, Limits};
 use crate::meta::*;
 use crate::node::{node_of, Node, INO_BITS};
 
@@ -24,6 +25,9 @@ pub struct LayerInfo {
     pub created: Time,
     pub owned_bytes: u64,
     pub inodes: u64,
+    /// Inodes added to what the layer inherited (what its inode limit counts).
+    pub inodes_added: u64,
+    pub limits: Limits,
     /// Parent ids, nearest first.
     pub chain: Vec<String>,
     pub children: Vec<String>,
@@ -56,6 +60,8 @@ fn layer_info(ls: &Layers, slot: Slot) -> Result<LayerInfo> {
         created: l.created,
         owned_bytes: l.owned * BLOCK,
         inodes: l.tree.inodes.len() as u64,
+        inodes_added: inodes_added(ls, l),
+        limits: Limits::of(&l.labels),
         chain,
         children: ls
             .children(slot)
@@ -296,6 +302,23 @@ impl Engine {
         let labels = label_list(&labels)?;
         let slot = self.layer_change(|m| {
             let s = Self::slot_named(m, id)?;
+            Ok((vec![Record::LayerLabels { slot: s, labels }], s))
+        })?;
+        self.layer_info_slot(slot)
+    }
+
+    /// Set a layer's limits (space, inodes, I/O), replacing the ones it had; durable when
+    /// this returns. Lowering a limit below what the layer uses refuses its next allocation,
+    /// nothing already written goes.
+    pub fn layer_set_limits(&self, id: &str, limits: Limits) -> Result<LayerInfo> {
+        limits.check()?;
+        let slot = self.layer_change(|m| {
+            let s = Self::slot_named(m, id)?;
+            let l = m
+                .layers
+                .get(s)
+                .ok_or_else(|| Error::NotFound(format!("layer {id:?}")))?;
+            let labels: Vec<(Name, Name)> = limits.apply_to(&l.labels).into_iter().collect();
             Ok((vec![Record::LayerLabels { slot: s, labels }], s))
         })?;
         self.layer_info_slot(slot)

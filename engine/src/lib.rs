@@ -38,6 +38,7 @@ mod error;
 mod inflight;
 mod kernel_cache;
 mod layer_ops;
+mod limits;
 mod mkfs;
 mod namespace;
 mod node;
@@ -68,6 +69,9 @@ pub use error::{Error, Result};
 pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};
 pub use kernel_cache::{CacheMode, KernelFlush, WRITEBACK_RESERVE};
 pub use layer_ops::LayerInfo;
+pub use limits::{
+    Limits, DEFAULT_WEIGHT, IO_WEIGHT, LIMIT_BPS, LIMIT_BYTES, LIMIT_INODES, LIMIT_IOPS,
+};
 pub use meta::{Attr, Ino, LayerState, Name, Slot};
 pub use mkfs::{mkfs, DEFAULT_LAYER};
 pub use node::{node_of, split, Node, MOUNT_ROOT};

@@ -171,6 +171,7 @@ impl System {
                         parent: None,
                         state: None,
                         labels: BTreeMap::new(),
+                        limits: Default::default(),
                     })
                     .map_err(|e| format!("creating layer {STRATA_BASE_LAYER}: {e}"))?;
                 sys.lower = mnt.join(STRATA_BASE_LAYER);
@@ -304,6 +305,7 @@ impl System {
                     parent: Some(parent.to_string()),
                     state: None,
                     labels: BTreeMap::new(),
+                    limits: Default::default(),
                 };
                 let t = Instant::now();
                 client
