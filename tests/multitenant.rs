@@ -8,7 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::time::Duration;
 
 use testkit::*;
@@ -223,4 +223,73 @@ fn layer_limits_hold_through_the_mount() {
     fs::write(mnt.join("tenant/free-again"), vec![5u8; 4 << 20]).expect("unlimited");
     m.stop();
     assert_fsck_clean(&img, "after the quota test");
+}
+
+/// One `strata_…{layer="ID"}` sample of a scrape.
+fn sample(scrape: &str, name: &str, layer: &str) -> Option<f64> {
+    let prefix = format!("{name}{{layer=\"{layer}\"");
+    scrape
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn io_limits_hold_a_layer_back_and_show_in_the_metrics() {
+    require_root_and_fuse!();
+    let t = TestDir::new("iolimit");
+    let img = t.mkfs("512M");
+    let mnt = t.mountpoint("mnt");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    // No block cache: every read below reaches the device (and the scheduler).
+    let m = Mount::start_with(
+        &img,
+        &mnt,
+        &["--metrics-addr", &metrics, "--cache-size", "0"],
+    );
+    m.cli_ok(&["layer", "create", "slow", "--limit-iops", "40"]);
+    let stat = m.cli_ok(&["layer", "stat", "slow"]);
+    assert!(stat.contains("40 IOPS"), "{stat}");
+    let path = mnt.join("slow/data");
+    fs::write(&path, pattern(5, 4 << 20)).expect("write");
+    File::open(&path).expect("open").sync_all().expect("fsync");
+    // 80 O_DIRECT reads of 4 KiB under a 40 IOPS limit: at least about two seconds (a lower
+    // bound: a busy machine only makes it longer).
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .expect("open O_DIRECT");
+    let mut buf = sys::AlignedBuf::new(4096);
+    let t0 = std::time::Instant::now();
+    for i in 0..80u64 {
+        use std::os::unix::fs::FileExt;
+        f.read_at(buf.as_mut_slice(), (i * 7919 % 1024) * 4096)
+            .expect("read");
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "80 reads under a 40 IOPS limit took only {took:?}"
+    );
+    let s = scrape(&metrics);
+    let throttled = sample(&s, "strata_layer_io_throttled_seconds_total", "slow").unwrap_or(0.0);
+    assert!(throttled > 1.0, "throttled {throttled} s:\n{s}");
+    assert!(
+        sample(&s, "strata_layer_io_queue_seconds_count", "slow").unwrap_or(0.0) >= 80.0,
+        "{s}"
+    );
+    // Lifted live: the same reads go at the device's pace.
+    m.cli_ok(&["layer", "limit", "slow"]);
+    let t1 = std::time::Instant::now();
+    for i in 0..80u64 {
+        use std::os::unix::fs::FileExt;
+        f.read_at(buf.as_mut_slice(), (i * 104_729 % 1024) * 4096)
+            .expect("read");
+    }
+    let free = t1.elapsed();
+    eprintln!("80 reads: {took:?} at 40 IOPS, {free:?} unlimited");
+    drop(f);
+    m.stop();
 }

@@ -265,6 +265,24 @@ pub fn render_report(r: &StatsReport) -> String {
             }
         }
     }
+    let mut f = Family::new(
+        o,
+        "strata_layer_io_queue_seconds",
+        "histogram",
+        "Time the layer's device requests waited in the I/O scheduler (fair queue by weight, IOPS and bandwidth limits).",
+    );
+    for (lab, l) in &ls {
+        f.histogram(lab, &l.io_queue_delay);
+    }
+    let mut f = Family::new(
+        o,
+        "strata_layer_io_throttled_seconds_total",
+        "counter",
+        "Time the layer's device requests were held back by its IOPS or bandwidth limit.",
+    );
+    for (lab, l) in &ls {
+        f.sample(lab, l.io_throttled_seconds);
+    }
     type GetG = fn(&LayerStatsReport) -> f64;
     let gauges: [(&'static str, &str, GetG); 4] = [
         (

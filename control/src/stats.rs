@@ -122,6 +122,12 @@ pub struct LayerStatsReport {
     pub read_latency: Histogram,
     pub write_latency: Histogram,
     pub metadata_latency: Histogram,
+    /// Time its device requests waited in the I/O scheduler.
+    #[serde(default)]
+    pub io_queue_delay: Histogram,
+    /// Seconds its requests were held back by its IOPS or bandwidth limit.
+    #[serde(default)]
+    pub io_throttled_seconds: f64,
     pub rates: Rates,
 }
 
@@ -252,6 +258,8 @@ pub fn collect(engine: &Engine) -> StatsReport {
             r.read_latency = l.read_latency.snapshot().into();
             r.write_latency = l.write_latency.snapshot().into();
             r.metadata_latency = l.meta_latency.snapshot().into();
+            r.io_queue_delay = l.io_queue_delay.snapshot().into();
+            r.io_throttled_seconds = ld(&l.io_throttled_ns) as f64 / 1e9;
         }
         layers.push(r);
     }

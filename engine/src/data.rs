@@ -16,6 +16,7 @@ use crate::limits::Limits;
 use crate::meta::*;
 use crate::node::{split, Node};
 use crate::ring::{IoBuf, IoReq, Op};
+use crate::sched::IoClass;
 use crate::txn::CAPS_XATTR;
 
 /// Largest file size: 1 PiB (2^50 bytes, 2^38 blocks), beyond any device, and small enough
@@ -40,6 +41,8 @@ struct WritePlan {
     ios: Vec<(usize, u64, usize)>,
     /// The data epoch the write belongs to (a commit waits for its epoch's writes).
     epoch: EpochToken,
+    /// Whose I/O it is (for the scheduler).
+    class: IoClass,
 }
 
 /// What planning a write found.
@@ -220,6 +223,10 @@ impl Engine {
             return cb(Ok(&out[skip..skip + len]));
         }
         // Fast path: one device read covering the whole request, reply from its buffer.
+        let class = IoClass {
+            slot: split(node).0,
+            stats: lstats.clone(),
+        };
         let inner = self.inner.clone();
         let t_dev = self.inner.stats.device_start();
         if fetch.len() == 1 && fetch[0].0 == 0 && fetch[0].2 == nblocks {
@@ -231,6 +238,7 @@ impl Engine {
                 op: Op::Read,
                 offset: pb * BLOCK,
                 buf: IoBuf::Owned(out),
+                class,
                 done: Box::new(move |r| {
                     drop(token);
                     match r.map(IoBuf::into_owned) {
@@ -278,6 +286,7 @@ impl Engine {
                     op: Op::Read,
                     offset: pb * BLOCK,
                     buf: IoBuf::Owned(AlignedBuf::zeroed(n)),
+                    class: class.clone(),
                     done: Box::new(move |r| {
                         let mut g = g.lock();
                         match r.map(IoBuf::into_owned) {
@@ -628,6 +637,10 @@ impl Engine {
             Ok(Planned::Ready(WritePlan {
                 ios,
                 epoch: EpochToken::join(&self.inner, epoch),
+                class: IoClass {
+                    slot: t.slot,
+                    stats: self.inner.stats.layer(t.slot),
+                },
             }))
         })
     }
@@ -640,7 +653,7 @@ impl Engine {
         guard: Option<parking_lot::MutexGuard<'_, ()>>,
         cb: Cb<u32>,
     ) {
-        let WritePlan { ios, epoch } = plan;
+        let WritePlan { ios, epoch, class } = plan;
         for (idx, p, len) in &ios {
             for k in 0..*len {
                 let i = idx + k;
@@ -689,6 +702,7 @@ impl Engine {
                         first: idx,
                         n: len,
                     },
+                    class: class.clone(),
                     done: Box::new(move |r| {
                         inner.stats.device_done(true, t_dev);
                         // A failed write latches the file system read-only: fsync reports it.

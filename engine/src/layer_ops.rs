@@ -13,6 +13,7 @@ use crate::layer::Layers;
 use crate::limits::{inodes_added, Limits};
 use crate::meta::*;
 use crate::node::{node_of, Node, INO_BITS};
+use crate::sched::ClassConf;
 
 /// What the admin API and the CLI see of a layer.
 #[derive(Clone, Debug)]
@@ -109,6 +110,7 @@ impl Engine {
             }
             self.inner.stats.sync(m.layers.map.keys().copied());
             self.release_later(&mut m, freed);
+            self.configure_io(&m.layers);
             out
         };
         self.fsync_sync()?;
@@ -305,6 +307,30 @@ impl Engine {
             Ok((vec![Record::LayerLabels { slot: s, labels }], s))
         })?;
         self.layer_info_slot(slot)
+    }
+
+    /// Give the I/O scheduler every layer's weight and I/O limits (the ones that are not the
+    /// default).
+    pub(crate) fn configure_io(&self, layers: &Layers) {
+        let conf = layers
+            .map
+            .iter()
+            .filter_map(|(slot, l)| {
+                let lim = Limits::of(&l.labels);
+                let c = ClassConf {
+                    weight: lim.weight(),
+                    iops: lim.iops,
+                    bps: lim.bps,
+                };
+                (c != ClassConf::default()).then_some((*slot, c))
+            })
+            .collect();
+        self.inner.ring.sched().configure(conf);
+    }
+
+    /// How device I/O is shared between layers.
+    pub fn io_policy(&self) -> crate::sched::Policy {
+        self.inner.ring.sched().policy()
     }
 
     /// Set a layer's limits (space, inodes, I/O), replacing the ones it had; durable when

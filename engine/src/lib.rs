@@ -45,6 +45,7 @@ mod node;
 mod poison;
 mod recovery;
 mod ring;
+mod sched;
 mod txn;
 
 // The data model and the on-disk structures: public because `Engine::with_layers` hands out
@@ -76,3 +77,4 @@ pub use meta::{Attr, Ino, LayerState, Name, Slot};
 pub use mkfs::{mkfs, DEFAULT_LAYER};
 pub use node::{node_of, split, Node, MOUNT_ROOT};
 pub use recovery::{load, read_superblock, Loaded};
+pub use sched::Policy as IoPolicy;
