@@ -293,7 +293,9 @@ impl Sched {
                     st.turn.rotate_left(1);
                     continue;
                 }
-                c.deficit += QUANTUM_PER_100 * conf.weight as i64 / 100;
+                // At least the head request's size: a request larger than a quantum (a read of
+                // many contiguous blocks) must not wait for rounds that nothing drives.
+                c.deficit += (QUANTUM_PER_100 * conf.weight as i64 / 100).max(bytes as i64);
                 c.credited = true;
                 if c.deficit < bytes as i64 {
                     c.credited = false;
@@ -421,6 +423,13 @@ mod tests {
             Next::Wait(d) => assert!(d > Duration::from_millis(50), "{d:?}"),
             _ => panic!("the second must wait for a token (10 IOPS)"),
         }
+    }
+
+    #[test]
+    fn a_request_larger_than_many_quanta_still_goes() {
+        let s = Sched::new(Policy::Fair);
+        s.push(vec![req(1, 16 << 10)]); // 64 MiB
+        assert_eq!(send(&s).map(|x| x.1), Some(64 << 20));
     }
 
     #[test]
