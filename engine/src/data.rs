@@ -503,13 +503,29 @@ impl Engine {
             let relocate = quota.is_none()
                 && n as u64 >= RELOCATE_MIN_BLOCKS
                 && runs.len() as u64 * RELOCATE_MIN_RUN > n as u64;
-            let fresh = |r: &Run| relocate || r.pblk.is_none() || r.owner != owner;
+            // An owned block an earlier write is still writing goes to a new block too (the
+            // old one is freed when the remapping commits), so no write waits for another and
+            // the device never sees two writes to one block at once. A layer with a space
+            // limit waits instead (new blocks would count against it).
+            let busy = |r: &Run| {
+                r.pblk
+                    .is_some_and(|p| self.inner.inflight.any_in_flight(&[(p, r.len)]))
+            };
+            // Decided once per run (a write in flight may finish meanwhile).
+            let fresh_runs: std::collections::HashSet<u64> = runs
+                .iter()
+                .filter(|r| {
+                    relocate || r.pblk.is_none() || r.owner != owner || (quota.is_none() && busy(r))
+                })
+                .map(|r| r.lblk)
+                .collect();
+            let fresh = |r: &Run| fresh_runs.contains(&r.lblk);
             let in_place: Vec<(u64, u64)> = runs
                 .iter()
                 .filter(|r| !fresh(r))
                 .filter_map(|r| r.pblk.map(|p| (p, r.len)))
                 .collect();
-            if self.inner.inflight.any_in_flight(&in_place) {
+            if quota.is_some() && self.inner.inflight.any_in_flight(&in_place) {
                 return Ok(Planned::WaitFor(in_place));
             }
             let need: u64 = runs.iter().filter(|r| fresh(r)).map(|r| r.len).sum();
