@@ -116,11 +116,27 @@ pub const SCENARIOS: [Scenario; 5] = [
     },
 ];
 
+/// The quiet layer's reads as the daemon saw them over one run (its own histograms, from
+/// `GET /v1/stats`; the daemon is remounted before each run, so they cover that run): where
+/// fio's latency is far above these, the reads waited before the engine had them (the
+/// kernel's FUSE queue, the daemon's worker threads).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DaemonSide {
+    /// Engine read latency: upper bound of the bucket holding the 99th percentile (µs).
+    pub read_p99_us: Option<f64>,
+    pub read_mean_us: Option<f64>,
+    /// Time its device requests waited in the I/O scheduler: p99 bucket bound and mean (µs).
+    pub queue_p99_us: Option<f64>,
+    pub queue_mean_us: Option<f64>,
+}
+
 /// One run of a scenario.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub rep: usize,
     pub quiet: FioSample,
+    /// None: the daemon's statistics could not be read.
+    pub daemon: Option<DaemonSide>,
     /// The noisy container's write throughput over the quiet run (None: it did not run).
     pub noisy_mib_s: Option<f64>,
     /// Its fio job's completion latency p99 (µs), for the record.
@@ -164,6 +180,10 @@ impl Outcome {
 
     pub fn noisy_mib_s(&self) -> Option<Summary> {
         self.summary(|s| s.noisy_mib_s)
+    }
+
+    fn daemon(&self, f: fn(&DaemonSide) -> Option<f64>) -> Option<Summary> {
+        self.summary(|s| s.daemon.as_ref().and_then(f))
     }
 }
 
@@ -272,6 +292,27 @@ pub fn table(outcomes: &[Outcome]) -> String {
     out
 }
 
+/// Where the quiet reads waited: fio's p99 beside the daemon's own view of the same reads.
+pub fn daemon_table(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "| scenario | fio clat p99 (µs) | engine read p99 ≤ (µs) | scheduler queue p99 ≤ (µs) | engine read mean (µs) | scheduler queue mean (µs) |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for o in outcomes {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            o.scenario.label,
+            cell(o.quiet_p99(), us),
+            cell(o.daemon(|d| d.read_p99_us), us),
+            cell(o.daemon(|d| d.queue_p99_us), us),
+            cell(o.daemon(|d| d.read_mean_us), us),
+            cell(o.daemon(|d| d.queue_mean_us), us),
+        );
+    }
+    out
+}
+
 /// results.md: how the run was made, the table, the chart, the errors.
 pub fn markdown(outcomes: &[Outcome], info: &Info) -> String {
     let mut md = String::new();
@@ -326,6 +367,18 @@ pub fn markdown(outcomes: &[Outcome], info: &Info) -> String {
     );
     md.push_str(&table(outcomes));
     md.push_str("\n![quiet p99 per scenario](quiet-p99.svg)\n");
+    md.push_str(
+        "\n## Where the quiet reads waited\n\n\
+         The daemon's own histograms of the quiet layer over each run (`GET /v1/stats`): the \
+         engine's read latency (from when the engine has the FUSE read to its reply) and the \
+         time its device requests waited in the I/O scheduler. p99s are the upper bounds of \
+         the histogram buckets holding them (…, 250, 500, 1,000, 2,500, 5,000, 10,000, 25,000, \
+         50,000, 100,000, 250,000 µs, …). Where fio's p99 is far above the engine's, the reads \
+         waited before the engine had them: in the kernel's FUSE queue or for a daemon worker \
+         thread, where no scheduler of the daemon's can reorder them. With fifo there is no \
+         scheduler queue (nothing is recorded).\n\n",
+    );
+    md.push_str(&daemon_table(outcomes));
     let errors: Vec<String> = info
         .failures
         .iter()
@@ -373,6 +426,10 @@ pub fn to_json(outcomes: &[Outcome], info: &Info) -> Value {
                     "quiet_clat_p99_us": s.quiet.clat_p99_us,
                     "noisy_mib_s": s.noisy_mib_s,
                     "noisy_clat_p99_us": s.noisy_p99_us,
+                    "quiet_engine_read_p99_bound_us": s.daemon.and_then(|d| d.read_p99_us),
+                    "quiet_engine_read_mean_us": s.daemon.and_then(|d| d.read_mean_us),
+                    "quiet_sched_queue_p99_bound_us": s.daemon.and_then(|d| d.queue_p99_us),
+                    "quiet_sched_queue_mean_us": s.daemon.and_then(|d| d.queue_mean_us),
                     "raw": s.raw,
                 })).collect::<Vec<_>>(),
                 "quiet_iops": summary_json(o.quiet_iops()),
@@ -510,6 +567,12 @@ mod tests {
                 clat_p50_us: Some(p99 / 3.0),
                 clat_p99_us: Some(p99),
             },
+            daemon: Some(DaemonSide {
+                read_p99_us: Some(250.0),
+                read_mean_us: Some(120.4),
+                queue_p99_us: None,
+                queue_mean_us: Some(3.3),
+            }),
             noisy_mib_s: noisy,
             noisy_p99_us: noisy.map(|_| 40_000.0),
             raw: vec![format!("raw/x-r{}-quiet.json", rep + 1)],
@@ -587,12 +650,20 @@ mod tests {
         assert!(md.contains("![quiet p99 per scenario](quiet-p99.svg)"));
         assert!(md.contains("## Errors") && md.contains("fio failed second line"));
         assert!(md.contains("on its own 2 GiB file"));
+        assert!(md.contains(
+            "| a. quiet alone (fair) | 300 (280–320) | 250 (250–250) | — | 120 (120–120) | 3.3 (3.3–3.3) |"
+        ), "{md}");
+        assert!(md.contains("| e. + noisy, fair, noisy capped at 200M/s | — | — | — | — | — |"));
         let v = to_json(&o, &info);
         assert_eq!(v["scenarios"][2]["goal_met"], true);
         assert_eq!(v["scenarios"][1]["p99_vs_alone"], 30.0);
         assert_eq!(v["scenarios"][0]["quiet_clat_p99_us"]["median"], 300.0);
         assert_eq!(v["scenarios"][4]["samples"].as_array().unwrap().len(), 0);
         assert_eq!(v["config"]["noisy"]["ioengine"], "io_uring");
+        assert_eq!(
+            v["scenarios"][0]["samples"][0]["quiet_engine_read_mean_us"],
+            120.4
+        );
         let svg = chart(&o, &info);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(!svg.contains("NaN") && !svg.contains("inf"));

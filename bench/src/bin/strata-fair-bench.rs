@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use bench::fair::{self, Info, Outcome, Policy, Sample, Scenario, SCENARIOS};
+use bench::fair::{self, DaemonSide, Info, Outcome, Policy, Sample, Scenario, SCENARIOS};
 use bench::fio::{self, FioJob};
 use bench::{cli, host, inputs, interrupt, mounts, process, progress, systems, Res};
 use clap::builder::RangedU64ValueParser;
 use clap::Parser;
+use control::admin::Client;
+use control::stats::Histogram;
 
 /// The quiet container's file (in the base layer, inherited by both clones).
 const QUIET_FILE_BYTES: u64 = 1 << 30;
@@ -289,6 +291,25 @@ impl Daemon {
         Ok(())
     }
 
+    /// The quiet layer's read latency and scheduler queueing since the daemon started.
+    fn quiet_stats(&self) -> Res<DaemonSide> {
+        let r = Client::new(&self.sock).stats().map_err(|e| e.to_string())?;
+        let l = r
+            .layers
+            .iter()
+            .find(|l| l.id == "quiet")
+            .ok_or("no statistics for layer quiet")?;
+        let us = |v: f64| v * 1e6;
+        let mean = |h: &Histogram| (h.count > 0).then(|| us(h.sum_seconds / h.count as f64));
+        let p99 = |h: &Histogram| h.quantile_bound(0.99).filter(|v| v.is_finite()).map(us);
+        Ok(DaemonSide {
+            read_p99_us: p99(&l.read_latency),
+            read_mean_us: mean(&l.read_latency),
+            queue_p99_us: p99(&l.io_queue_delay),
+            queue_mean_us: mean(&l.io_queue_delay),
+        })
+    }
+
     fn layer_limit(&self, id: &str, limits: Vec<String>) -> Res<()> {
         let mut args = vec!["limit".to_string(), id.to_string()];
         args.extend(limits);
@@ -528,6 +549,13 @@ fn run_scenario(d: &mut Daemon, c: &Ctx, sc: &Scenario, rep: usize) -> Res<Sampl
     );
     let n = noisy.map(Noisy::stop).transpose();
     let (q, n) = (q?, n?);
+    let daemon = match d.quiet_stats() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log(&format!("  cannot read the daemon's statistics: {e}"));
+            None
+        }
+    };
     let mut raw = vec![name("quiet")];
     if n.is_some() {
         raw.push(name("noisy"));
@@ -535,6 +563,7 @@ fn run_scenario(d: &mut Daemon, c: &Ctx, sc: &Scenario, rep: usize) -> Res<Sampl
     Ok(Sample {
         rep,
         quiet: q,
+        daemon,
         noisy_mib_s: n.map(|n| n.mib_per_sec),
         noisy_p99_us: n.and_then(|n| n.clat_p99_us),
         raw,
@@ -609,7 +638,11 @@ fn run(a: &Args) -> Res<bool> {
     w("results.json", json + "\n")?;
     w("results.md", fair::markdown(&outcomes, &info))?;
     w("quiet-p99.svg", fair::chart(&outcomes, &info))?;
-    println!("\n{}", fair::table(&outcomes));
+    println!(
+        "\n{}\n{}",
+        fair::table(&outcomes),
+        fair::daemon_table(&outcomes)
+    );
     println!(
         "results: {} ({:.0} s)",
         out.join("results.md").display(),
