@@ -37,9 +37,9 @@ const LEAD_S: u64 = 2;
 #[command(
     name = "strata-fair-bench",
     after_help = "\
-A full run takes about 8 minutes: a 4 GiB image, a 1 GiB file in the base layer, a 2 GiB file
+A full run takes about 5 minutes: a 4 GiB image, a 1 GiB file in the base layer, a 2 GiB file
 in the noisy layer, then 5 scenarios × 3 repeats of 15 s, the daemon remounted before each.
---quick is one repeat of 5 s runs (about 3 minutes). Results go to bench/results/<date>-fair/:
+--quick is one repeat of 5 s runs (about a minute). Results go to bench/results/<date>-fair/:
 results.md (also printed), results.json, quiet-p99.svg, raw fio JSON and the daemon's log."
 )]
 struct Args {
@@ -319,18 +319,29 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if mounts::is_mounted(&self.mnt) {
+        // umount; "busy" while a killed fio's processes still exit: try again for a while.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while mounts::is_mounted(&self.mnt) {
             match process::run_to_end(
                 Command::new("umount").arg(&self.mnt),
                 Duration::from_secs(60),
             ) {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!(
-                    "strata-fair-bench: umount {}: {}",
-                    self.mnt.display(),
-                    o.stderr.trim()
-                ),
-                Err(e) => eprintln!("strata-fair-bench: {e}"),
+                Ok(o) if o.status.success() => break,
+                Ok(o) if Instant::now() < deadline && o.stderr.contains("busy") => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Ok(o) => {
+                    eprintln!(
+                        "strata-fair-bench: umount {}: {}",
+                        self.mnt.display(),
+                        o.stderr.trim()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("strata-fair-bench: {e}");
+                    break;
+                }
             }
         }
         if let Some(mut child) = self.child.take() {
@@ -494,8 +505,20 @@ impl Noisy {
 }
 
 impl Drop for Noisy {
+    /// Kill fio's process group and wait until all of it is gone: a job process finishing
+    /// its in-flight writes to the mount would keep it busy at unmount.
     fn drop(&mut self) {
         process::stop_child(&mut self.child, libc::SIGKILL, Duration::from_secs(1));
+        let pgid = self.child.id() as libc::pid_t;
+        let _ = process::wait_for(
+            "the noisy fio's processes",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || {
+                // SAFETY: kill(2) with signal 0 only checks that the group exists.
+                unsafe { libc::kill(-pgid, 0) != 0 }
+            },
+        );
     }
 }
 
