@@ -38,6 +38,7 @@ mod error;
 mod inflight;
 mod kernel_cache;
 mod layer_ops;
+mod limits;
 mod local_io;
 mod mkfs;
 mod namespace;
@@ -45,6 +46,7 @@ mod node;
 mod poison;
 mod recovery;
 mod ring;
+mod sched;
 mod txn;
 
 // The data model and the on-disk structures: public because `Engine::with_layers` hands out
@@ -69,9 +71,13 @@ pub use error::{Error, Result};
 pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};
 pub use kernel_cache::{CacheMode, KernelFlush, WRITEBACK_RESERVE};
 pub use layer_ops::LayerInfo;
+pub use limits::{
+    Limits, DEFAULT_WEIGHT, IO_WEIGHT, LIMIT_BPS, LIMIT_BYTES, LIMIT_INODES, LIMIT_IOPS,
+};
 pub use local_io::{set_local_io, DeviceIo, LocalIo};
 pub use meta::{Attr, Ino, LayerState, Name, Slot};
 pub use mkfs::{mkfs, DEFAULT_LAYER};
 pub use namespace::Atime;
 pub use node::{node_of, split, Node, MOUNT_ROOT};
 pub use recovery::{load, read_superblock, Loaded};
+pub use sched::Policy as IoPolicy;

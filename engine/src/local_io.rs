@@ -5,7 +5,10 @@
 //! them from its own completions. A request, its disk I/O and its reply then stay on one
 //! thread, with no hand-over to the engine's I/O threads and back.
 //!
-//! Only reads started through `read_local` go there, and only their first submission: I/O
+//! Only reads started through `read_local` go there, only those the I/O scheduler lets go at
+//! once (`Sched::admit`: no other layer's requests waiting, the layer's IOPS and bandwidth
+//! limits and the shared in-flight cap allow; the others queue for the engine's I/O threads
+//! like everyone's), and only their first submission: I/O
 //! started from a completion, and every blocking wait inside the engine (`read_sync`), use
 //! the engine's I/O threads, so the thread never waits for I/O only it could complete.
 
@@ -22,6 +25,7 @@ use crate::api::ReadCb;
 use crate::engine::Engine;
 use crate::node::Node;
 use crate::ring::{IoBuf, IoReq, Op};
+use crate::sched::Sched;
 
 /// Takes device I/O on a thread's own ring (see the module doc).
 pub trait LocalIo {
@@ -55,15 +59,23 @@ pub struct DeviceIo {
     done_bytes: usize,
     fd: RawFd,
     inflight: Arc<AtomicU64>,
+    /// The scheduler that admitted it (`Sched::admit`), told when it leaves the device.
+    sched: Arc<Sched>,
 }
 
 impl DeviceIo {
-    pub(crate) fn new(req: IoReq, fd: RawFd, inflight: Arc<AtomicU64>) -> DeviceIo {
+    pub(crate) fn new(
+        req: IoReq,
+        fd: RawFd,
+        inflight: Arc<AtomicU64>,
+        sched: Arc<Sched>,
+    ) -> DeviceIo {
         DeviceIo {
             req,
             done_bytes: 0,
             fd,
             inflight,
+            sched,
         }
     }
 
@@ -113,6 +125,8 @@ impl DeviceIo {
 
     fn finish(self, r: io::Result<()>) {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.sched
+            .done(self.req.class.slot, self.req.buf.len() as u64);
         let IoReq { buf, done, .. } = self.req;
         done(r.map(|()| buf));
     }
