@@ -651,7 +651,7 @@ mod tests {
         b.put_u32(1);
         b.put_u32(4242);
         let mut m = msg(op::CREATE, &b);
-        m[38..40].copy_from_slice(&2u16.to_le_bytes()); // total_extlen: 16 bytes
+        m[36..38].copy_from_slice(&2u16.to_le_bytes()); // total_extlen: 16 bytes
         let r = Request::parse_dev(&m).unwrap();
         assert!(matches!(r.op, Op::Create { name: b"f", .. }));
         assert_eq!(r.supp_groups().collect::<Vec<_>>(), vec![4242]);
