@@ -69,6 +69,21 @@ struct MountArgs {
     /// with the layers' IOPS and bandwidth limits) or `fifo` (arrival order, no limits).
     #[arg(long, default_value = "fair", value_parser = ["fair", "fifo"])]
     io_scheduler: String,
+    /// Who holds the FUSE connection while no daemon runs, so containers pause rather than
+    /// fail across a restart or crash: `systemd` (its file descriptor store; needs
+    /// Type=notify and FileDescriptorStoreMax=), `keeper` (a `strata keeper` process this
+    /// daemon starts), `none`, or `auto` (systemd when it runs the daemon, else keeper).
+    #[arg(long, default_value = "auto", env = "STRATA_FD_HOLDER", value_parser = ["auto", "systemd", "keeper", "none"])]
+    fd_holder: String,
+    /// Answer a change (write, create, rename, ...) only once it is in the journal (written,
+    /// not flushed), so a daemon that dies (kill -9, a crash) loses nothing the kernel was
+    /// told and the next daemon serves the same files. Default: on when an fd holder keeps
+    /// the connection (`--fd-holder` other than none), off otherwise.
+    #[arg(long, env = "STRATA_PERSIST_REPLIES")]
+    persist_replies: Option<bool>,
+    /// The keeper's socket (default: the admin socket's path with `.keeper` appended).
+    #[arg(long, env = "STRATA_KEEPER_SOCKET")]
+    keeper_socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +134,21 @@ enum Cmd {
     /// Reclaim what nothing can reach (not mounted): inodes unlinked while open when the
     /// daemon died, and the blocks they hold. Reports what it freed.
     Gc { path: PathBuf },
+    /// Hold FUSE connections for daemons (started by `mount` with the keeper as fd holder;
+    /// holds descriptors and nothing else).
+    Keeper {
+        /// Unix socket to serve.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// Restart the daemon without unmounting: it answers what it has read, checkpoints and
+    /// hands the FUSE connection to its successor (the same command line, started again;
+    /// under systemd use `systemctl kill -s USR2 strata`, and systemd starts the successor).
+    Restart {
+        /// Wait this long for the old daemon to exit and the new one to serve.
+        #[arg(long, default_value = "60")]
+        timeout_secs: u64,
+    },
     /// Check a Strata file system (not mounted). Exit 0 clean, 1 problems found, 2 error.
     Fsck {
         path: PathBuf,
@@ -208,6 +238,10 @@ fn main() -> ExitCode {
         Cmd::Import(a) => oci_cli::import(a, &cli.admin_socket),
         Cmd::Export(a) => oci_cli::export(a, &cli.admin_socket),
         Cmd::Gc { path } => gc(&path),
+        Cmd::Keeper { socket } => {
+            fusefront::holder::run_keeper(&socket).map_err(|e| format!("keeper: {e}"))
+        }
+        Cmd::Restart { timeout_secs } => restart(&cli.admin_socket, timeout_secs),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -316,6 +350,98 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
     }
 }
 
+/// Where the FUSE connection is held between daemons.
+enum Holder {
+    Systemd,
+    Keeper(fusefront::holder::KeeperLease),
+    None,
+}
+
+fn keeper_socket(opts: &MountArgs, admin_socket: &Path) -> PathBuf {
+    opts.keeper_socket.clone().unwrap_or_else(|| {
+        let mut s = admin_socket.as_os_str().to_owned();
+        s.push(".keeper");
+        PathBuf::from(s)
+    })
+}
+
+/// The daemon's pid file, beside the admin socket (`strata restart` reads it).
+fn pid_file(admin_socket: &Path) -> PathBuf {
+    let mut s = admin_socket.as_os_str().to_owned();
+    s.push(".pid");
+    PathBuf::from(s)
+}
+
+fn spawn_keeper(socket: &Path) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    std::process::Command::new(exe)
+        .arg("keeper")
+        .arg("--socket")
+        .arg(socket)
+        .stdin(std::process::Stdio::null())
+        // Its own process group: a Ctrl-C or a kill of the daemon's group leaves it.
+        .process_group(0)
+        .spawn()?;
+    log::info!("started a keeper on {}", socket.display());
+    Ok(())
+}
+
+/// Find the connection a previous daemon left for `mp`, and the holder to give ours to.
+fn find_held(
+    opts: &MountArgs,
+    admin_socket: &Path,
+    mp: &Path,
+) -> Result<(Holder, Option<fusefront::holder::Held>), String> {
+    use fusefront::holder;
+    let kind = match opts.fd_holder.as_str() {
+        "auto" if holder::systemd_present() => "systemd",
+        "auto" => "keeper",
+        k => k,
+    };
+    let (h, held) = match kind {
+        "systemd" => (Holder::Systemd, holder::systemd_take()),
+        "keeper" => {
+            let sock = keeper_socket(opts, admin_socket);
+            match holder::keeper_take_or_start(&sock, &|| spawn_keeper(&sock)) {
+                Ok(holder::Take::Busy) => {
+                    return Err(format!(
+                        "another daemon holds the FUSE connection at {} (keeper {}): takeover refused",
+                        mp.display(),
+                        sock.display()
+                    ))
+                }
+                Ok(holder::Take::Lease(l, held)) => (Holder::Keeper(l), held),
+                Err(e) => {
+                    log::warn!(
+                        "no keeper at {} ({e}): the mount will not survive this daemon",
+                        sock.display()
+                    );
+                    (Holder::None, None)
+                }
+            }
+        }
+        _ => (Holder::None, None),
+    };
+    let abs = fusefront::absolute_mountpoint(mp);
+    let held = match held {
+        Some(x) if x.state.mountpoint != abs => {
+            log::warn!(
+                "the held FUSE connection is mounted at {}, not {}: mounting anew",
+                x.state.mountpoint.display(),
+                abs.display()
+            );
+            None
+        }
+        Some(x) if !x.connected() => {
+            log::info!("the held FUSE connection is gone (unmounted): mounting anew");
+            None
+        }
+        x => x,
+    };
+    Ok((h, held))
+}
+
 fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Result<(), String> {
     let cache_bytes = parse_size(&opts.cache_size)?;
     let metrics: Option<SocketAddr> = match opts.metrics_addr.as_str() {
@@ -325,9 +451,15 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
                 .map_err(|e| format!("--metrics-addr {a:?}: {e}"))?,
         ),
     };
-    check_mountpoint(mp)?;
     fusefront::sys::block_shutdown_signals()
         .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    // Before anything touches the mount point: if a previous daemon left its connection
+    // mounted there, a stat of it would wait for a daemon.
+    let (holder, held) = find_held(opts, admin_socket, mp)?;
+    let takeover = held.is_some();
+    if !takeover {
+        check_mountpoint(mp)?;
+    }
     let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
     let eng = Engine::open(
         Arc::new(dev),
@@ -339,6 +471,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
             } else {
                 engine::IoPolicy::Fair
             },
+            takeover,
             ..Default::default()
         },
     )
@@ -381,41 +514,206 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         threads: opts.threads,
         transport: opts.fuse_transport,
         atime: opts.atime,
+        persist_replies: opts
+            .persist_replies
+            .unwrap_or(!matches!(holder, Holder::None)),
     };
-    let session = match fusefront::Session::mount(eng.clone(), mp, &mount_opts) {
+    let session = match held {
+        Some(h) => fusefront::Session::take_over(eng.clone(), mp, &mount_opts, h),
+        None => fusefront::Session::mount(eng.clone(), mp, &mount_opts),
+    };
+    let mut session = match session {
         Ok(s) => s,
         Err(e) => {
             let _ = eng.shutdown();
             return Err(format!("cannot mount at {}: {e}", mp.display()));
         }
     };
+    let holder = Arc::new(holder);
+    {
+        let holder = holder.clone();
+        let sock = keeper_socket(opts, admin_socket);
+        session.set_holder(Box::new(move |held| keep_connection(holder, held, sock)));
+    }
     fusefront::watch_layers(&session, &eng);
     fusefront::flush_on_freeze(&eng, mp);
     let unmounter = session.unmounter();
+    let stopper = session.stopper();
     let mp_owned = mp.to_path_buf();
     std::thread::Builder::new()
         .name("strata-signals".into())
-        .spawn(move || {
+        .spawn(move || loop {
             let sig = fusefront::sys::wait_for_signal();
+            if sig == fusefront::sys::HANDOVER_SIGNAL {
+                log::info!("signal {sig}: handing the connection at {} over", mp_owned.display());
+                stopper.hand_over();
+                return;
+            }
             log::info!("signal {sig}: unmounting {}", mp_owned.display());
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount of {} failed: {e}", mp_owned.display());
             }
         })
         .map_err(|e| e.to_string())?;
-    log::info!("mounted {} at {}", path.display(), mp.display());
+    let pidf = pid_file(admin_socket);
+    if let Err(e) = std::fs::write(&pidf, format!("{}\n", std::process::id())) {
+        log::debug!("cannot write {}: {e}", pidf.display());
+    }
+    if takeover {
+        log::info!("serving {} at {} again (connection taken over)", path.display(), mp.display());
+    } else {
+        log::info!("mounted {} at {}", path.display(), mp.display());
+    }
+    if matches!(*holder, Holder::Systemd) {
+        fusefront::holder::systemd_ready(&format!("serving {}", mp.display()));
+    }
     let run = session.run();
     let shut = eng.shutdown();
-    if let Err(e) = &run {
-        log::error!("FUSE session ended with an error: {e}");
+    let _ = std::fs::remove_file(&pidf);
+    match &run {
+        Err(e) => log::error!("FUSE session ended with an error: {e}"),
+        Ok(fusefront::RunEnd::Unmounted) => match &*holder {
+            Holder::Keeper(l) => {
+                let _ = l.drop_held();
+            }
+            Holder::Systemd => fusefront::holder::systemd_drop(),
+            Holder::None => {}
+        },
+        Ok(fusefront::RunEnd::HandedOver) => {}
     }
-    match shut {
-        Ok(()) => {
+    match (shut, run) {
+        (Ok(()), Ok(fusefront::RunEnd::HandedOver)) => {
+            log::info!("handed over: checkpoint written; the connection stays mounted for the next daemon");
+            Ok(())
+        }
+        (Ok(()), _) => {
             log::info!("unmounted cleanly; checkpoint written");
             Ok(())
         }
-        Err(e) => Err(format!("shutdown checkpoint failed: {e}")),
+        (Err(e), _) => Err(format!("shutdown checkpoint failed: {e}")),
     }
+}
+
+/// Give the connection's descriptors to the holder. With a keeper, a thread then watches
+/// it: a keeper that dies is replaced, and given the descriptors again.
+fn keep_connection(holder: Arc<Holder>, held: fusefront::holder::Held, sock: PathBuf) {
+    match &*holder {
+        Holder::None => {}
+        Holder::Systemd => match fusefront::holder::systemd_put(&held) {
+            Ok(()) => log::info!("FUSE connection in systemd's file descriptor store"),
+            Err(e) => log::warn!(
+                "cannot store the FUSE connection with systemd ({e}): it will not survive this daemon"
+            ),
+        },
+        Holder::Keeper(lease) => {
+            if let Err(e) = lease.put(&held) {
+                log::warn!("cannot hand the FUSE connection to the keeper: {e}");
+                return;
+            }
+            log::info!("FUSE connection held by the keeper at {}", sock.display());
+            let spawned = std::thread::Builder::new()
+                .name("strata-keeper".into())
+                .spawn(move || {
+                    let mut lease_gone = holder;
+                    loop {
+                        if let Holder::Keeper(l) = &*lease_gone {
+                            l.wait_gone();
+                        }
+                        log::warn!("the keeper is gone; starting another");
+                        let fresh = loop {
+                            match fusefront::holder::keeper_take_or_start(&sock, &|| {
+                                spawn_keeper(&sock)
+                            }) {
+                                Ok(fusefront::holder::Take::Lease(l, _)) => break l,
+                                Ok(fusefront::holder::Take::Busy) => {
+                                    log::warn!("the new keeper says another daemon holds the lease")
+                                }
+                                Err(e) => log::warn!("cannot start a keeper: {e}"),
+                            }
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                        };
+                        let again = dup_held(&held);
+                        match again.and_then(|h| fresh.put(&h)) {
+                            Ok(()) => log::info!("FUSE connection held by a new keeper"),
+                            Err(e) => log::warn!("cannot hand the FUSE connection to the new keeper: {e}"),
+                        }
+                        lease_gone = Arc::new(Holder::Keeper(fresh));
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot watch the keeper: {e}");
+            }
+        }
+    }
+}
+
+fn dup_held(h: &fusefront::holder::Held) -> std::io::Result<fusefront::holder::Held> {
+    use std::os::fd::AsRawFd;
+    Ok(fusefront::holder::Held {
+        state: h.state.clone(),
+        fds: h
+            .fds
+            .iter()
+            .map(|f| fusefront::sys::dup(f.as_raw_fd()))
+            .collect::<std::io::Result<_>>()?,
+    })
+}
+
+/// `strata restart`: the daemon behind `admin_socket` hands over and exits; the same command
+/// line is started again and takes the connection over.
+fn restart(admin_socket: &Path, timeout_secs: u64) -> Result<(), String> {
+    let pidf = pid_file(admin_socket);
+    let pid: u32 = std::fs::read_to_string(&pidf)
+        .map_err(|e| format!("no running daemon found ({}: {e})", pidf.display()))?
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} holds no pid", pidf.display()))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map_err(|e| format!("daemon {pid} is not running ({e})"))?;
+    let args: Vec<std::ffi::OsString> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| std::os::unix::ffi::OsStrExt::from_bytes(a))
+        .map(|a: &std::ffi::OsStr| a.to_owned())
+        .collect();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| format!("daemon {pid}: {e}"))?;
+    // An upgraded binary replaced the file: start what is at its path now.
+    let exe = PathBuf::from(
+        exe.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string(),
+    );
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| "/".into());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{}", fusefront::sys::HANDOVER_SIGNAL))
+        .arg(pid.to_string())
+        .status()
+        .map_err(|e| format!("kill: {e}"))?;
+    if !status.success() {
+        return Err(format!("cannot signal daemon {pid}"));
+    }
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("daemon {pid} did not hand over within {timeout_secs} s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let child = std::process::Command::new(&exe)
+        .args(&args[1..])
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    while std::fs::read_to_string(&pidf).map(|p| p.trim() != child.id().to_string()).unwrap_or(true) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the new daemon ({}) is not serving after {timeout_secs} s", child.id()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    println!("restarted: daemon {pid} handed over to {}", child.id());
+    Ok(())
 }
 
 fn up(

@@ -23,6 +23,12 @@ pub struct Options {
     pub write_buffer_bytes: u64,
     /// How device I/O is shared between layers.
     pub io_policy: crate::sched::Policy,
+    /// The kernel already knows this file system: a new daemon took over a FUSE connection
+    /// a previous one served (live restart). Files unlinked while open are kept (the kernel
+    /// may still hold them; it FORGETs them when it lets go), and which nodes the kernel
+    /// holds, and how often, is unknown: a FORGET of a node this engine never handed out
+    /// means the kernel dropped it.
+    pub takeover: bool,
 }
 
 impl Default for Options {
@@ -33,6 +39,7 @@ impl Default for Options {
             stats: true,
             write_buffer_bytes: 64 << 20,
             io_policy: crate::sched::Policy::Fair,
+            takeover: false,
         }
     }
 }

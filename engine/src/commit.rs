@@ -42,6 +42,23 @@ impl Engine {
         self.inner.commit_cv.notify_one();
     }
 
+    /// `cb` runs when every change made so far is written to the journal, so a daemon that
+    /// dies (kill -9) loses none of it; not flushed, so a power loss may (fsync for that).
+    /// Concurrent callers share one journal write, as fsync callers do.
+    pub fn persist(&self, cb: Cb<()>) {
+        if self.inner.poison.is_set() {
+            return cb(Err(Error::Poisoned));
+        }
+        let mut q = self.inner.commitq.lock();
+        if q.stop {
+            drop(q);
+            return cb(self.inner.commit());
+        }
+        q.written.push(cb);
+        drop(q);
+        self.inner.commit_cv.notify_one();
+    }
+
     pub fn fsync_sync(&self) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.fsync(Box::new(move |r| {
@@ -71,7 +88,9 @@ impl Drop for CommitThreadGuard<'_> {
         let waiters = {
             let mut q = self.0.commitq.lock();
             q.stop = true;
-            std::mem::take(&mut q.waiters)
+            let mut all = std::mem::take(&mut q.waiters);
+            all.append(&mut q.written);
+            all
         };
         for w in waiters {
             w(Err(Error::Poisoned));
@@ -83,18 +102,23 @@ impl Inner {
     pub(crate) fn commit_loop(self: Arc<Self>) {
         let _guard = CommitThreadGuard(&self);
         loop {
-            let waiters = {
+            let (waiters, written) = {
                 let mut q = self.commitq.lock();
-                if q.waiters.is_empty() && !q.stop {
+                if q.waiters.is_empty() && q.written.is_empty() && !q.stop {
                     self.commit_cv.wait_for(&mut q, self.opts.commit_interval);
                 }
-                if q.stop && q.waiters.is_empty() {
+                if q.stop && q.waiters.is_empty() && q.written.is_empty() {
                     return;
                 }
-                std::mem::take(&mut q.waiters)
+                (
+                    std::mem::take(&mut q.waiters),
+                    std::mem::take(&mut q.written),
+                )
             };
-            let r = self.commit();
-            for w in waiters {
+            // Only `persist` callers: the records need writing, not the trailing flush.
+            let flush = !(waiters.is_empty() && !written.is_empty());
+            let r = self.commit_with(flush);
+            for w in waiters.into_iter().chain(written) {
                 w(match &r {
                     Ok(()) => Ok(()),
                     Err(_) => Err(Error::Poisoned),
@@ -140,11 +164,22 @@ impl Inner {
 
     /// Group commit: data flushed, then the journal chunk, then flushed again.
     pub(crate) fn commit(&self) -> Result<()> {
+        self.commit_with(true)
+    }
+
+    /// A group commit; without `flush_after` the journal chunk is written but not flushed
+    /// (the data under it is: a record never points at unflushed data).
+    pub(crate) fn commit_with(&self, flush_after: bool) -> Result<()> {
         self.poison.check()?;
         let t_commit = Instant::now();
         let (bytes, frees, _) = self.seal(Seal::RecordsOnly);
         // A data write of the sealed epoch failed: its records must not become durable.
         self.poison.check()?;
+        if bytes.is_empty() && !flush_after {
+            // Nothing to write, and no one asked for durability.
+            self.meta.lock().alloc_return(frees);
+            return Ok(());
+        }
         self.dev
             .flush()
             .map_err(|e| self.poison.latch(Error::io("flush", 0, e)))?;
@@ -166,9 +201,11 @@ impl Inner {
                 return self.checkpoint(CheckpointKind::InUse);
             }
             write_blocks(self.dev.as_ref(), at, &chunk).map_err(|e| self.poison.latch(e))?;
-            self.dev
-                .flush()
-                .map_err(|e| self.poison.latch(Error::io("flush", 0, e)))?;
+            if flush_after {
+                self.dev
+                    .flush()
+                    .map_err(|e| self.poison.latch(Error::io("flush", 0, e)))?;
+            }
             j.pos = at + nb;
             if j.pos >= jend {
                 j.pos = j.sb.journal_start;

@@ -40,6 +40,10 @@ pub(crate) struct Meta {
     pub(crate) dirty: HashSet<Node>,
     /// Kernel references (FUSE lookup counts) per inode: an unlinked inode lives until they are gone.
     pub(crate) refs: HashMap<Node, u64>,
+    /// `refs` may lack references the kernel holds (the connection was taken over from a
+    /// previous daemon, [`Options::takeover`]): an inode that loses its last link without
+    /// a known reference is kept until the kernel forgets it.
+    pub(crate) refs_unknown: bool,
     /// Which data-write epoch new allocating writes belong to.
     pub(crate) epoch: usize,
 }
@@ -57,6 +61,8 @@ pub(crate) struct JournalPos {
 
 pub(crate) struct CommitQueue {
     pub(crate) waiters: Vec<Box<dyn FnOnce(Result<()>) + Send>>,
+    /// Waiting for their records to be written, not flushed ([`Engine::persist`]).
+    pub(crate) written: Vec<Box<dyn FnOnce(Result<()>) + Send>>,
     pub(crate) stop: bool,
 }
 
@@ -123,6 +129,7 @@ impl Engine {
             pending: Enc::new(),
             dirty: HashSet::new(),
             refs: HashMap::new(),
+            refs_unknown: opts.takeover,
             epoch: 0,
         };
         let replayed = l.chunks_replayed;
@@ -146,6 +153,7 @@ impl Engine {
             inflight: Inflight::default(),
             commitq: Mutex::new(CommitQueue {
                 waiters: Vec::new(),
+                written: Vec::new(),
                 stop: false,
             }),
             commit_cv: Condvar::new(),
@@ -165,6 +173,7 @@ impl Engine {
                 .layers
                 .map
                 .iter()
+                .filter(|_| !inner.opts.takeover)
                 .filter(|(_, l)| l.state == LayerState::Active)
                 .flat_map(|(s, l)| {
                     l.tree

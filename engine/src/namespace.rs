@@ -615,18 +615,26 @@ impl Engine {
     }
 
     /// The kernel dropped `n` references (FUSE forget). An unlinked inode with no references
-    /// left is deleted.
+    /// left is deleted. A FORGET of a node unknown here is ignored, except after a takeover
+    /// ([`crate::Options::takeover`]), where it is the kernel letting go of a node the
+    /// previous daemon handed out.
     pub fn forget(&self, node: Node, n: u64) {
         let delete = {
             let mut m = self.inner.meta.lock();
-            let Some(c) = m.refs.get_mut(&node) else {
-                return;
-            };
-            *c = c.saturating_sub(n);
-            if *c > 0 {
-                return;
+            let unknown = m.refs_unknown;
+            match m.refs.get_mut(&node) {
+                Some(c) => {
+                    *c = c.saturating_sub(n);
+                    if *c > 0 {
+                        return;
+                    }
+                    m.refs.remove(&node);
+                }
+                // A node this engine never handed out: after a takeover, one the previous
+                // daemon did (the kernel forgets a node once, with its whole count).
+                None if unknown => {}
+                None => return,
             }
-            m.refs.remove(&node);
             let (slot, ino) = split(node);
             matches!(m.layers.get(slot), Some(l) if l.state == LayerState::Active
                 && matches!(l.tree.get(ino), Some(i) if i.attr.nlink == 0 && ino != ROOT_INO))

@@ -80,7 +80,7 @@ impl Txn<'_> {
         }
         a.ctime = now;
         let n = self.node(ino);
-        if a.nlink == 0 && !self.m.refs.contains_key(&n) {
+        if a.nlink == 0 && !self.m.refs.contains_key(&n) && !self.m.refs_unknown {
             self.m.dirty.remove(&n);
             self.rec(Record::DelInode { ino })
         } else {

@@ -209,6 +209,7 @@ pub mod notify {
     pub const INVAL_INODE: i32 = 2;
     pub const INVAL_ENTRY: i32 = 3;
     pub const DELETE: i32 = 6;
+    pub const RESEND: i32 = 7;
 }
 
 /// io_uring commands (`enum fuse_uring_cmd`).

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::abi::{self, op};
@@ -19,11 +20,16 @@ pub(crate) const BUF_SIZE: usize = MAX_WRITE as usize + 4096;
 /// One descriptor of the connection.
 pub(crate) struct Channel {
     fd: OwnedFd,
+    /// Requests read from this descriptor and not answered yet (a hand-over waits for 0).
+    pub(crate) outstanding: AtomicUsize,
 }
 
 impl Channel {
     pub(crate) fn new(fd: OwnedFd) -> Channel {
-        Channel { fd }
+        Channel {
+            fd,
+            outstanding: AtomicUsize::new(0),
+        }
     }
 
     pub(crate) fn fd(&self) -> &OwnedFd {
@@ -58,12 +64,21 @@ fn has_reply(opcode: u32) -> bool {
     !matches!(opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT)
 }
 
-/// Serve requests from `chan` until the file system is unmounted. `after_init` runs once
-/// INIT has been answered (the connection is then initialised).
-pub(crate) fn worker(fs: Arc<Fs>, chan: Arc<Channel>, after_init: &(dyn Fn() + Sync)) {
+/// Serve requests from `chan` until the file system is unmounted, or `stop` is set (a
+/// hand-over: the thread is then woken by a signal, its read returns EINTR). `after_init`
+/// runs once INIT has been answered (the connection is then initialised).
+pub(crate) fn worker(
+    fs: Arc<Fs>,
+    chan: Arc<Channel>,
+    after_init: &(dyn Fn() + Sync),
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; BUF_SIZE];
     let fd = chan.fd.as_raw_fd();
     loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         let n = match sys::read(fd, &mut buf) {
             Ok(n) => n,
             Err(e) => match e.raw_os_error() {

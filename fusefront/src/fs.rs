@@ -57,12 +57,38 @@ fn dir_offset(end: u64, cookie: u64) -> u64 {
     }
 }
 
+/// Whether a request changes what the journal records (its reply waits for the journal
+/// with `persist_replies`).
+fn changes(op: &Op<'_>) -> bool {
+    match op {
+        Op::Setattr(_)
+        | Op::Symlink { .. }
+        | Op::Mknod { .. }
+        | Op::Mkdir { .. }
+        | Op::Unlink { .. }
+        | Op::Rmdir { .. }
+        | Op::Rename { .. }
+        | Op::Link { .. }
+        | Op::Write { .. }
+        | Op::Setxattr { .. }
+        | Op::Removexattr { .. }
+        | Op::Create { .. }
+        | Op::Fallocate { .. }
+        | Op::CopyFileRange { .. }
+        | Op::Tmpfile { .. } => true,
+        Op::Open { flags, .. } => *flags as i32 & libc::O_TRUNC != 0,
+        _ => false,
+    }
+}
+
 /// What INIT agreed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proto {
     pub minor: u32,
     /// The capabilities both sides have.
     pub flags: u64,
+    /// The kernel resends requests in flight on FUSE_NOTIFY_RESEND (FUSE_HAS_RESEND).
+    pub resend: bool,
 }
 
 /// Capabilities we ask for (the kernel grants those it has).
@@ -101,6 +127,8 @@ pub struct Fs {
     want_uring: AtomicBool,
     /// When reads update access times.
     atime: Atime,
+    /// Answer changes only once they are in the journal (see [`Reply::after_persist`]).
+    persist_replies: AtomicBool,
 }
 
 impl Fs {
@@ -111,6 +139,7 @@ impl Fs {
             proto: OnceLock::new(),
             want_uring: AtomicBool::new(false),
             atime,
+            persist_replies: AtomicBool::new(false),
         }
     }
 
@@ -133,6 +162,16 @@ impl Fs {
     /// What INIT agreed, once it has been answered.
     pub fn proto(&self) -> Option<Proto> {
         self.proto.get().copied()
+    }
+
+    /// A connection taken over from a previous daemon: INIT was answered by it, and this
+    /// is what it agreed (see [`crate::holder`]).
+    pub(crate) fn adopt_proto(&self, p: Proto) {
+        let _ = self.proto.set(p);
+    }
+
+    pub(crate) fn set_persist_replies(&self, on: bool) {
+        self.persist_replies.store(on, Ordering::Relaxed);
     }
 
     pub(crate) fn set_want_uring(&self, on: bool) {
@@ -176,6 +215,11 @@ impl Fs {
             gid: h.gid,
         };
         let e = &self.engine;
+        let reply = if self.persist_replies.load(Ordering::Relaxed) && changes(&req.op) {
+            reply.after_persist(e.clone())
+        } else {
+            reply
+        };
         match req.op {
             Op::Init {
                 major,
@@ -434,6 +478,7 @@ impl Fs {
         let _ = self.proto.set(Proto {
             minor,
             flags: granted,
+            resend: flags & init::HAS_RESEND != 0,
         });
         let out = abi::InitOut {
             major: abi::KERNEL_VERSION,

@@ -35,6 +35,7 @@
 pub mod abi;
 mod dev;
 mod fs;
+pub mod holder;
 pub mod reply;
 pub mod request;
 mod session;
@@ -43,7 +44,8 @@ pub mod sys;
 mod uring;
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -94,6 +96,11 @@ pub struct MountOptions {
     pub transport: Transport,
     /// When reads update access times (relatime by default).
     pub atime: engine::Atime,
+    /// Answer a change only once the engine has written it to its journal (not flushed):
+    /// a daemon killed with -9 then loses nothing the kernel was told, and a successor
+    /// taking the connection over sees what the kernel sees. Costs a journal write per
+    /// batch of changes.
+    pub persist_replies: bool,
 }
 
 /// A mounted file system and the threads that serve it.
@@ -101,10 +108,47 @@ pub struct Session {
     fs: Arc<Fs>,
     mountpoint: PathBuf,
     main: Arc<dev::Channel>,
-    threads: usize,
+    /// The workers' descriptors (clones of `main`), taken by [`Session::run`].
+    clones: Vec<OwnedFd>,
     use_uring: bool,
+    /// The connection was taken over from a previous daemon (no INIT will come).
+    taken_over: bool,
     /// The transport requests travel on now ("dev" until the rings are registered).
     active: Arc<Mutex<&'static str>>,
+    stop: Arc<AtomicBool>,
+    holder: Option<HolderHook>,
+}
+
+/// Called with the connection's descriptors once they are worth keeping (after INIT, or
+/// at the start of a taken-over session), to hand them to a holder ([`holder`]).
+pub type HolderHook = Box<dyn FnOnce(holder::Held) + Send>;
+
+/// How [`Session::run`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The file system was unmounted (or the connection aborted).
+    Unmounted,
+    /// [`Stopper::hand_over`] stopped it: every request read was answered, the connection
+    /// stays mounted, held for a successor.
+    HandedOver,
+}
+
+fn make_fs(engine: &Arc<Engine>, opts: &MountOptions, use_uring: bool) -> Arc<Fs> {
+    let counters = Arc::new(OpCounters::default());
+    let fs = Arc::new(Fs::new(engine.clone(), counters, opts.atime));
+    fs.set_want_uring(use_uring);
+    fs.set_persist_replies(opts.persist_replies);
+    fs
+}
+
+fn report_frontend(engine: &Engine, fs: &Fs, active: &Arc<Mutex<&'static str>>) {
+    let (a, c) = (active.clone(), fs.counters().clone());
+    engine
+        .stats()
+        .set_frontend(Box::new(move || engine::stats::FrontendReport {
+            transport: a.lock().to_string(),
+            requests: c.snapshot(),
+        }));
 }
 
 impl Session {
@@ -129,9 +173,7 @@ impl Session {
                 }
             },
         };
-        let counters = Arc::new(OpCounters::default());
-        let fs = Arc::new(Fs::new(engine.clone(), counters.clone(), opts.atime));
-        fs.set_want_uring(use_uring);
+        let fs = make_fs(&engine, opts, use_uring);
         let fd = sys::open_fuse_device()?;
         let (uid, gid) = sys::ids();
         let data =
@@ -142,22 +184,69 @@ impl Session {
             engine::Atime::Noatime => libc::MS_NOATIME,
         };
         sys::mount_fuse(&opts.fsname, mountpoint, fd.as_raw_fd(), flags, &data)?;
+        // Clones only of a mounted connection (the kernel refuses them before).
+        let mut clones = Vec::new();
+        for _ in 1..opts.threads.max(1) {
+            clones.push(sys::clone_fuse_fd(&fd)?);
+        }
         let active: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("dev"));
-        let (a, c) = (active.clone(), counters);
-        engine
-            .stats()
-            .set_frontend(Box::new(move || engine::stats::FrontendReport {
-                transport: a.lock().to_string(),
-                requests: c.snapshot(),
-            }));
+        report_frontend(&engine, &fs, &active);
         Ok(Session {
             fs,
             mountpoint: mountpoint.to_path_buf(),
             main: Arc::new(dev::Channel::new(fd)),
-            threads: opts.threads.max(1),
+            clones,
             use_uring,
+            taken_over: false,
             active,
+            stop: Arc::new(AtomicBool::new(false)),
+            holder: None,
         })
+    }
+
+    /// Serve a connection a previous daemon left mounted at `mountpoint` (its descriptors
+    /// from a holder): no mount, no INIT (the kernel answered it to the previous daemon;
+    /// `held.state` says what was agreed). [`Session::run`] asks the kernel to resend the
+    /// requests the previous daemon had read and not answered (FUSE_NOTIFY_RESEND).
+    pub fn take_over(
+        engine: Arc<Engine>,
+        mountpoint: &Path,
+        opts: &MountOptions,
+        held: holder::Held,
+    ) -> io::Result<Session> {
+        let holder::Held { state, fds } = held;
+        let use_uring = state.uring;
+        if use_uring {
+            uring::enable_in_kernel().map_err(io::Error::other)?;
+        }
+        let fs = make_fs(&engine, opts, use_uring);
+        fs.adopt_proto(state.proto);
+        let mut fds = fds.into_iter();
+        let main = fds
+            .next()
+            .ok_or_else(|| io::Error::other("no session descriptor held"))?;
+        let mut clones: Vec<OwnedFd> = fds.collect();
+        while clones.len() + 1 < opts.threads.max(1) {
+            clones.push(sys::clone_fuse_fd(&main)?);
+        }
+        let active: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("dev"));
+        report_frontend(&engine, &fs, &active);
+        Ok(Session {
+            fs,
+            mountpoint: mountpoint.to_path_buf(),
+            main: Arc::new(dev::Channel::new(main)),
+            clones,
+            use_uring,
+            taken_over: true,
+            active,
+            stop: Arc::new(AtomicBool::new(false)),
+            holder: None,
+        })
+    }
+
+    /// Hand the connection's descriptors to `hook` once they are worth keeping.
+    pub fn set_holder(&mut self, hook: HolderHook) {
+        self.holder = Some(hook);
     }
 
     /// The request counters per opcode.
@@ -179,9 +268,23 @@ impl Session {
         }
     }
 
-    /// Serve requests until the file system is unmounted.
-    pub fn run(self) -> io::Result<()> {
+    /// Stops this session for a hand-over (from another thread).
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Serve requests until the file system is unmounted or handed over.
+    pub fn run(mut self) -> io::Result<RunEnd> {
+        sys::install_wakeup_handler(sys::WAKEUP_SIGNAL)?;
         let rings: Arc<OnceLock<uring::Rings>> = Arc::new(OnceLock::new());
+        let holder = Arc::new(Mutex::new(self.holder.take()));
+        let all_fds: Vec<OwnedFd> = std::iter::once(self.main.fd())
+            .chain(self.clones.iter())
+            .map(|f| sys::dup(f.as_raw_fd()))
+            .collect::<io::Result<_>>()?;
+        let all_fds = Arc::new(Mutex::new(Some(all_fds)));
         let after_init = {
             let (fs, rings, main, active) = (
                 self.fs.clone(),
@@ -189,52 +292,125 @@ impl Session {
                 self.main.clone(),
                 self.active.clone(),
             );
-            let use_uring = self.use_uring;
+            let (use_uring, mountpoint) = (self.use_uring, self.mountpoint.clone());
             move || {
-                if !use_uring || rings.get().is_some() {
-                    return;
-                }
+                let start_rings = use_uring && rings.get().is_none();
                 let granted = fs
                     .proto()
                     .is_some_and(|p| p.flags & abi::init::OVER_IO_URING != 0);
-                if !granted {
+                if start_rings && !granted {
                     log::warn!("FUSE transport: /dev/fuse (the kernel did not agree to FUSE over io_uring at INIT)");
-                    return;
-                }
-                match uring::Rings::start(fs.clone(), main.fd().as_raw_fd(), active.clone()) {
-                    Ok(r) => {
-                        log::info!(
-                            "FUSE transport: io_uring, {} queues of {} entries",
-                            r.queues(),
-                            uring::ENTRIES
-                        );
-                        let _ = rings.set(r);
+                } else if start_rings {
+                    match uring::Rings::start(fs.clone(), main.fd().as_raw_fd(), active.clone()) {
+                        Ok(r) => {
+                            log::info!(
+                                "FUSE transport: io_uring, {} queues of {} entries",
+                                r.queues(),
+                                uring::ENTRIES
+                            );
+                            let _ = rings.set(r);
+                        }
+                        Err(e) => log::warn!(
+                            "FUSE transport: /dev/fuse (io_uring rings could not be set up: {e})"
+                        ),
                     }
-                    Err(e) => log::warn!(
-                        "FUSE transport: /dev/fuse (io_uring rings could not be set up: {e})"
-                    ),
+                }
+                // The connection is worth keeping now: give it to the holder (once).
+                let hook = holder.lock().take();
+                let fds = all_fds.lock().take();
+                if let (Some(hook), Some(fds), Some(proto)) = (hook, fds, fs.proto()) {
+                    hook(holder::Held {
+                        state: holder::ConnState {
+                            proto,
+                            uring: rings.get().is_some(),
+                            mountpoint: mountpoint.clone(),
+                        },
+                        fds,
+                    });
                 }
             }
         };
         let after_init: Arc<dyn Fn() + Send + Sync> = Arc::new(after_init);
+        let mut chans = vec![self.main.clone()];
+        for fd in self.clones.drain(..) {
+            chans.push(Arc::new(dev::Channel::new(fd)));
+        }
         let mut workers = Vec::new();
-        for k in 1..self.threads {
-            let chan = Arc::new(dev::Channel::new(sys::clone_fuse_fd(self.main.fd())?));
-            let (fs, hook) = (self.fs.clone(), after_init.clone());
+        for (k, chan) in chans.iter().enumerate() {
+            let (fs, hook, stop, chan) = (
+                self.fs.clone(),
+                after_init.clone(),
+                self.stop.clone(),
+                chan.clone(),
+            );
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("strata-fuse{k}"))
-                    .spawn(move || dev::worker(fs, chan, &*hook))?,
+                    .spawn(move || dev::worker(fs, chan, &*hook, &stop))?,
             );
         }
-        dev::worker(self.fs.clone(), self.main.clone(), &*after_init);
+        if self.taken_over {
+            // No INIT comes: start the rings and hand the descriptors on now, then ask for
+            // the requests the previous daemon read and never answered.
+            after_init();
+            let resend = self.fs.proto().is_some_and(|p| p.resend);
+            if resend {
+                match self.main.notify(&reply::notify_resend()) {
+                    Ok(()) => log::info!("took over the FUSE connection; asked the kernel to resend requests in flight"),
+                    Err(e) => log::warn!("FUSE_NOTIFY_RESEND failed: {e}; requests the previous daemon had read are lost"),
+                }
+            } else {
+                log::warn!("took over the FUSE connection; this kernel cannot resend requests in flight (FUSE_HAS_RESEND, Linux 6.9)");
+            }
+        }
+        use std::os::unix::thread::JoinHandleExt;
+        let mut signalled = false;
+        while !workers.iter().all(|w| w.is_finished()) {
+            if self.stop.load(Ordering::SeqCst) {
+                for w in workers.iter().filter(|w| !w.is_finished()) {
+                    sys::signal_thread(w.as_pthread_t(), sys::WAKEUP_SIGNAL);
+                }
+                signalled = true;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         for w in workers {
             let _ = w.join();
+        }
+        let handed_over = signalled && self.stop.load(Ordering::SeqCst);
+        if handed_over {
+            // Replies still on their way from the engine (reads, writes, fsync).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while chans.iter().any(|c| c.outstanding.load(Ordering::SeqCst) > 0)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
         if let Some(r) = rings.get() {
             r.stop();
         }
-        Ok(())
+        Ok(if handed_over {
+            RunEnd::HandedOver
+        } else {
+            RunEnd::Unmounted
+        })
+    }
+}
+
+/// Stops a session for a hand-over: its workers stop reading requests, those read are
+/// answered, and [`Session::run`] returns [`RunEnd::HandedOver`] with the connection still
+/// mounted.
+#[derive(Clone)]
+pub struct Stopper {
+    stop: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    pub fn hand_over(&self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -289,7 +465,7 @@ pub fn watch_layers(session: &Session, engine: &Engine) {
 /// `syncfs` of the mount (from the admin or snapshotter thread that asks; the FUSE threads
 /// serve the writes it causes).
 pub fn flush_on_freeze(engine: &Engine, mountpoint: &Path) {
-    let mp = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let mp = absolute_mountpoint(mountpoint);
     engine.set_kernel_flush(Box::new(move || {
         if let Err(e) = sys::syncfs(&mp) {
             log::warn!(
@@ -298,4 +474,17 @@ pub fn flush_on_freeze(engine: &Engine, mountpoint: &Path) {
             );
         }
     }));
+}
+
+/// `mp` made absolute with its parent canonicalized, never touching `mp` itself: it may be
+/// a FUSE mount nobody serves yet (a held connection before its takeover), and a stat of it
+/// would wait for a daemon.
+pub fn absolute_mountpoint(mp: &Path) -> PathBuf {
+    let abs = std::path::absolute(mp).unwrap_or_else(|_| mp.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(abs),
+        _ => abs,
+    }
 }

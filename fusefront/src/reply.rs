@@ -206,6 +206,12 @@ pub fn notify_inval_entry(parent: u64, name: &[u8]) -> Vec<u8> {
     v
 }
 
+/// FUSE_NOTIFY_RESEND: the kernel queues again every request a daemon read and did not
+/// answer (since Linux 6.9; they come back with [`abi::UNIQUE_RESEND`] set in `unique`).
+pub fn notify_resend() -> Vec<u8> {
+    abi::out_header(abi::OUT_HEADER_SIZE as u32, abi::notify::RESEND, 0).to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,19 +30,55 @@ impl Sink {
 pub struct Reply {
     unique: u64,
     sink: Option<Sink>,
+    /// Send a success only once the change is in the journal ([`Reply::after_persist`]).
+    persist: Option<Arc<engine::Engine>>,
+}
+
+/// Send on `s`; the request is then no longer outstanding on its descriptor.
+fn finish(s: Sink, unique: u64, error: i32, parts: &[&[u8]]) {
+    let chan = match &s {
+        Sink::Dev(c) => Some(c.clone()),
+        Sink::Uring(_) => None,
+    };
+    s.send(unique, error, parts);
+    if let Some(c) = chan {
+        c.outstanding.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Reply {
     pub(crate) fn new(unique: u64, sink: Sink) -> Reply {
+        if let Sink::Dev(c) = &sink {
+            c.outstanding.fetch_add(1, Relaxed);
+        }
         Reply {
             unique,
             sink: Some(sink),
+            persist: None,
         }
     }
 
+    /// Answer success only when the engine has written the change to its journal: a daemon
+    /// killed after answering loses nothing the kernel was told (see `--persist-replies`).
+    pub(crate) fn after_persist(mut self, engine: Arc<engine::Engine>) -> Reply {
+        self.persist = Some(engine);
+        self
+    }
+
     fn send(&mut self, error: i32, parts: &[&[u8]]) {
-        if let Some(s) = self.sink.take() {
-            s.send(self.unique, error, parts)
+        let Some(s) = self.sink.take() else {
+            return;
+        };
+        match self.persist.take() {
+            Some(e) if error == 0 => {
+                let body: Vec<u8> = parts.concat();
+                let unique = self.unique;
+                e.persist(Box::new(move |r| match r {
+                    Ok(()) => finish(s, unique, 0, &[&body]),
+                    Err(_) => finish(s, unique, -libc::EIO, &[]),
+                }));
+            }
+            _ => finish(s, self.unique, error, parts),
         }
     }
 
@@ -69,7 +105,9 @@ impl Reply {
     /// A request that takes no reply (FORGET, INTERRUPT): release what carried it. On
     /// /dev/fuse nothing is written; an io_uring entry is never given such a request.
     pub fn none(mut self) {
-        self.sink = None;
+        if let Some(Sink::Dev(c)) = self.sink.take() {
+            c.outstanding.fetch_sub(1, Relaxed);
+        }
     }
 }
 

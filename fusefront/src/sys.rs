@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::io;
 use std::path::Path;
 
-/// Block SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts later, so
+/// Block SIGINT, SIGTERM, SIGHUP and [`HANDOVER_SIGNAL`] in this thread and every thread it starts later, so
 /// [`wait_for_signal`] can take them synchronously.
 pub fn block_shutdown_signals() -> io::Result<()> {
     let set = shutdown_set();
@@ -27,6 +27,7 @@ fn shutdown_set() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, HANDOVER_SIGNAL);
     }
     set
 }
@@ -211,3 +212,305 @@ pub(crate) fn eventfd_signal(fd: RawFd) {
     // SAFETY: writes 8 bytes from a live u64.
     unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
 }
+
+// ---------------------------------------------------------------------------------------
+// Passing descriptors (live restart): SOCK_SEQPACKET unix sockets with SCM_RIGHTS, memfd,
+// poll, and systemd's notify socket.
+// ---------------------------------------------------------------------------------------
+
+/// The most descriptors one message carries.
+pub const MAX_FDS: usize = 64;
+
+fn sockaddr_un(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if path.is_empty() || path.len() >= sa.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (d, s) in sa.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    // An abstract socket ("@name", as systemd writes NOTIFY_SOCKET) starts with a NUL byte.
+    if path[0] == b'@' {
+        sa.sun_path[0] = 0;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + path.len();
+    Ok((sa, len as libc::socklen_t))
+}
+
+fn socket(kind: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes no pointers; we own the returned descriptor.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A listening SOCK_SEQPACKET unix socket at `path` (mode 0600; an old socket file is
+/// replaced).
+pub fn seqpacket_listen(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let fd = socket(libc::SOCK_SEQPACKET)?;
+    let (sa, len) = sockaddr_un(path.as_os_str().as_bytes())?;
+    let _ = std::fs::remove_file(path);
+    // SAFETY: `sa` is a valid sockaddr_un of `len` bytes for the duration of the call.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // SAFETY: listen takes no pointers.
+    if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Connect to the SOCK_SEQPACKET unix socket at `path`.
+pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let fd = socket(libc::SOCK_SEQPACKET)?;
+    let (sa, len) = sockaddr_un(path.as_os_str().as_bytes())?;
+    // SAFETY: as in `seqpacket_listen`.
+    let rc =
+        unsafe { libc::connect(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Accept one connection.
+pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed; we own the returned descriptor.
+    let c = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if c < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just accepted, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(c) })
+}
+
+/// Send `bytes` and `fds` (at most [`MAX_FDS`]) as one message; `to` names a datagram
+/// destination (systemd's notify socket), `None` a connected socket.
+pub fn send_with_fds(
+    sock: RawFd,
+    to: Option<&[u8]>,
+    bytes: &[u8],
+    fds: &[RawFd],
+) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let space = cmsg_space(fds.len());
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let addr = to.map(sockaddr_un).transpose()?;
+    if let Some((sa, len)) = &addr {
+        msg.msg_name = sa as *const _ as *mut libc::c_void;
+        msg.msg_namelen = *len;
+    }
+    if !fds.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` zeroed, 8-byte aligned bytes, room for one
+        // header and `fds.len()` descriptors (CMSG_SPACE); CMSG_FIRSTHDR/CMSG_DATA stay
+        // inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c) as *mut RawFd, fds.len());
+        }
+    }
+    // SAFETY: every pointer in `msg` refers to live locals for the duration of the call.
+    let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn cmsg_space(n: usize) -> usize {
+    // SAFETY: CMSG_SPACE is arithmetic.
+    unsafe { libc::CMSG_SPACE((n * std::mem::size_of::<RawFd>()) as u32) as usize }
+}
+
+/// Receive one message into `buf`: its length (0 at end of stream) and the descriptors it
+/// carried.
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let space = cmsg_space(MAX_FDS);
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: the kernel writes at most buf.len() bytes and `space` control bytes into live
+    // buffers.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+    // msg_controllen; each SCM_RIGHTS payload holds descriptors now owned by this process.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let p = libc::CMSG_DATA(c) as *const RawFd;
+                for i in 0..data / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(p.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("descriptors truncated"));
+    }
+    Ok((n as usize, fds))
+}
+
+/// poll(2) of `fds` (descriptor, events) for up to `timeout_ms` (-1: forever); the
+/// returned events per descriptor.
+pub fn poll(fds: &[(RawFd, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, events)| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a live array of `p.len()` pollfd structures.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.iter().map(|x| x.revents).collect())
+}
+
+/// Whether the FUSE connection behind `fd` is still up (the kernel reports POLLERR on
+/// /dev/fuse once it is aborted or unmounted).
+pub fn fuse_connected(fd: RawFd) -> bool {
+    match poll(&[(fd, 0)], 0) {
+        Ok(r) => r[0] & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0,
+        Err(_) => false,
+    }
+}
+
+/// A sealed-size memfd holding `bytes` (the state kept beside the FUSE descriptors).
+pub fn memfd_with(name: &std::ffi::CStr, bytes: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; we own the returned descriptor.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut f = std::fs::File::from(fd);
+    use std::io::Write;
+    f.write_all(bytes)?;
+    Ok(f.into())
+}
+
+/// The whole content of a file descriptor read from offset 0 (at most `max` bytes).
+pub fn read_fd_at0(fd: RawFd, max: usize) -> io::Result<Vec<u8>> {
+    let mut v = vec![0u8; max];
+    // SAFETY: the kernel writes at most `max` bytes into the live buffer.
+    let n = unsafe { libc::pread(fd, v.as_mut_ptr() as *mut libc::c_void, max, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    v.truncate(n as usize);
+    Ok(v)
+}
+
+/// Duplicate a descriptor (close-on-exec).
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no pointers; we own the result.
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if d < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(d) })
+}
+
+/// Take ownership of a descriptor this process inherited (systemd's LISTEN_FDS), marking it
+/// close-on-exec. `None` when `fd` is not open.
+pub fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: fcntl on an arbitrary number only reports EBADF when it is not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return None;
+    }
+    // SAFETY: as above; sets FD_CLOEXEC on a descriptor we now own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    // SAFETY: systemd passed this descriptor to this process alone; nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An unbound unix datagram socket (for systemd's notify socket).
+pub fn dgram_socket() -> io::Result<OwnedFd> {
+    socket(libc::SOCK_DGRAM)
+}
+
+extern "C" fn wakeup_handler(_: libc::c_int) {}
+
+/// Install a handler that does nothing for `sig`, without SA_RESTART: a thread blocked in
+/// read(2) that gets `sig` returns EINTR (how FUSE workers are told to stop).
+pub(crate) fn install_wakeup_handler(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: sigaction is plain data; all zeroes is a valid value, filled in below.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = wakeup_handler as *const () as libc::sighandler_t;
+    sa.sa_flags = 0;
+    // SAFETY: sa_mask lives in `sa`; sigaction reads `sa` and writes nothing we pass.
+    let rc = unsafe {
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Send `sig` to a thread of this process that has not been joined yet.
+pub(crate) fn signal_thread(t: libc::pthread_t, sig: libc::c_int) {
+    // SAFETY: the caller holds the thread's unjoined JoinHandle, so `t` names a live (or
+    // exited, not yet reaped) thread.
+    unsafe { libc::pthread_kill(t, sig) };
+}
+
+/// The signal that wakes FUSE workers for a hand-over.
+pub(crate) const WAKEUP_SIGNAL: libc::c_int = libc::SIGUSR1;
+/// The signal that asks the daemon to hand its connection over and exit (`strata restart`).
+pub const HANDOVER_SIGNAL: libc::c_int = libc::SIGUSR2;

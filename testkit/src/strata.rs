@@ -353,6 +353,11 @@ impl Mount {
                 cmd.arg("--fuse-transport").arg(t);
             }
         }
+        // No fd holder unless the test asks for one (tests/live_restart.rs): other tests
+        // kill daemons to see what a crash leaves.
+        if !extra.iter().any(|a| a.starts_with("--fd-holder")) {
+            cmd.args(["--fd-holder", "none"]);
+        }
         cmd.args(extra);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(logf.try_clone().unwrap()))
