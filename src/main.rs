@@ -568,6 +568,8 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         fusefront::holder::systemd_ready(&format!("serving {}", mp.display()));
     }
     let run = session.run();
+    // From here on a keeper that goes away is not replaced.
+    EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
     let shut = eng.shutdown();
     let _ = std::fs::remove_file(&pidf);
     match &run {
@@ -594,6 +596,9 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
     }
 }
 
+/// Set when the daemon is on its way out: the keeper watcher then lets the keeper go.
+static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Give the connection's descriptors to the holder. With a keeper, a thread then watches
 /// it: a keeper that dies is replaced, and given the descriptors again.
 fn keep_connection(holder: Arc<Holder>, held: fusefront::holder::Held, sock: PathBuf) {
@@ -618,6 +623,9 @@ fn keep_connection(holder: Arc<Holder>, held: fusefront::holder::Held, sock: Pat
                     loop {
                         if let Holder::Keeper(l) = &*lease_gone {
                             l.wait_gone();
+                        }
+                        if EXITING.load(std::sync::atomic::Ordering::SeqCst) {
+                            return;
                         }
                         log::warn!("the keeper is gone; starting another");
                         let fresh = loop {

@@ -123,10 +123,19 @@ impl Held {
 
 const MSG_MAX: usize = 256;
 
+/// Where the keeper serving `socket` writes its pid (`<socket>.pid`).
+pub fn pid_file_of(socket: &Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".pid");
+    PathBuf::from(s)
+}
+
 /// Run the keeper on `socket` until the connection it holds is dropped or gone (and no
 /// daemon holds the lease), or nothing was ever put in its hands.
 pub fn run_keeper(socket: &Path) -> io::Result<()> {
     let listen = sys::seqpacket_listen(socket)?;
+    let pidfile = pid_file_of(socket);
+    let _ = std::fs::write(&pidfile, format!("{}\n", std::process::id()));
     let mut held: Option<Vec<OwnedFd>> = None;
     let mut lease: Option<OwnedFd> = None;
     let mut buf = [0u8; MSG_MAX];
@@ -135,6 +144,7 @@ pub fn run_keeper(socket: &Path) -> io::Result<()> {
     let done = |why: &str| {
         log::info!("keeper: exiting ({why})");
         let _ = std::fs::remove_file(socket);
+        let _ = std::fs::remove_file(&pidfile);
         Ok(())
     };
     loop {
@@ -289,9 +299,10 @@ impl KeeperLease {
         self.call(b"PUT", &fds)
     }
 
-    /// The connection was unmounted: the keeper lets it go and exits.
+    /// The connection was unmounted: the keeper lets it go and exits (no answer awaited:
+    /// a thread may be in [`KeeperLease::wait_gone`] on the same socket).
     pub fn drop_held(&self) -> io::Result<()> {
-        self.call(b"DROP", &[])
+        sys::send_with_fds(self.sock.as_raw_fd(), None, b"DROP", &[])
     }
 
     /// Block until the keeper goes away (killed, or exited).

@@ -364,13 +364,13 @@ impl Session {
             }
         }
         use std::os::unix::thread::JoinHandleExt;
-        let mut signalled = false;
         while !workers.iter().all(|w| w.is_finished()) {
             if self.stop.load(Ordering::SeqCst) {
+                // Workers blocked in read(2) return EINTR; busy ones see the flag after the
+                // request in hand.
                 for w in workers.iter().filter(|w| !w.is_finished()) {
                     sys::signal_thread(w.as_pthread_t(), sys::WAKEUP_SIGNAL);
                 }
-                signalled = true;
                 std::thread::sleep(std::time::Duration::from_millis(2));
             } else {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -379,7 +379,7 @@ impl Session {
         for w in workers {
             let _ = w.join();
         }
-        let handed_over = signalled && self.stop.load(Ordering::SeqCst);
+        let handed_over = self.stop.load(Ordering::SeqCst);
         if handed_over {
             // Replies still on their way from the engine (reads, writes, fsync).
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -234,6 +234,8 @@ pub struct Mount {
     pub mnt: PathBuf,
     pub image: PathBuf,
     log: PathBuf,
+    /// The daemon handed the mount to a successor (live restart): leave it mounted.
+    handed_over: bool,
 }
 
 /// A mount that failed to come up.
@@ -370,6 +372,7 @@ impl Mount {
             mnt: mnt.to_path_buf(),
             image: image.to_path_buf(),
             log,
+            handed_over: false,
         };
         let start = Instant::now();
         loop {
@@ -469,6 +472,45 @@ impl Mount {
         self.stderr()
     }
 
+    /// Live restart: SIGUSR2 makes the daemon answer what it read, checkpoint and exit,
+    /// leaving the mount to a successor (whose own `Mount` then owns it). Asserts it exited
+    /// 0 within a minute; returns its output.
+    pub fn hand_over(mut self) -> String {
+        self.handed_over = true;
+        let mut child = self.child.take().expect("daemon already gone");
+        let _ = crate::sys::kill(child.id(), libc::SIGUSR2);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break st;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "daemon did not hand over within 60 s; output:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let out = self.stderr();
+        assert_no_panic("strata mount (hand-over)", &out);
+        assert!(
+            status.success(),
+            "daemon exited with {} after a hand-over; output:\n{out}",
+            status_code(status)
+        );
+        out
+    }
+
+    /// SIGKILL the daemon, leaving its mount to a successor that takes the connection over
+    /// from the fd holder (live restart).
+    pub fn kill9_leave_mounted(mut self) -> String {
+        self.handed_over = true;
+        self.kill9()
+    }
+
     /// After `kill9`: detach the dead mount (`umount -l`).
     pub fn unmount_dead(&mut self) {
         if is_mounted(&self.mnt) && !umount(&self.mnt, false) {
@@ -479,6 +521,9 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
         let panicking = std::thread::panicking();
         if is_mounted(&self.mnt) && !umount(&self.mnt, false) {
             umount(&self.mnt, true);
