@@ -57,6 +57,15 @@ fn dir_offset(end: u64, cookie: u64) -> u64 {
     }
 }
 
+/// A resent unlink, rmdir or rename whose name is gone: the previous daemon carried it out
+/// (its change reached the journal, its answer did not reach the kernel).
+fn resent_done(resent: bool, r: engine::Result<()>) -> engine::Result<()> {
+    match r {
+        Err(e) if resent && e.errno() == libc::ENOENT => Ok(()),
+        r => r,
+    }
+}
+
 /// Whether a request changes what the journal records (its reply waits for the journal
 /// with `persist_replies`).
 fn changes(op: &Op<'_>) -> bool {
@@ -178,6 +187,21 @@ impl Fs {
         self.want_uring.store(on, Ordering::Relaxed);
     }
 
+    /// A resent mknod, mkdir or symlink whose name exists: the previous daemon made it;
+    /// answer with what is there.
+    fn resent_made(
+        &self,
+        resent: bool,
+        parent: u64,
+        name: &[u8],
+        r: engine::Result<Stat>,
+    ) -> engine::Result<Stat> {
+        match r {
+            Err(e) if resent && e.errno() == libc::EEXIST => self.engine.lookup(parent, name),
+            r => r,
+        }
+    }
+
     fn entry(&self, r: engine::Result<Stat>, reply: Reply) {
         match r {
             Ok(st) => reply.ok(&reply::entry(st.ino, GEN, TTL, &reply::attr(&st))),
@@ -215,6 +239,9 @@ impl Fs {
             gid: h.gid,
         };
         let e = &self.engine;
+        // A request a previous daemon read and may have carried out before it died
+        // (FUSE_NOTIFY_RESEND after a takeover).
+        let resent = h.unique & abi::UNIQUE_RESEND != 0;
         let reply = if self.persist_replies.load(Ordering::Relaxed) && changes(&req.op) {
             reply.after_persist(e.clone())
         } else {
@@ -278,25 +305,34 @@ impl Fs {
                 umask,
                 name,
             } => self.entry(
-                e.mknod(node, name, node_mode(mode, umask), rdev, caller, None),
+                self.resent_made(
+                    resent,
+                    node,
+                    name,
+                    e.mknod(node, name, node_mode(mode, umask), rdev, caller, None),
+                ),
                 reply,
             ),
             Op::Mkdir { mode, umask, name } => {
                 let mode = node_mode(libc::S_IFDIR | (mode & 0o7777), umask);
-                self.entry(e.mknod(node, name, mode, 0, caller, None), reply)
+                let r = e.mknod(node, name, mode, 0, caller, None);
+                self.entry(self.resent_made(resent, node, name, r), reply)
             }
-            Op::Unlink { name } => Self::empty(e.unlink(node, name), reply),
-            Op::Rmdir { name } => Self::empty(e.rmdir(node, name), reply),
-            Op::Symlink { name, target } => self.entry(
-                e.mknod(node, name, libc::S_IFLNK | 0o777, 0, caller, Some(target)),
-                reply,
-            ),
+            Op::Unlink { name } => Self::empty(resent_done(resent, e.unlink(node, name)), reply),
+            Op::Rmdir { name } => Self::empty(resent_done(resent, e.rmdir(node, name)), reply),
+            Op::Symlink { name, target } => {
+                let r = e.mknod(node, name, libc::S_IFLNK | 0o777, 0, caller, Some(target));
+                self.entry(self.resent_made(resent, node, name, r), reply)
+            }
             Op::Rename {
                 newdir,
                 flags,
                 name,
                 newname,
-            } => Self::empty(e.rename(node, name, newdir, newname, flags), reply),
+            } => Self::empty(
+                resent_done(resent, e.rename(node, name, newdir, newname, flags)),
+                reply,
+            ),
             // The kernel refuses links to unlinked files itself, except to O_TMPFILE files.
             Op::Link { oldnodeid, name } => {
                 self.entry(e.link_from_kernel(oldnodeid, node, name), reply)
@@ -381,6 +417,7 @@ impl Fs {
                 mode, umask, name, ..
             } => {
                 let r = e.mknod(node, name, node_mode(mode, umask), 0, caller, None);
+                let r = self.resent_made(resent, node, name, r);
                 match r.and_then(|st| Ok((st, self.open_flags(st.ino, true)?))) {
                     Ok((st, f)) => reply.ok2(
                         &reply::entry(st.ino, GEN, TTL, &reply::attr(&st)),

@@ -133,6 +133,7 @@ pub fn pid_file_of(socket: &Path) -> PathBuf {
 /// Run the keeper on `socket` until the connection it holds is dropped or gone (and no
 /// daemon holds the lease), or nothing was ever put in its hands.
 pub fn run_keeper(socket: &Path) -> io::Result<()> {
+    sys::unblock_shutdown_signals();
     let listen = sys::seqpacket_listen(socket)?;
     let pidfile = pid_file_of(socket);
     let _ = std::fs::write(&pidfile, format!("{}\n", std::process::id()));

@@ -18,6 +18,14 @@ pub fn block_shutdown_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// Undo [`block_shutdown_signals`] (inherited across exec: the keeper a daemon starts must
+/// die of SIGTERM like any process).
+pub fn unblock_shutdown_signals() {
+    let set = shutdown_set();
+    // SAFETY: as in `block_shutdown_signals`.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+}
+
 fn shutdown_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
