@@ -404,13 +404,11 @@ fn find_held(
         "keeper" => {
             let sock = keeper_socket(opts, admin_socket);
             match holder::keeper_take_or_start(&sock, &|| spawn_keeper(&sock)) {
-                Ok(holder::Take::Busy) => {
-                    return Err(format!(
-                        "another daemon holds the FUSE connection at {} (keeper {}): takeover refused",
-                        mp.display(),
-                        sock.display()
-                    ))
-                }
+                Ok(holder::Take::Busy) => return Err(format!(
+                    "another daemon holds the FUSE connection at {} (keeper {}): takeover refused",
+                    mp.display(),
+                    sock.display()
+                )),
                 Ok(holder::Take::Lease(l, held)) => (Holder::Keeper(l), held),
                 Err(e) => {
                     log::warn!(
@@ -509,10 +507,24 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         }
     };
     let fsname = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // FUSE over io_uring does not survive its daemon: requests on a dead daemon's ring
+    // entries are never resent (the kernel's fuse_resend walks the /dev/fuse queues only)
+    // and their callers wait forever. With a holder, `auto` means /dev/fuse.
+    let transport = match (opts.fuse_transport, &holder) {
+        (fusefront::Transport::Auto, Holder::Keeper(_) | Holder::Systemd) => {
+            log::info!("FUSE transport: /dev/fuse (the connection is kept across restarts; FUSE over io_uring is not)");
+            fusefront::Transport::Dev
+        }
+        (fusefront::Transport::IoUring, Holder::Keeper(_) | Holder::Systemd) => {
+            log::warn!("FUSE over io_uring with an fd holder: a daemon that dies leaves the requests on its rings unanswered (callers hang); use --fuse-transport dev or --fd-holder none");
+            fusefront::Transport::IoUring
+        }
+        (t, _) => t,
+    };
     let mount_opts = fusefront::MountOptions {
         fsname: fsname.to_string_lossy().into_owned(),
         threads: opts.threads,
-        transport: opts.fuse_transport,
+        transport,
         atime: opts.atime,
         persist_replies: opts
             .persist_replies
@@ -545,7 +557,10 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         .spawn(move || loop {
             let sig = fusefront::sys::wait_for_signal();
             if sig == fusefront::sys::HANDOVER_SIGNAL {
-                log::info!("signal {sig}: handing the connection at {} over", mp_owned.display());
+                log::info!(
+                    "signal {sig}: handing the connection at {} over",
+                    mp_owned.display()
+                );
                 stopper.hand_over();
                 return;
             }
@@ -560,7 +575,11 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         log::debug!("cannot write {}: {e}", pidf.display());
     }
     if takeover {
-        log::info!("serving {} at {} again (connection taken over)", path.display(), mp.display());
+        log::info!(
+            "serving {} at {} again (connection taken over)",
+            path.display(),
+            mp.display()
+        );
     } else {
         log::info!("mounted {} at {}", path.display(), mp.display());
     }
@@ -585,7 +604,9 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
     }
     match (shut, run) {
         (Ok(()), Ok(fusefront::RunEnd::HandedOver)) => {
-            log::info!("handed over: checkpoint written; the connection stays mounted for the next daemon");
+            log::info!(
+                "handed over: checkpoint written; the connection stays mounted for the next daemon"
+            );
             Ok(())
         }
         (Ok(()), _) => {
@@ -684,8 +705,8 @@ fn restart(admin_socket: &Path, timeout_secs: u64) -> Result<(), String> {
         .map(|a| std::os::unix::ffi::OsStrExt::from_bytes(a))
         .map(|a: &std::ffi::OsStr| a.to_owned())
         .collect();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map_err(|e| format!("daemon {pid}: {e}"))?;
+    let exe =
+        std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| format!("daemon {pid}: {e}"))?;
     // An upgraded binary replaced the file: start what is at its path now.
     let exe = PathBuf::from(
         exe.to_string_lossy()
@@ -704,7 +725,9 @@ fn restart(admin_socket: &Path, timeout_secs: u64) -> Result<(), String> {
     }
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
         if std::time::Instant::now() > deadline {
-            return Err(format!("daemon {pid} did not hand over within {timeout_secs} s"));
+            return Err(format!(
+                "daemon {pid} did not hand over within {timeout_secs} s"
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -714,9 +737,15 @@ fn restart(admin_socket: &Path, timeout_secs: u64) -> Result<(), String> {
         .stdin(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    while std::fs::read_to_string(&pidf).map(|p| p.trim() != child.id().to_string()).unwrap_or(true) {
+    while std::fs::read_to_string(&pidf)
+        .map(|p| p.trim() != child.id().to_string())
+        .unwrap_or(true)
+    {
         if std::time::Instant::now() > deadline {
-            return Err(format!("the new daemon ({}) is not serving after {timeout_secs} s", child.id()));
+            return Err(format!(
+                "the new daemon ({}) is not serving after {timeout_secs} s",
+                child.id()
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

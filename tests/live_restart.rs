@@ -33,6 +33,10 @@ fn restarts() -> usize {
 /// mount point.
 fn holder_args(mnt: &Path) -> Vec<String> {
     vec![
+        // With a holder, `auto` is /dev/fuse (FUSE over io_uring does not survive its
+        // daemon: see the README's Operations section).
+        "--fuse-transport".into(),
+        "auto".into(),
         "--fd-holder".into(),
         "keeper".into(),
         "--keeper-socket".into(),
@@ -65,7 +69,14 @@ fn keeper_pids(socket: &Path) -> Vec<u32> {
     };
     // Alive and not a zombie.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(st) if !st.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') => {
+        Ok(st)
+            if !st
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z') =>
+        {
             vec![pid]
         }
         _ => Vec::new(),
@@ -152,7 +163,6 @@ impl Workload {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     }
-
 }
 
 /// (end µs since the epoch, duration µs) of the workload's slow operations (written when it
@@ -233,7 +243,11 @@ fn workload_child() {
     run_workload(&dir, &stop, &slow, &seen, &ctl);
     let s = seen.lock().unwrap();
     let _ = fs::write(ctl.join("slow"), slow.lock().unwrap().as_bytes());
-    let durable: String = s.durable.iter().map(|(b, t)| format!("{b} {t}\n")).collect();
+    let durable: String = s
+        .durable
+        .iter()
+        .map(|(b, t)| format!("{b} {t}\n"))
+        .collect();
     let _ = fs::write(ctl.join("durable"), durable);
     let errors: String = s.errors.iter().map(|e| format!("{e}\n")).collect();
     let _ = fs::write(ctl.join("errors"), errors);
@@ -255,7 +269,9 @@ fn run_workload(
     let timed = |t: Instant| {
         let us = t.elapsed().as_micros() as u64;
         if us > 1000 {
-            slow.lock().unwrap().push_str(&format!("{} {us}\n", now_us()));
+            slow.lock()
+                .unwrap()
+                .push_str(&format!("{} {us}\n", now_us()));
         }
     };
     let open_rw = |p: &Path| {
@@ -280,11 +296,11 @@ fn run_workload(
     if let Err(e) = mapped.set_len(MAP_LEN as u64) {
         return err(format!("ftruncate mapped: {e}"));
     }
-    let mut map = match sys::Mapping::shared(&mapped, MAP_LEN, libc::PROT_READ | libc::PROT_WRITE, 0)
-    {
-        Ok(m) => m,
-        Err(e) => return err(format!("mmap: {}", errno_name(e))),
-    };
+    let mut map =
+        match sys::Mapping::shared(&mapped, MAP_LEN, libc::PROT_READ | libc::PROT_WRITE, 0) {
+            Ok(m) => m,
+            Err(e) => return err(format!("mmap: {}", errno_name(e))),
+        };
     let mut model: BTreeMap<u64, u64> = BTreeMap::new();
     let mut orphan_model: BTreeMap<u64, u64> = BTreeMap::new();
     let mut map_model = vec![0u8; MAP_LEN];
@@ -589,7 +605,10 @@ fn a_successor_that_fails_to_start_leaves_the_connection_held_and_the_next_one_s
         "expected the metrics port to fail the start; output:\n{}",
         failed.stderr
     );
-    assert!(!reader.is_finished(), "the reader did not wait for a daemon");
+    assert!(
+        !reader.is_finished(),
+        "the reader did not wait for a daemon"
+    );
     assert!(is_mounted(&mnt), "the failed start lost the mount");
     drop(busy);
     let m = start(&img, &mnt, &[]);
@@ -616,7 +635,11 @@ fn a_second_takeover_racing_the_first_is_refused() {
     ]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = strata(
-        &[&["mount", img.to_str().unwrap(), mnt.to_str().unwrap()][..], &a[..]].concat(),
+        &[
+            &["mount", img.to_str().unwrap(), mnt.to_str().unwrap()][..],
+            &a[..],
+        ]
+        .concat(),
     );
     assert_ne!(out.code, 0, "a second daemon started: {}", out.stderr);
     assert!(

@@ -214,8 +214,7 @@ pub fn run_keeper(socket: &Path) -> io::Result<()> {
                 Err(_) => continue,
             };
             // A client that says nothing within a second is dropped.
-            if !matches!(sys::poll(&[(c.as_raw_fd(), libc::POLLIN)], 1000), Ok(r) if r[0] != 0)
-            {
+            if !matches!(sys::poll(&[(c.as_raw_fd(), libc::POLLIN)], 1000), Ok(r) if r[0] != 0) {
                 continue;
             }
             let n = match sys::recv_with_fds(c.as_raw_fd(), &mut buf) {
@@ -328,10 +327,7 @@ impl KeeperLease {
 
 /// Connect to the keeper, starting it with `spawn` when none answers (waiting up to 5 s
 /// for its socket).
-pub fn keeper_take_or_start(
-    socket: &Path,
-    spawn: &dyn Fn() -> io::Result<()>,
-) -> io::Result<Take> {
+pub fn keeper_take_or_start(socket: &Path, spawn: &dyn Fn() -> io::Result<()>) -> io::Result<Take> {
     match keeper_take(socket) {
         Ok(t) => return Ok(t),
         Err(e)
@@ -406,7 +402,8 @@ pub fn systemd_take() -> Option<Held> {
 
 fn sd_notify(msg: &str, fds: &[RawFd]) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let path = std::env::var_os("NOTIFY_SOCKET").ok_or_else(|| io::Error::other("no NOTIFY_SOCKET"))?;
+    let path =
+        std::env::var_os("NOTIFY_SOCKET").ok_or_else(|| io::Error::other("no NOTIFY_SOCKET"))?;
     // A datagram socket: connectionless, one message per notification.
     let sock = sys::dgram_socket()?;
     sys::send_with_fds(sock.as_raw_fd(), Some(path.as_bytes()), msg.as_bytes(), fds)

@@ -45,8 +45,8 @@ mod uring;
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use engine::{Engine, Error};
@@ -383,7 +383,9 @@ impl Session {
         if handed_over {
             // Replies still on their way from the engine (reads, writes, fsync).
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while chans.iter().any(|c| c.outstanding.load(Ordering::SeqCst) > 0)
+            while chans
+                .iter()
+                .any(|c| c.outstanding.load(Ordering::SeqCst) > 0)
                 && std::time::Instant::now() < deadline
             {
                 std::thread::sleep(std::time::Duration::from_millis(1));

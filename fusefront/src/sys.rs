@@ -265,7 +265,13 @@ pub fn seqpacket_listen(path: &Path) -> io::Result<OwnedFd> {
     let (sa, len) = sockaddr_un(path.as_os_str().as_bytes())?;
     let _ = std::fs::remove_file(path);
     // SAFETY: `sa` is a valid sockaddr_un of `len` bytes for the duration of the call.
-    let rc = unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) };
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -284,8 +290,13 @@ pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
     let fd = socket(libc::SOCK_SEQPACKET)?;
     let (sa, len) = sockaddr_un(path.as_os_str().as_bytes())?;
     // SAFETY: as in `seqpacket_listen`.
-    let rc =
-        unsafe { libc::connect(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) };
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -347,7 +358,11 @@ pub fn send_with_fds(
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
             (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c) as *mut RawFd, fds.len());
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c) as *mut RawFd,
+                fds.len(),
+            );
         }
     }
     // SAFETY: every pointer in `msg` refers to live locals for the duration of the call.
