@@ -404,11 +404,13 @@ fn find_held(
         "keeper" => {
             let sock = keeper_socket(opts, admin_socket);
             match holder::keeper_take_or_start(&sock, &|| spawn_keeper(&sock)) {
-                Ok(holder::Take::Busy) => return Err(format!(
+                Ok(holder::Take::Busy) => {
+                    return Err(format!(
                     "another daemon holds the FUSE connection at {} (keeper {}): takeover refused",
                     mp.display(),
                     sock.display()
-                )),
+                ))
+                }
                 Ok(holder::Take::Lease(l, held)) => (Holder::Keeper(l), held),
                 Err(e) => {
                     log::warn!(
@@ -699,12 +701,15 @@ fn restart(admin_socket: &Path, timeout_secs: u64) -> Result<(), String> {
         .map_err(|_| format!("{} holds no pid", pidf.display()))?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map_err(|e| format!("daemon {pid} is not running ({e})"))?;
+    use std::os::unix::ffi::OsStrExt;
     let args: Vec<std::ffi::OsString> = cmdline
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
-        .map(|a| std::os::unix::ffi::OsStrExt::from_bytes(a))
-        .map(|a: &std::ffi::OsStr| a.to_owned())
+        .map(|a| std::ffi::OsStr::from_bytes(a).to_owned())
         .collect();
+    if args.len() < 2 {
+        return Err(format!("daemon {pid} has no command line to start again"));
+    }
     let exe =
         std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| format!("daemon {pid}: {e}"))?;
     // An upgraded binary replaced the file: start what is at its path now.

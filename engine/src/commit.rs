@@ -116,7 +116,7 @@ impl Inner {
                 )
             };
             // Only `persist` callers: the records need writing, not the trailing flush.
-            let flush = !(waiters.is_empty() && !written.is_empty());
+            let flush = !waiters.is_empty() || written.is_empty();
             let r = self.commit_with(flush);
             for w in waiters.into_iter().chain(written) {
                 w(match &r {
