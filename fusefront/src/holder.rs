@@ -134,6 +134,15 @@ pub fn pid_file_of(socket: &Path) -> PathBuf {
 /// daemon holds the lease), or nothing was ever put in its hands.
 pub fn run_keeper(socket: &Path) -> io::Result<()> {
     sys::unblock_shutdown_signals();
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
     let listen = sys::seqpacket_listen(socket)?;
     let pidfile = pid_file_of(socket);
     let _ = std::fs::write(&pidfile, format!("{}\n", std::process::id()));
