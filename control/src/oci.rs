@@ -679,7 +679,8 @@ fn parse_pax_time(v: &str) -> Option<Time> {
     Some(Time { sec, nsec })
 }
 
-fn decompress<'r>(reader: impl Read + 'r, c: Compression) -> Result<Box<dyn Read + 'r>> {
+/// `reader` decompressed as `c` says ([`Compression::Auto`]: by its magic bytes).
+pub fn decompress<'r>(reader: impl Read + 'r, c: Compression) -> Result<Box<dyn Read + 'r>> {
     let mut br = BufReader::with_capacity(64 << 10, reader);
     let c = match c {
         Compression::Auto => {
@@ -740,6 +741,19 @@ fn import_into(
     reader: impl Read,
     compression: Compression,
 ) -> Result<ImportReport> {
+    let input = decompress(reader, compression)?;
+    let report = apply_into(engine, layer, input)?;
+    // Committed and unmarked in one journal commit.
+    engine.layer_commit_labeled(layer, Some(BTreeMap::new()))?;
+    Ok(report)
+}
+
+/// Apply the (uncompressed) OCI layer tar `tar` onto active layer `layer` as it is now: what
+/// [`import`] does between creating and committing its layer, and what containerd's diff
+/// service asks for (Apply into a prepared snapshot). The layer is left active. On error the
+/// layer holds part of the tar; the caller removes or resets it. Reads `tar` up to the
+/// end-of-archive blocks, not beyond.
+pub fn apply_into(engine: &Engine, layer: &str, tar: impl Read) -> Result<ImportReport> {
     let root = engine.layer_root(layer)?;
     let first_new_ino = engine.with_layers(|ls| {
         ls.slot_of(layer.as_bytes())
@@ -758,9 +772,8 @@ fn import_into(
         },
         dir_times: Vec::new(),
     };
-    let input = decompress(reader, compression)?;
     let mut watch = EofWatch {
-        inner: input,
+        inner: tar,
         hit_eof: false,
     };
     let applied = (|| {
@@ -781,8 +794,6 @@ fn import_into(
         ));
     }
     imp.finish_dir_times()?;
-    // Committed and unmarked in one journal commit.
-    engine.layer_commit_labeled(layer, Some(BTreeMap::new()))?;
     Ok(imp.report)
 }
 
@@ -863,10 +874,24 @@ fn os(p: &[u8]) -> &std::path::Path {
 /// OCI layer tar.
 pub fn export(engine: &Engine, layer: &str, out: impl Write) -> Result<()> {
     let (slot, tree, changes) = engine::diff::layer_diff_tree(engine, layer)?;
+    export_changes(engine, layer, slot, &tree, &changes, out)
+}
+
+/// Write `changes` (of `tree`, the tree of the layer in `slot`, named `layer` in messages) as
+/// an OCI layer tar to `out`: what [`export`] writes, for changes computed against any
+/// ancestor (containerd's diff service compares a layer with a view of one).
+pub fn export_changes(
+    engine: &Engine,
+    layer: &str,
+    slot: engine::meta::Slot,
+    tree: &engine::meta::Tree,
+    changes: &[engine::diff::Change],
+    out: impl Write,
+) -> Result<()> {
     let mut b = tar::Builder::new(out);
     // Hard links: the first path of an inode written in this tar.
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
-    for c in &changes {
+    for c in changes {
         if c.path.is_empty() {
             continue;
         }
