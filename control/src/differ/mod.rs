@@ -221,6 +221,19 @@ impl Differ {
         Target::Ours(id.to_string())
     }
 
+    /// The containerd namespace snapshot layer `layer` belongs to. containerd 1.7 sends a
+    /// proxy differ no namespace, but its snapshotter names every snapshot
+    /// `<namespace>/<n>/<key>`, and the snapshotter keeps that name in [`NAME_LABEL`].
+    ///
+    /// [`NAME_LABEL`]: crate::labels::NAME_LABEL
+    pub fn namespace_of(&self, layer: &str) -> Option<String> {
+        let info = self.engine.layer_stat(layer).ok()?;
+        let name = info.labels.get(crate::labels::NAME_LABEL)?;
+        let mut parts = name.splitn(3, '/');
+        let (ns, n, key) = (parts.next()?, parts.next()?, parts.next()?);
+        (!ns.is_empty() && !key.is_empty() && n.parse::<u64>().is_ok()).then(|| ns.to_string())
+    }
+
     /// Apply the layer blob `blob` (compressed or not) onto active layer `layer`. On failure
     /// the layer is put back as it was.
     pub fn apply(&self, layer: &str, blob: impl Read) -> Result<Applied, Error> {
@@ -533,7 +546,7 @@ impl Service {
             .map_err(|_| Status::unavailable("shutting down"))?;
         let store = content::ContentStore {
             address: self.containerd.clone(),
-            namespace: ns,
+            namespace: ns.or_else(|| self.differ.namespace_of(&layer)),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let differ = self.differ.clone();
@@ -559,8 +572,8 @@ impl Service {
             log::warn!("apply of {} onto layer {layer}: {e}", desc.digest);
             Status::from(e)
         })?;
-        log::debug!(
-            "applied {} onto layer {layer}: {} entries, {} bytes of tar",
+        log::info!(
+            "diff service: applied {} onto layer {layer}: {} entries, {} bytes of tar",
             desc.digest,
             a.report.entries,
             a.size
@@ -593,7 +606,7 @@ impl Service {
             .map_err(|_| Status::unavailable("shutting down"))?;
         let store = content::ContentStore {
             address: self.containerd.clone(),
-            namespace: ns,
+            namespace: ns.or_else(|| self.differ.namespace_of(&right)),
         };
         let reference = if r.r#ref.is_empty() {
             unique_ref()
@@ -644,8 +657,8 @@ impl Service {
             }
         };
         wrote?;
-        log::debug!(
-            "diff of layer {:?} written as {} ({} bytes)",
+        log::info!(
+            "diff service: wrote the diff of {:?} as {} ({} bytes)",
             r.right.first().map(|m| m.source.as_str()),
             written.digest,
             written.size
