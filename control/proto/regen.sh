@@ -29,12 +29,15 @@ fn main() {
             &["$here"],
         )
         .expect("protoc");
-    // Used by Strata as a client: containerd's content store.
+    // Used by Strata as a client: containerd's content store and leases.
     tonic_prost_build::configure()
         .build_server(false)
         .build_transport(false)
         .out_dir("$out")
-        .compile_protos(&["$here/containerd/content.proto"], &["$here"])
+        .compile_protos(
+            &["$here/containerd/content.proto", "$here/containerd/leases.proto"],
+            &["$here"],
+        )
         .expect("protoc");
 }
 RS

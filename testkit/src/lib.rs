@@ -26,6 +26,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod containerd;
+pub mod docker;
 pub mod fuzz;
 pub mod mem;
 pub mod mountinfo;

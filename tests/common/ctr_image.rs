@@ -66,3 +66,29 @@ pub fn check_run_output(out: &str) {
     assert_eq!(lines[7], "fifo");
     assert_eq!(lines[8], "written");
 }
+
+/// A one-layer image for Docker: a static busybox with every applet it has as a symlink in
+/// /bin, and /etc/hello, /tmp.
+pub fn busybox_image(name: &str) -> Vec<u8> {
+    let busybox = fs::read("/bin/busybox").expect("read /bin/busybox");
+    let out = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    let mut l = oci_image::LayerTar::new();
+    l.dir("bin").file("bin/busybox", &busybox, 0o755);
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet == "busybox" {
+            continue;
+        }
+        l.link(&format!("bin/{applet}"), "busybox", tar::EntryType::Symlink);
+    }
+    l.dir("etc")
+        .file("etc/hello", b"hello\n", 0o644)
+        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
+        .file("etc/group", b"root:x:0:\n", 0o644)
+        .dir("tmp")
+        .dir("root");
+    oci_image::archive(&[l.finish()], name, 0)
+}
