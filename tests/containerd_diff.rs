@@ -631,3 +631,141 @@ fn diff_requests(right: &str, left: &str) -> Vec<Vec<u8>> {
     }
     v
 }
+
+/// While the daemon is down: what containerd does with the snapshotter and the diff service
+/// gone (README, "While the daemon is down"), and that it needs no restart afterwards.
+#[test]
+fn containerd17_while_strata_is_down() {
+    let Some(bin) = bin_or_skip() else { return };
+    let t = TestDir::new("ctrdown");
+    let cdir = t.join("ctrd");
+    let (img, m) = mount_for(&t, &cdir);
+    let c = start(&bin, &cdir, &m);
+    let one = t.join("one.tar");
+    fs::write(&one, oci_image::archive(&image_layers(), IMAGE, 1)).unwrap();
+    // An image with a layer of its own (not unpacked yet on either snapshotter).
+    let mut other = oci_image::LayerTar::new();
+    other.file("other", b"another image\n", 0o644);
+    let two = t.join("two.tar");
+    fs::write(
+        &two,
+        oci_image::archive(&[other.finish()], "docker.io/library/other:1", 0),
+    )
+    .unwrap();
+    c.ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "overlayfs",
+        one.to_str().unwrap(),
+    ]);
+    c.ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "strata",
+        one.to_str().unwrap(),
+    ]);
+
+    let _ = m.stop();
+    // Unpacking anything fails while the diff service, first in containerd's list, is down:
+    // containerd stops at a differ that is unavailable instead of trying the next one.
+    let (ok, _, err) = c.ctr(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "overlayfs",
+        two.to_str().unwrap(),
+    ]);
+    eprintln!("overlayfs import with Strata down: ok={ok} {err}");
+    assert!(!ok, "an unpack succeeded although the first differ is down");
+    assert!(
+        err.contains("connection refused")
+            || err.contains("no such file")
+            || err.contains("Unavailable")
+            || err.contains("unavailable"),
+        "{err}"
+    );
+    // Containers of images already unpacked on overlayfs still run.
+    let out = c.ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "overlayfs",
+        IMAGE,
+        "down1",
+        "/bin/sh",
+        "-c",
+        SCRIPT,
+    ]);
+    check_run_output(&out);
+    // Strata's snapshots are unavailable.
+    let (ok, _, err) = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    eprintln!("strata snapshots with Strata down: ok={ok} {err}");
+    assert!(!ok);
+
+    // Back up: containerd reconnects to both sockets by itself.
+    let m = Mount::start_with(
+        &img,
+        &m_mnt(&t),
+        &[
+            "--containerd-address",
+            cdir.join("containerd.sock").to_str().unwrap(),
+        ],
+    );
+    let t0 = std::time::Instant::now();
+    loop {
+        let (ok, _, err) = c.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "overlayfs",
+            two.to_str().unwrap(),
+        ]);
+        if ok {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "containerd did not reconnect to the diff service: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // (gRPC's reconnect back-off may keep the snapshotter's connection down a little longer.)
+    let t0 = std::time::Instant::now();
+    while !c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]).0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(180),
+            "containerd did not reconnect to the snapshotter"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!("reconnected after {:?}", t0.elapsed());
+    let out = c.ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        IMAGE,
+        "up1",
+        "/bin/sh",
+        "-c",
+        SCRIPT,
+    ]);
+    check_run_output(&out);
+    c.ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "strata",
+        two.to_str().unwrap(),
+    ]);
+    drop(c);
+    testkit::assert_no_panic("strata", &m.stderr());
+    drop(m);
+    testkit::assert_fsck_clean(&img, "after the outage");
+}
+
+fn m_mnt(t: &TestDir) -> PathBuf {
+    t.join("mnt")
+}
