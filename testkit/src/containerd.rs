@@ -191,9 +191,12 @@ impl Containerd {
                 df.display()
             ));
         }
+        // restrict_oom_score_adj: the CRI gives sandboxes an OOM score of -998, which needs
+        // CAP_SYS_RESOURCE; test machines (and CI's) may run without it.
         if let Some(cri) = &cfg.cri {
             s.push_str(&format!(
                 "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{}\"\n  disable_apparmor = true\n  \
+                 restrict_oom_score_adj = true\n  \
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    snapshotter = \"{}\"\n    \
                  default_runtime_name = \"runc\"\n    \
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n      runtime_type = \"io.containerd.runc.v2\"\n  \

@@ -70,6 +70,11 @@ pub fn check_run_output(out: &str) {
 /// A one-layer image for Docker: a static busybox with every applet it has as a symlink in
 /// /bin, and /etc/hello, /tmp.
 pub fn busybox_image(name: &str) -> Vec<u8> {
+    busybox_image_with_cmd(name, &["/bin/sh"])
+}
+
+/// [`busybox_image`] whose default command is `cmd`.
+pub fn busybox_image_with_cmd(name: &str, cmd: &[&str]) -> Vec<u8> {
     let busybox = fs::read("/bin/busybox").expect("read /bin/busybox");
     let out = std::process::Command::new("/bin/busybox")
         .arg("--list")
@@ -90,5 +95,5 @@ pub fn busybox_image(name: &str) -> Vec<u8> {
         .file("etc/group", b"root:x:0:\n", 0o644)
         .dir("tmp")
         .dir("root");
-    oci_image::archive(&[l.finish()], name, 0)
+    oci_image::archive_with_cmd(&[l.finish()], name, 0, cmd)
 }
