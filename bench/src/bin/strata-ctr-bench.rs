@@ -20,7 +20,6 @@
 //! installs them), runc and /bin/busybox; the strata binary is $STRATA_BIN or the one next to
 //! this. `cargo run -p bench --release --bin strata-ctr-bench -- --help`
 
-#[allow(dead_code)]
 #[path = "../../../tests/common/ctr_image.rs"]
 mod ctr_image;
 #[path = "../../../tests/common/oci_image.rs"]
