@@ -347,7 +347,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
     testkit::assert_fsck_clean(&img, "after GC");
 }
 
-/// deploy/containerd.toml is a configuration containerd accepts, registering the proxy plugin
+/// deploy/containerd-1.6.toml is a configuration containerd 1.6 accepts, registering the proxy plugin
 /// and making Strata CRI's snapshotter.
 #[test]
 fn deploy_config_parses() {
@@ -358,7 +358,7 @@ fn deploy_config_parses() {
             return;
         }
     };
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/containerd.toml");
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/containerd-1.6.toml");
     let out = testkit::run_with_timeout(
         Command::new(bin.containerd())
             .arg("--config")

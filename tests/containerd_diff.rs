@@ -769,3 +769,113 @@ fn containerd17_while_strata_is_down() {
 fn m_mnt(t: &TestDir) -> PathBuf {
     t.join("mnt")
 }
+
+/// deploy/: containerd.toml is a configuration containerd 1.7 accepts with both proxy plugins,
+/// Strata first among the differs and the CRI on Strata; strata-node-setup.sh (what the
+/// DaemonSet runs) configures scratch copies of typical node configurations so that
+/// containerd accepts them, and a second run changes nothing; the DaemonSet carries the same
+/// script; docker-daemon.json asks for the containerd image store on Strata.
+#[test]
+fn deploy_files_work_with_containerd17() {
+    let Some(bin) = bin_or_skip() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let dump = |cfg: &Path| -> String {
+        let out = testkit::run_with_timeout(
+            Command::new(bin.containerd())
+                .arg("--config")
+                .arg(cfg)
+                .args(["config", "dump"]),
+            std::time::Duration::from_secs(60),
+        );
+        assert_eq!(
+            out.code,
+            0,
+            "containerd config dump {}: {}",
+            cfg.display(),
+            out.stderr
+        );
+        out.stdout
+    };
+    let check = |d: &str, what: &str| {
+        for want in [
+            "[proxy_plugins.strata]",
+            "[proxy_plugins.strata-diff]",
+            "type = \"diff\"",
+            "address = \"/run/strata/containerd-diff.sock\"",
+            "address = \"/run/strata/containerd-snapshotter.sock\"",
+            "default = [\"strata-diff\", \"walking\"]",
+            "snapshotter = \"strata\"",
+        ] {
+            assert!(d.contains(want), "{what}: no {want:?} in\n{d}");
+        }
+    };
+    check(
+        &dump(&root.join("containerd.toml")),
+        "deploy/containerd.toml",
+    );
+
+    let t = TestDir::new("deploy");
+    let script = root.join("kubernetes/strata-node-setup.sh");
+    let other = t.join("other.toml");
+    fs::write(&other, "version = 2\n").unwrap();
+    let configs = [
+        "version = 2\n".to_string(),
+        "version = 2\nroot = \"/var/lib/containerd\"\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  \
+         snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"\n\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+            .to_string(),
+        format!(
+            "version = 2\nimports = [\"{}\"]\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  \
+             default_runtime_name = \"runc\"\n",
+            other.display()
+        ),
+    ];
+    for (i, cfg) in configs.iter().enumerate() {
+        let dir = t.join(&format!("node{i}"));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        fs::write(&path, cfg).unwrap();
+        let run = || {
+            let out = testkit::run_with_timeout(
+                Command::new("sh")
+                    .arg(&script)
+                    .env("CONTAINERD_CONFIG", &path)
+                    .env("CONTAINERD_DROPIN", dir.join("conf.d/strata.toml"))
+                    .env("HOST", "")
+                    .env("RESTART", "none")
+                    .env(
+                        "PATH",
+                        format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.dir.display()),
+                    ),
+                std::time::Duration::from_secs(60),
+            );
+            assert_eq!(out.code, 0, "node{i}: {}", out.stderr);
+            out.stderr
+        };
+        let first = run();
+        assert!(first.contains("restart it to apply"), "node{i}: {first}");
+        check(&dump(&path), &format!("node{i}"));
+        let again = run();
+        assert!(again.contains("nothing changed"), "node{i}: {again}");
+    }
+    // The DaemonSet's ConfigMap holds the same script.
+    let yaml = fs::read_to_string(root.join("kubernetes/strata-daemonset.yaml")).unwrap();
+    let embedded: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("strata-node-setup.sh: |"))
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert_eq!(
+        embedded.trim_end(),
+        fs::read_to_string(&script).unwrap().trim_end(),
+        "strata-daemonset.yaml's ConfigMap differs from strata-node-setup.sh"
+    );
+    // Docker's daemon.json: the containerd image store on Strata (what tests/docker.rs runs).
+    let dj: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root.join("docker-daemon.json")).unwrap())
+            .unwrap();
+    assert_eq!(dj["features"]["containerd-snapshotter"], true);
+    assert_eq!(dj["storage-driver"], "strata");
+}

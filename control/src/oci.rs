@@ -825,6 +825,98 @@ pub fn remove_interrupted_imports(engine: &Engine) -> Vec<String> {
     removed
 }
 
+/// Files read ahead at most at once by [`export_changes`].
+const PREFETCH: usize = 256;
+/// Files up to this size are read ahead whole; larger ones stream through [`FileReader`].
+const PREFETCH_MAX: u64 = 256 << 10;
+
+/// Reads of the small regular files an export will write, issued ahead in change order.
+struct Prefetch<'a> {
+    e: &'a Engine,
+    slot: engine::meta::Slot,
+    /// (change index, inode, size) of every file to read ahead, in order.
+    plan: Vec<(usize, u64, u64)>,
+    next: usize,
+    pending: std::collections::VecDeque<(usize, std::sync::mpsc::Receiver<Result<Vec<u8>>>)>,
+}
+
+impl<'a> Prefetch<'a> {
+    fn new(
+        e: &'a Engine,
+        slot: engine::meta::Slot,
+        tree: &engine::meta::Tree,
+        changes: &[engine::diff::Change],
+    ) -> Prefetch<'a> {
+        let mut seen = std::collections::HashSet::new();
+        let mut plan = Vec::new();
+        for (i, c) in changes.iter().enumerate() {
+            if c.path.is_empty() || c.kind == ChangeKind::Deleted {
+                continue;
+            }
+            let Some(ino) = c.ino else { continue };
+            let Some(inode) = tree.get(ino) else { continue };
+            let a = inode.attr;
+            if a.mode & libc::S_IFMT != libc::S_IFREG {
+                continue;
+            }
+            // The second and further paths of a hard-linked file are link entries.
+            if a.nlink > 1 && !seen.insert(ino) {
+                continue;
+            }
+            if a.size > 0 && a.size <= PREFETCH_MAX {
+                plan.push((i, ino, a.size));
+            }
+        }
+        let mut p = Prefetch {
+            e,
+            slot,
+            plan,
+            next: 0,
+            pending: Default::default(),
+        };
+        p.fill();
+        p
+    }
+
+    fn fill(&mut self) {
+        while self.pending.len() < PREFETCH && self.next < self.plan.len() {
+            let (i, ino, size) = self.plan[self.next];
+            self.next += 1;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.e.read(
+                node_of(self.slot, ino),
+                0,
+                size as u32,
+                Box::new(move |r| {
+                    let _ = tx.send(r.map(|d| d.to_vec()));
+                }),
+            );
+            self.pending.push_back((i, rx));
+        }
+    }
+
+    /// The contents of change `i`'s file, when it was read ahead.
+    fn take(&mut self, i: usize) -> Result<Option<Vec<u8>>> {
+        match self.pending.front() {
+            Some((j, _)) if *j == i => {}
+            _ => return Ok(None),
+        }
+        let (_, rx) = self.pending.pop_front().expect("front");
+        let data = rx.recv().unwrap_or(Err(Error::Poisoned))?;
+        self.fill();
+        Ok(Some(data))
+    }
+}
+
+impl Drop for Prefetch<'_> {
+    fn drop(&mut self) {
+        // Reads still in flight finish on their own; wait for them so none outlives the export.
+        for (_, rx) in self.pending.drain(..) {
+            let _ = rx.recv();
+        }
+    }
+}
+
 /// A reader over a file's bytes in the engine, 1 MiB at a time.
 struct FileReader<'a> {
     e: &'a Engine,
@@ -889,9 +981,12 @@ pub fn export_changes(
     out: impl Write,
 ) -> Result<()> {
     let mut b = tar::Builder::new(out);
+    // Small files are read ahead, up to PREFETCH at once: one device read at a time would
+    // cost a round trip per file.
+    let mut ahead = Prefetch::new(engine, slot, tree, changes);
     // Hard links: the first path of an inode written in this tar.
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
-    for c in changes {
+    for (ci, c) in changes.iter().enumerate() {
         if c.path.is_empty() {
             continue;
         }
@@ -951,13 +1046,20 @@ pub fn export_changes(
             libc::S_IFREG => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(a.size);
-                let r = FileReader {
-                    e: engine,
-                    node,
-                    off: 0,
-                    size: a.size,
-                };
-                b.append_data(&mut h, os(&c.path), r).map_err(io_err)?;
+                if let Some(data) = ahead.take(ci)? {
+                    // A file shorter than its size says is padded with zeros, as FileReader does.
+                    let pad = io::repeat(0).take(a.size.saturating_sub(data.len() as u64));
+                    let r = io::Cursor::new(data).chain(pad).take(a.size);
+                    b.append_data(&mut h, os(&c.path), r).map_err(io_err)?;
+                } else {
+                    let r = FileReader {
+                        e: engine,
+                        node,
+                        off: 0,
+                        size: a.size,
+                    };
+                    b.append_data(&mut h, os(&c.path), r).map_err(io_err)?;
+                }
             }
             libc::S_IFDIR => {
                 h.set_entry_type(tar::EntryType::Directory);

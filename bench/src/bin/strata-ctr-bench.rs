@@ -199,7 +199,7 @@ fn run(a: &Args) -> Res<()> {
             "--containerd-address",
             cdir.join("containerd.sock").to_str().unwrap(),
             "--log-level",
-            "warn",
+            "info",
         ],
     );
     let mut c = Containerd::start(
@@ -413,6 +413,14 @@ fn run(a: &Args) -> Res<()> {
     eprintln!("wrote {}/ctr.md and ctr.svg", a.out.display());
     drop(docker);
     drop(c);
+    // What the diff service did and how long its phases took.
+    let log = m.stderr();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("diff service: "))
+        .collect();
+    fs::write(a.out.join("diff-service.log"), lines.join("\n") + "\n")
+        .map_err(|e| e.to_string())?;
     drop(m);
     let _ = fs::remove_dir_all(&a.dir);
     Ok(())

@@ -315,7 +315,9 @@ impl Differ {
         out: impl Write,
     ) -> Result<Target<Written>, Error> {
         // An active layer's files may have dirty pages in the kernel.
+        let t0 = std::time::Instant::now();
         self.engine.flush_kernel_cache();
+        let flushed = t0.elapsed();
         let found = self.engine.with_layers(|ls| {
             let rs = ls
                 .slot_of(right.as_bytes())
@@ -350,6 +352,7 @@ impl Differ {
             )));
         };
         let changes = engine::diff::diff_trees(base.as_ref(), &tree);
+        let diffed = t0.elapsed();
         let blob = HashWriter::new(out);
         let (blob, uncompressed) = if gzip {
             let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::new(GZIP_LEVEL));
@@ -364,6 +367,14 @@ impl Differ {
             (blob, udigest)
         };
         let (_, digest, size) = blob.finish();
+        log::info!(
+            "diff service: diff of layer {right}: {} changes; kernel write-back {:.3} s, diff {:.3} s, tar{} {:.3} s",
+            changes.len(),
+            flushed.as_secs_f64(),
+            (diffed - flushed).as_secs_f64(),
+            if gzip { "+gzip" } else { "" },
+            (t0.elapsed() - diffed).as_secs_f64()
+        );
         Ok(Target::Ours(Written {
             digest,
             size,
@@ -544,6 +555,7 @@ impl Service {
             .acquire()
             .await
             .map_err(|_| Status::unavailable("shutting down"))?;
+        let t0 = std::time::Instant::now();
         let store = content::ContentStore {
             address: self.containerd.clone(),
             namespace: ns.or_else(|| self.differ.namespace_of(&layer)),
@@ -573,10 +585,11 @@ impl Service {
             Status::from(e)
         })?;
         log::info!(
-            "diff service: applied {} onto layer {layer}: {} entries, {} bytes of tar",
+            "diff service: applied {} onto layer {layer}: {} entries, {} bytes of tar, {:.3} s",
             desc.digest,
             a.report.entries,
-            a.size
+            a.size,
+            t0.elapsed().as_secs_f64()
         );
         Ok(api::ApplyResponse {
             applied: Some(Descriptor {
@@ -604,6 +617,7 @@ impl Service {
             .acquire()
             .await
             .map_err(|_| Status::unavailable("shutting down"))?;
+        let t0 = std::time::Instant::now();
         let store = content::ContentStore {
             address: self.containerd.clone(),
             namespace: ns.or_else(|| self.differ.namespace_of(&right)),
@@ -658,10 +672,11 @@ impl Service {
         };
         wrote?;
         log::info!(
-            "diff service: wrote the diff of {:?} as {} ({} bytes)",
+            "diff service: wrote the diff of {:?} as {} ({} bytes), {:.3} s",
             r.right.first().map(|m| m.source.as_str()),
             written.digest,
-            written.size
+            written.size,
+            t0.elapsed().as_secs_f64()
         );
         Ok(api::DiffResponse {
             diff: Some(Descriptor {
