@@ -236,8 +236,25 @@ fn per_layer_counters_reach_prometheus() {
         write_file(&mnt.join(format!("beta/g{i}")), *n, 100 + i as u64);
     }
     // Reads in alpha only, and a metadata error in beta (rmdir of a non-empty directory).
-    let back = std::fs::read(mnt.join("alpha/f0")).expect("read back");
-    assert_eq!(back.len(), alpha_sizes[0]);
+    // Read back with O_DIRECT: a buffered read of a file the layer owns is served by the
+    // kernel page cache and never reaches the daemon, whose reads the metric counts.
+    {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(mnt.join("alpha/f0"))
+            .expect("open alpha/f0");
+        let mut buf = testkit::sys::AlignedBuf::new(alpha_sizes[0]);
+        let mut got = 0;
+        while got < alpha_sizes[0] {
+            let n = f
+                .read_at(&mut buf.as_mut_slice()[got..], got as u64)
+                .expect("read back");
+            assert!(n > 0, "short file");
+            got += n;
+        }
+    }
     std::fs::create_dir(mnt.join("beta/d")).expect("mkdir");
     std::fs::write(mnt.join("beta/d/x"), b"").expect("create");
     assert!(std::fs::remove_dir(mnt.join("beta/d")).is_err());
