@@ -4,13 +4,48 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use clap::Subcommand;
-use control::admin::{self, serde_json, Client, CloneState, CreateRequest, Layer};
+use control::admin::{self, serde_json, Client, CloneState, CreateRequest, Layer, LimitsBody};
+
+/// A layer's limits on the command line (each one unset: unlimited).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Space the layer may own: what it writes and copies on write (e.g. 10G). Past it,
+    /// writes get EDQUOT.
+    #[arg(long = "limit-bytes", value_name = "SIZE", value_parser = crate::parse_size)]
+    bytes: Option<u64>,
+    /// Inodes the layer may add to what it inherited. Past it, creates get EDQUOT.
+    #[arg(long = "limit-inodes", value_name = "N")]
+    inodes: Option<u64>,
+    /// Device operations per second the layer's I/O may use.
+    #[arg(long = "limit-iops", value_name = "N")]
+    iops: Option<u64>,
+    /// Device bytes per second the layer's I/O may use (e.g. 100M).
+    #[arg(long = "limit-bps", value_name = "SIZE", value_parser = crate::parse_size)]
+    bps: Option<u64>,
+    /// The layer's share of the device when layers compete (1-10000, default 100).
+    #[arg(long = "io-weight", value_name = "N")]
+    weight: Option<u32>,
+}
+
+impl From<LimitArgs> for LimitsBody {
+    fn from(a: LimitArgs) -> LimitsBody {
+        LimitsBody {
+            bytes: a.bytes,
+            inodes: a.inodes,
+            iops: a.iops,
+            bps: a.bps,
+            weight: a.weight,
+        }
+    }
+}
 
 #[derive(Subcommand, Debug)]
 pub enum LayerCmd {
     /// Create an empty, active base layer.
     Create {
         id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Label KEY=VALUE (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
@@ -25,9 +60,21 @@ pub enum LayerCmd {
         /// Make a read-only view instead of a writable layer.
         #[arg(long)]
         view: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Label KEY=VALUE (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a layer's limits (space, inodes, I/O), replacing the ones it had: a limit not
+    /// given is removed. Takes effect at once; durable when the command returns.
+    Limit {
+        id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,
@@ -81,12 +128,18 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 pub fn run(cmd: LayerCmd, socket: &Path) -> Result<(), String> {
     let c = Client::new(socket);
     match cmd {
-        LayerCmd::Create { id, labels, json } => {
+        LayerCmd::Create {
+            id,
+            limits,
+            labels,
+            json,
+        } => {
             let l = c.create(&CreateRequest {
                 id,
                 parent: None,
                 state: None,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+                limits: limits.into(),
             })?;
             done(&l, json, "created")
         }
@@ -94,6 +147,7 @@ pub fn run(cmd: LayerCmd, socket: &Path) -> Result<(), String> {
             parent,
             id,
             view,
+            limits,
             labels,
             json,
         } => {
@@ -106,8 +160,17 @@ pub fn run(cmd: LayerCmd, socket: &Path) -> Result<(), String> {
                     CloneState::Active
                 }),
                 labels: labels.into_iter().collect(),
+                limits: limits.into(),
             })?;
             done(&l, json, "cloned")
+        }
+        LayerCmd::Limit { id, limits, json } => {
+            let l = c.set_limits(&id, &limits.into())?;
+            if json {
+                return print_json(&l);
+            }
+            println!("{}: {}", l.id, limits_text(&l.limits));
+            Ok(())
         }
         LayerCmd::Commit { id, json } => done(&c.commit(&id)?, json, "committed"),
         LayerCmd::Snapshot {
@@ -255,6 +318,31 @@ pub fn table(layers: &[Layer]) -> String {
     out
 }
 
+/// "space 10G, inodes 1000, weight 200" or "none".
+pub fn limits_text(l: &LimitsBody) -> String {
+    let mut parts = Vec::new();
+    if let Some(b) = l.bytes {
+        parts.push(format!("space {}", human_bytes(b)));
+    }
+    if let Some(n) = l.inodes {
+        parts.push(format!("inodes {n}"));
+    }
+    if let Some(n) = l.iops {
+        parts.push(format!("{n} IOPS"));
+    }
+    if let Some(b) = l.bps {
+        parts.push(format!("{}/s", human_bytes(b)));
+    }
+    if let Some(w) = l.weight {
+        parts.push(format!("io weight {w}"));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// `stat`: key: value lines.
 pub fn stat_text(l: &Layer) -> String {
     let labels = if l.labels.is_empty() {
@@ -303,7 +391,8 @@ pub fn stat_text(l: &Layer) -> String {
             "owned",
             format!("{} ({} bytes)", human_bytes(l.owned_bytes), l.owned_bytes),
         ),
-        ("inodes", l.inodes.to_string()),
+        ("inodes", format!("{} ({} added)", l.inodes, l.inodes_added)),
+        ("limits", limits_text(&l.limits)),
         ("slot", l.slot.to_string()),
         ("path", printable(&l.path)),
     ];

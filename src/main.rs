@@ -65,6 +65,10 @@ struct MountArgs {
     /// by default: anyone who can read it can read every container's data).
     #[arg(long)]
     allow_shared_image: bool,
+    /// How device I/O is shared between layers: `fair` (per-layer fair queueing by weight,
+    /// with the layers' IOPS and bandwidth limits) or `fifo` (arrival order, no limits).
+    #[arg(long, default_value = "fair", value_parser = ["fair", "fifo"])]
+    io_scheduler: String,
 }
 
 #[derive(Subcommand)]
@@ -155,7 +159,7 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
     let num_end = lower
@@ -331,6 +335,11 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         Options {
             cache_bytes,
             stats: !opts.no_stats,
+            io_policy: if opts.io_scheduler == "fifo" {
+                engine::IoPolicy::Fifo
+            } else {
+                engine::IoPolicy::Fair
+            },
             ..Default::default()
         },
     )

@@ -146,9 +146,16 @@ pub fn table(r: &StatsReport, top: Option<usize>) -> String {
                 ms(l.rates.write_p99_seconds),
                 human_bytes(l.read_bytes),
                 human_bytes(l.write_bytes),
-                human_bytes(l.owned_bytes),
+                match l.limit_bytes {
+                    // Space used of the limit, e.g. "1.2G/2.0G".
+                    Some(max) => format!("{}/{}", human_bytes(l.owned_bytes), human_bytes(max)),
+                    None => human_bytes(l.owned_bytes),
+                },
                 human_bytes(l.shared_bytes),
-                l.inodes.to_string(),
+                match l.limit_inodes {
+                    Some(max) => format!("{} (+{}/{max})", l.inodes, l.inodes_added),
+                    None => l.inodes.to_string(),
+                },
                 l.cow_blocks.to_string(),
                 l.errors.values().sum::<u64>().to_string(),
             ]

@@ -938,6 +938,7 @@ fn client_errors() {
             parent: None,
             state: None,
             labels: [("k".to_string(), "v".to_string())].into(),
+            limits: Default::default(),
         })
         .unwrap();
     assert_eq!(l.state, "active");
@@ -948,6 +949,7 @@ fn client_errors() {
             parent: Some("base".into()),
             state: Some(admin::CloneState::View),
             labels: Default::default(),
+            limits: Default::default(),
         })
         .unwrap();
     assert_eq!(v.state, "view");

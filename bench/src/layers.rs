@@ -299,6 +299,7 @@ fn strata_parents(
                 parent: Some(prev.clone()),
                 state: None,
                 labels: Default::default(),
+                limits: Default::default(),
             })
             .map_err(|e| format!("cloning {prev} as {id}: {e}"))?;
         let f = mnt.join(&id).join(format!("layer-{k}"));

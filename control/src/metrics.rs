@@ -265,8 +265,26 @@ pub fn render_report(r: &StatsReport) -> String {
             }
         }
     }
+    let mut f = Family::new(
+        o,
+        "strata_layer_io_queue_seconds",
+        "histogram",
+        "Time the layer's device requests waited in the I/O scheduler (fair queue by weight, IOPS and bandwidth limits).",
+    );
+    for (lab, l) in &ls {
+        f.histogram(lab, &l.io_queue_delay);
+    }
+    let mut f = Family::new(
+        o,
+        "strata_layer_io_throttled_seconds_total",
+        "counter",
+        "Time the layer's device requests were held back by its IOPS or bandwidth limit.",
+    );
+    for (lab, l) in &ls {
+        f.sample(lab, l.io_throttled_seconds);
+    }
     type GetG = fn(&LayerStatsReport) -> f64;
-    let gauges: [(&'static str, &str, GetG); 3] = [
+    let gauges: [(&'static str, &str, GetG); 4] = [
         (
             "strata_layer_owned_bytes",
             "Bytes of blocks the layer allocated (exclusive to it).",
@@ -280,11 +298,38 @@ pub fn render_report(r: &StatsReport) -> String {
         ("strata_layer_inodes", "Inodes in the layer.", |l| {
             l.inodes as f64
         }),
+        (
+            "strata_layer_inodes_added",
+            "Inodes the layer added to what it inherited (what its inode limit counts).",
+            |l| l.inodes_added as f64,
+        ),
     ];
     for (name, help, get) in gauges {
         let mut f = Family::new(o, name, "gauge", help);
         for (lab, l) in &ls {
             f.sample(lab, get(l));
+        }
+    }
+    // Limits only for the layers that have one (no series for "unlimited").
+    type GetL = fn(&LayerStatsReport) -> Option<u64>;
+    let limits: [(&'static str, &str, GetL); 2] = [
+        (
+            "strata_layer_limit_bytes",
+            "The layer's space limit in bytes (compare strata_layer_owned_bytes); absent when unlimited.",
+            |l| l.limit_bytes,
+        ),
+        (
+            "strata_layer_limit_inodes",
+            "The layer's inode limit (compare strata_layer_inodes_added); absent when unlimited.",
+            |l| l.limit_inodes,
+        ),
+    ];
+    for (name, help, get) in limits {
+        let mut f = Family::new(o, name, "gauge", help);
+        for (lab, l) in &ls {
+            if let Some(v) = get(l) {
+                f.sample(lab, v as f64);
+            }
         }
     }
     let mut f = Family::new(

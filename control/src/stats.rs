@@ -108,11 +108,26 @@ pub struct LayerStatsReport {
     /// Bytes its files reference that belong to ancestors (inherited, shared).
     pub shared_bytes: u64,
     pub inodes: u64,
+    /// Inodes added to what the layer inherited (what the inode limit counts).
+    #[serde(default)]
+    pub inodes_added: u64,
+    /// Space limit in bytes (none: unlimited).
+    #[serde(default)]
+    pub limit_bytes: Option<u64>,
+    /// Inode limit (none: unlimited).
+    #[serde(default)]
+    pub limit_inodes: Option<u64>,
     /// Reads and writes in flight.
     pub inflight: u64,
     pub read_latency: Histogram,
     pub write_latency: Histogram,
     pub metadata_latency: Histogram,
+    /// Time its device requests waited in the I/O scheduler.
+    #[serde(default)]
+    pub io_queue_delay: Histogram,
+    /// Seconds its requests were held back by its IOPS or bandwidth limit.
+    #[serde(default)]
+    pub io_throttled_seconds: f64,
     pub rates: Rates,
 }
 
@@ -216,6 +231,9 @@ pub fn collect(engine: &Engine) -> StatsReport {
                 .map(|r| r.saturating_sub(i.owned_bytes))
                 .unwrap_or(0),
             inodes: i.inodes,
+            inodes_added: i.inodes_added,
+            limit_bytes: i.limits.bytes,
+            limit_inodes: i.limits.inodes,
             ..Default::default()
         };
         if let Some(l) = per.get(&i.slot) {
@@ -240,6 +258,8 @@ pub fn collect(engine: &Engine) -> StatsReport {
             r.read_latency = l.read_latency.snapshot().into();
             r.write_latency = l.write_latency.snapshot().into();
             r.metadata_latency = l.meta_latency.snapshot().into();
+            r.io_queue_delay = l.io_queue_delay.snapshot().into();
+            r.io_throttled_seconds = ld(&l.io_throttled_ns) as f64 / 1e9;
         }
         layers.push(r);
     }

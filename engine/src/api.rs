@@ -21,6 +21,8 @@ pub struct Options {
     /// bytes wait for it (fsync still waits for all of them); past it, a write is answered
     /// when its data is on the device.
     pub write_buffer_bytes: u64,
+    /// How device I/O is shared between layers.
+    pub io_policy: crate::sched::Policy,
 }
 
 impl Default for Options {
@@ -30,6 +32,7 @@ impl Default for Options {
             commit_interval: Duration::from_secs(1),
             stats: true,
             write_buffer_bytes: 64 << 20,
+            io_policy: crate::sched::Policy::Fair,
         }
     }
 }

@@ -12,9 +12,11 @@ use crate::device::AlignedBuf;
 use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
 use crate::format::*;
+use crate::limits::Limits;
 use crate::meta::*;
 use crate::node::{split, Node};
 use crate::ring::{IoBuf, IoReq, Op};
+use crate::sched::IoClass;
 use crate::txn::CAPS_XATTR;
 
 /// Largest file size: 1 PiB (2^50 bytes, 2^38 blocks), beyond any device, and small enough
@@ -39,6 +41,8 @@ struct WritePlan {
     ios: Vec<(usize, u64, usize)>,
     /// The data epoch the write belongs to (a commit waits for its epoch's writes).
     epoch: EpochToken,
+    /// Whose I/O it is (for the scheduler).
+    class: IoClass,
 }
 
 /// What planning a write found.
@@ -46,6 +50,8 @@ enum Planned {
     Ready(WritePlan),
     /// Blocks an earlier write is still writing in place: wait, then plan again.
     WaitFor(Vec<(u64, u64)>),
+    /// Only the first this-many blocks fit under the layer's space limit.
+    Shorten(u64),
 }
 
 /// Membership of a read or write in a data epoch: a commit that seals the epoch waits until
@@ -93,6 +99,16 @@ impl Engine {
             .entry(node)
             .or_default()
             .clone()
+    }
+
+    /// Blocks the layer of `node` may still allocate under its space limit.
+    pub(crate) fn quota_room(&self, node: Node) -> Result<u64> {
+        let m = self.inner.meta.lock();
+        let l = m.layers.get(split(node).0).ok_or(errno(libc::ENOENT))?;
+        Ok(Limits::of(&l.labels)
+            .bytes
+            .map(|b| (b / BLOCK).saturating_sub(l.owned))
+            .unwrap_or(u64::MAX))
     }
 
     /// SEEK_DATA / SEEK_HOLE.
@@ -207,6 +223,10 @@ impl Engine {
             return cb(Ok(&out[skip..skip + len]));
         }
         // Fast path: one device read covering the whole request, reply from its buffer.
+        let class = IoClass {
+            slot: split(node).0,
+            stats: lstats.clone(),
+        };
         let inner = self.inner.clone();
         let t_dev = self.inner.stats.device_start();
         if fetch.len() == 1 && fetch[0].0 == 0 && fetch[0].2 == nblocks {
@@ -218,6 +238,7 @@ impl Engine {
                 op: Op::Read,
                 offset: pb * BLOCK,
                 buf: IoBuf::Owned(out),
+                class,
                 done: Box::new(move |r| {
                     drop(token);
                     match r.map(IoBuf::into_owned) {
@@ -265,6 +286,7 @@ impl Engine {
                     op: Op::Read,
                     offset: pb * BLOCK,
                     buf: IoBuf::Owned(AlignedBuf::zeroed(n)),
+                    class: class.clone(),
                     done: Box::new(move |r| {
                         let mut g = g.lock();
                         match r.map(IoBuf::into_owned) {
@@ -409,6 +431,19 @@ impl Engine {
             match self.plan_write(node, b0, n, end, (kill, times), &buf) {
                 Ok(Planned::Ready(p)) => break Ok(p),
                 Ok(Planned::WaitFor(busy)) => self.inner.inflight.wait_clear(&busy),
+                Ok(Planned::Shorten(blocks)) => {
+                    // Write what fits (under the file lock we hold), as a short write.
+                    let len = (blocks * BLOCK - skip as u64).min(data.len() as u64) as usize;
+                    self.write_impl(
+                        node,
+                        offset,
+                        &data[..len],
+                        (kill, times),
+                        cb,
+                        FileLock::Held,
+                    );
+                    return;
+                }
                 Err(Error::NoSpace)
                     if !committed
                         && self.inner.meta.lock().alloc.pending() > 0
@@ -464,18 +499,59 @@ impl Engine {
             // writes leave behind) would go out as many small device writes: it goes to new,
             // contiguous blocks instead, and the layer's old blocks are freed when the
             // remapping commits (the mapping records free them, as for any overwrite).
-            let relocate =
-                n as u64 >= RELOCATE_MIN_BLOCKS && runs.len() as u64 * RELOCATE_MIN_RUN > n as u64;
-            let fresh = |r: &Run| relocate || r.pblk.is_none() || r.owner != owner;
+            let quota = Limits::of(&t.layer()?.labels).bytes.map(|b| b / BLOCK);
+            let relocate = quota.is_none()
+                && n as u64 >= RELOCATE_MIN_BLOCKS
+                && runs.len() as u64 * RELOCATE_MIN_RUN > n as u64;
+            // An owned block an earlier write is still writing goes to a new block too (the
+            // old one is freed when the remapping commits), so no write waits for another and
+            // the device never sees two writes to one block at once. A layer with a space
+            // limit waits instead (new blocks would count against it).
+            let busy = |r: &Run| {
+                r.pblk
+                    .is_some_and(|p| self.inner.inflight.any_in_flight(&[(p, r.len)]))
+            };
+            // Decided once per run (a write in flight may finish meanwhile).
+            let fresh_runs: std::collections::HashSet<u64> = runs
+                .iter()
+                .filter(|r| {
+                    relocate || r.pblk.is_none() || r.owner != owner || (quota.is_none() && busy(r))
+                })
+                .map(|r| r.lblk)
+                .collect();
+            let fresh = |r: &Run| fresh_runs.contains(&r.lblk);
             let in_place: Vec<(u64, u64)> = runs
                 .iter()
                 .filter(|r| !fresh(r))
                 .filter_map(|r| r.pblk.map(|p| (p, r.len)))
                 .collect();
-            if self.inner.inflight.any_in_flight(&in_place) {
+            if quota.is_some() && self.inner.inflight.any_in_flight(&in_place) {
                 return Ok(Planned::WaitFor(in_place));
             }
             let need: u64 = runs.iter().filter(|r| fresh(r)).map(|r| r.len).sum();
+            // The layer's space limit: a write that needs more new blocks than are left is
+            // cut to the part that fits (a short write; the next one gets EDQUOT).
+            if let Some(max) = quota {
+                let room = max.saturating_sub(t.layer()?.owned);
+                if need > room {
+                    let (mut fit, mut used) = (0u64, 0u64);
+                    for r in &runs {
+                        if fresh(r) {
+                            if used + r.len > room {
+                                fit += room - used;
+                                break;
+                            }
+                            used += r.len;
+                        }
+                        fit += r.len;
+                    }
+                    return if fit == 0 {
+                        Err(errno(libc::EDQUOT))
+                    } else {
+                        Ok(Planned::Shorten(fit))
+                    };
+                }
+            }
             let mut phys: Vec<(u64, u64, u64)> = Vec::new(); // (logical, physical, len)
             let allocating = need > 0;
             if allocating {
@@ -577,6 +653,10 @@ impl Engine {
             Ok(Planned::Ready(WritePlan {
                 ios,
                 epoch: EpochToken::join(&self.inner, epoch),
+                class: IoClass {
+                    slot: t.slot,
+                    stats: self.inner.stats.layer(t.slot),
+                },
             }))
         })
     }
@@ -589,7 +669,7 @@ impl Engine {
         guard: Option<parking_lot::MutexGuard<'_, ()>>,
         cb: Cb<u32>,
     ) {
-        let WritePlan { ios, epoch } = plan;
+        let WritePlan { ios, epoch, class } = plan;
         for (idx, p, len) in &ios {
             for k in 0..*len {
                 let i = idx + k;
@@ -638,6 +718,7 @@ impl Engine {
                         first: idx,
                         n: len,
                     },
+                    class: class.clone(),
                     done: Box::new(move |r| {
                         inner.stats.device_done(true, t_dev);
                         // A failed write latches the file system read-only: fsync reports it.
@@ -788,6 +869,9 @@ impl Engine {
         let needed: u64 = holes.iter().map(|h| h.1).sum();
         if needed > self.statfs().bavail {
             return Err(Error::NoSpace);
+        }
+        if needed > self.quota_room(node)? {
+            return Err(errno(libc::EDQUOT));
         }
         let size = st.attr.size;
         for (l, n) in holes {

@@ -115,7 +115,7 @@ impl Engine {
             ));
         }
         let fsid = l.sb.fsid();
-        let ring = Ring::start(dev.clone())
+        let ring = Ring::start(dev.clone(), opts.io_policy)
             .map_err(|e| Error::Unusable(format!("cannot start io_uring: {e}")))?;
         let meta = Meta {
             layers: l.layers,
@@ -203,6 +203,10 @@ impl Engine {
             inner: inner.clone(),
             commit_thread: Mutex::new(None),
         });
+        {
+            let m = inner.meta.lock();
+            engine.configure_io(&m.layers);
+        }
         let t = std::thread::Builder::new()
             .name("strata-commit".into())
             .spawn(move || inner.commit_loop())

@@ -8,8 +8,9 @@
 //!
 //! A file opened for writing is cached by the kernel (its writes, mmap and read() then share
 //! one page cache, as on ext4), except when the device is nearly full: the kernel cannot
-//! reserve space for dirty pages, so below [`WRITEBACK_RESERVE`] of free space writes go
-//! straight to the engine and a full device answers write() with ENOSPC.
+//! reserve space for dirty pages, so below [`WRITEBACK_RESERVE`] of free space (or of room
+//! under the layer's space limit) writes go straight to the engine and a full device answers
+//! write() with ENOSPC (a full layer with EDQUOT).
 //!
 //! The kernel holds dirty pages the engine has not seen yet. Before anything freezes a layer
 //! (commit, snapshot) or reads it from inside the engine (export, diff), the daemon's
@@ -18,6 +19,7 @@
 use crate::engine::{tree_of, Engine};
 use crate::error::{errno, Result};
 use crate::format::BLOCK;
+use crate::limits::Limits;
 use crate::meta::LayerState;
 use crate::node::{split, Node};
 
@@ -50,7 +52,13 @@ impl Engine {
             return Ok(CacheMode::Engine);
         }
         if write {
-            return Ok(if m.alloc.available() * BLOCK > WRITEBACK_RESERVE {
+            // Near the device's end, or the layer's space limit, writes must fail at write().
+            let room = Limits::of(&layer.labels)
+                .bytes
+                .map(|b| b.saturating_sub(layer.owned * BLOCK))
+                .unwrap_or(u64::MAX)
+                .min(m.alloc.available() * BLOCK);
+            return Ok(if room > WRITEBACK_RESERVE {
                 CacheMode::Kernel
             } else {
                 CacheMode::Engine

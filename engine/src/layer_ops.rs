@@ -10,8 +10,10 @@ use crate::error::{Error, Result};
 use crate::format::*;
 use crate::journal;
 use crate::layer::Layers;
+use crate::limits::{inodes_added, Limits};
 use crate::meta::*;
 use crate::node::{node_of, Node, INO_BITS};
+use crate::sched::ClassConf;
 
 /// What the admin API and the CLI see of a layer.
 #[derive(Clone, Debug)]
@@ -24,6 +26,9 @@ pub struct LayerInfo {
     pub created: Time,
     pub owned_bytes: u64,
     pub inodes: u64,
+    /// Inodes added to what the layer inherited (what its inode limit counts).
+    pub inodes_added: u64,
+    pub limits: Limits,
     /// Parent ids, nearest first.
     pub chain: Vec<String>,
     pub children: Vec<String>,
@@ -56,6 +61,8 @@ fn layer_info(ls: &Layers, slot: Slot) -> Result<LayerInfo> {
         created: l.created,
         owned_bytes: l.owned * BLOCK,
         inodes: l.tree.inodes.len() as u64,
+        inodes_added: inodes_added(ls, l),
+        limits: Limits::of(&l.labels),
         chain,
         children: ls
             .children(slot)
@@ -103,6 +110,7 @@ impl Engine {
             }
             self.inner.stats.sync(m.layers.map.keys().copied());
             self.release_later(&mut m, freed);
+            self.configure_io(&m.layers);
             out
         };
         self.fsync_sync()?;
@@ -296,6 +304,47 @@ impl Engine {
         let labels = label_list(&labels)?;
         let slot = self.layer_change(|m| {
             let s = Self::slot_named(m, id)?;
+            Ok((vec![Record::LayerLabels { slot: s, labels }], s))
+        })?;
+        self.layer_info_slot(slot)
+    }
+
+    /// Give the I/O scheduler every layer's weight and I/O limits (the ones that are not the
+    /// default).
+    pub(crate) fn configure_io(&self, layers: &Layers) {
+        let conf = layers
+            .map
+            .iter()
+            .filter_map(|(slot, l)| {
+                let lim = Limits::of(&l.labels);
+                let c = ClassConf {
+                    weight: lim.weight(),
+                    iops: lim.iops,
+                    bps: lim.bps,
+                };
+                (c != ClassConf::default()).then_some((*slot, c))
+            })
+            .collect();
+        self.inner.ring.sched().configure(conf);
+    }
+
+    /// How device I/O is shared between layers.
+    pub fn io_policy(&self) -> crate::sched::Policy {
+        self.inner.ring.sched().policy()
+    }
+
+    /// Set a layer's limits (space, inodes, I/O), replacing the ones it had; durable when
+    /// this returns. Lowering a limit below what the layer uses refuses its next allocation,
+    /// nothing already written goes.
+    pub fn layer_set_limits(&self, id: &str, limits: Limits) -> Result<LayerInfo> {
+        limits.check()?;
+        let slot = self.layer_change(|m| {
+            let s = Self::slot_named(m, id)?;
+            let l = m
+                .layers
+                .get(s)
+                .ok_or_else(|| Error::NotFound(format!("layer {id:?}")))?;
+            let labels: Vec<(Name, Name)> = limits.apply_to(&l.labels).into_iter().collect();
             Ok((vec![Record::LayerLabels { slot: s, labels }], s))
         })?;
         self.layer_info_slot(slot)

@@ -38,12 +38,14 @@ mod error;
 mod inflight;
 mod kernel_cache;
 mod layer_ops;
+mod limits;
 mod mkfs;
 mod namespace;
 mod node;
 mod poison;
 mod recovery;
 mod ring;
+mod sched;
 mod txn;
 
 // The data model and the on-disk structures: public because `Engine::with_layers` hands out
@@ -68,7 +70,11 @@ pub use error::{Error, Result};
 pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};
 pub use kernel_cache::{CacheMode, KernelFlush, WRITEBACK_RESERVE};
 pub use layer_ops::LayerInfo;
+pub use limits::{
+    Limits, DEFAULT_WEIGHT, IO_WEIGHT, LIMIT_BPS, LIMIT_BYTES, LIMIT_INODES, LIMIT_IOPS,
+};
 pub use meta::{Attr, Ino, LayerState, Name, Slot};
 pub use mkfs::{mkfs, DEFAULT_LAYER};
 pub use node::{node_of, split, Node, MOUNT_ROOT};
 pub use recovery::{load, read_superblock, Loaded};
+pub use sched::Policy as IoPolicy;

@@ -9,6 +9,7 @@ use crate::data::MAX_FILE_SIZE;
 use crate::engine::{tree_of, Engine, Meta};
 use crate::error::{errno, Result};
 use crate::format::*;
+use crate::limits::{inodes_added, Limits};
 use crate::meta::*;
 use crate::node::{node_of, split, Node, MOUNT_ROOT};
 use crate::txn::{sectors, Txn};
@@ -139,6 +140,12 @@ impl Engine {
             }
             if d.get(name).is_some() {
                 return Err(errno(libc::EEXIST));
+            }
+            let layer = t.layer()?;
+            if let Some(max) = Limits::of(&layer.labels).inodes {
+                if inodes_added(&t.m.layers, layer) >= max {
+                    return Err(errno(libc::EDQUOT));
+                }
             }
             let now = Time::now();
             let mut mode = mode;

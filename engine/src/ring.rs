@@ -1,14 +1,15 @@
 //! The I/O engine threads: each owns an io_uring ring over the O_DIRECT device, takes requests
-//! over a queue (woken through an eventfd only when it sleeps), keeps in-flight operations in a `slab`, and runs
-//! each request's completion on this thread (FUSE replies are sent from here). Devices
-//! without a file descriptor (test backends) are served synchronously on the same thread.
+//! from the scheduler (`sched`: per-layer fair queueing and limits; woken through an eventfd
+//! only when it sleeps), keeps in-flight operations in a `slab`, and runs each request's
+//! completion on this thread (FUSE replies are sent from here). Devices without a file
+//! descriptor (test backends) are served synchronously on the same thread.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
@@ -16,6 +17,7 @@ use slab::Slab;
 
 use crate::device::{AlignedBuf, Device, FaultOp};
 use crate::format::BLOCK_SIZE;
+use crate::sched::{IoClass, Next, Policy, Sched};
 
 /// A finished operation hands its buffer back with the result.
 pub type Done = Box<dyn FnOnce(io::Result<IoBuf>) + Send>;
@@ -67,10 +69,15 @@ pub struct IoReq {
     pub offset: u64,
     pub buf: IoBuf,
     pub done: Done,
+    /// Whose I/O this is (the scheduler shares the device between classes).
+    pub class: IoClass,
 }
 
 struct Shared {
-    queue: Mutex<VecDeque<IoReq>>,
+    sched: Arc<Sched>,
+    /// Bumped by every submission: a worker that saw the same value before and after deciding
+    /// to sleep missed nothing.
+    pushes: Arc<AtomicU64>,
     stop: AtomicBool,
     wake_fd: RawFd,
     /// Set while the worker may block; a submitter that clears it writes the eventfd.
@@ -86,14 +93,33 @@ impl Shared {
         unsafe { libc::write(self.wake_fd, &one as *const u64 as *const libc::c_void, 8) };
     }
 
-    /// Called by the worker before it blocks: true if it may block (nothing queued).
-    fn about_to_wait(&self) -> bool {
+    /// Called by the worker before it blocks: true if it may block (nothing was submitted
+    /// since it last asked the scheduler, whose answer was `seen`).
+    fn about_to_wait(&self, seen: u64) -> bool {
         self.waiting.store(true, Ordering::SeqCst);
-        if self.queue.lock().is_empty() && !self.stop.load(Ordering::SeqCst) {
+        if self.pushes.load(Ordering::SeqCst) == seen && !self.stop.load(Ordering::SeqCst) {
             return true;
         }
         self.waiting.store(false, Ordering::SeqCst);
         false
+    }
+
+    /// Ask the scheduler for requests while `room` allows; returns how long to sleep at most
+    /// (some class is held back by its limits) and the submission count it answered for.
+    fn take(&self, room: usize, mut send: impl FnMut(IoReq)) -> (Option<Duration>, u64) {
+        let seen = self.pushes.load(Ordering::SeqCst);
+        let mut sent = 0;
+        while sent < room {
+            match self.sched.next() {
+                Next::Send(r) => {
+                    send(r);
+                    sent += 1;
+                }
+                Next::Wait(d) => return (Some(d), seen),
+                Next::Idle => break,
+            }
+        }
+        (None, seen)
     }
 }
 
@@ -103,9 +129,11 @@ struct Worker {
 }
 
 /// The I/O threads: one io_uring ring each (two by default, so completions and the FUSE
-/// replies sent from them use both cores of a small host). Requests are spread round-robin.
+/// replies sent from them use both cores of a small host), sharing one scheduler.
 pub struct Ring {
     workers: Vec<Worker>,
+    sched: Arc<Sched>,
+    pushes: Arc<AtomicU64>,
     next: AtomicUsize,
     inflight: Arc<AtomicU64>,
 }
@@ -116,8 +144,10 @@ const RING_ENTRIES: u32 = 256;
 pub const IO_THREADS: usize = 2;
 
 impl Ring {
-    pub fn start(dev: Arc<dyn Device>) -> io::Result<Ring> {
+    pub fn start(dev: Arc<dyn Device>, policy: Policy) -> io::Result<Ring> {
         let inflight = Arc::new(AtomicU64::new(0));
+        let sched = Arc::new(Sched::new(policy));
+        let pushes = Arc::new(AtomicU64::new(0));
         let mut workers = Vec::new();
         // Test devices without a descriptor are served by one synchronous thread.
         let n = if dev.raw_fd().is_some() {
@@ -132,7 +162,8 @@ impl Ring {
                 return Err(io::Error::last_os_error());
             }
             let shared = Arc::new(Shared {
-                queue: Mutex::new(VecDeque::new()),
+                sched: sched.clone(),
+                pushes: pushes.clone(),
                 stop: AtomicBool::new(false),
                 wake_fd,
                 waiting: AtomicBool::new(false),
@@ -157,6 +188,8 @@ impl Ring {
         }
         Ok(Ring {
             workers,
+            sched,
+            pushes,
             next: AtomicUsize::new(0),
             inflight,
         })
@@ -168,11 +201,23 @@ impl Ring {
         }
         self.inflight
             .fetch_add(reqs.len() as u64, Ordering::Relaxed);
-        let w = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
-        w.shared.queue.lock().extend(reqs);
-        if w.shared.waiting.swap(false, Ordering::SeqCst) {
-            w.shared.wake();
+        self.sched.push(reqs);
+        self.pushes.fetch_add(1, Ordering::SeqCst);
+        // Wake one sleeping worker, starting from a different one each time.
+        let n = self.workers.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            let w = &self.workers[(first + k) % n];
+            if w.shared.waiting.swap(false, Ordering::SeqCst) {
+                w.shared.wake();
+                break;
+            }
         }
+    }
+
+    /// The scheduler (weights and limits of the layers).
+    pub(crate) fn sched(&self) -> &Sched {
+        &self.sched
     }
 
     /// Submit and wait (for engine-side callers that may block).
@@ -182,6 +227,7 @@ impl Ring {
             op: Op::Read,
             offset,
             buf: IoBuf::Owned(buf),
+            class: IoClass::default(),
             done: Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -224,21 +270,34 @@ impl Drop for Ring {
 fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
     let mut counter = [0u8; 8];
     loop {
-        let batch: Vec<IoReq> = s.queue.lock().drain(..).collect();
+        let mut batch = Vec::new();
+        let (wait, seen) = s.take(usize::MAX, |r| batch.push(r));
         if batch.is_empty() {
-            if s.stop.load(Ordering::SeqCst) {
+            if s.stop.load(Ordering::SeqCst) && !s.sched.pending() {
                 return;
             }
-            if s.about_to_wait() {
-                // SAFETY: reads 8 bytes into a live buffer from our eventfd (blocks until woken).
-                unsafe { libc::read(s.wake_fd, counter.as_mut_ptr() as *mut libc::c_void, 8) };
+            if s.about_to_wait(seen) {
+                let timeout = wait.map_or(-1, |d| d.as_millis().clamp(1, 1000) as i32);
+                let mut pfd = libc::pollfd {
+                    fd: s.wake_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, owned by this frame.
+                let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
+                if n > 0 {
+                    // SAFETY: reads 8 bytes into a live buffer from our eventfd (readable).
+                    unsafe { libc::read(s.wake_fd, counter.as_mut_ptr() as *mut libc::c_void, 8) };
+                }
                 s.waiting.store(false, Ordering::SeqCst);
             }
             continue;
         }
         for mut r in batch {
+            let (class, bytes) = (r.class.slot, r.buf.len() as u64);
             if let Some(e) = injected(dev.as_ref(), &r) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
+                s.sched.done(class, bytes);
                 (r.done)(Err(e));
                 continue;
             }
@@ -250,6 +309,7 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
                 (Op::Write, b) => dev.write_at(b.as_slice(), r.offset),
             };
             s.inflight.fetch_sub(1, Ordering::Relaxed);
+            s.sched.done(class, bytes);
             (r.done)(res.map(|_| r.buf));
         }
     }
@@ -276,7 +336,6 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
     // The kernel writes into this from the armed eventfd read; leaked so it outlives the ring.
     let counter: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
     let mut wake_armed = false;
-    let mut backlog: VecDeque<IoReq> = VecDeque::new();
     loop {
         if !wake_armed {
             let e = opcode::Read::new(types::Fd(s.wake_fd), counter.as_mut_ptr(), 8)
@@ -287,29 +346,46 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
                 wake_armed = true;
             }
         }
-        backlog.extend(s.queue.lock().drain(..));
-        while let Some(req) = backlog.pop_front() {
-            if ops.len() >= (RING_ENTRIES as usize - 1) || ring.submission().is_full() {
-                backlog.push_front(req);
-                break;
-            }
+        let sq_free = {
+            let sq = ring.submission();
+            sq.capacity() - sq.len()
+        };
+        let room = (RING_ENTRIES as usize - 1)
+            .saturating_sub(ops.len())
+            .min(sq_free);
+        let mut fresh = Vec::new();
+        let (wait, seen) = s.take(room, |r| fresh.push(r));
+        for req in fresh {
             if let Some(e) = injected(dev.as_ref(), &req) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
+                s.sched.done(req.class.slot, req.buf.len() as u64);
                 (req.done)(Err(e));
                 continue;
             }
             let id = ops.insert(InFlight { req, done_bytes: 0 });
             push_op(&mut ring, fd, &mut ops, id);
         }
-        if s.stop.load(Ordering::SeqCst) && ops.is_empty() && backlog.is_empty() {
+        if s.stop.load(Ordering::SeqCst) && ops.is_empty() && !s.sched.pending() {
             return;
         }
-        // Block for a completion when the ring is full or nothing is queued; otherwise just
-        // submit and go back for the queued requests.
-        let must_wait = !backlog.is_empty() || (s.stop.load(Ordering::SeqCst) && !ops.is_empty());
-        let wait = if must_wait || s.about_to_wait() { 1 } else { 0 };
-        if let Err(e) = ring.submit_and_wait(wait) {
-            if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+        // Block for a completion, a wake-up (new requests) or, when a layer's limits hold
+        // requests back, until its tokens are due.
+        let must_wait = room == 0 || (s.stop.load(Ordering::SeqCst) && !ops.is_empty());
+        let block = must_wait || s.about_to_wait(seen);
+        let r = match (block, wait) {
+            (false, _) => ring.submit_and_wait(0),
+            (true, None) => ring.submit_and_wait(1),
+            (true, Some(d)) => {
+                let ts = types::Timespec::new()
+                    .sec(d.as_secs())
+                    .nsec(d.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        if let Err(e) = r {
+            let code = e.raw_os_error();
+            if code != Some(libc::EINTR) && code != Some(libc::EBUSY) && code != Some(libc::ETIME) {
                 log::error!("io_uring submit failed: {e}");
             }
         }
@@ -330,6 +406,7 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             if res < 0 {
                 let f = ops.remove(id);
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
+                s.sched.done(f.req.class.slot, f.req.buf.len() as u64);
                 (f.req.done)(Err(io::Error::from_raw_os_error(-res)));
                 continue;
             }
@@ -338,6 +415,7 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             if res == 0 || f.done_bytes >= f.req.buf.len() {
                 let f = ops.remove(id);
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
+                s.sched.done(f.req.class.slot, f.req.buf.len() as u64);
                 if f.done_bytes < f.req.buf.len() {
                     (f.req.done)(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

@@ -211,6 +211,10 @@ pub struct LayerStats {
     pub read_latency: Histogram,
     pub write_latency: Histogram,
     pub meta_latency: Histogram,
+    /// Time this layer's device requests waited in the I/O scheduler (fair queue, limits).
+    pub io_queue_delay: Histogram,
+    /// Time its requests were held back by its IOPS or bandwidth limit.
+    pub io_throttled_ns: AtomicU64,
 }
 
 impl Default for LayerStats {
@@ -229,6 +233,8 @@ impl Default for LayerStats {
             read_latency: Histogram::new(&LATENCY_BUCKETS),
             write_latency: Histogram::new(&LATENCY_BUCKETS),
             meta_latency: Histogram::new(&LATENCY_BUCKETS),
+            io_queue_delay: Histogram::new(&LATENCY_BUCKETS),
+            io_throttled_ns: AtomicU64::new(0),
         }
     }
 }

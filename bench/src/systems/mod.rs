@@ -171,6 +171,7 @@ impl System {
                         parent: None,
                         state: None,
                         labels: BTreeMap::new(),
+                        limits: Default::default(),
                     })
                     .map_err(|e| format!("creating layer {STRATA_BASE_LAYER}: {e}"))?;
                 sys.lower = mnt.join(STRATA_BASE_LAYER);
@@ -304,6 +305,7 @@ impl System {
                     parent: Some(parent.to_string()),
                     state: None,
                     labels: BTreeMap::new(),
+                    limits: Default::default(),
                 };
                 let t = Instant::now();
                 client
@@ -487,7 +489,7 @@ fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path
 /// Remove what an earlier, killed run may have left in `base`, unmounting everything below
 /// it first (FUSE mounts whose daemon died are aborted). Refuses to delete anything below a
 /// mount point that will not go away.
-fn clean_stale(base: &Path) -> Res<()> {
+pub fn clean_stale(base: &Path) -> Res<()> {
     if !base.exists() {
         return Ok(());
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::http::{find_head_end, percent_encode};
 use super::json::{
     CreateRequest, ErrorBody, ExportRequest, ImportRequest, LabelsRequest, Layer, LayerList,
-    SnapshotRequest,
+    LimitsBody, SnapshotRequest,
 };
 use crate::Error;
 
@@ -196,6 +196,10 @@ impl Client {
             id: new_parent.to_string(),
         };
         self.call_json("POST", &layer_path(id, "/snapshot"), Some(&req))
+    }
+
+    pub fn set_limits(&self, id: &str, limits: &LimitsBody) -> Result<Layer, Error> {
+        self.call_json("PUT", &layer_path(id, "/limits"), Some(limits))
     }
 
     pub fn set_labels(&self, id: &str, labels: BTreeMap<String, String>) -> Result<Layer, Error> {

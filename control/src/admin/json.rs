@@ -24,8 +24,14 @@ pub struct Layer {
     pub created_unix: i64,
     /// Bytes of blocks this layer allocated (shared blocks count for their owner only).
     pub owned_bytes: u64,
-    /// Inodes owned by this layer.
+    /// Inodes in this layer's tree (its own and inherited).
     pub inodes: u64,
+    /// Inodes it added to what it inherited (what `limits.inodes` counts).
+    #[serde(default)]
+    pub inodes_added: u64,
+    /// Its limits (unset: none).
+    #[serde(default)]
+    pub limits: LimitsBody,
     /// Ancestors, nearest first.
     pub chain: Vec<String>,
     pub children: Vec<String>,
@@ -46,6 +52,8 @@ impl Layer {
             created_unix: i.created.sec,
             owned_bytes: i.owned_bytes,
             inodes: i.inodes,
+            inodes_added: i.inodes_added,
+            limits: i.limits.into(),
             chain: i.chain.clone(),
             children: i.children.clone(),
             path: mountpoint.join(&i.id).to_string_lossy().into_owned(),
@@ -88,6 +96,61 @@ pub struct CreateRequest {
     pub state: Option<CloneState>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Limits of the new layer (active layers).
+    #[serde(default, skip_serializing_if = "LimitsBody::is_empty")]
+    pub limits: LimitsBody,
+}
+
+/// A layer's limits (`PUT /v1/layers/{id}/limits` replaces them all; a field left out is
+/// unlimited).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    /// Bytes the layer may own (what it wrote and copied on write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Inodes it may add to what it inherited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
+    /// Device operations per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u64>,
+    /// Device bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bps: Option<u64>,
+    /// Share of the device when layers compete (1–10000; 100 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl LimitsBody {
+    pub fn is_empty(&self) -> bool {
+        *self == LimitsBody::default()
+    }
+}
+
+impl From<engine::Limits> for LimitsBody {
+    fn from(l: engine::Limits) -> LimitsBody {
+        LimitsBody {
+            bytes: l.bytes,
+            inodes: l.inodes,
+            iops: l.iops,
+            bps: l.bps,
+            weight: l.weight,
+        }
+    }
+}
+
+impl From<LimitsBody> for engine::Limits {
+    fn from(l: LimitsBody) -> engine::Limits {
+        engine::Limits {
+            bytes: l.bytes,
+            inodes: l.inodes,
+            iops: l.iops,
+            bps: l.bps,
+            weight: l.weight,
+        }
+    }
 }
 
 /// `POST /v1/import`: apply the OCI layer tar the daemon reads from `path` (absolute) as a new

@@ -46,7 +46,7 @@ pub use self::http::{
 };
 pub use self::json::{
     rfc3339, CloneState, CreateRequest, ErrorBody, ExportRequest, ImportRequest, LabelsRequest,
-    Layer, LayerList, SnapshotRequest,
+    Layer, LayerList, LimitsBody, SnapshotRequest,
 };
 use crate::host;
 pub use crate::host::{mount_users, unescape_mountinfo};

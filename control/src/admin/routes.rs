@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::http::{percent_decode, percent_encode, Request, Response};
 use super::json::{
     CloneState, CreateRequest, Empty, ExportRequest, ImportRequest, LabelsRequest, Layer,
-    LayerList, SnapshotRequest,
+    LayerList, LimitsBody, SnapshotRequest,
 };
 use crate::host;
 use crate::labels::RESERVED_LABEL_PREFIX;
@@ -86,6 +86,10 @@ pub(super) fn dispatch(ctx: &Ctx, req: &Request) -> Response {
             "POST" => snapshot(ctx, id, &req.body),
             _ => return not_allowed("POST"),
         },
+        ["v1", "layers", id, "limits"] => match m {
+            "PUT" => set_limits(ctx, id, &req.body),
+            _ => return not_allowed("PUT"),
+        },
         ["v1", "layers", id, "labels"] => match m {
             "PUT" => set_labels(ctx, id, &req.body),
             _ => return not_allowed("PUT"),
@@ -141,6 +145,11 @@ fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, Error> {
     let r: CreateRequest = parse_body(body)?;
     nonempty(&r.id)?;
     unreserved(&r.labels)?;
+    // Limits go in with the layer's labels: one journal commit, so a crash never leaves the
+    // layer without them.
+    let limits: engine::Limits = r.limits.into();
+    limits.check()?;
+    let labels = with_limits(r.labels, limits);
     let info = match &r.parent {
         None => {
             if r.state == Some(CloneState::View) {
@@ -149,18 +158,46 @@ fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, Error> {
                         .into(),
                 ));
             }
-            ctx.engine.layer_create(&r.id, r.labels)
+            ctx.engine.layer_create(&r.id, labels)
         }
         Some(parent) => {
             nonempty(parent)?;
             let state = r.state.unwrap_or(CloneState::Active).into();
-            ctx.engine.layer_clone(parent, &r.id, state, r.labels)
+            ctx.engine.layer_clone(parent, &r.id, state, labels)
         }
     }?;
     Ok(layer(ctx, 201, &info).header(
         "Location",
         format!("/v1/layers/{}", percent_encode(&info.id)),
     ))
+}
+
+/// `labels` plus the limit labels of `limits`.
+fn with_limits(
+    labels: BTreeMap<String, String>,
+    limits: engine::Limits,
+) -> BTreeMap<String, String> {
+    let named: BTreeMap<engine::Name, engine::Name> = labels
+        .iter()
+        .map(|(k, v)| (k.as_bytes().into(), v.as_bytes().into()))
+        .collect();
+    limits
+        .apply_to(&named)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn set_limits(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Error> {
+    nonempty(id)?;
+    let r: LimitsBody = parse_body(body)?;
+    let info = ctx.engine.layer_set_limits(id, r.into())?;
+    Ok(layer(ctx, 200, &info))
 }
 
 fn stat(ctx: &Ctx, id: &str) -> Result<Response, Error> {

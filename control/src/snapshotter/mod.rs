@@ -228,6 +228,15 @@ impl Snapshotter {
             }
             out.insert(k, v);
         }
+        // Limits asked for with containerd labels become the layer's limits.
+        let limits = crate::labels::containerd_limits(&out).map_err(Error::Invalid)?;
+        let named: BTreeMap<engine::Name, engine::Name> = BTreeMap::new();
+        for (k, v) in limits.apply_to(&named) {
+            out.insert(
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            );
+        }
         out.insert(NAME_LABEL.into(), name.into());
         out.insert(UPDATED_LABEL.into(), time_label(Time::now()));
         for (k, v) in extra {

@@ -1,0 +1,443 @@
+//! The device I/O scheduler: every layer's I/O gets its share of the device.
+//!
+//! The daemon does every container's disk I/O itself, so the kernel's per-cgroup I/O controls
+//! never see whose it is; this is where that decision is made instead. Requests queue per
+//! class (a layer) and are handed to the io_uring threads by deficit round robin: each
+//! backlogged class is visited in turn and may send as many bytes as its weight earns (a
+//! class of weight 200 gets twice the bytes of one of weight 100 while both are busy). A
+//! class may also be capped in operations and bytes per second (token buckets: a second's
+//! worth of burst).
+//!
+//! The device has its own queue, and what is in it is served first come first served; so
+//! while more than one class has been active in the last [`ACTIVE_WINDOW`], at most
+//! [`SHARED_INFLIGHT_BYTES`] may be in the device at once — except that a class with nothing
+//! in flight may always send one request. A quiet container's small read then waits behind
+//! at most that much of a noisy neighbour's writes, not behind everything it queued. One
+//! class alone has the whole device.
+//!
+//! [`Policy::Fifo`] turns all of this off (one queue in arrival order), for comparison.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::limits::DEFAULT_WEIGHT;
+use crate::meta::Slot;
+use crate::ring::IoReq;
+use crate::stats::LayerStats;
+
+/// How device I/O is ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Per-layer fair queueing by weight, with the layers' IOPS and bandwidth limits.
+    Fair,
+    /// Arrival order, no limits (what the engine did before the scheduler).
+    Fifo,
+}
+
+/// How long a class counts as active after it last sent a request.
+pub const ACTIVE_WINDOW: Duration = Duration::from_millis(50);
+/// Bytes in the device at once while several classes are active.
+pub const SHARED_INFLIGHT_BYTES: u64 = 1 << 20;
+/// Bytes a class of weight 100 earns per round.
+const QUANTUM_PER_100: i64 = 256 << 10;
+
+/// Whose a request is: the layer, and its statistics (for queueing delay and throttling).
+#[derive(Clone, Default)]
+pub struct IoClass {
+    pub slot: Slot,
+    pub stats: Option<Arc<LayerStats>>,
+}
+
+/// A class's weight and limits, as the engine last set them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ClassConf {
+    pub weight: u32,
+    pub iops: Option<u64>,
+    pub bps: Option<u64>,
+}
+
+impl Default for ClassConf {
+    fn default() -> Self {
+        ClassConf {
+            weight: DEFAULT_WEIGHT,
+            iops: None,
+            bps: None,
+        }
+    }
+}
+
+struct Class {
+    queue: VecDeque<(IoReq, Instant)>,
+    deficit: i64,
+    /// Earned this round's quantum already.
+    credited: bool,
+    /// Requests and bytes of this class in the device.
+    inflight: u32,
+    ops_tokens: f64,
+    byte_tokens: f64,
+    refilled: Instant,
+    /// Since when the head request has been held back by the class's limits.
+    throttled_since: Option<Instant>,
+    last_sent: Instant,
+}
+
+impl Class {
+    fn new(now: Instant) -> Class {
+        Class {
+            queue: VecDeque::new(),
+            deficit: 0,
+            credited: false,
+            inflight: 0,
+            ops_tokens: 1.0,
+            byte_tokens: 0.0,
+            refilled: now,
+            throttled_since: None,
+            last_sent: now - ACTIVE_WINDOW * 2,
+        }
+    }
+
+    /// Top up the token buckets; how long until the head request may go (zero: now).
+    fn wait_for_tokens(&mut self, conf: &ClassConf, cost: u64, now: Instant) -> Duration {
+        let dt = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        let mut wait = 0.0f64;
+        if let Some(iops) = conf.iops {
+            let rate = iops as f64;
+            self.ops_tokens = (self.ops_tokens + dt * rate).min(rate.max(1.0));
+            if self.ops_tokens < 1.0 {
+                wait = wait.max((1.0 - self.ops_tokens) / rate);
+            }
+        }
+        if let Some(bps) = conf.bps {
+            let rate = bps as f64;
+            // A second's worth of burst, and always room for the request at hand.
+            let cap = rate.max(cost as f64);
+            self.byte_tokens = (self.byte_tokens + dt * rate).min(cap);
+            if self.byte_tokens < cost as f64 {
+                wait = wait.max((cost as f64 - self.byte_tokens) / rate);
+            }
+        }
+        Duration::from_secs_f64(wait)
+    }
+
+    fn pay(&mut self, conf: &ClassConf, cost: u64) {
+        if conf.iops.is_some() {
+            self.ops_tokens -= 1.0;
+        }
+        if conf.bps.is_some() {
+            self.byte_tokens -= cost as f64;
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    classes: HashMap<Slot, Class>,
+    /// Backlogged classes, in round-robin order.
+    turn: VecDeque<Slot>,
+    conf: HashMap<Slot, ClassConf>,
+    inflight_bytes: u64,
+    /// Fifo policy: one queue.
+    fifo: VecDeque<IoReq>,
+}
+
+/// What a worker should do next.
+pub(crate) enum Next {
+    /// Send this request to the device.
+    Send(IoReq),
+    /// Requests are held back by their classes' limits: ask again after this long.
+    Wait(Duration),
+    /// Nothing to send now (queues empty, or waiting for completions).
+    Idle,
+}
+
+pub(crate) struct Sched {
+    state: Mutex<State>,
+    policy: Policy,
+}
+
+fn cost(r: &IoReq) -> u64 {
+    r.buf.len() as u64
+}
+
+impl Sched {
+    pub(crate) fn new(policy: Policy) -> Sched {
+        Sched {
+            state: Mutex::new(State::default()),
+            policy,
+        }
+    }
+
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Set the weight and limits of the classes that are not the default; the others get it.
+    pub(crate) fn configure(&self, conf: HashMap<Slot, ClassConf>) {
+        self.state.lock().conf = conf;
+    }
+
+    pub(crate) fn push(&self, reqs: Vec<IoReq>) {
+        let now = Instant::now();
+        let mut s = self.state.lock();
+        if self.policy == Policy::Fifo {
+            s.fifo.extend(reqs);
+            return;
+        }
+        for r in reqs {
+            let slot = r.class.slot;
+            let c = s.classes.entry(slot).or_insert_with(|| Class::new(now));
+            let was_idle = c.queue.is_empty();
+            c.queue.push_back((r, now));
+            if was_idle {
+                s.turn.push_back(slot);
+            }
+        }
+    }
+
+    /// A request of `class` that cost `bytes` left the device.
+    pub(crate) fn done(&self, class: Slot, bytes: u64) {
+        if self.policy == Policy::Fifo {
+            return;
+        }
+        let mut s = self.state.lock();
+        s.inflight_bytes = s.inflight_bytes.saturating_sub(bytes);
+        let mut forget = false;
+        if let Some(c) = s.classes.get_mut(&class) {
+            c.inflight = c.inflight.saturating_sub(1);
+            forget = c.inflight == 0
+                && c.queue.is_empty()
+                && c.last_sent.elapsed() > ACTIVE_WINDOW * 4
+                && c.throttled_since.is_none();
+        }
+        if forget {
+            s.classes.remove(&class);
+        }
+    }
+
+    pub(crate) fn pending(&self) -> bool {
+        let s = self.state.lock();
+        !s.fifo.is_empty() || !s.turn.is_empty()
+    }
+
+    /// The next request to send.
+    pub(crate) fn next(&self) -> Next {
+        let mut s = self.state.lock();
+        if self.policy == Policy::Fifo {
+            return match s.fifo.pop_front() {
+                Some(r) => Next::Send(r),
+                None => Next::Idle,
+            };
+        }
+        let now = Instant::now();
+        let st = &mut *s;
+        if st.turn.is_empty() {
+            return Next::Idle;
+        }
+        let active = st
+            .classes
+            .values()
+            .filter(|c| !c.queue.is_empty() || c.inflight > 0 || now - c.last_sent < ACTIVE_WINDOW)
+            .count();
+        let cap = if active > 1 {
+            SHARED_INFLIGHT_BYTES
+        } else {
+            u64::MAX
+        };
+        let mut wait: Option<Duration> = None;
+        // Each visit either sends, or moves a class to the back (a class short of deficit
+        // earns a quantum per visit), so the loop ends.
+        let mut visits = st.turn.len() * 8 + 64;
+        while visits > 0 {
+            visits -= 1;
+            let Some(&slot) = st.turn.front() else { break };
+            let conf = st.conf.get(&slot).copied().unwrap_or_default();
+            let Some(c) = st.classes.get_mut(&slot) else {
+                st.turn.pop_front();
+                continue;
+            };
+            let Some(head) = c.queue.front() else {
+                st.turn.pop_front();
+                c.deficit = 0;
+                c.credited = false;
+                continue;
+            };
+            let bytes = cost(&head.0);
+            let held = c.wait_for_tokens(&conf, bytes, now);
+            if !held.is_zero() {
+                c.throttled_since.get_or_insert(now);
+                wait = Some(wait.map_or(held, |w| w.min(held)));
+                st.turn.rotate_left(1);
+                if st.turn.iter().all(|s| {
+                    st.classes
+                        .get(s)
+                        .is_some_and(|c| c.throttled_since.is_some())
+                }) {
+                    break;
+                }
+                continue;
+            }
+            if c.inflight > 0 && st.inflight_bytes + bytes > cap {
+                // Wait for one of its requests to finish; others may go.
+                st.turn.rotate_left(1);
+                continue;
+            }
+            // Deficit round robin: a class at the front of the round earns one quantum, sends
+            // while its deficit covers the next request, then goes to the back.
+            if c.deficit < bytes as i64 {
+                if c.credited {
+                    c.credited = false;
+                    st.turn.rotate_left(1);
+                    continue;
+                }
+                // At least the head request's size: a request larger than a quantum (a read of
+                // many contiguous blocks) must not wait for rounds that nothing drives.
+                c.deficit += (QUANTUM_PER_100 * conf.weight as i64 / 100).max(bytes as i64);
+                c.credited = true;
+                if c.deficit < bytes as i64 {
+                    c.credited = false;
+                    st.turn.rotate_left(1);
+                    continue;
+                }
+            }
+            let Some((req, queued)) = c.queue.pop_front() else {
+                continue;
+            };
+            c.deficit -= bytes as i64;
+            c.pay(&conf, bytes);
+            c.inflight += 1;
+            c.last_sent = now;
+            if let Some(stats) = &req.class.stats {
+                stats
+                    .io_queue_delay
+                    .observe_ns((now - queued).as_nanos() as u64);
+                if let Some(t) = c.throttled_since.take() {
+                    stats.io_throttled_ns.fetch_add(
+                        (now - t).as_nanos() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+            } else {
+                c.throttled_since = None;
+            }
+            if c.queue.is_empty() {
+                c.deficit = 0;
+                c.credited = false;
+                st.turn.pop_front();
+            }
+            st.inflight_bytes += bytes;
+            return Next::Send(req);
+        }
+        match wait {
+            Some(w) => Next::Wait(w.max(Duration::from_micros(50))),
+            None => Next::Idle,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::AlignedBuf;
+    use crate::ring::{IoBuf, Op};
+
+    fn req(slot: Slot, blocks: usize) -> IoReq {
+        IoReq {
+            op: Op::Read,
+            offset: 0,
+            buf: IoBuf::Owned(AlignedBuf::zeroed(blocks)),
+            done: Box::new(|_| {}),
+            class: IoClass { slot, stats: None },
+        }
+    }
+
+    fn send(s: &Sched) -> Option<(Slot, u64)> {
+        match s.next() {
+            Next::Send(r) => Some((r.class.slot, cost(&r))),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn weights_share_the_bytes_sent() {
+        let s = Sched::new(Policy::Fair);
+        let mut conf = HashMap::new();
+        conf.insert(
+            2,
+            ClassConf {
+                weight: 300,
+                ..Default::default()
+            },
+        );
+        s.configure(conf);
+        s.push((0..400).map(|_| req(1, 16)).collect());
+        s.push((0..400).map(|_| req(2, 16)).collect());
+        let mut bytes = [0u64; 3];
+        for _ in 0..200 {
+            let (slot, b) = send(&s).expect("a request");
+            bytes[slot as usize] += b;
+            s.done(slot, b);
+        }
+        let ratio = bytes[2] as f64 / bytes[1] as f64;
+        assert!(
+            (2.5..3.5).contains(&ratio),
+            "weight 300 vs 100 sent {ratio:.2}x"
+        );
+    }
+
+    #[test]
+    fn a_quiet_class_is_not_stuck_behind_a_noisy_ones_backlog() {
+        let s = Sched::new(Policy::Fair);
+        // The noisy class fills the device up to the shared cap...
+        s.push((0..64).map(|_| req(1, 256)).collect());
+        let mut sent = 0;
+        while let Some((slot, _)) = send(&s) {
+            assert_eq!(slot, 1);
+            sent += 1;
+        }
+        assert!(sent >= 1);
+        // ... and a quiet class's request goes at once, though the noisy one has 1 MiB out.
+        s.push(vec![req(7, 1)]);
+        assert_eq!(send(&s).map(|x| x.0), Some(7));
+    }
+
+    #[test]
+    fn iops_limits_hold_requests_back() {
+        let s = Sched::new(Policy::Fair);
+        let mut conf = HashMap::new();
+        conf.insert(
+            3,
+            ClassConf {
+                iops: Some(10),
+                ..Default::default()
+            },
+        );
+        s.configure(conf);
+        s.push((0..5).map(|_| req(3, 1)).collect());
+        let (slot, b) = send(&s).expect("the first goes");
+        s.done(slot, b);
+        match s.next() {
+            Next::Wait(d) => assert!(d > Duration::from_millis(50), "{d:?}"),
+            _ => panic!("the second must wait for a token (10 IOPS)"),
+        }
+    }
+
+    #[test]
+    fn a_request_larger_than_many_quanta_still_goes() {
+        let s = Sched::new(Policy::Fair);
+        s.push(vec![req(1, 16 << 10)]); // 64 MiB
+        assert_eq!(send(&s).map(|x| x.1), Some(64 << 20));
+    }
+
+    #[test]
+    fn fifo_keeps_arrival_order() {
+        let s = Sched::new(Policy::Fifo);
+        s.push(vec![req(1, 1), req(2, 1), req(1, 1)]);
+        let order: Vec<Slot> = (0..3).filter_map(|_| send(&s).map(|x| x.0)).collect();
+        assert_eq!(order, vec![1, 2, 1]);
+        assert!(!s.pending());
+    }
+}
