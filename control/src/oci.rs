@@ -216,8 +216,11 @@ impl Inflight {
                 g.0 -= len;
                 let err = match r {
                     Ok(n) if n as u64 == len => None,
+                    // The engine cuts a write short only at the layer's space limit; the
+                    // rest would get EDQUOT.
+                    Ok(n) if n as u64 <= len => Some(Error::Errno(libc::EDQUOT)),
                     Ok(n) => Some(Error::Invalid(format!(
-                        "short write: {n} of {len} bytes at offset {off}"
+                        "write of {len} bytes at offset {off} reported {n}"
                     ))),
                     Err(e) => Some(e),
                 };
@@ -516,7 +519,16 @@ impl<'a> Importer<'a> {
         let st = self
             .e
             .mknod(dir.node, name, kind | perm, rdev, who, target.as_deref())
-            .map_err(|e| bad(&raw, format!("cannot create: {e}")))?;
+            .map_err(|e| match e {
+                // Out of space or over the layer's limits, or the device failed: not the
+                // entry's fault, and the caller needs to know which (EDQUOT, ENOSPC, EIO).
+                Error::Errno(libc::EDQUOT | libc::ENOSPC)
+                | Error::NoSpace
+                | Error::Poisoned
+                | Error::Io { .. }
+                | Error::Corrupt { .. } => e,
+                e => bad(&raw, format!("cannot create: {e}")),
+            })?;
         let node = Held {
             e: self.e,
             node: st.ino,

@@ -366,3 +366,77 @@ fn garbage_blobs_are_errors_and_leave_the_snapshot_as_prepared() {
     }
     assert!(t.e.layer_stat(&l).is_ok());
 }
+
+/// A snapshot prepared with containerd's limit labels: an apply past its space or inode limit
+/// fails like any other failed apply, and the layer put back keeps its limits; one within
+/// them applies.
+#[test]
+fn an_apply_past_the_snapshots_limits_fails_and_the_limits_stay() {
+    let (_, t) = setup();
+    base(&t);
+    let key = "ns/3/extract-limited";
+    let m =
+        t.s.prepare(api::PrepareSnapshotRequest {
+            key: key.into(),
+            parent: "ns/2/base".into(),
+            labels: [
+                ("containerd.io/snapshot/strata.limit.bytes", "256K"),
+                ("containerd.io/snapshot/strata.limit.inodes", "8"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Default::default()
+        })
+        .unwrap()
+        .mounts;
+    let l = t.layer(&m);
+    let limits = |t: &Setup| t.e.layer_stat(&l).unwrap().limits;
+    assert_eq!(limits(&t).bytes, Some(256 << 10));
+    assert_eq!(limits(&t).inodes, Some(8));
+    let labels = t.e.layer_stat(&l).unwrap().labels;
+
+    // Space: one 1 MiB file.
+    let big = vec![0x5au8; 1 << 20];
+    let too_big = tar_of(&[("big", Some(&big[..]))]);
+    let err =
+        t.d.apply(&l, &too_big[..])
+            .expect_err("over the space limit");
+    assert!(
+        format!("{err}").to_lowercase().contains("quota"),
+        "the error says why: {err}"
+    );
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(t.read(&l, "big"), None);
+    assert_eq!(t.e.layer_stat(&l).unwrap().labels, labels, "labels kept");
+    assert_eq!(limits(&t).bytes, Some(256 << 10));
+
+    // Inodes: twenty new files.
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    let many: Vec<(&str, Option<&[u8]>)> = names
+        .iter()
+        .map(|n| (n.as_str(), Some(&b"x"[..])))
+        .collect();
+    let err =
+        t.d.apply(&l, &tar_of(&many)[..])
+            .expect_err("over the inode limit");
+    assert!(
+        format!("{err}").to_lowercase().contains("quota"),
+        "the error says why: {err}"
+    );
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(t.read(&l, "f0"), None);
+    assert_eq!(limits(&t).inodes, Some(8));
+
+    // Within both: applied.
+    let small = tar_of(&[("small", Some(&b"small"[..]))]);
+    t.d.apply(&l, &small[..]).unwrap();
+    assert_eq!(t.read(&l, "small").as_deref(), Some(&b"small"[..]));
+    assert_eq!(t.read(&l, "keep").as_deref(), Some(&b"keep"[..]));
+}
