@@ -61,6 +61,15 @@ struct MountArgs {
     /// Register it in containerd's config as `[proxy_plugins.strata]` (see deploy/).
     #[arg(long, default_value = control::snapshotter::DEFAULT_SOCKET)]
     snapshotter_socket: String,
+    /// containerd diff service socket (gRPC, containerd.services.diff.v1; containerd >= 1.7),
+    /// or `off`. Register it as `[proxy_plugins.strata-diff]` with type "diff" and list it
+    /// first in the diff service's `default` (see deploy/containerd.toml).
+    #[arg(long, default_value = control::differ::DEFAULT_SOCKET)]
+    diff_socket: String,
+    /// containerd's socket: the diff service reads and writes layer blobs through its content
+    /// API. `off` disables the diff service.
+    #[arg(long, default_value = control::differ::DEFAULT_CONTAINERD_ADDRESS)]
+    containerd_address: String,
     /// Mount an image file or device that users other than root may read or write (refused
     /// by default: anyone who can read it can read every container's data).
     #[arg(long)]
@@ -349,6 +358,8 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
     }
     // A layer an import was filling when the previous daemon died is incomplete: drop it.
     control::oci::remove_interrupted_imports(&eng);
+    // A snapshot the diff service was applying a layer onto is put back as prepared.
+    control::differ::reset_interrupted_applies(&eng);
     if let Some(addr) = metrics {
         match control::serve_metrics(addr, eng.clone()) {
             Ok(a) => log::info!("metrics on http://{a}/metrics"),
@@ -372,6 +383,23 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
                     format!("cannot serve the containerd snapshotter on {sock}: {e} (use --snapshotter-socket to pick another, or off)")
                 })?;
             log::info!("containerd snapshotter on {sock}");
+            Some(h)
+        }
+    };
+    let _differ = match (opts.diff_socket.as_str(), opts.containerd_address.as_str()) {
+        ("off" | "", _) | (_, "off" | "") => None,
+        (sock, containerd) => {
+            let h = control::differ::serve(
+                Path::new(sock),
+                eng.clone(),
+                mp.to_path_buf(),
+                PathBuf::from(containerd),
+            )
+            .map_err(|e| {
+                let _ = eng.shutdown();
+                format!("cannot serve the containerd diff service on {sock}: {e} (use --diff-socket to pick another, or off)")
+            })?;
+            log::info!("containerd diff service on {sock} (content from {containerd})");
             Some(h)
         }
     };
@@ -446,6 +474,12 @@ fn up(
             "  containerd  {}   (proxy snapshotter \"strata\"; see deploy/containerd.toml)",
             opts.snapshotter_socket
         );
+        if opts.diff_socket != "off" && opts.containerd_address != "off" {
+            println!(
+                "  diff        {}   (proxy diff service \"strata-diff\", containerd >= 1.7)",
+                opts.diff_socket
+            );
+        }
     }
     if opts.metrics_addr != "off" {
         println!("  metrics     http://{}/metrics", opts.metrics_addr);
