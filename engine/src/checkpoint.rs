@@ -85,7 +85,10 @@ pub(crate) fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Laye
             sb.ckpt_block,
         ));
     }
-    Ok((Layers::decode(&bytes, sb.ckpt_block)?, blocks))
+    Ok((
+        Layers::decode_version(&bytes, sb.ckpt_block, sb.version)?,
+        blocks,
+    ))
 }
 
 impl Superblock {

@@ -108,6 +108,13 @@ impl Engine {
     /// Open (recover) a Strata file system on `dev`.
     pub fn open(dev: Arc<dyn Device>, opts: Options) -> Result<Arc<Engine>> {
         let l = load(dev.as_ref())?;
+        if l.sb.version < crate::format::FORMAT_VERSION {
+            return Err(Error::Unusable(format!(
+                "this image has on-disk format version {} (without data checksums); this strata                  mounts version {}. Convert it once with `strata migrate IMAGE` (it reads every                  data block to compute its checksum), then mount it",
+                l.sb.version,
+                crate::format::FORMAT_VERSION
+            )));
+        }
         if !l.problems.is_empty() {
             return Err(Error::corrupt(
                 format!("{} (run `strata fsck`)", l.problems.join("; ")),
@@ -355,6 +362,40 @@ impl Engine {
 }
 
 impl Inner {
+    /// A data block read from the device does not match its checksum (`want` is None when
+    /// the block has none): count it for the layer and the daemon, log where it is, and
+    /// return the error the reader gets (EIO). Nothing is latched: other blocks still read.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn checksum_failed(
+        &self,
+        slot: Slot,
+        ino: Ino,
+        lblk: u64,
+        pblk: u64,
+        want: Option<u32>,
+        got: u32,
+        stats: Option<&crate::stats::LayerStats>,
+    ) -> Error {
+        self.counters
+            .checksum_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = stats {
+            l.checksum_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let layer = self
+            .meta
+            .lock()
+            .layers
+            .get(slot)
+            .map(|l| String::from_utf8_lossy(&l.id).into_owned())
+            .unwrap_or_else(|| format!("slot {slot}"));
+        let want = want.map_or("none".to_string(), |c| format!("{c:08x}"));
+        log::error!(
+            "data checksum mismatch: layer {layer:?} inode {ino} logical block {lblk} physical              block {pblk}: expected crc {want}, the device returned data with crc {got:08x};              the read fails with EIO (run `strata scrub` to find every bad block)"
+        );
+        Error::Checksum { block: pblk }
+    }
+
     /// A device I/O failed: count it, log it, and latch read-only when it was a write.
     pub(crate) fn io_failed(
         &self,

@@ -51,6 +51,7 @@ mod txn;
 // The data model and the on-disk structures: public because `Engine::with_layers` hands out
 // `Layers`, and the fuzz targets decode journal chunks, checkpoints and superblocks directly.
 pub mod codec;
+pub mod crc;
 pub mod format;
 pub mod journal;
 pub mod layer;
