@@ -91,6 +91,38 @@ pub(crate) fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Laye
     ))
 }
 
+/// Write a checkpoint of `layers` outside a running engine (migration, fsck repair, offline
+/// grow) and make it current: the checkpoint goes to blocks `alloc` has free, is flushed,
+/// then the superblock `sb` (with the next generation, this checkpoint, `total_blocks` and
+/// `version` as given, journal replay from `pos`/`seq`) goes to its slot and is flushed. A
+/// crash before that last flush leaves the previous superblock and checkpoint in force.
+pub(crate) fn write_offline(
+    dev: &dyn Device,
+    sb: &Superblock,
+    layers: &Layers,
+    alloc: &mut crate::alloc::Allocator,
+    (pos, seq): (u64, u64),
+) -> Result<Superblock> {
+    let bytes = layers.encode();
+    let n = bytes.len().div_ceil(journal::CKPT_PAYLOAD).max(1) as u64;
+    let runs = alloc.alloc_any(n, None).ok_or(Error::NoSpace)?;
+    let (first, len, crc) = write_checkpoint(dev, &bytes, runs[0].0, &runs)?;
+    dev.flush().map_err(|e| Error::io("flush", 0, e))?;
+    let mut new = sb.clone();
+    new.generation += 1;
+    new.ckpt_block = first;
+    new.ckpt_blocks = n;
+    new.ckpt_bytes = len;
+    new.ckpt_crc = crc;
+    new.replay_block = pos;
+    new.replay_seq = seq;
+    new.clean = true;
+    let slot = SB_SLOTS[(new.generation % 2) as usize];
+    write_blocks(dev, slot, &new.encode())?;
+    dev.flush().map_err(|e| Error::io("flush", 0, e))?;
+    Ok(new)
+}
+
 impl Superblock {
     /// The identity every block of a checkpoint chain carries: the number of the chain's
     /// first block (format.md, "Checkpoint blocks"). A block left over from an older

@@ -17,6 +17,8 @@ pub struct Report {
     pub blocks_used: u64,
     pub blocks_total: u64,
     pub chunks_replayed: u64,
+    /// The image's format version (1: no data checksums; `strata migrate` converts it).
+    pub version: u32,
 }
 
 impl Report {
@@ -31,6 +33,7 @@ pub fn check(dev: &dyn Device) -> Result<Report> {
     let mut r = Report {
         problems: l.problems.clone(),
         chunks_replayed: l.chunks_replayed,
+        version: l.sb.version,
         ..Default::default()
     };
     r.blocks_total = l.alloc.total();
@@ -41,6 +44,19 @@ pub fn check(dev: &dyn Device) -> Result<Report> {
         };
         let name = String::from_utf8_lossy(&layer.id).into_owned();
         check_tree(&layer.tree, &format!("layer {name}: "), &mut r.problems);
+        // Every block the layer owns has a checksum (version 2).
+        if l.sb.version >= 2 {
+            for (b, n) in l.layers.owned_extents(slot) {
+                let mut got = Vec::new();
+                l.layers.crcs.get_run(b, n, &mut got);
+                let missing = got.iter().filter(|c| c.is_none()).count();
+                if missing > 0 {
+                    r.problems.push(format!(
+                        "layer {name}: {missing} of the {n} block(s) from block {b} have no checksum"
+                    ));
+                }
+            }
+        }
         r.inodes += layer.tree.inodes.len() as u64;
         // Every block a layer can see is allocated and owned by it or one of its ancestors.
         let mut owners = vec![layer.owner];

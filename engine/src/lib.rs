@@ -16,7 +16,7 @@
 //!   records), [`layer`] (layers and their checkpoint encoding), `node.rs` (node ids).
 //! - On disk: [`format`] (superblock, documented in `engine/docs/format.md`), [`journal`]
 //!   (chunk and checkpoint-block framing), `mkfs.rs`, `recovery.rs` (superblock, checkpoint,
-//!   journal replay), [`fsck`].
+//!   journal replay), [`fsck`], `migrate.rs` (version 1 images to the current format).
 //! - Below: `alloc.rs` (free space), `cache.rs` (the block cache shared by every layer),
 //!   `inflight.rs` (data writes the device has not finished), `ring.rs` (io_uring
 //!   threads), `device.rs` (O_DIRECT file or block device, aligned
@@ -39,6 +39,7 @@ mod inflight;
 mod kernel_cache;
 mod layer_ops;
 mod limits;
+mod migrate;
 mod mkfs;
 mod namespace;
 mod node;
@@ -75,6 +76,7 @@ pub use limits::{
     Limits, DEFAULT_WEIGHT, IO_WEIGHT, LIMIT_BPS, LIMIT_BYTES, LIMIT_INODES, LIMIT_IOPS,
 };
 pub use meta::{Attr, Ino, LayerState, Name, Slot};
+pub use migrate::{migrate, MigrateReport};
 pub use mkfs::{mkfs, DEFAULT_LAYER};
 pub use node::{node_of, split, Node, MOUNT_ROOT};
 pub use recovery::{load, read_superblock, Loaded};
