@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub(crate) layer_listener: Mutex<Option<LayerListener>>,
     /// Writes the kernel's dirty pages back (see `kernel_cache`).
     pub(crate) kernel_flush: Mutex<Option<KernelFlush>>,
+    /// The online scrub (`scrub.rs`).
+    pub(crate) scrub: crate::scrub::Scrubber,
 }
 
 /// Called with the id of a layer that was removed.
@@ -162,6 +164,7 @@ impl Engine {
             started: Time::now(),
             layer_listener: Mutex::new(None),
             kernel_flush: Mutex::new(None),
+            scrub: Default::default(),
         });
         // Files unlinked while open when the last session ended (active layers only: a frozen
         // layer's tree is shared by its children).
@@ -224,6 +227,7 @@ impl Engine {
 
     /// Clean shutdown: final checkpoint marked clean, threads stopped.
     pub fn shutdown(&self) -> Result<()> {
+        self.inner.scrub.stop();
         let t = self.commit_thread.lock().take();
         if let Some(t) = t {
             self.inner.commitq.lock().stop = true;

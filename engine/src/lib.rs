@@ -47,6 +47,7 @@ mod poison;
 mod recovery;
 mod ring;
 mod sched;
+pub mod scrub;
 mod txn;
 
 // The data model and the on-disk structures: public because `Engine::with_layers` hands out
