@@ -135,6 +135,14 @@ impl Superblock {
 impl Inner {
     /// Write the whole tree to new blocks and flip the superblock to it.
     pub(crate) fn checkpoint(&self, kind: CheckpointKind) -> Result<()> {
+        self.checkpoint_grow(kind, None)
+    }
+
+    /// A checkpoint whose superblock also says the file system is `grow_to` blocks long (the
+    /// device grew). The checkpoint goes to blocks inside the old size; the allocator gets the
+    /// new blocks only once the superblock that declares them is durable, so no record can
+    /// map a block past the end of the durable file system.
+    pub(crate) fn checkpoint_grow(&self, kind: CheckpointKind, grow_to: Option<u64>) -> Result<()> {
         self.poison.check()?;
         let t0 = Instant::now();
         let (_, frees, tree) = self.seal(Seal::WithSnapshot);
@@ -165,6 +173,9 @@ impl Inner {
             sb.replay_block = j.pos;
             sb.replay_seq = j.seq;
             sb.clean = kind == CheckpointKind::Clean;
+            if let Some(total) = grow_to {
+                sb.total_blocks = sb.total_blocks.max(total);
+            }
             let slot = SB_SLOTS[(sb.generation % 2) as usize];
             write_blocks(self.dev.as_ref(), slot, &sb.encode())?;
             self.dev.flush().map_err(|e| Error::io("flush", 0, e))?;
@@ -176,6 +187,10 @@ impl Inner {
         match res {
             Ok(old_blocks) => {
                 let mut m = self.meta.lock();
+                if grow_to.is_some() {
+                    let total = self.jpos.lock().sb.total_blocks;
+                    m.alloc.grow(total);
+                }
                 for b in old_blocks {
                     m.alloc.release(b, 1);
                 }

@@ -68,7 +68,7 @@ pub use api::{
 };
 pub use data::MAX_FILE_SIZE;
 pub use device::{prepare_image, AlignedBuf, Device, FaultOp, FileDevice, MemDevice};
-pub use engine::{Engine, LayerListener};
+pub use engine::{Engine, GrowReport, LayerListener};
 pub use error::{Error, Result};
 pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};
 pub use kernel_cache::{CacheMode, KernelFlush, WRITEBACK_RESERVE};

@@ -1,16 +1,21 @@
 //! Data integrity on an in-memory device: corruption injected into data blocks (a flipped
 //! bit, a zeroed block, a torn block, two blocks swapped) is detected on every read (EIO,
 //! counted; never the bad data, not even from the cache on a second read) and by the offline
-//! and online scrub, which name every layer and path that maps each bad block.
+//! and online scrub, which name every layer and path that maps each bad block; and online
+//! grow: a device that grows is taken in by `Engine::grow` (or at the next open), the new
+//! space is usable and durable, and a crash at any flush point of a grow leaves a file system
+//! of the old size or the new one, fsck clean, with every fsynced file intact.
 
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use engine::scrub::{scrub_offline, ScrubOptions, ScrubState};
-use engine::{Caller, Engine, LayerState, MemDevice, Node, Options};
+use engine::{Caller, Device, Engine, LayerState, MemDevice, Node, Options};
+use testkit::replay::{Entry, RecordingDevice};
 use testkit::{mem_engine, open_mem, pattern, read_all, resolve};
 
 const WHO: Caller = Caller { uid: 0, gid: 0 };
@@ -206,4 +211,130 @@ fn a_running_scrub_refuses_a_second_is_cancelled_and_stops_at_shutdown() {
     })
     .expect("scrub");
     e.shutdown().expect("shutdown with a scrub running");
+}
+
+/// A device whose visible size can grow (as an image file does under `truncate -s`) over a
+/// recording device holding the larger image.
+struct Growable {
+    rec: Arc<RecordingDevice>,
+    size: AtomicU64,
+}
+
+impl Device for Growable {
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::SeqCst)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.size() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.rec.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.size() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.rec.write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.rec.flush()
+    }
+}
+
+const OLD: u64 = 32 << 20;
+const NEW: u64 = 96 << 20;
+
+#[test]
+fn a_device_that_grows_is_taken_in_online_and_at_open_and_survives_a_crash_at_any_point() {
+    let base = testkit::mkfs_mem(OLD).snapshot();
+    let mut padded = base.clone();
+    padded.resize(NEW as usize, 0);
+    let rec = Arc::new(RecordingDevice::new(padded.clone()));
+    let dev = Arc::new(Growable {
+        rec: rec.clone(),
+        size: AtomicU64::new(OLD),
+    });
+    let d: Arc<dyn Device> = dev.clone();
+    let e = Engine::open(d, Options::default()).expect("open");
+    let before = e.statfs();
+    let a = pattern(1, 16 << 20);
+    create(&e, "default", "a", &a);
+    e.fsync_sync().expect("fsync");
+    // Not grown yet: nothing to do.
+    let r = e.grow().expect("grow");
+    assert_eq!((r.old_bytes, r.new_bytes), (OLD, OLD));
+    let b = pattern(2, 40 << 20);
+    assert!(
+        e.statfs().bfree * (BLOCK as u64) < b.len() as u64,
+        "b does not fit before the grow"
+    );
+    let grow_at = rec.log_len();
+
+    dev.size.store(NEW, Ordering::SeqCst);
+    let r = e.grow().expect("grow");
+    assert_eq!((r.old_bytes, r.new_bytes), (OLD, NEW));
+    let after = e.statfs();
+    assert_eq!(
+        after.blocks - before.blocks,
+        (NEW - OLD) / BLOCK as u64,
+        "statfs shows the new blocks"
+    );
+    create(&e, "default", "b", &b);
+    e.fsync_sync().expect("fsync");
+    let b_durable = rec.log_len();
+    assert!(read_all(&e, resolve(&e, "default", "b").expect("b")) == b);
+    e.shutdown().expect("shutdown");
+    let sb = engine::read_superblock(rec.as_ref()).expect("superblock");
+    assert_eq!(sb.total_blocks * BLOCK as u64, NEW);
+
+    // A crash at every flush point from the grow on: the old size or the new one, fsck
+    // clean, `a` intact, `b` intact once its fsync returned; opening takes in the device's
+    // full size either way.
+    let log = rec.log();
+    let mut img = base.clone();
+    img.resize(NEW as usize, 0);
+    let (mut old_size, mut new_size) = (0, 0);
+    for (i, entry) in log.iter().enumerate() {
+        if let Entry::Write { off, data } = entry {
+            img[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+            continue;
+        }
+        if i < grow_at {
+            continue;
+        }
+        let what = format!("crash at log entry {i} (grow at {grow_at})");
+        let cdev = Arc::new(MemDevice::from_bytes(img.clone()));
+        let total = engine::read_superblock(cdev.as_ref())
+            .unwrap_or_else(|err| panic!("{what}: {err}"))
+            .total_blocks
+            * BLOCK as u64;
+        match total {
+            OLD => old_size += 1,
+            NEW => new_size += 1,
+            t => panic!("{what}: size {t}"),
+        }
+        let report = engine::fsck::check(cdev.as_ref()).expect("fsck");
+        assert!(report.is_clean(), "{what}: {:?}", report.problems);
+        let e = open_mem(&cdev, Options::default());
+        assert_eq!(
+            e.statfs().blocks,
+            after.blocks,
+            "{what}: open grows to the device"
+        );
+        assert!(
+            read_all(&e, resolve(&e, "default", "a").expect("a")) == a,
+            "{what}: a"
+        );
+        if i >= b_durable {
+            assert!(
+                read_all(&e, resolve(&e, "default", "b").expect("b")) == b,
+                "{what}: b"
+            );
+        }
+        e.shutdown().expect("shutdown");
+        let report = engine::fsck::check(cdev.as_ref()).expect("fsck");
+        assert!(report.is_clean(), "{what}, reopened: {:?}", report.problems);
+    }
+    assert!(old_size > 0 && new_size > 0, "{old_size} old, {new_size} new");
+    drop(padded);
 }
