@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use engine::{Engine, FileDevice, Options};
 
+mod integrity_cli;
 mod layer_cli;
 mod oci_cli;
 mod stats_cli;
@@ -110,6 +111,14 @@ enum Cmd {
     /// Reclaim what nothing can reach (not mounted): inodes unlinked while open when the
     /// daemon died, and the blocks they hold. Reports what it freed.
     Gc { path: PathBuf },
+    /// Check every data block against its checksum and report each bad one with the layers
+    /// and paths that use it: offline on an unmounted IMAGE, or online through the running
+    /// daemon (in the background, with progress; --rate limits it). Exit 0 clean, 1 bad
+    /// blocks found, 2 error.
+    Scrub(integrity_cli::ScrubArgs),
+    /// Take in the space of the daemon's image file or device after it grew (`truncate -s`,
+    /// `lvextend`), without a remount. (A mount also grows to a larger device by itself.)
+    Grow,
     /// Convert an image of an older on-disk format (version 1, without data checksums) to the
     /// current one, in place (not mounted). Reads every data block once to compute its
     /// checksum; a crash or Ctrl-C leaves the old image intact (run it again).
@@ -205,6 +214,8 @@ fn main() -> ExitCode {
         Cmd::Export(a) => oci_cli::export(a, &cli.admin_socket),
         Cmd::Gc { path } => gc(&path),
         Cmd::Migrate { path } => migrate(&path),
+        Cmd::Scrub(a) => return integrity_cli::scrub(a, &cli.admin_socket),
+        Cmd::Grow => integrity_cli::grow(&cli.admin_socket),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
