@@ -129,7 +129,9 @@ pub fn workspace_root() -> PathBuf {
     }
 }
 
-fn default_strata() -> PathBuf {
+/// The `strata` binary of this workspace's release build (under `$CARGO_TARGET_DIR` when set):
+/// the default `--strata` of the harness's binaries.
+pub fn default_strata() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));

@@ -1,10 +1,12 @@
-//! Strata's benchmark harness, shared by its three binaries:
+//! Strata's benchmark harness, shared by its four binaries:
 //!
 //! - `strata-bench` ([`runner`]): fio, buffered-I/O and small-file, metadata, tar, layer and
 //!   memory-density workloads on ext4, kernel overlayfs, fuse-overlayfs and Strata, on the same
 //!   disk, in the same run; results.json, results.md and SVG charts.
 //! - `strata-layer-bench`: the engine's layer costs, without FUSE.
 //! - `strata-ctr-bench`: containerd with Strata vs its overlayfs snapshotter.
+//! - `strata-fair-bench` ([`fair`]): whether a noisy container can starve a quiet one's I/O,
+//!   under each `--io-scheduler` setting and layer I/O limit.
 //!
 //! It measures; it asserts nothing about speed (tests live in `tests/`, not here).
 //!
@@ -19,10 +21,12 @@
 //! | [`results`] | samples per workload and system, medians, ratios to ext4, goals |
 //! | [`report`] | results.json, results.md and the SVG charts |
 //! | [`cli`] | `strata-bench`'s command line |
+//! | [`fair`] | `strata-fair-bench`'s scenarios, results.md, results.json and chart |
 //! | [`process`], [`mounts`], [`host`], [`interrupt`], [`progress`], [`rng`], [`fmt`] | helpers: child processes with deadlines, the mount table, the host, Ctrl-C, log lines, test data, numbers |
 
 pub mod buffered;
 pub mod cli;
+pub mod fair;
 pub mod fio;
 pub mod fmt;
 pub mod host;

@@ -249,22 +249,8 @@ impl Sched {
         };
         let mut wait: Option<Duration> = None;
         // Each visit either sends, or moves a class to the back (a class short of deficit
-        // earns a quantum per visit), so the loop ends. There are enough visits for the
-        // largest head request to earn its deficit in this call: a request larger than many
-        // quanta (a 48 MiB read) must not be left queued with nothing in flight and no worker
-        // asked to come back for it.
-        let most_quanta = st
-            .turn
-            .iter()
-            .filter_map(|slot| {
-                let head = st.classes.get(slot)?.queue.front()?;
-                let w = st.conf.get(slot).copied().unwrap_or_default().weight.max(1) as u64;
-                let q = (QUANTUM_PER_100 as u64 * w / 100).max(1);
-                Some((cost(&head.0) / q) as usize + 1)
-            })
-            .max()
-            .unwrap_or(0);
-        let mut visits = st.turn.len() * (8 + most_quanta) + 64;
+        // earns a quantum per visit), so the loop ends.
+        let mut visits = st.turn.len() * 8 + 64;
         while visits > 0 {
             visits -= 1;
             let Some(&slot) = st.turn.front() else { break };
@@ -307,7 +293,9 @@ impl Sched {
                     st.turn.rotate_left(1);
                     continue;
                 }
-                c.deficit += QUANTUM_PER_100 * conf.weight as i64 / 100;
+                // At least the head request's size: a request larger than a quantum (a read of
+                // many contiguous blocks) must not wait for rounds that nothing drives.
+                c.deficit += (QUANTUM_PER_100 * conf.weight as i64 / 100).max(bytes as i64);
                 c.credited = true;
                 if c.deficit < bytes as i64 {
                     c.credited = false;
@@ -438,13 +426,11 @@ mod tests {
     }
 
     #[test]
-    fn a_request_of_many_quanta_goes_at_the_first_ask() {
-        // Regression: a 48 MiB read alone in the queue used to need three calls of `next`
-        // (each visit earns one quantum); the worker asked once, went to sleep, and the read
-        // never completed.
+    fn a_request_larger_than_many_quanta_still_goes() {
         let s = Sched::new(Policy::Fair);
-        s.push(vec![req(1, 12288)]);
-        assert_eq!(send(&s), Some((1, 48 << 20)));
+        s.push(vec![req(1, 16 << 10)]); // 64 MiB
+        assert_eq!(send(&s).map(|x| x.1), Some(64 << 20));
+        // The same at the smallest weight: sent at the first ask, not after many.
         let mut conf = HashMap::new();
         conf.insert(
             2,

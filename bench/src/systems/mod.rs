@@ -489,7 +489,7 @@ fn teardown_container(c: &mut Container, client: Option<&Client>, log_dir: &Path
 /// Remove what an earlier, killed run may have left in `base`, unmounting everything below
 /// it first (FUSE mounts whose daemon died are aborted). Refuses to delete anything below a
 /// mount point that will not go away.
-fn clean_stale(base: &Path) -> Res<()> {
+pub fn clean_stale(base: &Path) -> Res<()> {
     if !base.exists() {
         return Ok(());
     }
