@@ -45,6 +45,7 @@ mod namespace;
 mod node;
 mod poison;
 mod recovery;
+pub mod repair;
 mod ring;
 mod sched;
 pub mod scrub;

@@ -265,7 +265,7 @@ pub struct Dir {
 pub const FIRST_COOKIE: u64 = 3;
 
 impl Dir {
-    fn insert(&mut self, name: Name, ino: Ino) {
+    pub(crate) fn insert(&mut self, name: Name, ino: Ino) {
         if self.next_cookie < FIRST_COOKIE {
             self.next_cookie = FIRST_COOKIE;
         }
@@ -277,7 +277,7 @@ impl Dir {
         self.entries.insert(name.clone(), (ino, c));
         self.by_cookie.insert(c, name);
     }
-    fn remove(&mut self, name: &[u8]) -> Option<Ino> {
+    pub(crate) fn remove(&mut self, name: &[u8]) -> Option<Ino> {
         let (ino, c) = self.entries.remove(name)?;
         self.by_cookie.remove(&c);
         Some(ino)
