@@ -126,8 +126,11 @@ enum Cmd {
     /// Check a Strata file system (not mounted). Exit 0 clean, 1 problems found, 2 error.
     Fsck {
         path: PathBuf,
-        /// Repair what is safe to repair (mounts and checkpoints the file system, which replays
-        /// the journal and removes orphaned inodes).
+        /// Repair everything fsck finds (wrong link counts, dangling entries, unreachable
+        /// inodes linked as /lost+found.N, directories with two parents, mappings of blocks
+        /// nobody or another layer owns, missing or stale checksums, a missing parent layer,
+        /// orphaned inodes), print each change, then check again; exit 0 when the result is
+        /// clean, 1 with what could not be repaired (blocks owned by two layers).
         #[arg(long)]
         repair: bool,
     },
@@ -495,26 +498,52 @@ fn fsck(path: &Path, repair: bool) -> ExitCode {
             engine::format::FORMAT_VERSION
         );
     }
-    if report.is_clean() {
-        println!("clean");
-        if repair && report.chunks_replayed > 0 {
-            return repair_by_mount(dev);
-        }
-        return ExitCode::SUCCESS;
-    }
     for p in &report.problems {
         println!("problem: {p}");
     }
-    if repair {
-        eprintln!("strata: fsck: these problems cannot be repaired automatically yet");
+    for p in &report.leaks {
+        println!("leak: {p} (`fsck --repair` frees it)");
     }
-    ExitCode::from(1)
+    if report.is_clean() && report.leaks.is_empty() {
+        println!("clean");
+        if !(repair && report.chunks_replayed > 0) {
+            return ExitCode::SUCCESS;
+        }
+    } else if !repair {
+        return ExitCode::from(if report.is_clean() { 0 } else { 1 });
+    }
+    // Repair offline (a new checkpoint), then open and close the file system once (which
+    // drops the active layers' orphaned inodes) and check again.
+    let r = match engine::repair::repair(&dev) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata: fsck: repair failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for m in &r.repaired {
+        println!("repaired: {m}");
+    }
+    if r.chunks_replayed > 0 {
+        println!(
+            "repaired: {} journal chunk(s) replayed into a new checkpoint",
+            r.chunks_replayed
+        );
+    }
+    if !r.unrepaired.is_empty() {
+        for m in &r.unrepaired {
+            println!("not repaired: {m}");
+        }
+        eprintln!("strata: fsck: these problems cannot be repaired automatically");
+        return ExitCode::from(1);
+    }
+    repair_by_mount(dev)
 }
 
 fn repair_by_mount(dev: FileDevice) -> ExitCode {
     match Engine::open(Arc::new(dev), Options::default()).and_then(|e| e.shutdown()) {
         Ok(()) => {
-            println!("repaired: journal replayed into a new checkpoint");
+            println!("repaired: opened and closed once (orphaned inodes removed); clean");
             ExitCode::SUCCESS
         }
         Err(e) => {

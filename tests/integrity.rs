@@ -4,6 +4,8 @@
 //! `strata stats`; bad `strata scrub` arguments are refused without a panic. An image file
 //! grown with `truncate -s` while mounted is taken in by `strata grow` (statfs shows it, a
 //! file that did not fit before fits), and at the next mount when it grew while unmounted.
+//! `strata fsck --repair` fixes an image file damaged offline, which then mounts with its
+//! files.
 
 #![forbid(unsafe_code)]
 
@@ -195,4 +197,60 @@ fn an_image_grown_while_mounted_is_taken_in_by_strata_grow_and_at_mount() {
     assert!(fs::read(m.root().join("big")).expect("big") == big);
     m.stop();
     assert_fsck_clean(&img, "after a grow at mount");
+}
+
+#[test]
+fn fsck_repair_fixes_a_damaged_image_file_which_then_mounts_with_its_files() {
+    require_root_and_fuse!();
+    let td = TestDir::new("repair");
+    let (img, m) = td.mkfs_and_mount("64M");
+    let mnt = m.mnt.clone();
+    fs::create_dir(m.root().join("d")).expect("mkdir");
+    fs::write(m.root().join("d/f"), pattern(1, 10_000)).expect("write");
+    fs::write(m.root().join("x"), pattern(2, 5_000)).expect("write");
+    m.stop();
+    // Damage: /d unreachable (its entry gone), a wrong link count on /x.
+    {
+        let dev = engine::FileDevice::open(&img).expect("open image");
+        engine::repair::rewrite_for_tests(&dev, |ls| {
+            let slot = ls.slot_of(b"default").expect("default");
+            let t = &mut ls.map.get_mut(&slot).expect("layer").tree;
+            let root = engine::format::ROOT_INO;
+            let Some(engine::meta::Content::Dir(d)) =
+                t.inodes.get_mut(&root).map(|i| &mut i.content)
+            else {
+                panic!("root is a directory")
+            };
+            let x = d.get(b"x").expect("x");
+            let (_, c) = d.entries.remove(&b"d"[..]).expect("d");
+            d.by_cookie.remove(&c);
+            t.inodes.get_mut(&x).expect("x").attr.nlink = 3;
+        })
+        .expect("damage");
+    }
+    let (code, out) = fsck(&img);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not reachable") && out.contains("nlink 3"), "{out}");
+    let out = strata(&["fsck", "--repair", img.to_str().expect("path")]);
+    assert_no_panic("fsck --repair", &out.stderr);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("repaired: layer default: inode")
+            && out.stdout.contains("linked as /lost+found.")
+            && out.stdout.contains("link count 3 set to 1"),
+        "{}",
+        out.stdout
+    );
+    assert_fsck_clean(&img, "after fsck --repair");
+    let m = Mount::start(&img, &mnt);
+    let lost: Vec<_> = fs::read_dir(m.root())
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .filter(|n| n.starts_with("lost+found."))
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(fs::read(m.root().join(&lost[0]).join("f")).expect("f") == pattern(1, 10_000));
+    assert!(fs::read(m.root().join("x")).expect("x") == pattern(2, 5_000));
+    m.stop();
+    assert_fsck_clean(&img, "after the mount");
 }
