@@ -572,7 +572,7 @@ fn migrate(path: &Path) -> Result<(), String> {
         r.layers,
         r.chunks_replayed,
         r.blocks,
-        r.blocks * engine::BLOCK >> 20,
+        (r.blocks * engine::BLOCK) >> 20,
         r.seconds
     );
     for p in &r.problems {

@@ -112,7 +112,10 @@ fn a_flipped_bit_in_the_image_is_found_by_both_scrubs_and_every_read_gets_eio() 
         .iter()
         .find(|l| l["id"] == "default")
         .expect("default layer");
-    assert!(layer["checksum_errors"].as_u64().unwrap_or(0) >= 2, "{layer}");
+    assert!(
+        layer["checksum_errors"].as_u64().unwrap_or(0) >= 2,
+        "{layer}"
+    );
 
     // Online: the daemon's scrub finds the same block.
     let out = m.cli(&["scrub"]);
@@ -230,7 +233,10 @@ fn fsck_repair_fixes_a_damaged_image_file_which_then_mounts_with_its_files() {
     }
     let (code, out) = fsck(&img);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("not reachable") && out.contains("nlink 3"), "{out}");
+    assert!(
+        out.contains("not reachable") && out.contains("nlink 3"),
+        "{out}"
+    );
     let out = strata(&["fsck", "--repair", img.to_str().expect("path")]);
     assert_no_panic("fsck --repair", &out.stderr);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);

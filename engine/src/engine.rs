@@ -399,8 +399,8 @@ impl Engine {
         let now = self.inner.jpos.lock().sb.total_blocks;
         log::info!(
             "grew the file system from {} MiB to {} MiB",
-            old * BLOCK >> 20,
-            now * BLOCK >> 20
+            (old * BLOCK) >> 20,
+            (now * BLOCK) >> 20
         );
         Ok(GrowReport {
             old_bytes: old * BLOCK,
@@ -422,7 +422,7 @@ impl Inner {
             log::info!(
                 "the device is {} MiB, the file system {} MiB: growing it",
                 size >> 20,
-                total * BLOCK >> 20
+                (total * BLOCK) >> 20
             );
             blocks
         }))

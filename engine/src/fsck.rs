@@ -54,10 +54,10 @@ pub fn check(dev: &dyn Device) -> Result<Report> {
         .into_iter()
         .flat_map(|(b, v)| b..b + v.len() as u64)
         .filter(|x| {
-            !owned
+            owned
                 .range(..=*x)
                 .next_back()
-                .is_some_and(|(s, n)| *x < s + n)
+                .is_none_or(|(s, n)| *x >= s + n)
         })
         .collect();
     if let Some(first) = stale.first() {

@@ -73,7 +73,7 @@ pub fn migrate(dev: &dyn Device) -> Result<MigrateReport> {
         "migrated a version {} image: {} data blocks ({} MiB) checksummed in {:.1} s",
         r.from_version,
         r.blocks,
-        r.blocks * BLOCK >> 20,
+        (r.blocks * BLOCK) >> 20,
         r.seconds
     );
     Ok(r)

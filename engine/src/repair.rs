@@ -76,8 +76,20 @@ pub fn repair(dev: &dyn Device) -> Result<RepairReport> {
         let old = layer.tree.clone();
         let mut t = old.clone();
         let before = r.repaired.len();
-        fix_tree(&mut t, committed, &format!("layer {name}: "), &mut r.repaired);
-        fix_extents(&l.layers, &mut l.alloc, slot, &mut t, &name, &mut r.repaired);
+        fix_tree(
+            &mut t,
+            committed,
+            &format!("layer {name}: "),
+            &mut r.repaired,
+        );
+        fix_extents(
+            &l.layers,
+            &mut l.alloc,
+            slot,
+            &mut t,
+            &name,
+            &mut r.repaired,
+        );
         if r.repaired.len() > before {
             carry_to_descendants(&mut l.layers, slot, &old, &t);
             if let Some(layer) = l.layers.map.get_mut(&slot) {
@@ -237,7 +249,9 @@ fn fix_tree(t: &mut Tree, committed: bool, prefix: &str, out: &mut Vec<String>) 
         if let Some(i) = t.inodes.get_mut(&ino) {
             i.attr.nlink = want;
         }
-        out.push(format!("{prefix}inode {ino}: link count {was} set to {want}"));
+        out.push(format!(
+            "{prefix}inode {ino}: link count {was} set to {want}"
+        ));
     }
 }
 

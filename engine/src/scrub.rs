@@ -229,7 +229,10 @@ struct Offline<'a>(&'a Layers);
 
 impl Pin for Offline<'_> {
     fn pin(&self, p: &Piece) -> (Vec<Option<Option<u32>>>, Option<EpochToken>) {
-        let v = p.offsets().map(|k| Some(self.0.crcs.get(p.pblk + k))).collect();
+        let v = p
+            .offsets()
+            .map(|k| Some(self.0.crcs.get(p.pblk + k)))
+            .collect();
         (v, None)
     }
 }

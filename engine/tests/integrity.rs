@@ -82,7 +82,10 @@ fn corrupt_data_blocks_get_eio_on_every_read_and_scrub_names_their_layers_and_pa
     let st = e.scrub_wait().expect("status");
     assert_eq!(st.state, ScrubState::Done);
     assert!(st.report.is_clean(), "{:?}", st.report.bad);
-    assert_eq!(st.report.checked_blocks, 20, "every mapped data block checked");
+    assert_eq!(
+        st.report.checked_blocks, 20,
+        "every mapped data block checked"
+    );
     // A clone shares the committed files: a bad block is reported with both users.
     e.layer_commit("default").expect("commit");
     e.layer_clone("default", "c", LayerState::Active, BTreeMap::new())
@@ -335,6 +338,9 @@ fn a_device_that_grows_is_taken_in_online_and_at_open_and_survives_a_crash_at_an
         let report = engine::fsck::check(cdev.as_ref()).expect("fsck");
         assert!(report.is_clean(), "{what}, reopened: {:?}", report.problems);
     }
-    assert!(old_size > 0 && new_size > 0, "{old_size} old, {new_size} new");
+    assert!(
+        old_size > 0 && new_size > 0,
+        "{old_size} old, {new_size} new"
+    );
     drop(padded);
 }

@@ -72,7 +72,9 @@ fn c_f1() -> Vec<u8> {
 
 /// The inode at `path` in the layer named `layer`.
 fn ino_of(ls: &Layers, layer: &str, path: &str) -> Ino {
-    let l = ls.get(ls.slot_of(layer.as_bytes()).expect("layer")).expect("layer");
+    let l = ls
+        .get(ls.slot_of(layer.as_bytes()).expect("layer"))
+        .expect("layer");
     let mut ino = engine::format::ROOT_INO;
     for part in path.split('/').filter(|p| !p.is_empty()) {
         ino = l
@@ -304,7 +306,11 @@ fn every_kind_of_damage_fsck_finds_is_repaired_and_the_image_mounts_clean() {
         create(&e, c, "after", &pattern(8, BLOCK));
         e.shutdown().expect("shutdown");
         let after = engine::fsck::check(dev.as_ref()).expect("fsck");
-        assert!(after.is_clean(), "{what}: after a reopen: {:?}", after.problems);
+        assert!(
+            after.is_clean(),
+            "{what}: after a reopen: {:?}",
+            after.problems
+        );
         assert!(after.leaks.is_empty(), "{what}: {:?}", after.leaks);
     }
 }

@@ -214,10 +214,7 @@ impl Client {
         self.call_json("GET", "/v1/stats", None::<&()>)
     }
 
-    pub fn scrub_start(
-        &self,
-        req: &super::ScrubRequest,
-    ) -> Result<super::ScrubStatusBody, Error> {
+    pub fn scrub_start(&self, req: &super::ScrubRequest) -> Result<super::ScrubStatusBody, Error> {
         self.call_json("POST", "/v1/scrub", Some(req))
     }
 

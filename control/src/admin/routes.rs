@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::http::{percent_decode, percent_encode, Request, Response};
 use super::json::{
-    CloneState, CreateRequest, Empty, ExportRequest, GrowBody, ImportRequest, LabelsRequest,
-    Layer, LayerList, LimitsBody, ScrubRequest, ScrubStatusBody, SnapshotRequest,
+    CloneState, CreateRequest, Empty, ExportRequest, GrowBody, ImportRequest, LabelsRequest, Layer,
+    LayerList, LimitsBody, ScrubRequest, ScrubStatusBody, SnapshotRequest,
 };
 use crate::host;
 use crate::labels::RESERVED_LABEL_PREFIX;
