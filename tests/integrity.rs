@@ -5,7 +5,8 @@
 //! grown with `truncate -s` while mounted is taken in by `strata grow` (statfs shows it, a
 //! file that did not fit before fits), and at the next mount when it grew while unmounted.
 //! `strata fsck --repair` fixes an image file damaged offline, which then mounts with its
-//! files.
+//! files. A loop device grown under a mount (`losetup -c`, as `lvextend` grows a volume) is
+//! taken in by `strata grow`.
 
 #![forbid(unsafe_code)]
 
@@ -259,4 +260,65 @@ fn fsck_repair_fixes_a_damaged_image_file_which_then_mounts_with_its_files() {
     assert!(fs::read(m.root().join("x")).expect("x") == pattern(2, 5_000));
     m.stop();
     assert_fsck_clean(&img, "after the mount");
+}
+
+/// A loop device over a file, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Option<Loop> {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && dev.starts_with("/dev/loop")).then_some(Loop(dev))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_block_device_that_grows_while_mounted_is_taken_in_by_strata_grow() {
+    require_root_and_fuse!();
+    let td = TestDir::new("grow-blk");
+    let file = td.join("backing");
+    fs::File::create(&file)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("backing file");
+    let Some(lo) = Loop::attach(&file) else {
+        eprintln!("skipped: no loop device (losetup -f failed)");
+        return;
+    };
+    let out = strata(&["mkfs", &lo.0]);
+    assert_eq!(out.code, 0, "mkfs {}: {}", lo.0, out.stderr);
+    let m = Mount::start(Path::new(&lo.0), &td.mountpoint("mnt"));
+    let before = fs_bytes(&m.root());
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect("backing file")
+        .set_len(160 << 20)
+        .expect("grow the backing file");
+    // What `lvextend` does to a logical volume: the block device's size changes.
+    let st = std::process::Command::new("losetup")
+        .args(["-c", &lo.0])
+        .status()
+        .expect("losetup -c");
+    assert!(st.success(), "losetup -c {}", lo.0);
+    let out = m.cli_ok(&["grow"]);
+    assert!(out.contains("grown from 64M to 160M"), "{out}");
+    assert_eq!(fs_bytes(&m.root()) - before, 96 << 20);
+    let big = pattern(4, 100 << 20);
+    fs::write(m.root().join("big"), &big).expect("a file that needs the new space");
+    m.stop();
+    let (code, out) = fsck(Path::new(&lo.0));
+    assert_eq!(code, 0, "{out}");
 }
