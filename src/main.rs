@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use engine::{Engine, FileDevice, Options};
 
+mod integrity_cli;
 mod layer_cli;
 mod oci_cli;
 mod stats_cli;
@@ -128,11 +129,26 @@ enum Cmd {
     /// Reclaim what nothing can reach (not mounted): inodes unlinked while open when the
     /// daemon died, and the blocks they hold. Reports what it freed.
     Gc { path: PathBuf },
+    /// Check every data block against its checksum and report each bad one with the layers
+    /// and paths that use it: offline on an unmounted IMAGE, or online through the running
+    /// daemon (in the background, with progress; --rate limits it). Exit 0 clean, 1 bad
+    /// blocks found, 2 error.
+    Scrub(integrity_cli::ScrubArgs),
+    /// Take in the space of the daemon's image file or device after it grew (`truncate -s`,
+    /// `lvextend`), without a remount. (A mount also grows to a larger device by itself.)
+    Grow,
+    /// Convert an image of an older on-disk format (version 1, without data checksums) to the
+    /// current one, in place (not mounted). Reads every data block once to compute its
+    /// checksum; a crash or Ctrl-C leaves the old image intact (run it again).
+    Migrate { path: PathBuf },
     /// Check a Strata file system (not mounted). Exit 0 clean, 1 problems found, 2 error.
     Fsck {
         path: PathBuf,
-        /// Repair what is safe to repair (mounts and checkpoints the file system, which replays
-        /// the journal and removes orphaned inodes).
+        /// Repair everything fsck finds (wrong link counts, dangling entries, unreachable
+        /// inodes linked as /lost+found.N, directories with two parents, mappings of blocks
+        /// nobody or another layer owns, missing or stale checksums, a missing parent layer,
+        /// orphaned inodes), print each change, then check again; exit 0 when the result is
+        /// clean, 1 with what could not be repaired (blocks owned by two layers).
         #[arg(long)]
         repair: bool,
     },
@@ -217,6 +233,9 @@ fn main() -> ExitCode {
         Cmd::Import(a) => oci_cli::import(a, &cli.admin_socket),
         Cmd::Export(a) => oci_cli::export(a, &cli.admin_socket),
         Cmd::Gc { path } => gc(&path),
+        Cmd::Migrate { path } => migrate(&path),
+        Cmd::Scrub(a) => return integrity_cli::scrub(a, &cli.admin_socket),
+        Cmd::Grow => integrity_cli::grow(&cli.admin_socket),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -517,26 +536,60 @@ fn fsck(path: &Path, repair: bool) -> ExitCode {
         report.blocks_total,
         report.chunks_replayed
     );
-    if report.is_clean() {
-        println!("clean");
-        if repair && report.chunks_replayed > 0 {
-            return repair_by_mount(dev);
-        }
-        return ExitCode::SUCCESS;
+    if report.version < engine::format::FORMAT_VERSION {
+        println!(
+            "format version {} (no data checksums): `strata migrate {}` converts it to version {}",
+            report.version,
+            path.display(),
+            engine::format::FORMAT_VERSION
+        );
     }
     for p in &report.problems {
         println!("problem: {p}");
     }
-    if repair {
-        eprintln!("strata: fsck: these problems cannot be repaired automatically yet");
+    for p in &report.leaks {
+        println!("leak: {p} (`fsck --repair` frees it)");
     }
-    ExitCode::from(1)
+    if report.is_clean() && report.leaks.is_empty() {
+        println!("clean");
+        if !(repair && report.chunks_replayed > 0) {
+            return ExitCode::SUCCESS;
+        }
+    } else if !repair {
+        return ExitCode::from(if report.is_clean() { 0 } else { 1 });
+    }
+    // Repair offline (a new checkpoint), then open and close the file system once (which
+    // drops the active layers' orphaned inodes) and check again.
+    let r = match engine::repair::repair(&dev) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata: fsck: repair failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for m in &r.repaired {
+        println!("repaired: {m}");
+    }
+    if r.chunks_replayed > 0 {
+        println!(
+            "repaired: {} journal chunk(s) replayed into a new checkpoint",
+            r.chunks_replayed
+        );
+    }
+    if !r.unrepaired.is_empty() {
+        for m in &r.unrepaired {
+            println!("not repaired: {m}");
+        }
+        eprintln!("strata: fsck: these problems cannot be repaired automatically");
+        return ExitCode::from(1);
+    }
+    repair_by_mount(dev)
 }
 
 fn repair_by_mount(dev: FileDevice) -> ExitCode {
     match Engine::open(Arc::new(dev), Options::default()).and_then(|e| e.shutdown()) {
         Ok(()) => {
-            println!("repaired: journal replayed into a new checkpoint");
+            println!("repaired: opened and closed once (orphaned inodes removed); clean");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -544,6 +597,34 @@ fn repair_by_mount(dev: FileDevice) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn migrate(path: &Path) -> Result<(), String> {
+    let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
+    let r = engine::migrate(&dev).map_err(|e| e.to_string())?;
+    if r.from_version == engine::format::FORMAT_VERSION {
+        println!(
+            "{}: already format version {}; nothing to do",
+            path.display(),
+            r.from_version
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: migrated from format version {} to {}: {} layer(s), {} journal chunk(s) replayed,          {} data block(s) ({} MiB) checksummed in {:.1} s",
+        path.display(),
+        r.from_version,
+        engine::format::FORMAT_VERSION,
+        r.layers,
+        r.chunks_replayed,
+        r.blocks,
+        (r.blocks * engine::BLOCK) >> 20,
+        r.seconds
+    );
+    for p in &r.problems {
+        println!("note: the image has a problem fsck reports (run `strata fsck --repair`): {p}");
+    }
+    Ok(())
 }
 
 fn gc(path: &Path) -> Result<(), String> {

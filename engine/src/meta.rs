@@ -265,7 +265,7 @@ pub struct Dir {
 pub const FIRST_COOKIE: u64 = 3;
 
 impl Dir {
-    fn insert(&mut self, name: Name, ino: Ino) {
+    pub(crate) fn insert(&mut self, name: Name, ino: Ino) {
         if self.next_cookie < FIRST_COOKIE {
             self.next_cookie = FIRST_COOKIE;
         }
@@ -277,7 +277,7 @@ impl Dir {
         self.entries.insert(name.clone(), (ino, c));
         self.by_cookie.insert(c, name);
     }
-    fn remove(&mut self, name: &[u8]) -> Option<Ino> {
+    pub(crate) fn remove(&mut self, name: &[u8]) -> Option<Ino> {
         let (ino, c) = self.entries.remove(name)?;
         self.by_cookie.remove(&c);
         Some(ino)
@@ -399,12 +399,15 @@ pub enum Record {
         dir: Ino,
         name: Name,
     },
+    /// Map `len` blocks at `lblk` to `pblk..`, owned by `owner`; `crcs` holds the CRC-32C
+    /// of each block's contents (format version 2; empty in records read from version 1).
     Map {
         ino: Ino,
         lblk: u64,
         pblk: u64,
         len: u64,
         owner: Owner,
+        crcs: Vec<u32>,
     },
     Unmap {
         ino: Ino,
@@ -502,6 +505,7 @@ impl Record {
                 pblk,
                 len,
                 owner,
+                crcs,
             } => {
                 e.u8(6);
                 e.u64(*ino);
@@ -509,6 +513,10 @@ impl Record {
                 e.u64(*pblk);
                 e.u64(*len);
                 e.u32(*owner);
+                // One checksum per block (`Txn::rec` refuses a record with another count).
+                for c in crcs {
+                    e.u32(*c);
+                }
             }
             Record::Unmap { ino, lblk, len } => {
                 e.u8(7);
@@ -584,7 +592,13 @@ impl Record {
         }
     }
 
+    /// Decode one record written by this version of the format.
     pub fn decode(d: &mut Dec) -> Result<Record> {
+        Record::decode_version(d, crate::format::FORMAT_VERSION)
+    }
+
+    /// Decode one record written by format `version` (1: `Map` records carry no checksums).
+    pub fn decode_version(d: &mut Dec, version: u32) -> Result<Record> {
         let tag = d.u8()?;
         let name =
             |d: &mut Dec| -> Result<Name> { Ok(Arc::from(d.bytes(crate::format::MAX_NAME)?)) };
@@ -625,13 +639,29 @@ impl Record {
                 dir: d.u64()?,
                 name: name(d)?,
             },
-            6 => Record::Map {
-                ino: d.u64()?,
-                lblk: d.u64()?,
-                pblk: d.u64()?,
-                len: d.u64()?,
-                owner: d.u32()?,
-            },
+            6 => {
+                let (ino, lblk, pblk, len, owner) =
+                    (d.u64()?, d.u64()?, d.u64()?, d.u64()?, d.u32()?);
+                let crcs = if version >= 2 {
+                    if len > d.remaining() as u64 / 4 {
+                        return Err(Error::corrupt(
+                            format!("block map of {len} blocks without their checksums"),
+                            d.block,
+                        ));
+                    }
+                    (0..len).map(|_| d.u32()).collect::<Result<Vec<u32>>>()?
+                } else {
+                    Vec::new()
+                };
+                Record::Map {
+                    ino,
+                    lblk,
+                    pblk,
+                    len,
+                    owner,
+                    crcs,
+                }
+            }
             7 => Record::Unmap {
                 ino: d.u64()?,
                 lblk: d.u64()?,
@@ -787,6 +817,7 @@ impl Tree {
                 pblk,
                 len,
                 owner: o,
+                ..
             } => {
                 let i = self.get_mut(*ino, b)?;
                 match &mut i.content {
@@ -1064,6 +1095,7 @@ mod tests {
                 pblk: 77,
                 len: 2,
                 owner: 1,
+                crcs: vec![7, 8],
             },
             Record::SetXattr {
                 ino: 2,
@@ -1121,6 +1153,7 @@ mod tests {
                     pblk: 90,
                     len: 1,
                     owner: 2,
+                    crcs: vec![9],
                 },
                 2,
                 &mut f,

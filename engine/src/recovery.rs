@@ -127,7 +127,7 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
         let Some(payload) = journal::chunk_payload(&h, &blocks) else {
             break;
         };
-        let recs = journal::decode_records(&payload, at)?;
+        let recs = journal::decode_records_version(&payload, at, sb.version)?;
         // Allocation follows each record in order: a block mapped and freed again within one
         // chunk must end up free.
         for (slot, r) in &recs {
