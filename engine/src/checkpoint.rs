@@ -60,7 +60,11 @@ pub(crate) fn write_checkpoint(
     ))
 }
 
-pub(crate) fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Layers, Vec<u64>)> {
+pub(crate) fn read_checkpoint(
+    dev: &dyn Device,
+    sb: &Superblock,
+    salvage: bool,
+) -> Result<(Layers, Vec<u64>)> {
     // The superblock's sizes were validated, and the device is at least total_blocks long;
     // cap the reservation anyway (the chain itself is read block by block).
     let mut bytes = Vec::with_capacity((sb.ckpt_bytes as usize).min(64 << 20));
@@ -85,10 +89,12 @@ pub(crate) fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Laye
             sb.ckpt_block,
         ));
     }
-    Ok((
-        Layers::decode_version(&bytes, sb.ckpt_block, sb.version)?,
-        blocks,
-    ))
+    let layers = if salvage {
+        Layers::decode_salvage(&bytes, sb.ckpt_block, sb.version)?
+    } else {
+        Layers::decode_version(&bytes, sb.ckpt_block, sb.version)?
+    };
+    Ok((layers, blocks))
 }
 
 /// Write a checkpoint of `layers` outside a running engine (migration, fsck repair, offline
@@ -101,12 +107,22 @@ pub(crate) fn write_offline(
     sb: &Superblock,
     layers: &Layers,
     alloc: &mut crate::alloc::Allocator,
+    pos_seq: (u64, u64),
+) -> Result<Superblock> {
+    write_offline_bytes(dev, sb, &layers.encode(), alloc, pos_seq)
+}
+
+/// [`write_offline`] of an encoded checkpoint payload.
+pub(crate) fn write_offline_bytes(
+    dev: &dyn Device,
+    sb: &Superblock,
+    bytes: &[u8],
+    alloc: &mut crate::alloc::Allocator,
     (pos, seq): (u64, u64),
 ) -> Result<Superblock> {
-    let bytes = layers.encode();
     let n = bytes.len().div_ceil(journal::CKPT_PAYLOAD).max(1) as u64;
     let runs = alloc.alloc_any(n, None).ok_or(Error::NoSpace)?;
-    let (first, len, crc) = write_checkpoint(dev, &bytes, runs[0].0, &runs)?;
+    let (first, len, crc) = write_checkpoint(dev, bytes, runs[0].0, &runs)?;
     dev.flush().map_err(|e| Error::io("flush", 0, e))?;
     let mut new = sb.clone();
     new.generation += 1;

@@ -33,13 +33,31 @@ impl Report {
 
 /// Check the file system on `dev` without changing it. Errors mean it cannot be read at all.
 pub fn check(dev: &dyn Device) -> Result<Report> {
-    let l = recovery::load(dev)?;
+    let l = recovery::load_salvage(dev)?;
     let mut r = Report {
         problems: l.problems.clone(),
         chunks_replayed: l.chunks_replayed,
         version: l.sb.version,
         ..Default::default()
     };
+    // Layers no base layer reaches: a parent slot that names no layer, or a loop of parents.
+    let reached: std::collections::HashSet<_> = l.layers.topo_order().into_iter().collect();
+    for (slot, layer) in &l.layers.map {
+        if reached.contains(slot) {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&layer.id);
+        match layer.parent {
+            Some(p) if !l.layers.map.contains_key(&p) => r.problems.push(format!(
+                "layer {name} (slot {slot}): parent slot {p} is missing; only what it changed \
+                 itself is readable"
+            )),
+            _ => r.problems.push(format!(
+                "layer {name} (slot {slot}): not reached from a base layer (its parent chain \
+                 is broken or loops)"
+            )),
+        }
+    }
     r.blocks_total = l.alloc.total();
     r.blocks_used = l.alloc.total() - l.alloc.free();
     // Checksums are kept only for blocks some layer owns (a freed block's goes with it).

@@ -290,6 +290,20 @@ impl Layers {
 
     /// Decode a checkpoint payload written by format `version` (1: no checksum section).
     pub fn decode_version(buf: &[u8], block: u64, version: u32) -> Result<Layers> {
+        Layers::decode_inner(buf, block, version, false)
+    }
+
+    /// [`Layers::decode_version`] for `fsck` and `fsck --repair`: a layer whose parent is not
+    /// listed before it (a parent slot that names no layer) is kept, with its parent slot as
+    /// written, and with the tree it lists (its difference from the lost parent: what it
+    /// changed itself) as a whole tree; inodes it says it removed from the parent are ignored,
+    /// and a missing root directory is replaced by an empty one. Such a layer is not reached
+    /// by [`Layers::topo_order`]; `repair` makes it a base layer.
+    pub fn decode_salvage(buf: &[u8], block: u64, version: u32) -> Result<Layers> {
+        Layers::decode_inner(buf, block, version, true)
+    }
+
+    fn decode_inner(buf: &[u8], block: u64, version: u32, salvage: bool) -> Result<Layers> {
         let mut d = Dec::new(buf, block);
         let mut ls = Layers {
             next_slot: d.u32()?,
@@ -323,7 +337,9 @@ impl Layers {
                 let v: Name = Arc::from(d.bytes(crate::meta::MAX_LABEL)?);
                 labels.insert(k, v);
             }
+            let orphan = salvage && parent.is_some_and(|p| !ls.map.contains_key(&p));
             let base = match parent {
+                Some(_) if orphan => None,
                 Some(p) => Some(
                     &ls.map
                         .get(&p)
@@ -337,7 +353,11 @@ impl Layers {
                 ),
                 None => None,
             };
-            let tree = Tree::decode(&mut d, base)?;
+            let tree = if orphan {
+                Tree::decode_salvage(&mut d, created)?
+            } else {
+                Tree::decode(&mut d, base)?
+            };
             if slot == 0 || ls.map.contains_key(&slot) || ls.by_id.contains_key(&id) {
                 return Err(Error::corrupt(
                     format!("checkpoint lists layer slot {slot} twice"),

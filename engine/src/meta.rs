@@ -910,6 +910,17 @@ impl Tree {
 
     /// Read a tree written by [`Tree::encode`] with the same `base`.
     pub fn decode(d: &mut Dec, base: Option<&Tree>) -> Result<Tree> {
+        Tree::decode_inner(d, base, None)
+    }
+
+    /// Decode the tree of a layer whose parent is lost (see [`crate::layer::Layers::decode_salvage`]):
+    /// the inodes it lists, without the removals, and an empty root directory (created at
+    /// `now`, owned by root) if it lists none.
+    pub fn decode_salvage(d: &mut Dec, now: Time) -> Result<Tree> {
+        Tree::decode_inner(d, None, Some(now))
+    }
+
+    fn decode_inner(d: &mut Dec, base: Option<&Tree>, salvage: Option<Time>) -> Result<Tree> {
         let block = d.block;
         let next_ino = d.u64()?;
         let mut t = match base {
@@ -932,11 +943,17 @@ impl Tree {
         let r = d.u64()?;
         for _ in 0..r {
             let ino = d.u64()?;
-            if t.inodes.remove(&ino).is_none() {
+            if t.inodes.remove(&ino).is_none() && salvage.is_none() {
                 return Err(Error::corrupt(
                     format!("checkpoint removes missing inode {ino}"),
                     block,
                 ));
+            }
+        }
+        if let (Some(now), None) = (salvage, t.inodes.get(&ROOT_INO)) {
+            if let Some(root) = Tree::new_root(0, 0, now).inodes.get(&ROOT_INO) {
+                t.inodes.insert(ROOT_INO, root.clone());
+                t.next_ino = t.next_ino.max(ROOT_INO + 1);
             }
         }
         if t.inodes.get(&ROOT_INO).map(|r| r.attr.is_dir()) != Some(true) {

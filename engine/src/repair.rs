@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::format::{FORMAT_VERSION, ROOT_INO};
 use crate::layer::Layers;
 use crate::meta::{Content, Ino, Inode, Name, Owner, Slot, Tree};
-use crate::recovery::load;
+use crate::recovery::{load, load_salvage};
 
 /// What a repair did.
 #[derive(Debug, Default)]
@@ -55,7 +55,7 @@ pub struct RepairReport {
 
 /// Repair the unmounted file system on `dev` (see the module comment).
 pub fn repair(dev: &dyn Device) -> Result<RepairReport> {
-    let mut l = load(dev)?;
+    let mut l = load_salvage(dev)?;
     if l.sb.version < FORMAT_VERSION {
         return Err(Error::Unusable(format!(
             "format version {} has no data checksums; run `strata migrate` first",
@@ -66,7 +66,26 @@ pub fn repair(dev: &dyn Device) -> Result<RepairReport> {
         chunks_replayed: l.chunks_replayed,
         ..Default::default()
     };
+    let reached: HashSet<Slot> = l.layers.topo_order().into_iter().collect();
     fix_parents(&mut l.layers, &mut r.repaired);
+    // Layers reached only now own their blocks (recovery could not claim them).
+    for slot in l.layers.topo_order() {
+        if reached.contains(&slot) {
+            continue;
+        }
+        for (b, n) in l.layers.owned_extents(slot) {
+            let (lo, hi) = l.alloc.range();
+            if b < lo || b.saturating_add(n) > hi {
+                continue; // fix_extents unmaps it
+            }
+            let dup = l.alloc.mark_used(b, n);
+            if dup > 0 {
+                r.unrepaired.push(format!(
+                    "layer slot {slot}: {dup} block(s) at {b} are owned by another layer too"
+                ));
+            }
+        }
+    }
     for slot in l.layers.topo_order() {
         let Some(layer) = l.layers.get(slot) else {
             continue;
@@ -111,7 +130,7 @@ pub fn repair(dev: &dyn Device) -> Result<RepairReport> {
         r.written = true;
     }
     let after = crate::fsck::check(dev)?;
-    r.unrepaired = after.problems;
+    r.unrepaired.extend(after.problems);
     r.unrepaired.extend(after.leaks);
     Ok(r)
 }
@@ -489,5 +508,18 @@ pub fn rewrite_for_tests(dev: &dyn Device, f: impl FnOnce(&mut Layers)) -> Resul
     f(&mut l.layers);
     let sb = l.sb.clone();
     write_offline(dev, &sb, &l.layers, &mut l.alloc, (l.pos, l.seq))?;
+    Ok(())
+}
+
+/// Tests only: recover the image, let `f` change the encoded checkpoint payload (to corrupt it
+/// as a bug could, below the layer structures: a parent slot that names no layer), and write
+/// it as a new checkpoint with valid checksums.
+#[doc(hidden)]
+pub fn rewrite_payload_for_tests(dev: &dyn Device, f: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+    let mut l = load(dev)?;
+    let mut bytes = l.layers.encode();
+    f(&mut bytes);
+    let sb = l.sb.clone();
+    crate::checkpoint::write_offline_bytes(dev, &sb, &bytes, &mut l.alloc, (l.pos, l.seq))?;
     Ok(())
 }

@@ -321,3 +321,132 @@ fn a_clean_image_is_left_alone() {
     let r = engine::repair::repair(&dev).expect("repair");
     assert!(r.repaired.is_empty() && r.unrepaired.is_empty() && !r.written);
 }
+
+/// default (committed): /f1, /d1/f2; mid (committed clone of default): /mid-file; leaf
+/// (active clone of mid): /leaf-file; other (active clone of default): /other-file.
+fn chain_image() -> Vec<u8> {
+    let (dev, e) = mem_engine(64 << 20, Options::default());
+    let root = e.layer_root("default").expect("root");
+    create(&e, root, "f1", &pattern(1, 3 * BLOCK));
+    let d1 = mkdir(&e, root, "d1");
+    create(&e, d1, "f2", &pattern(2, 2 * BLOCK));
+    e.fsync_sync().expect("fsync");
+    e.layer_commit("default").expect("commit");
+    e.layer_clone("default", "mid", LayerState::Active, BTreeMap::new())
+        .expect("clone");
+    let mid = e.layer_root("mid").expect("root");
+    let md = mkdir(&e, mid, "md");
+    create(&e, md, "mid-file", &pattern(3, 2 * BLOCK));
+    e.fsync_sync().expect("fsync");
+    e.layer_commit("mid").expect("commit");
+    e.layer_clone("mid", "leaf", LayerState::Active, BTreeMap::new())
+        .expect("clone");
+    let leaf = e.layer_root("leaf").expect("root");
+    create(&e, leaf, "leaf-file", &pattern(4, 3 * BLOCK));
+    e.layer_clone("default", "other", LayerState::Active, BTreeMap::new())
+        .expect("clone");
+    let other = e.layer_root("other").expect("root");
+    create(&e, other, "other-file", &pattern(5, BLOCK));
+    e.fsync_sync().expect("fsync");
+    e.shutdown().expect("shutdown");
+    dev.snapshot()
+}
+
+/// A layer whose parent is missing: the parent slot of layer `mid` in the checkpoint names
+/// no layer (written below the layer structures, with valid checksums, as a bug could). The
+/// engine refuses to open it, fsck names it, and the repair makes `mid` a base layer: what
+/// `mid` and its child `leaf` wrote themselves is intact; what `mid` inherited from its lost
+/// parent is gone (a child's tree is stored as its difference from its parent's) and each
+/// entry naming it is removed; the other layers are untouched.
+#[test]
+fn a_layer_whose_parent_is_missing_becomes_a_base_layer() {
+    let dev = Arc::new(MemDevice::from_bytes(chain_image()));
+    engine::repair::rewrite_payload_for_tests(dev.as_ref(), |p| {
+        // The layer entry: ... id (length u32, bytes), parent slot u32 ...
+        let pat: &[u8] = b"\x03\x00\x00\x00mid";
+        let at = p
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .expect("mid's entry")
+            + pat.len();
+        assert!(p[at..].windows(pat.len()).all(|w| w != pat), "one entry");
+        assert_ne!(p[at..at + 4], [0; 4], "mid has a parent");
+        p[at..at + 4].copy_from_slice(&77u32.to_le_bytes());
+    })
+    .expect("corrupt");
+    let d: Arc<dyn Device> = dev.clone();
+    let err = Engine::open(d, Options::default())
+        .err()
+        .expect("an image with a missing parent is refused");
+    assert!(err.to_string().contains("parent 77"), "{err}");
+    let found = engine::fsck::check(dev.as_ref()).expect("fsck");
+    assert!(
+        found
+            .problems
+            .iter()
+            .any(|m| m.contains("layer mid") && m.contains("parent slot 77 is missing")),
+        "{:?}",
+        found.problems
+    );
+    let r = engine::repair::repair(dev.as_ref()).expect("repair");
+    assert!(r.written);
+    assert!(
+        r.unrepaired.is_empty(),
+        "not repaired: {:?} (repaired {:?})",
+        r.unrepaired,
+        r.repaired
+    );
+    assert!(
+        r.repaired
+            .iter()
+            .any(|m| m.contains("layer mid: parent slot 77 is missing")),
+        "{:?}",
+        r.repaired
+    );
+    let again = engine::repair::repair(dev.as_ref()).expect("repair again");
+    assert!(
+        again.repaired.is_empty() && !again.written && again.unrepaired.is_empty(),
+        "a second repair changed {:?} / {:?}",
+        again.repaired,
+        again.unrepaired
+    );
+    let d: Arc<dyn Device> = dev.clone();
+    let e = Engine::open(d, Options::default()).expect("open");
+    for layer in ["mid", "leaf"] {
+        assert!(
+            read(&e, layer, "md/mid-file") == Some(pattern(3, 2 * BLOCK)),
+            "{layer}/md/mid-file"
+        );
+        assert!(read(&e, layer, "f1").is_none(), "{layer}/f1 was inherited");
+        assert!(
+            read(&e, layer, "d1/f2").is_none(),
+            "{layer}/d1 was inherited"
+        );
+    }
+    assert!(read(&e, "leaf", "leaf-file") == Some(pattern(4, 3 * BLOCK)));
+    for layer in ["default", "other"] {
+        assert!(
+            read(&e, layer, "f1") == Some(pattern(1, 3 * BLOCK)),
+            "{layer}"
+        );
+        assert!(
+            read(&e, layer, "d1/f2") == Some(pattern(2, 2 * BLOCK)),
+            "{layer}"
+        );
+    }
+    assert!(read(&e, "other", "other-file") == Some(pattern(5, BLOCK)));
+    // The repaired image takes writes, in the child and in a new clone of the new base.
+    let leaf = e.layer_root("leaf").expect("root");
+    create(&e, leaf, "after", &pattern(8, BLOCK));
+    e.layer_clone("mid", "mid2", LayerState::Active, BTreeMap::new())
+        .expect("clone of the new base");
+    assert!(read(&e, "mid2", "md/mid-file") == Some(pattern(3, 2 * BLOCK)));
+    e.shutdown().expect("shutdown");
+    let after = engine::fsck::check(dev.as_ref()).expect("fsck");
+    assert!(after.is_clean(), "after a reopen: {:?}", after.problems);
+    assert!(after.leaks.is_empty(), "{:?}", after.leaks);
+    let d: Arc<dyn Device> = dev.clone();
+    let e = Engine::open(d, Options::default()).expect("reopen");
+    assert!(read(&e, "leaf", "after") == Some(pattern(8, BLOCK)));
+    e.shutdown().expect("shutdown");
+}
