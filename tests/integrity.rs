@@ -5,7 +5,7 @@
 //! grown with `truncate -s` while mounted is taken in by `strata grow` (statfs shows it, a
 //! file that did not fit before fits), and at the next mount when it grew while unmounted.
 //! `strata fsck --repair` fixes an image file damaged offline, which then mounts with its
-//! files. A loop device grown under a mount (`losetup -c`, as `lvextend` grows a volume) is
+//! files; so does an image whose checkpoint names a missing parent layer. A loop device grown under a mount (`losetup -c`, as `lvextend` grows a volume) is
 //! taken in by `strata grow`.
 
 #![forbid(unsafe_code)]
@@ -258,6 +258,64 @@ fn fsck_repair_fixes_a_damaged_image_file_which_then_mounts_with_its_files() {
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert!(fs::read(m.root().join(&lost[0]).join("f")).expect("f") == pattern(1, 10_000));
     assert!(fs::read(m.root().join("x")).expect("x") == pattern(2, 5_000));
+    m.stop();
+    assert_fsck_clean(&img, "after the mount");
+}
+
+#[test]
+fn fsck_repair_makes_a_layer_whose_parent_is_missing_a_base_layer_which_then_mounts() {
+    require_root_and_fuse!();
+    let td = TestDir::new("repair-parent");
+    let (img, m) = td.mkfs_and_mount("64M");
+    let mnt = m.mnt.clone();
+    m.cli_ok(&["layer", "create", "img"]);
+    fs::write(mnt.join("img/inherited"), pattern(1, 9_000)).expect("write");
+    m.cli_ok(&["layer", "commit", "img"]);
+    m.cli_ok(&["layer", "clone", "img", "mid"]);
+    fs::create_dir(mnt.join("mid/md")).expect("mkdir");
+    fs::write(mnt.join("mid/md/own"), pattern(2, 10_000)).expect("write");
+    m.cli_ok(&["layer", "commit", "mid"]);
+    m.cli_ok(&["layer", "clone", "mid", "leaf"]);
+    fs::write(mnt.join("leaf/leaf-file"), pattern(3, 5_000)).expect("write");
+    m.stop();
+    // Damage: the parent slot of `mid` in the checkpoint names no layer (checksums valid).
+    {
+        let dev = engine::FileDevice::open(&img).expect("open image");
+        engine::repair::rewrite_payload_for_tests(&dev, |p| {
+            let pat: &[u8] = b"\x03\x00\x00\x00mid";
+            let at = p
+                .windows(pat.len())
+                .position(|w| w == pat)
+                .expect("mid's entry")
+                + pat.len();
+            p[at..at + 4].copy_from_slice(&77u32.to_le_bytes());
+        })
+        .expect("damage");
+    }
+    let (code, out) = fsck(&img);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("parent slot 77 is missing"), "{out}");
+    let out = strata(&["fsck", "--repair", img.to_str().expect("path")]);
+    assert_no_panic("fsck --repair", &out.stderr);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("layer mid: parent slot 77 is missing; it is now a base layer"),
+        "{}",
+        out.stdout
+    );
+    assert_fsck_clean(&img, "after fsck --repair");
+    let m = Mount::start(&img, &mnt);
+    for layer in ["mid", "leaf"] {
+        assert!(
+            fs::read(mnt.join(layer).join("md/own")).expect("own") == pattern(2, 10_000),
+            "{layer}"
+        );
+        assert!(!mnt.join(layer).join("inherited").exists(), "{layer}");
+    }
+    assert!(fs::read(mnt.join("leaf/leaf-file")).expect("leaf-file") == pattern(3, 5_000));
+    assert!(fs::read(mnt.join("img/inherited")).expect("inherited") == pattern(1, 9_000));
+    fs::write(mnt.join("leaf/after"), pattern(4, 3_000)).expect("write after the repair");
     m.stop();
     assert_fsck_clean(&img, "after the mount");
 }
