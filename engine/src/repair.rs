@@ -6,7 +6,11 @@
 //! (the superblock flip is the commit point: a crash leaves the old image, and the repair can
 //! run again). What is repaired, in this order:
 //!
-//! - a layer whose parent is missing, or whose parent chain loops, becomes a base layer;
+//! - a layer whose parent is missing, or whose parent chain loops, becomes a base layer (a
+//!   checkpoint stores a child as its difference from its parent, so a layer whose parent
+//!   slot names no layer keeps only what it changed itself, see
+//!   [`crate::layer::Layers::decode_salvage`]; entries naming inherited inodes are then
+//!   dangling and removed below, and the layer's blocks are claimed once it is reachable);
 //! - a directory entry naming a missing inode is removed; a directory named by more than one
 //!   entry keeps the first one met walking from the root;
 //! - an inode no entry reaches (link count not 0) is linked into the layer's root as
