@@ -28,6 +28,7 @@
 pub mod containerd;
 pub mod docker;
 pub mod fuzz;
+pub mod http;
 pub mod mem;
 pub mod mountinfo;
 pub mod process;
@@ -38,6 +39,7 @@ pub mod sys;
 pub mod tree;
 pub mod uring;
 
+pub use http::{free_port, http_get, http_get_raw};
 pub use mem::{mem_engine, mkfs_mem, open_mem, read_all, resolve, with_cache};
 pub use mountinfo::{is_mounted, mount_entries, mount_info, mounts_below, umount, unescape};
 pub use process::{on_path, run_with_timeout, status_code, wait_child, Output};
