@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use engine::{Engine, FileDevice, Options};
 
+mod integrity_cli;
 mod layer_cli;
 mod oci_cli;
 mod stats_cli;
@@ -61,6 +62,15 @@ struct MountArgs {
     /// Register it in containerd's config as `[proxy_plugins.strata]` (see deploy/).
     #[arg(long, default_value = control::snapshotter::DEFAULT_SOCKET)]
     snapshotter_socket: String,
+    /// containerd diff service socket (gRPC, containerd.services.diff.v1; containerd >= 1.7),
+    /// or `off`. Register it as `[proxy_plugins.strata-diff]` with type "diff" and list it
+    /// first in the diff service's `default` (see deploy/containerd.toml).
+    #[arg(long, default_value = control::differ::DEFAULT_SOCKET)]
+    diff_socket: String,
+    /// containerd's socket: the diff service reads and writes layer blobs through its content
+    /// API. `off` disables the diff service.
+    #[arg(long, default_value = control::differ::DEFAULT_CONTAINERD_ADDRESS)]
+    containerd_address: String,
     /// Mount an image file or device that users other than root may read or write (refused
     /// by default: anyone who can read it can read every container's data).
     #[arg(long)]
@@ -149,11 +159,26 @@ enum Cmd {
         #[arg(long, default_value = "60")]
         timeout_secs: u64,
     },
+    /// Check every data block against its checksum and report each bad one with the layers
+    /// and paths that use it: offline on an unmounted IMAGE, or online through the running
+    /// daemon (in the background, with progress; --rate limits it). Exit 0 clean, 1 bad
+    /// blocks found, 2 error.
+    Scrub(integrity_cli::ScrubArgs),
+    /// Take in the space of the daemon's image file or device after it grew (`truncate -s`,
+    /// `lvextend`), without a remount. (A mount also grows to a larger device by itself.)
+    Grow,
+    /// Convert an image of an older on-disk format (version 1, without data checksums) to the
+    /// current one, in place (not mounted). Reads every data block once to compute its
+    /// checksum; a crash or Ctrl-C leaves the old image intact (run it again).
+    Migrate { path: PathBuf },
     /// Check a Strata file system (not mounted). Exit 0 clean, 1 problems found, 2 error.
     Fsck {
         path: PathBuf,
-        /// Repair what is safe to repair (mounts and checkpoints the file system, which replays
-        /// the journal and removes orphaned inodes).
+        /// Repair everything fsck finds (wrong link counts, dangling entries, unreachable
+        /// inodes linked as /lost+found.N, directories with two parents, mappings of blocks
+        /// nobody or another layer owns, missing or stale checksums, a missing parent layer,
+        /// orphaned inodes), print each change, then check again; exit 0 when the result is
+        /// clean, 1 with what could not be repaired (blocks owned by two layers).
         #[arg(long)]
         repair: bool,
     },
@@ -242,6 +267,9 @@ fn main() -> ExitCode {
             fusefront::holder::run_keeper(&socket).map_err(|e| format!("keeper: {e}"))
         }
         Cmd::Restart { timeout_secs } => restart(&cli.admin_socket, timeout_secs),
+        Cmd::Migrate { path } => migrate(&path),
+        Cmd::Scrub(a) => return integrity_cli::scrub(a, &cli.admin_socket),
+        Cmd::Grow => integrity_cli::grow(&cli.admin_socket),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -482,6 +510,8 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
     }
     // A layer an import was filling when the previous daemon died is incomplete: drop it.
     control::oci::remove_interrupted_imports(&eng);
+    // A snapshot the diff service was applying a layer onto is put back as prepared.
+    control::differ::reset_interrupted_applies(&eng);
     if let Some(addr) = metrics {
         match control::serve_metrics(addr, eng.clone()) {
             Ok(a) => log::info!("metrics on http://{a}/metrics"),
@@ -505,6 +535,23 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
                     format!("cannot serve the containerd snapshotter on {sock}: {e} (use --snapshotter-socket to pick another, or off)")
                 })?;
             log::info!("containerd snapshotter on {sock}");
+            Some(h)
+        }
+    };
+    let _differ = match (opts.diff_socket.as_str(), opts.containerd_address.as_str()) {
+        ("off" | "", _) | (_, "off" | "") => None,
+        (sock, containerd) => {
+            let h = control::differ::serve(
+                Path::new(sock),
+                eng.clone(),
+                mp.to_path_buf(),
+                PathBuf::from(containerd),
+            )
+            .map_err(|e| {
+                let _ = eng.shutdown();
+                format!("cannot serve the containerd diff service on {sock}: {e} (use --diff-socket to pick another, or off)")
+            })?;
+            log::info!("containerd diff service on {sock} (content from {containerd})");
             Some(h)
         }
     };
@@ -786,6 +833,12 @@ fn up(
             "  containerd  {}   (proxy snapshotter \"strata\"; see deploy/containerd.toml)",
             opts.snapshotter_socket
         );
+        if opts.diff_socket != "off" && opts.containerd_address != "off" {
+            println!(
+                "  diff        {}   (proxy diff service \"strata-diff\", containerd >= 1.7)",
+                opts.diff_socket
+            );
+        }
     }
     if opts.metrics_addr != "off" {
         println!("  metrics     http://{}/metrics", opts.metrics_addr);
@@ -823,26 +876,60 @@ fn fsck(path: &Path, repair: bool) -> ExitCode {
         report.blocks_total,
         report.chunks_replayed
     );
-    if report.is_clean() {
-        println!("clean");
-        if repair && report.chunks_replayed > 0 {
-            return repair_by_mount(dev);
-        }
-        return ExitCode::SUCCESS;
+    if report.version < engine::format::FORMAT_VERSION {
+        println!(
+            "format version {} (no data checksums): `strata migrate {}` converts it to version {}",
+            report.version,
+            path.display(),
+            engine::format::FORMAT_VERSION
+        );
     }
     for p in &report.problems {
         println!("problem: {p}");
     }
-    if repair {
-        eprintln!("strata: fsck: these problems cannot be repaired automatically yet");
+    for p in &report.leaks {
+        println!("leak: {p} (`fsck --repair` frees it)");
     }
-    ExitCode::from(1)
+    if report.is_clean() && report.leaks.is_empty() {
+        println!("clean");
+        if !(repair && report.chunks_replayed > 0) {
+            return ExitCode::SUCCESS;
+        }
+    } else if !repair {
+        return ExitCode::from(if report.is_clean() { 0 } else { 1 });
+    }
+    // Repair offline (a new checkpoint), then open and close the file system once (which
+    // drops the active layers' orphaned inodes) and check again.
+    let r = match engine::repair::repair(&dev) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata: fsck: repair failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for m in &r.repaired {
+        println!("repaired: {m}");
+    }
+    if r.chunks_replayed > 0 {
+        println!(
+            "repaired: {} journal chunk(s) replayed into a new checkpoint",
+            r.chunks_replayed
+        );
+    }
+    if !r.unrepaired.is_empty() {
+        for m in &r.unrepaired {
+            println!("not repaired: {m}");
+        }
+        eprintln!("strata: fsck: these problems cannot be repaired automatically");
+        return ExitCode::from(1);
+    }
+    repair_by_mount(dev)
 }
 
 fn repair_by_mount(dev: FileDevice) -> ExitCode {
     match Engine::open(Arc::new(dev), Options::default()).and_then(|e| e.shutdown()) {
         Ok(()) => {
-            println!("repaired: journal replayed into a new checkpoint");
+            println!("repaired: opened and closed once (orphaned inodes removed); clean");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -850,6 +937,34 @@ fn repair_by_mount(dev: FileDevice) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn migrate(path: &Path) -> Result<(), String> {
+    let dev = FileDevice::open(path).map_err(|e| e.to_string())?;
+    let r = engine::migrate(&dev).map_err(|e| e.to_string())?;
+    if r.from_version == engine::format::FORMAT_VERSION {
+        println!(
+            "{}: already format version {}; nothing to do",
+            path.display(),
+            r.from_version
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: migrated from format version {} to {}: {} layer(s), {} journal chunk(s) replayed,          {} data block(s) ({} MiB) checksummed in {:.1} s",
+        path.display(),
+        r.from_version,
+        engine::format::FORMAT_VERSION,
+        r.layers,
+        r.chunks_replayed,
+        r.blocks,
+        (r.blocks * engine::BLOCK) >> 20,
+        r.seconds
+    );
+    for p in &r.problems {
+        println!("note: the image has a problem fsck reports (run `strata fsck --repair`): {p}");
+    }
+    Ok(())
 }
 
 fn gc(path: &Path) -> Result<(), String> {

@@ -1126,3 +1126,61 @@ fn remove_refused_while_mounted() {
     srv.expect(204, "DELETE", &p, None);
     srv.expect(404, "GET", &p, None);
 }
+
+#[test]
+fn scrub_and_grow_endpoints() {
+    let srv = Server::start("scrub");
+    srv.expect(404, "GET", "/v1/scrub", None);
+    srv.expect(404, "DELETE", "/v1/scrub", None);
+    for body in [
+        r#"{"rate_bytes_per_second":0}"#,
+        r#"{"rate_bytes_per_second":-1}"#,
+        r#"{"rate_bytes_per_second":"fast"}"#,
+        r#"{"rate":1}"#,
+        "{",
+    ] {
+        srv.expect(400, "POST", "/v1/scrub", Some(body));
+    }
+    srv.expect(405, "PUT", "/v1/scrub", None);
+    srv.expect(405, "GET", "/v1/grow", None);
+    srv.expect(400, "POST", "/v1/grow", Some(r#"{"size":1}"#));
+    // An empty file system: the scrub is done at once, clean.
+    let v = srv.expect(202, "POST", "/v1/scrub", None);
+    assert!(v["state"] == "running" || v["state"] == "done", "{v}");
+    srv.engine.scrub_wait();
+    let v = srv.expect(200, "GET", "/v1/scrub", None);
+    assert_eq!(v["state"], "done", "{v}");
+    assert_eq!(v["bad_blocks"], 0, "{v}");
+    assert_eq!(v["progress"], 1.0, "{v}");
+    // 4 KiB/s over a megabyte: still running when the second one is asked for.
+    let root = srv.engine.layer_root("default").unwrap();
+    let st = srv
+        .engine
+        .mknod(
+            root,
+            b"f",
+            libc::S_IFREG | 0o644,
+            0,
+            engine::Caller { uid: 0, gid: 0 },
+            None,
+        )
+        .unwrap();
+    srv.engine
+        .write_sync(st.ino, 0, &testkit::pattern(1, 1 << 20))
+        .unwrap();
+    srv.engine.forget(st.ino, 1);
+    srv.engine.fsync_sync().unwrap();
+    let v = srv.expect(
+        202,
+        "POST",
+        "/v1/scrub",
+        Some(r#"{"rate_bytes_per_second":4096}"#),
+    );
+    assert_eq!(v["rate_limit_bytes_per_second"], 4096, "{v}");
+    srv.expect(409, "POST", "/v1/scrub", None);
+    let v = srv.expect(200, "DELETE", "/v1/scrub", None);
+    assert_eq!(v["state"], "cancelled", "{v}");
+    // The in-memory device did not grow.
+    let v = srv.expect(200, "POST", "/v1/grow", None);
+    assert_eq!(v["old_bytes"], v["new_bytes"], "{v}");
+}

@@ -1,5 +1,6 @@
-//! Strata as a containerd proxy snapshotter, with a real containerd, ctr and runc (Debian's
-//! `containerd` and `runc` packages): a private containerd (its own config, root, state and
+//! Strata as a containerd proxy snapshotter on containerd 1.6 (Debian 12's, which has no diff
+//! proxy: containerd unpacks layers through the FUSE mount), with ctr and runc: a private
+//! containerd (its own config, root, state and
 //! socket under the test directory, CRI off) registers the daemon's snapshotter socket as
 //! `[proxy_plugins.strata]`. The test builds a three-layer OCI image in the test (a static
 //! busybox, whiteouts, an opaque directory, hard links, a symlink, a fifo), imports it with
@@ -13,212 +14,29 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::oci_image;
+use common::ctr_image::{check_run_output, image_layers, IMAGE, SCRIPT};
+use common::{grpc_garbage, oci_image};
+use testkit::containerd::{Binaries, Config, Containerd, Containerd16};
 use testkit::{Mount, TestDir};
 
-const IMAGE: &str = "docker.io/library/stratatest:1";
-const NS: &str = "strata-test";
-
-/// Why this test cannot run here, if it cannot.
-fn skip() -> Option<String> {
-    if let Some(r) = testkit::skip_reason() {
-        return Some(r);
-    }
-    for c in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
-        if testkit::on_path(c).is_none() {
-            return Some(format!(
-                "{c} is not installed (apt-get install containerd runc)"
-            ));
-        }
-    }
-    if !Path::new("/bin/busybox").exists() {
-        return Some("/bin/busybox is missing (apt-get install busybox-static)".into());
-    }
-    None
+/// containerd 1.6, or why this test cannot run here.
+fn skip() -> Result<Binaries, String> {
+    Containerd16::find()
 }
 
-// ---------------------------------------------------------------------------------------
-// The test image
-// ---------------------------------------------------------------------------------------
-
-/// The image's layers: a base with busybox, a layer with whiteouts, an opaque directory and
-/// hard links, and a layer that changes one file.
-fn image_layers() -> Vec<Vec<u8>> {
-    let busybox = fs::read("/bin/busybox").expect("read /bin/busybox");
-    let mut l1 = oci_image::LayerTar::new();
-    l1.dir("bin").file("bin/busybox", &busybox, 0o755);
-    for applet in ["sh", "cat", "ls", "stat", "echo", "wc"] {
-        l1.link(&format!("bin/{applet}"), "busybox", tar::EntryType::Symlink);
-    }
-    l1.dir("etc")
-        .file("etc/hello", b"hello from layer 1\n", 0o644)
-        .file("etc/old", b"to be deleted\n", 0o644)
-        .file("etc/hl1", b"linked\n", 0o644)
-        .link("etc/hl2", "etc/hl1", tar::EntryType::Link)
-        .dir("dir")
-        .file("dir/a", b"a\n", 0o644)
-        .file("dir/b", b"b\n", 0o644)
-        .dir("tmp");
-    let mut l2 = oci_image::LayerTar::new();
-    l2.dir("etc")
-        .file("etc/.wh.old", b"", 0o644)
-        .file("etc/layer2", b"from layer 2\n", 0o644)
-        .link("etc/layer2-link", "etc/layer2", tar::EntryType::Link)
-        .link("etc/hello-sym", "hello", tar::EntryType::Symlink)
-        .fifo("etc/pipe")
-        .dir("dir")
-        .file("dir/.wh..wh..opq", b"", 0o644)
-        .file("dir/c", b"c\n", 0o644);
-    let mut l3 = oci_image::LayerTar::new();
-    l3.dir("etc")
-        .file("etc/hello", b"hello from layer 3\n", 0o644);
-    vec![l1.finish(), l2.finish(), l3.finish()]
-}
-
-// ---------------------------------------------------------------------------------------
-// A private containerd
-// ---------------------------------------------------------------------------------------
-
-struct Containerd {
-    child: Option<Child>,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
-impl Containerd {
-    fn config(dir: &Path, snapshotter: &Path) -> PathBuf {
-        let cfg = dir.join("config.toml");
-        let d = dir.display();
-        fs::write(
-            &cfg,
-            format!(
-                r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[proxy_plugins]
-  [proxy_plugins.strata]
-    type = "snapshot"
-    address = "{}"
-"#,
-                snapshotter.display()
-            ),
-        )
-        .unwrap();
-        cfg
-    }
-
-    fn start(dir: &Path, snapshotter: &Path) -> Containerd {
-        fs::create_dir_all(dir).unwrap();
-        let cfg = Self::config(dir, snapshotter);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("containerd.log"))
-            .unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn containerd");
-        let c = Containerd {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            sock: dir.join("containerd.sock"),
-        };
-        let t = Instant::now();
-        loop {
-            let ok = Command::new("ctr")
-                .arg("-a")
-                .arg(&c.sock)
-                .arg("version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ok {
-                return c;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "containerd did not come up; log:\n{}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
-    }
-
-    /// Run `ctr` against this containerd; returns (success, stdout, stderr).
-    fn ctr(&self, args: &[&str]) -> (bool, String, String) {
-        let out = testkit::run_with_timeout(
-            Command::new("ctr")
-                .arg("-a")
-                .arg(&self.sock)
-                .arg("-n")
-                .arg(NS)
-                .args(args),
-            Duration::from_secs(120),
-        );
-        (out.code == 0, out.stdout, out.stderr)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.ctr(args);
-        assert!(
-            ok,
-            "ctr {args:?} failed:\n{err}\n--- containerd log:\n{}",
-            self.log()
-        );
-        out
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = testkit::sys::kill(c.id(), libc::SIGTERM);
-            let t = Instant::now();
-            while c.try_wait().ok().flatten().is_none() {
-                if t.elapsed() > Duration::from_secs(20) {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        // Shims of this containerd (none should be left: every container runs with --rm).
-        let _ = Command::new("pkill")
-            .arg("-f")
-            .arg(format!(
-                "containerd-shim-runc-v2 .*-address {}",
-                self.sock.display()
-            ))
-            .status();
-        for m in testkit::mounts_below(&self.dir) {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
-        }
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        self.stop();
-    }
+fn start(bin: &Binaries, dir: &Path, snap: &Path) -> Containerd {
+    Containerd::start(
+        bin,
+        dir,
+        &Config {
+            snapshotter: Some(snap.to_path_buf()),
+            ..Default::default()
+        },
+    )
 }
 
 /// Snapshot names and kinds as `ctr snapshots ls` prints them.
@@ -250,11 +68,6 @@ fn strata_layers(m: &Mount) -> BTreeMap<String, String> {
         .collect()
 }
 
-const SCRIPT: &str =
-    "cat /etc/hello; ls /dir; test -e /etc/old && echo old-present || echo old-gone; \
-     stat -c '%h %i' /etc/hl1 /etc/hl2; stat -c '%h' /etc/layer2; cat /etc/hello-sym; \
-     test -p /etc/pipe && echo fifo; echo written > /tmp/out; cat /tmp/out";
-
 /// `ctr run --rm` of SCRIPT in a container `id` of the test image on Strata, checking what it
 /// prints.
 fn run_script(c: &Containerd, id: &str) {
@@ -272,29 +85,16 @@ fn run_script(c: &Containerd, id: &str) {
     check_run_output(&out);
 }
 
-fn check_run_output(out: &str) {
-    let lines: Vec<&str> = out.lines().collect();
-    assert!(lines.len() >= 9, "unexpected container output:\n{out}");
-    assert_eq!(lines[0], "hello from layer 3");
-    // The opaque directory hides a and b; c comes from layer 2.
-    assert_eq!(lines[1], "c");
-    assert_eq!(lines[2], "old-gone");
-    // Hard links share an inode.
-    let (a, b) = (lines[3], lines[4]);
-    assert!(a.starts_with("2 "), "hl1 has 2 links: {a}");
-    assert_eq!(a, b, "hl1 and hl2 are one inode");
-    assert_eq!(lines[5], "2", "layer2 and its link");
-    assert_eq!(lines[6], "hello from layer 3", "symlink to hello");
-    assert_eq!(lines[7], "fifo");
-    assert_eq!(lines[8], "written");
-}
-
 #[test]
 fn containerd_uses_strata_as_its_snapshotter() {
-    if let Some(why) = skip() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
+    let bin = match skip() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    eprintln!("containerd {}", bin.version);
     let t = TestDir::new("containerd");
     let img = t.mkfs("8G");
     let mnt = t.mountpoint("mnt");
@@ -316,9 +116,13 @@ fn containerd_uses_strata_as_its_snapshotter() {
 
     // Garbage on the snapshotter socket (random bytes, an HTTP/2 preface followed by junk
     // frames, a gRPC call with a corrupt message) costs the sender its connection, nothing else.
-    garbage_to(&snap_sock);
+    grpc_garbage::garbage_to(
+        &snap_sock,
+        "/containerd.services.snapshots.v1.Snapshots/Prepare",
+        &[],
+    );
 
-    let mut c = Containerd::start(&cdir, &snap_sock);
+    let mut c = start(&bin, &cdir, &snap_sock);
     let plugins = c.ok(&["plugins", "ls"]);
     assert!(
         plugins
@@ -515,7 +319,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
     let _ = m.stop();
     testkit::assert_fsck_clean(&img, "after containerd use");
     let m = Mount::start(&img, &mnt);
-    let c = Containerd::start(&cdir, &snap_sock);
+    let c = start(&bin, &cdir, &snap_sock);
     assert_eq!(ctr_snapshots(&c), before);
     run_script(&c, "run2");
 
@@ -543,82 +347,20 @@ fn containerd_uses_strata_as_its_snapshotter() {
     testkit::assert_fsck_clean(&img, "after GC");
 }
 
-/// Send malformed traffic to a gRPC socket, one connection per case.
-fn garbage_to(sock: &Path) {
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let frame = |typ: u8, flags: u8, stream: u32, payload: &[u8]| {
-        let mut f = Vec::new();
-        f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-        f.push(typ);
-        f.push(flags);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    };
-    // HPACK literal header fields without indexing (no Huffman coding).
-    let header = |name: &str, value: &str| {
-        let mut h = vec![0x00, name.len() as u8];
-        h.extend_from_slice(name.as_bytes());
-        h.push(value.len() as u8);
-        h.extend_from_slice(value.as_bytes());
-        h
-    };
-    let mut rng = testkit::Rng::new(7);
-    let mut cases: Vec<Vec<u8>> = Vec::new();
-    for len in [1usize, 24, 100, 5000] {
-        cases.push((0..len).map(|_| rng.next_u64() as u8).collect());
-    }
-    let mut junk = PREFACE.to_vec();
-    junk.extend(frame(4, 0, 0, &[]));
-    junk.extend(frame(0xee, 0xff, 1, &[1, 2, 3]));
-    junk.extend(frame(1, 4, 1, &[0xff; 40]));
-    cases.push(junk);
-    // A well-formed call to Prepare whose message is not protobuf.
-    let mut call = PREFACE.to_vec();
-    call.extend(frame(4, 0, 0, &[]));
-    let mut hdrs = Vec::new();
-    for (k, v) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (
-            ":path",
-            "/containerd.services.snapshots.v1.Snapshots/Prepare",
-        ),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ] {
-        hdrs.extend(header(k, v));
-    }
-    call.extend(frame(1, 4, 1, &hdrs));
-    let body = [0xffu8; 32];
-    let mut grpc = vec![0];
-    grpc.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    grpc.extend_from_slice(&body);
-    call.extend(frame(0, 1, 1, &grpc));
-    cases.push(call);
-    for case in cases {
-        let mut s = UnixStream::connect(sock).expect("connect to the snapshotter socket");
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let _ = s.write_all(&case);
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-    }
-}
-
-/// deploy/containerd.toml is a configuration containerd accepts, registering the proxy plugin
+/// deploy/containerd-1.6.toml is a configuration containerd 1.6 accepts, registering the proxy plugin
 /// and making Strata CRI's snapshotter.
 #[test]
 fn deploy_config_parses() {
-    if let Some(why) = skip() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/containerd.toml");
+    let bin = match skip() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/containerd-1.6.toml");
     let out = testkit::run_with_timeout(
-        Command::new("containerd")
+        Command::new(bin.containerd())
             .arg("--config")
             .arg(&cfg)
             .args(["config", "dump"]),

@@ -110,7 +110,8 @@ impl Args {
     }
 }
 
-fn absolute_path(s: &str) -> Result<PathBuf, String> {
+/// A clap value parser: the path, when it is absolute.
+pub fn absolute_path(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
     if p.is_absolute() {
         Ok(p)
@@ -136,6 +137,19 @@ pub fn default_strata() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     target.join("release").join("strata")
+}
+
+/// The default results directory: bench/results/<date><suffix>, or <date>-<time><suffix>
+/// when that exists.
+pub fn default_results_dir(suffix: &str) -> PathBuf {
+    let (date, time) = crate::host::local_date_time();
+    let results = workspace_root().join("bench").join("results");
+    let day = results.join(format!("{date}{suffix}"));
+    if day.exists() {
+        results.join(format!("{date}-{time}{suffix}"))
+    } else {
+        day
+    }
 }
 
 #[cfg(test)]

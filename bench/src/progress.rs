@@ -11,6 +11,11 @@ pub fn start() -> Instant {
 }
 
 pub fn log(msg: &str) {
+    log_as("strata-bench", msg);
+}
+
+/// A progress line of another of the bench's programs.
+pub fn log_as(program: &str, msg: &str) {
     let t = start().elapsed().as_secs_f64();
-    eprintln!("strata-bench [{t:6.1} s]: {msg}");
+    eprintln!("{program} [{t:6.1} s]: {msg}");
 }

@@ -137,14 +137,7 @@ pub fn run(args: &Args) -> Res<bool> {
 
 /// The default results directory: bench/results/<date>, or <date>-<time> when that exists.
 fn default_out() -> PathBuf {
-    let (date, time) = host::local_date_time();
-    let results = cli::workspace_root().join("bench").join("results");
-    let day = results.join(&date);
-    if day.exists() {
-        results.join(format!("{date}-{time}"))
-    } else {
-        day
-    }
+    cli::default_results_dir("")
 }
 
 /// The tars directory, outside every system (on the same disk); deleted at the end, whatever

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate control/src/snapshotter/pb/*.rs from the .proto files here (needs protoc:
+# Regenerate control/src/snapshotter/pb/*.rs (the snapshot and diff services Strata serves,
+# the content service it calls) from the .proto files here (needs protoc:
 # `apt-get install protobuf-compiler`). The generated code is vendored so that ordinary builds
 # need neither protoc nor prost-build.
 set -euo pipefail
@@ -19,10 +20,24 @@ tonic-prost-build = "0.14"
 TOML
 cat > "$tmp/src/main.rs" <<RS
 fn main() {
+    // Served by Strata: the snapshotter and the diff service.
     tonic_prost_build::configure()
         .build_client(false)
         .out_dir("$out")
-        .compile_protos(&["$here/containerd/snapshots.proto"], &["$here"])
+        .compile_protos(
+            &["$here/containerd/snapshots.proto", "$here/containerd/diff.proto"],
+            &["$here"],
+        )
+        .expect("protoc");
+    // Used by Strata as a client: containerd's content store and leases.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_transport(false)
+        .out_dir("$out")
+        .compile_protos(
+            &["$here/containerd/content.proto", "$here/containerd/leases.proto"],
+            &["$here"],
+        )
         .expect("protoc");
 }
 RS

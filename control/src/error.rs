@@ -110,7 +110,8 @@ impl From<engine::Error> for Error {
                 libc::EEXIST => Error::Exists(m),
                 libc::EINVAL | libc::ENAMETOOLONG => Error::Invalid(m),
                 libc::EBUSY | libc::ENOTEMPTY => Error::Busy(m),
-                libc::ENOSPC => Error::NoSpace(m),
+                // A layer's space or inode limit (engine::Limits).
+                libc::ENOSPC | libc::EDQUOT => Error::NoSpace(m),
                 libc::EROFS => Error::Unavailable(m),
                 _ => Error::Internal(m),
             },
@@ -163,6 +164,11 @@ mod tests {
             (engine::Error::NoSpace, 507, Code::ResourceExhausted),
             (engine::Error::Poisoned, 503, Code::Unavailable),
             (engine::Error::Errno(libc::ENOENT), 404, Code::NotFound),
+            (
+                engine::Error::Errno(libc::EDQUOT),
+                507,
+                Code::ResourceExhausted,
+            ),
             (engine::Error::Errno(libc::EEXIST), 409, Code::AlreadyExists),
             (
                 engine::Error::Errno(libc::ENAMETOOLONG),

@@ -21,6 +21,11 @@ pub const KIND_LABEL: &str = "strata.io/snapshotter.kind";
 /// the previous daemon died: `oci::remove_interrupted_imports` removes it.
 pub const IMPORTING_LABEL: &str = "strata.io/importing";
 
+/// The label a snapshot layer carries while the diff service applies a layer blob onto it.
+/// A layer still carrying it when the daemon starts was being applied when the previous
+/// daemon died: `differ::reset_interrupted_applies` empties it again.
+pub const APPLYING_LABEL: &str = "strata.io/applying";
+
 /// The label containerd's snapshotter puts on a snapshot: its key. For an active snapshot the
 /// last `/`-separated segment is the container id. containerd's, not Strata's.
 pub const CONTAINERD_KEY_LABEL: &str = "containerd.io/snapshot.key";
@@ -93,7 +98,13 @@ mod tests {
 
     #[test]
     fn strata_labels_are_reserved_and_containerds_is_not() {
-        for k in [NAME_LABEL, UPDATED_LABEL, KIND_LABEL, IMPORTING_LABEL] {
+        for k in [
+            NAME_LABEL,
+            UPDATED_LABEL,
+            KIND_LABEL,
+            IMPORTING_LABEL,
+            APPLYING_LABEL,
+        ] {
             assert!(is_reserved(k), "{k}");
         }
         assert!(!is_reserved(CONTAINERD_KEY_LABEL));

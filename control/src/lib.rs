@@ -10,6 +10,8 @@
 //!   [`admin::Client`] (`strata layer`, `strata stats`): a small HTTP server, the routes and
 //!   their handlers, the JSON bodies.
 //! - [`snapshotter`]: the containerd proxy snapshotter (gRPC).
+//! - [`differ`]: the containerd diff service (gRPC; Apply and Diff of Strata layers inside the
+//!   daemon, blobs through containerd's content API).
 //! - [`oci`]: OCI layer tars, import and export.
 //!
 //! What those share has its own module, so none of them imports another: [`Error`] (what
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod differ;
 mod error;
 pub mod host;
 pub mod labels;

@@ -157,7 +157,7 @@ pub fn render_report(r: &StatsReport) -> String {
     // Client I/O per layer (whole daemon: sum over layers). Without per-layer statistics the
     // same families carry the daemon totals, unlabelled.
     type Get = fn(&LayerStatsReport) -> u64;
-    let io: [(&'static str, &str, Get, u64); 5] = [
+    let io: [(&'static str, &str, Get, u64); 6] = [
         (
             "strata_read_ops_total",
             "Read requests served, per layer.",
@@ -187,6 +187,12 @@ pub fn render_report(r: &StatsReport) -> String {
             "Inherited blocks replaced by copy-on-write, per layer.",
             |l| l.cow_blocks,
             d.cow_blocks,
+        ),
+        (
+            "strata_checksum_errors_total",
+            "Data blocks read from the device that did not match their checksum (the read got EIO), per layer.",
+            |l| l.checksum_errors,
+            d.checksum_errors,
         ),
     ];
     for (name, help, get, total) in io {
@@ -351,7 +357,7 @@ pub fn render_report(r: &StatsReport) -> String {
     }
 
     // Whole daemon.
-    let scalars: [(&'static str, &str, &str, f64); 18] = [
+    let scalars: [(&'static str, &str, &str, f64); 22] = [
         (
             "strata_journal_commits_total",
             "counter",
@@ -381,6 +387,30 @@ pub fn render_report(r: &StatsReport) -> String {
             "counter",
             "Device I/O errors.",
             d.io_errors as f64,
+        ),
+        (
+            "strata_scrub_running",
+            "gauge",
+            "1 while an online scrub (strata scrub, POST /v1/scrub) runs.",
+            d.scrub_running as u8 as f64,
+        ),
+        (
+            "strata_scrub_checked_bytes",
+            "gauge",
+            "Data bytes the running or last online scrub has checked.",
+            d.scrub_checked_bytes as f64,
+        ),
+        (
+            "strata_scrub_total_bytes",
+            "gauge",
+            "Data bytes the running or last online scrub has to check.",
+            d.scrub_total_bytes as f64,
+        ),
+        (
+            "strata_scrub_bad_blocks_total",
+            "counter",
+            "Data blocks online scrubs found not matching their checksum.",
+            d.scrub_bad_blocks as f64,
         ),
         (
             "strata_device_size_bytes",

@@ -216,8 +216,11 @@ impl Inflight {
                 g.0 -= len;
                 let err = match r {
                     Ok(n) if n as u64 == len => None,
+                    // The engine cuts a write short only at the layer's space limit; the
+                    // rest would get EDQUOT.
+                    Ok(n) if n as u64 <= len => Some(Error::Errno(libc::EDQUOT)),
                     Ok(n) => Some(Error::Invalid(format!(
-                        "short write: {n} of {len} bytes at offset {off}"
+                        "write of {len} bytes at offset {off} reported {n}"
                     ))),
                     Err(e) => Some(e),
                 };
@@ -516,7 +519,16 @@ impl<'a> Importer<'a> {
         let st = self
             .e
             .mknod(dir.node, name, kind | perm, rdev, who, target.as_deref())
-            .map_err(|e| bad(&raw, format!("cannot create: {e}")))?;
+            .map_err(|e| match e {
+                // Out of space or over the layer's limits, or the device failed: not the
+                // entry's fault, and the caller needs to know which (EDQUOT, ENOSPC, EIO).
+                Error::Errno(libc::EDQUOT | libc::ENOSPC)
+                | Error::NoSpace
+                | Error::Poisoned
+                | Error::Io { .. }
+                | Error::Corrupt { .. } => e,
+                e => bad(&raw, format!("cannot create: {e}")),
+            })?;
         let node = Held {
             e: self.e,
             node: st.ino,
@@ -679,7 +691,8 @@ fn parse_pax_time(v: &str) -> Option<Time> {
     Some(Time { sec, nsec })
 }
 
-fn decompress<'r>(reader: impl Read + 'r, c: Compression) -> Result<Box<dyn Read + 'r>> {
+/// `reader` decompressed as `c` says ([`Compression::Auto`]: by its magic bytes).
+pub fn decompress<'r>(reader: impl Read + 'r, c: Compression) -> Result<Box<dyn Read + 'r>> {
     let mut br = BufReader::with_capacity(64 << 10, reader);
     let c = match c {
         Compression::Auto => {
@@ -740,6 +753,19 @@ fn import_into(
     reader: impl Read,
     compression: Compression,
 ) -> Result<ImportReport> {
+    let input = decompress(reader, compression)?;
+    let report = apply_into(engine, layer, input)?;
+    // Committed and unmarked in one journal commit.
+    engine.layer_commit_labeled(layer, Some(BTreeMap::new()))?;
+    Ok(report)
+}
+
+/// Apply the (uncompressed) OCI layer tar `tar` onto active layer `layer` as it is now: what
+/// [`import`] does between creating and committing its layer, and what containerd's diff
+/// service asks for (Apply into a prepared snapshot). The layer is left active. On error the
+/// layer holds part of the tar; the caller removes or resets it. Reads `tar` up to the
+/// end-of-archive blocks, not beyond.
+pub fn apply_into(engine: &Engine, layer: &str, tar: impl Read) -> Result<ImportReport> {
     let root = engine.layer_root(layer)?;
     let first_new_ino = engine.with_layers(|ls| {
         ls.slot_of(layer.as_bytes())
@@ -758,9 +784,8 @@ fn import_into(
         },
         dir_times: Vec::new(),
     };
-    let input = decompress(reader, compression)?;
     let mut watch = EofWatch {
-        inner: input,
+        inner: tar,
         hit_eof: false,
     };
     let applied = (|| {
@@ -781,8 +806,6 @@ fn import_into(
         ));
     }
     imp.finish_dir_times()?;
-    // Committed and unmarked in one journal commit.
-    engine.layer_commit_labeled(layer, Some(BTreeMap::new()))?;
     Ok(imp.report)
 }
 
@@ -812,6 +835,98 @@ pub fn remove_interrupted_imports(engine: &Engine) -> Vec<String> {
         }
     }
     removed
+}
+
+/// Files read ahead at most at once by [`export_changes`].
+const PREFETCH: usize = 256;
+/// Files up to this size are read ahead whole; larger ones stream through [`FileReader`].
+const PREFETCH_MAX: u64 = 256 << 10;
+
+/// Reads of the small regular files an export will write, issued ahead in change order.
+struct Prefetch<'a> {
+    e: &'a Engine,
+    slot: engine::meta::Slot,
+    /// (change index, inode, size) of every file to read ahead, in order.
+    plan: Vec<(usize, u64, u64)>,
+    next: usize,
+    pending: std::collections::VecDeque<(usize, std::sync::mpsc::Receiver<Result<Vec<u8>>>)>,
+}
+
+impl<'a> Prefetch<'a> {
+    fn new(
+        e: &'a Engine,
+        slot: engine::meta::Slot,
+        tree: &engine::meta::Tree,
+        changes: &[engine::diff::Change],
+    ) -> Prefetch<'a> {
+        let mut seen = std::collections::HashSet::new();
+        let mut plan = Vec::new();
+        for (i, c) in changes.iter().enumerate() {
+            if c.path.is_empty() || c.kind == ChangeKind::Deleted {
+                continue;
+            }
+            let Some(ino) = c.ino else { continue };
+            let Some(inode) = tree.get(ino) else { continue };
+            let a = inode.attr;
+            if a.mode & libc::S_IFMT != libc::S_IFREG {
+                continue;
+            }
+            // The second and further paths of a hard-linked file are link entries.
+            if a.nlink > 1 && !seen.insert(ino) {
+                continue;
+            }
+            if a.size > 0 && a.size <= PREFETCH_MAX {
+                plan.push((i, ino, a.size));
+            }
+        }
+        let mut p = Prefetch {
+            e,
+            slot,
+            plan,
+            next: 0,
+            pending: Default::default(),
+        };
+        p.fill();
+        p
+    }
+
+    fn fill(&mut self) {
+        while self.pending.len() < PREFETCH && self.next < self.plan.len() {
+            let (i, ino, size) = self.plan[self.next];
+            self.next += 1;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.e.read(
+                node_of(self.slot, ino),
+                0,
+                size as u32,
+                Box::new(move |r| {
+                    let _ = tx.send(r.map(|d| d.to_vec()));
+                }),
+            );
+            self.pending.push_back((i, rx));
+        }
+    }
+
+    /// The contents of change `i`'s file, when it was read ahead.
+    fn take(&mut self, i: usize) -> Result<Option<Vec<u8>>> {
+        match self.pending.front() {
+            Some((j, _)) if *j == i => {}
+            _ => return Ok(None),
+        }
+        let (_, rx) = self.pending.pop_front().expect("front");
+        let data = rx.recv().unwrap_or(Err(Error::Poisoned))?;
+        self.fill();
+        Ok(Some(data))
+    }
+}
+
+impl Drop for Prefetch<'_> {
+    fn drop(&mut self) {
+        // Reads still in flight finish on their own; wait for them so none outlives the export.
+        for (_, rx) in self.pending.drain(..) {
+            let _ = rx.recv();
+        }
+    }
 }
 
 /// A reader over a file's bytes in the engine, 1 MiB at a time.
@@ -863,10 +978,27 @@ fn os(p: &[u8]) -> &std::path::Path {
 /// OCI layer tar.
 pub fn export(engine: &Engine, layer: &str, out: impl Write) -> Result<()> {
     let (slot, tree, changes) = engine::diff::layer_diff_tree(engine, layer)?;
+    export_changes(engine, layer, slot, &tree, &changes, out)
+}
+
+/// Write `changes` (of `tree`, the tree of the layer in `slot`, named `layer` in messages) as
+/// an OCI layer tar to `out`: what [`export`] writes, for changes computed against any
+/// ancestor (containerd's diff service compares a layer with a view of one).
+pub fn export_changes(
+    engine: &Engine,
+    layer: &str,
+    slot: engine::meta::Slot,
+    tree: &engine::meta::Tree,
+    changes: &[engine::diff::Change],
+    out: impl Write,
+) -> Result<()> {
     let mut b = tar::Builder::new(out);
+    // Small files are read ahead, up to PREFETCH at once: one device read at a time would
+    // cost a round trip per file.
+    let mut ahead = Prefetch::new(engine, slot, tree, changes);
     // Hard links: the first path of an inode written in this tar.
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
-    for c in &changes {
+    for (ci, c) in changes.iter().enumerate() {
         if c.path.is_empty() {
             continue;
         }
@@ -926,13 +1058,20 @@ pub fn export(engine: &Engine, layer: &str, out: impl Write) -> Result<()> {
             libc::S_IFREG => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(a.size);
-                let r = FileReader {
-                    e: engine,
-                    node,
-                    off: 0,
-                    size: a.size,
-                };
-                b.append_data(&mut h, os(&c.path), r).map_err(io_err)?;
+                if let Some(data) = ahead.take(ci)? {
+                    // A file shorter than its size says is padded with zeros, as FileReader does.
+                    let pad = io::repeat(0).take(a.size.saturating_sub(data.len() as u64));
+                    let r = io::Cursor::new(data).chain(pad).take(a.size);
+                    b.append_data(&mut h, os(&c.path), r).map_err(io_err)?;
+                } else {
+                    let r = FileReader {
+                        e: engine,
+                        node,
+                        off: 0,
+                        size: a.size,
+                    };
+                    b.append_data(&mut h, os(&c.path), r).map_err(io_err)?;
+                }
             }
             libc::S_IFDIR => {
                 h.set_entry_type(tar::EntryType::Directory);

@@ -128,6 +128,10 @@ pub struct LayerStatsReport {
     /// Seconds its requests were held back by its IOPS or bandwidth limit.
     #[serde(default)]
     pub io_throttled_seconds: f64,
+    /// Data blocks its reads got from the device that did not match their checksum (the
+    /// reads failed with EIO).
+    #[serde(default)]
+    pub checksum_errors: u64,
     pub rates: Rates,
 }
 
@@ -163,6 +167,20 @@ pub struct DaemonStats {
     pub checkpoints: u64,
     pub checkpoint_seconds: f64,
     pub io_errors: u64,
+    /// Data blocks read from the device that did not match their checksum.
+    #[serde(default)]
+    pub checksum_errors: u64,
+    /// Whether an online scrub is running, and the data bytes the current or last one has
+    /// checked, of how many.
+    #[serde(default)]
+    pub scrub_running: bool,
+    #[serde(default)]
+    pub scrub_checked_bytes: u64,
+    #[serde(default)]
+    pub scrub_total_bytes: u64,
+    /// Bad blocks online scrubs found since the daemon started.
+    #[serde(default)]
+    pub scrub_bad_blocks: u64,
     /// Device operations in the io_uring.
     pub io_inflight: u64,
     /// Client reads and writes in the engine (FUSE requests awaiting their reply).
@@ -266,12 +284,14 @@ pub fn collect(engine: &Engine) -> StatsReport {
             r.metadata_latency = l.meta_latency.snapshot().into();
             r.io_queue_delay = l.io_queue_delay.snapshot().into();
             r.io_throttled_seconds = ld(&l.io_throttled_ns) as f64 / 1e9;
+            r.checksum_errors = ld(&l.checksum_errors);
         }
         layers.push(r);
     }
     let used = s.blocks.saturating_sub(s.bfree) * bs;
     let lookups = hits + misses;
     let front = st.frontend().unwrap_or_default();
+    let scrub = engine.scrub_status();
     let daemon = DaemonStats {
         device_size_bytes: s.blocks * bs,
         device_used_bytes: used,
@@ -296,6 +316,15 @@ pub fn collect(engine: &Engine) -> StatsReport {
         checkpoints: ld(&c.checkpoints),
         checkpoint_seconds: ld(&c.checkpoint_nanos) as f64 / 1e9,
         io_errors: ld(&c.io_errors),
+        checksum_errors: ld(&c.checksum_errors),
+        scrub_running: scrub
+            .as_ref()
+            .is_some_and(|x| x.state == engine::scrub::ScrubState::Running),
+        scrub_checked_bytes: ld(&c.scrub_blocks) * engine::BLOCK,
+        scrub_total_bytes: scrub
+            .as_ref()
+            .map_or(0, |x| x.report.total_blocks * engine::BLOCK),
+        scrub_bad_blocks: ld(&c.scrub_bad_blocks),
         io_inflight: engine.io_inflight(),
         requests_inflight: st.inflight(),
         poisoned: engine.is_poisoned(),

@@ -50,6 +50,17 @@ impl Allocator {
         (self.start, self.end)
     }
 
+    /// The region now ends at `end` (the device grew): the new blocks are free.
+    pub fn grow(&mut self, end: u64) {
+        if end <= self.end {
+            return;
+        }
+        let n = end - self.start;
+        self.bits.resize(n.div_ceil(64) as usize, 0);
+        self.free += end - self.end;
+        self.end = end;
+    }
+
     pub fn is_used(&self, b: u64) -> bool {
         if b < self.start || b >= self.end {
             return false;
@@ -186,5 +197,9 @@ mod tests {
         let r = a.alloc(900, None).unwrap();
         assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 900);
         assert_eq!(a.free(), 0);
+        a.grow(1100);
+        assert_eq!((a.total(), a.free()), (1090, 100));
+        assert_eq!(a.alloc(100, None), Some(vec![(1000, 100)]));
+        assert!(a.alloc(1, None).is_none());
     }
 }

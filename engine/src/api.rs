@@ -136,6 +136,12 @@ pub struct Counters {
     pub io_errors: AtomicU64,
     /// Inherited blocks replaced by copy-on-write.
     pub cow_blocks: AtomicU64,
+    /// Data blocks read from the device that did not match their checksum.
+    pub checksum_errors: AtomicU64,
+    /// Data blocks the current or last online scrub checked.
+    pub scrub_blocks: AtomicU64,
+    /// Bad blocks online scrubs found.
+    pub scrub_bad_blocks: AtomicU64,
 }
 /// Completion of an operation that finishes on an I/O thread.
 pub type Cb<T> = Box<dyn FnOnce(Result<T>) + Send>;

@@ -1,7 +1,8 @@
 //! The block cache: file data cached once, keyed by physical block, shared by every file and
 //! every layer. Reads of up to [`FILL_MAX_BYTES`] fill it; larger (streaming) reads bypass it,
-//! as O_DIRECT bypasses a page cache. Bounded; CLOCK eviction per shard. A read that raced with a write to
-//! the same shard does not insert (so the cache never goes back in time).
+//! as O_DIRECT bypasses a page cache. Bounded; CLOCK eviction per shard. It holds only blocks whose checksum was verified, and
+//! a block leaves it when it is freed (a mapped block is never written again); a read that
+//! raced with that does not insert.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ struct Entry {
 struct Shard {
     map: HashMap<u64, Entry>,
     clock: VecDeque<u64>,
-    /// Bumped by every write into this shard.
+    /// Bumped by every invalidation in this shard.
     epoch: u64,
 }
 
@@ -78,7 +79,8 @@ impl BlockCache {
         self.shard(pblk).lock().epoch
     }
 
-    /// Insert what a read returned, unless a write to the shard happened since `epoch`.
+    /// Insert what a read returned (and verified), unless a block of the shard was
+    /// invalidated since `epoch`.
     pub fn fill(&self, pblk: u64, data: &[u8], epoch: u64) {
         if !self.enabled() {
             return;
@@ -88,18 +90,6 @@ impl BlockCache {
             return;
         }
         self.insert_locked(&mut s, pblk, data);
-    }
-
-    /// A write of `data` to `pblk`: a cached copy is updated (writes do not fill the cache).
-    pub fn write(&self, pblk: u64, data: &[u8]) {
-        if !self.enabled() {
-            return;
-        }
-        let mut s = self.shard(pblk).lock();
-        s.epoch += 1;
-        if let Some(e) = s.map.get_mut(&pblk) {
-            e.data[..data.len()].copy_from_slice(data);
-        }
     }
 
     /// Forget blocks (freed or rewritten elsewhere).

@@ -60,7 +60,11 @@ pub(crate) fn write_checkpoint(
     ))
 }
 
-pub(crate) fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Layers, Vec<u64>)> {
+pub(crate) fn read_checkpoint(
+    dev: &dyn Device,
+    sb: &Superblock,
+    salvage: bool,
+) -> Result<(Layers, Vec<u64>)> {
     // The superblock's sizes were validated, and the device is at least total_blocks long;
     // cap the reservation anyway (the chain itself is read block by block).
     let mut bytes = Vec::with_capacity((sb.ckpt_bytes as usize).min(64 << 20));
@@ -85,7 +89,54 @@ pub(crate) fn read_checkpoint(dev: &dyn Device, sb: &Superblock) -> Result<(Laye
             sb.ckpt_block,
         ));
     }
-    Ok((Layers::decode(&bytes, sb.ckpt_block)?, blocks))
+    let layers = if salvage {
+        Layers::decode_salvage(&bytes, sb.ckpt_block, sb.version)?
+    } else {
+        Layers::decode_version(&bytes, sb.ckpt_block, sb.version)?
+    };
+    Ok((layers, blocks))
+}
+
+/// Write a checkpoint of `layers` outside a running engine (migration, fsck repair, offline
+/// grow) and make it current: the checkpoint goes to blocks `alloc` has free, is flushed,
+/// then the superblock `sb` (with the next generation, this checkpoint, `total_blocks` and
+/// `version` as given, journal replay from `pos`/`seq`) goes to its slot and is flushed. A
+/// crash before that last flush leaves the previous superblock and checkpoint in force.
+pub(crate) fn write_offline(
+    dev: &dyn Device,
+    sb: &Superblock,
+    layers: &Layers,
+    alloc: &mut crate::alloc::Allocator,
+    pos_seq: (u64, u64),
+) -> Result<Superblock> {
+    write_offline_bytes(dev, sb, &layers.encode(), alloc, pos_seq)
+}
+
+/// [`write_offline`] of an encoded checkpoint payload.
+pub(crate) fn write_offline_bytes(
+    dev: &dyn Device,
+    sb: &Superblock,
+    bytes: &[u8],
+    alloc: &mut crate::alloc::Allocator,
+    (pos, seq): (u64, u64),
+) -> Result<Superblock> {
+    let n = bytes.len().div_ceil(journal::CKPT_PAYLOAD).max(1) as u64;
+    let runs = alloc.alloc_any(n, None).ok_or(Error::NoSpace)?;
+    let (first, len, crc) = write_checkpoint(dev, bytes, runs[0].0, &runs)?;
+    dev.flush().map_err(|e| Error::io("flush", 0, e))?;
+    let mut new = sb.clone();
+    new.generation += 1;
+    new.ckpt_block = first;
+    new.ckpt_blocks = n;
+    new.ckpt_bytes = len;
+    new.ckpt_crc = crc;
+    new.replay_block = pos;
+    new.replay_seq = seq;
+    new.clean = true;
+    let slot = SB_SLOTS[(new.generation % 2) as usize];
+    write_blocks(dev, slot, &new.encode())?;
+    dev.flush().map_err(|e| Error::io("flush", 0, e))?;
+    Ok(new)
 }
 
 impl Superblock {
@@ -100,6 +151,14 @@ impl Superblock {
 impl Inner {
     /// Write the whole tree to new blocks and flip the superblock to it.
     pub(crate) fn checkpoint(&self, kind: CheckpointKind) -> Result<()> {
+        self.checkpoint_grow(kind, None)
+    }
+
+    /// A checkpoint whose superblock also says the file system is `grow_to` blocks long (the
+    /// device grew). The checkpoint goes to blocks inside the old size; the allocator gets the
+    /// new blocks only once the superblock that declares them is durable, so no record can
+    /// map a block past the end of the durable file system.
+    pub(crate) fn checkpoint_grow(&self, kind: CheckpointKind, grow_to: Option<u64>) -> Result<()> {
         self.poison.check()?;
         let t0 = Instant::now();
         let (_, frees, tree) = self.seal(Seal::WithSnapshot);
@@ -130,6 +189,9 @@ impl Inner {
             sb.replay_block = j.pos;
             sb.replay_seq = j.seq;
             sb.clean = kind == CheckpointKind::Clean;
+            if let Some(total) = grow_to {
+                sb.total_blocks = sb.total_blocks.max(total);
+            }
             let slot = SB_SLOTS[(sb.generation % 2) as usize];
             write_blocks(self.dev.as_ref(), slot, &sb.encode())?;
             self.dev.flush().map_err(|e| Error::io("flush", 0, e))?;
@@ -141,6 +203,10 @@ impl Inner {
         match res {
             Ok(old_blocks) => {
                 let mut m = self.meta.lock();
+                if grow_to.is_some() {
+                    let total = self.jpos.lock().sb.total_blocks;
+                    m.alloc.grow(total);
+                }
                 for b in old_blocks {
                     m.alloc.release(b, 1);
                 }

@@ -1,5 +1,6 @@
-//! File contents: read (block cache, then the device through the ring), write (copy-on-write
-//! of inherited blocks, holes mapped to new blocks, in-place overwrites of owned blocks),
+//! File contents: read (block cache, then the device through the ring, every device block
+//! checked against its checksum), write (always to new blocks: copy-on-write of inherited
+//! blocks and of the layer's own, so a block's checksum never changes while it is mapped),
 //! copy_file_range, fallocate, SEEK_DATA/SEEK_HOLE.
 
 use std::sync::atomic::Ordering;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::api::{Cb, KillPriv, ReadCb, SetAttr, WriteTimes};
+use crate::crc::{block_crc, block_crcs};
 use crate::device::AlignedBuf;
 use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
@@ -17,16 +19,12 @@ use crate::meta::*;
 use crate::node::{split, Node};
 use crate::ring::{IoBuf, IoReq, Op};
 use crate::sched::IoClass;
+use crate::stats::LayerStats;
 use crate::txn::CAPS_XATTR;
 
 /// Largest file size: 1 PiB (2^50 bytes, 2^38 blocks), beyond any device, and small enough
 /// that offset arithmetic in bytes never overflows a u64.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
-
-/// Writes of at least this many blocks whose pieces on the device average fewer than
-/// [`RELOCATE_MIN_RUN`] blocks are written to new contiguous blocks (see `plan_write`).
-const RELOCATE_MIN_BLOCKS: u64 = 16;
-const RELOCATE_MIN_RUN: u64 = 8;
 
 /// Whether a write takes the file's lock or runs under one its caller holds.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,10 +46,50 @@ struct WritePlan {
 /// What planning a write found.
 enum Planned {
     Ready(WritePlan),
-    /// Blocks an earlier write is still writing in place: wait, then plan again.
-    WaitFor(Vec<(u64, u64)>),
     /// Only the first this-many blocks fit under the layer's space limit.
     Shorten(u64),
+}
+
+/// Where the blocks of a read came from, to name them when one fails its checksum.
+struct ReadCtx {
+    inner: Arc<Inner>,
+    slot: Slot,
+    ino: Ino,
+    /// Logical block of index 0 of the read's buffer.
+    b0: u64,
+    /// The expected checksum of each block of the read (None: a hole, or no checksum).
+    crcs: Vec<Option<u32>>,
+    stats: Option<Arc<LayerStats>>,
+}
+
+impl ReadCtx {
+    /// Check `buf`, read from the device at physical block `pblk` into the read's blocks
+    /// `idx..`, against the checksums. Every bad block is counted and logged; the first one
+    /// is the error. `good[k]` says whether block `k` of `buf` passed (the cache takes only
+    /// those).
+    fn verify(&self, buf: &[u8], idx: usize, pblk: u64, good: &mut Vec<bool>) -> Result<()> {
+        let mut err = None;
+        good.clear();
+        for (k, b) in buf.chunks(BLOCK_SIZE).enumerate() {
+            let got = block_crc(b);
+            let want = self.crcs.get(idx + k).copied().flatten();
+            let ok = want == Some(got);
+            good.push(ok);
+            if !ok {
+                let e = self.inner.checksum_failed(
+                    self.slot,
+                    self.ino,
+                    self.b0 + (idx + k) as u64,
+                    pblk + k as u64,
+                    want,
+                    got,
+                    self.stats.as_deref(),
+                );
+                err.get_or_insert(e);
+            }
+        }
+        err.map_or(Ok(()), Err)
+    }
 }
 
 /// Membership of a read or write in a data epoch: a commit that seals the epoch waits until
@@ -140,13 +178,15 @@ impl Engine {
 
     /// Read up to `size` bytes at `offset`; `cb` runs on the I/O thread (or here when every
     /// block came from memory). A block's newest contents come from the writes still in
-    /// flight, then the block cache, then the device.
+    /// flight, then the block cache (both hold only data that was written or verified), then
+    /// the device, where every block is checked against its checksum before it reaches the
+    /// cache or the reply: a mismatch fails the read with EIO.
     pub fn read(&self, node: Node, offset: u64, size: u32, cb: ReadCb) {
         let (cb, lstats) = self.inner.stats.track_read(node, cb);
+        let (slot, ino) = split(node);
         // Plan under the metadata lock, and join the current data epoch there: a commit that
         // frees a block this read maps waits for the read before the block can be reused.
         let plan = {
-            let (slot, ino) = split(node);
             let m = self.inner.meta.lock();
             (|| {
                 let i = tree_of(&m, slot)?.get(ino).ok_or(errno(libc::ENOENT))?;
@@ -161,11 +201,19 @@ impl Engine {
                 let end = (offset + size as u64).min(fsize);
                 let b0 = offset / BLOCK;
                 let b1 = end.div_ceil(BLOCK);
+                let runs = x.runs(b0, b1 - b0);
+                let mut crcs = Vec::with_capacity((b1 - b0) as usize);
+                for r in &runs {
+                    match r.pblk {
+                        Some(p) => m.layers.crcs.get_run(p, r.len, &mut crcs),
+                        None => crcs.extend(std::iter::repeat_n(None, r.len as usize)),
+                    }
+                }
                 let token = EpochToken::join(&self.inner, m.epoch);
-                Ok(Some((x.runs(b0, b1 - b0), b0, end, token)))
+                Ok(Some((runs, crcs, b0, end, token)))
             })()
         };
-        let (runs, b0, end, token) = match plan {
+        let (runs, crcs, b0, end, token) = match plan {
             Err(e) => return cb(Err(e)),
             Ok(None) => return cb(Ok(&[])),
             Ok(Some(p)) => p,
@@ -222,13 +270,21 @@ impl Engine {
             drop(token);
             return cb(Ok(&out[skip..skip + len]));
         }
-        // Fast path: one device read covering the whole request, reply from its buffer.
         let class = IoClass {
-            slot: split(node).0,
+            slot,
             stats: lstats.clone(),
         };
         let inner = self.inner.clone();
+        let ctx = Arc::new(ReadCtx {
+            inner: inner.clone(),
+            slot,
+            ino,
+            b0,
+            crcs,
+            stats: lstats,
+        });
         let t_dev = self.inner.stats.device_start();
+        // Fast path: one device read covering the whole request, reply from its buffer.
         if fetch.len() == 1 && fetch[0].0 == 0 && fetch[0].2 == nblocks {
             let pb = fetch[0].1;
             let epochs: Vec<u64> = (0..if fill { nblocks as u64 } else { 0 })
@@ -244,14 +300,21 @@ impl Engine {
                     match r.map(IoBuf::into_owned) {
                         Ok(Some(buf)) => {
                             inner.stats.device_done(false, t_dev);
+                            let mut good = Vec::new();
+                            let v = ctx.verify(&buf, 0, pb, &mut good);
                             for (k, ep) in epochs.iter().enumerate() {
-                                inner.cache.fill(
-                                    pb + k as u64,
-                                    &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
-                                    *ep,
-                                );
+                                if good[k] {
+                                    inner.cache.fill(
+                                        pb + k as u64,
+                                        &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
+                                        *ep,
+                                    );
+                                }
                             }
-                            cb(Ok(&buf[skip..skip + len]))
+                            match v {
+                                Ok(()) => cb(Ok(&buf[skip..skip + len])),
+                                Err(e) => cb(Err(e)),
+                            }
                         }
                         Ok(None) => cb(Err(errno(libc::EIO))),
                         Err(e) => cb(Err(inner.io_failed("read", pb, e, false))),
@@ -279,6 +342,7 @@ impl Engine {
             .map(|(idx, pb, n)| {
                 let g = g.clone();
                 let inner = inner.clone();
+                let ctx = ctx.clone();
                 let epochs: Vec<u64> = (0..if fill { n as u64 } else { 0 })
                     .map(|k| inner.cache.epoch(pb + k))
                     .collect();
@@ -288,19 +352,33 @@ impl Engine {
                     buf: IoBuf::Owned(AlignedBuf::zeroed(n)),
                     class: class.clone(),
                     done: Box::new(move |r| {
+                        // Checksums outside the lock: the pieces are checked in parallel.
+                        let r = r.map(IoBuf::into_owned);
+                        let mut good = Vec::new();
+                        let v = match &r {
+                            Ok(Some(buf)) => ctx.verify(buf, idx, pb, &mut good),
+                            _ => Ok(()),
+                        };
                         let mut g = g.lock();
-                        match r.map(IoBuf::into_owned) {
+                        match r {
                             Ok(Some(buf)) => {
                                 inner.stats.device_done(false, t_dev);
                                 for (k, ep) in epochs.iter().enumerate() {
-                                    inner.cache.fill(
-                                        pb + k as u64,
-                                        &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
-                                        *ep,
-                                    );
+                                    if good[k] {
+                                        inner.cache.fill(
+                                            pb + k as u64,
+                                            &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
+                                            *ep,
+                                        );
+                                    }
                                 }
-                                g.out[idx * BLOCK_SIZE..(idx + n) * BLOCK_SIZE]
-                                    .copy_from_slice(&buf);
+                                match v {
+                                    Ok(()) => g.out[idx * BLOCK_SIZE..(idx + n) * BLOCK_SIZE]
+                                        .copy_from_slice(&buf),
+                                    Err(e) => {
+                                        g.err.get_or_insert(e);
+                                    }
+                                }
                             }
                             Ok(None) => g.err = Some(errno(libc::EIO)),
                             Err(e) => g.err = Some(inner.io_failed("read", pb, e, false)),
@@ -384,23 +462,28 @@ impl Engine {
         // for an append.
         let head_partial = offset % BLOCK != 0;
         let tail_partial = end % BLOCK != 0;
-        let edges = self.with_tree(node, |t, ino| {
-            let i = t.get(ino).ok_or(errno(libc::ENOENT))?;
-            let x = i.extents().ok_or(errno(if i.attr.is_dir() {
-                libc::EISDIR
-            } else {
-                libc::EINVAL
-            }))?;
-            let size = i.attr.size;
-            let mut v = Vec::new();
-            if head_partial && b0 * BLOCK < size {
-                v.push((0usize, x.lookup(b0)));
-            }
-            if tail_partial && (n > 1 || v.is_empty()) && end < size {
-                v.push((n - 1, x.lookup(b1 - 1)));
-            }
-            Ok(v)
-        });
+        let (slot, ino) = split(node);
+        let edges = {
+            let m = self.inner.meta.lock();
+            (|| {
+                let i = tree_of(&m, slot)?.get(ino).ok_or(errno(libc::ENOENT))?;
+                let x = i.extents().ok_or(errno(if i.attr.is_dir() {
+                    libc::EISDIR
+                } else {
+                    libc::EINVAL
+                }))?;
+                let size = i.attr.size;
+                let at = |l: u64| x.lookup(l).map(|p| (p, m.layers.crcs.get(p)));
+                let mut v = Vec::new();
+                if head_partial && b0 * BLOCK < size {
+                    v.push((0usize, at(b0)));
+                }
+                if tail_partial && (n > 1 || v.is_empty()) && end < size {
+                    v.push((n - 1, at(b1 - 1)));
+                }
+                Ok(v)
+            })()
+        };
         let edges = match edges {
             Ok(e) => e,
             Err(e) => {
@@ -410,10 +493,14 @@ impl Engine {
         };
         let mut buf = AlignedBuf::zeroed(n);
         for (idx, p) in edges {
-            if let Some(p) = p {
-                if let Err(e) =
-                    self.read_block_into(p, &mut buf[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE])
-                {
+            if let Some((p, crc)) = p {
+                let at = (slot, ino, b0 + idx as u64);
+                if let Err(e) = self.read_block_into(
+                    p,
+                    crc,
+                    at,
+                    &mut buf[idx * BLOCK_SIZE..(idx + 1) * BLOCK_SIZE],
+                ) {
                     cb(Err(e));
                     return;
                 }
@@ -421,16 +508,16 @@ impl Engine {
         }
         let skip = (offset - b0 * BLOCK) as usize;
         buf[skip..skip + data.len()].copy_from_slice(data);
+        // The checksum of every block, computed before the metadata lock is taken.
+        let crcs = block_crcs(&buf);
         let buf = Arc::new(buf);
-        // Map holes to new blocks, update size and times, all under the metadata lock. When
-        // the device is full but blocks are waiting for a commit to be freed, commit once and
-        // retry. When an earlier write to one of the blocks is still in flight, wait for it
-        // (the file's lock keeps anyone else from starting one meanwhile).
+        // Map the range to new blocks, update size and times, all under the metadata lock.
+        // When the device is full but blocks are waiting for a commit to be freed, commit
+        // once and retry.
         let mut committed = false;
         let plan = loop {
-            match self.plan_write(node, b0, n, end, (kill, times), &buf) {
+            match self.plan_write(node, b0, n, end, (kill, times), &buf, &crcs) {
                 Ok(Planned::Ready(p)) => break Ok(p),
-                Ok(Planned::WaitFor(busy)) => self.inner.inflight.wait_clear(&busy),
                 Ok(Planned::Shorten(blocks)) => {
                     // Write what fits (under the file lock we hold), as a short write.
                     let len = (blocks * BLOCK - skip as u64).min(data.len() as u64) as usize;
@@ -460,8 +547,16 @@ impl Engine {
         }
     }
 
-    /// The newest contents of one block: from a write in flight, the cache, or the device.
-    fn read_block_into(&self, pblk: u64, out: &mut [u8]) -> Result<()> {
+    /// The newest contents of one mapped block (the edge of a partial write): from a write in
+    /// flight or the cache (verified there), else from the device, checked against `crc`.
+    /// `at` (layer slot, inode, logical block) names the block if it fails.
+    fn read_block_into(
+        &self,
+        pblk: u64,
+        crc: Option<u32>,
+        at: (Slot, Ino, u64),
+        out: &mut [u8],
+    ) -> Result<()> {
         if self.inner.inflight.copy_out(pblk, 1, out)[0] || self.inner.cache.get(pblk, out) {
             return Ok(());
         }
@@ -470,15 +565,30 @@ impl Engine {
             .ring
             .read_sync(pblk * BLOCK, AlignedBuf::zeroed(1))
             .map_err(|e| self.inner.io_failed("read", pblk, e, false))?;
+        let got = block_crc(&buf);
+        if crc != Some(got) {
+            let stats = self.inner.stats.layer(at.0);
+            return Err(self.inner.checksum_failed(
+                at.0,
+                at.1,
+                at.2,
+                pblk,
+                crc,
+                got,
+                stats.as_deref(),
+            ));
+        }
         out.copy_from_slice(&buf);
         Ok(())
     }
 
-    /// Under the metadata lock: give new blocks to the holes of `[b0, b0+n)` and to blocks
-    /// this layer does not own (copy-on-write), append their records, update size and times,
-    /// and enter every block in the table of writes in flight before the new mapping is
-    /// visible. Returns where the blocks go, or the blocks an earlier write is still writing
-    /// in place (nothing changed then: wait for them and plan again).
+    /// Under the metadata lock: give every block of `[b0, b0+n)` a new block on the device
+    /// (holes, inherited blocks and the layer's own alike: a mapped block is never written
+    /// again, so its checksum stays true until it is freed), append the `Map` records with
+    /// their checksums (which free the layer's old blocks once they commit), update size and
+    /// times, and enter the blocks in the table of writes in flight before the new mapping is
+    /// visible.
+    #[allow(clippy::too_many_arguments)]
     fn plan_write(
         &self,
         node: Node,
@@ -487,6 +597,7 @@ impl Engine {
         end: u64,
         (kill, times): (KillPriv, WriteTimes),
         buf: &Arc<AlignedBuf>,
+        crcs: &[u32],
     ) -> Result<Planned> {
         self.change(node, |t, ino| {
             let epoch = t.m.epoch;
@@ -495,48 +606,19 @@ impl Engine {
             let mut a = i.attr;
             let x = i.extents().ok_or(errno(libc::EINVAL))?;
             let runs = x.runs(b0, n as u64);
-            // A large write over blocks scattered on the device (what small copy-on-write
-            // writes leave behind) would go out as many small device writes: it goes to new,
-            // contiguous blocks instead, and the layer's old blocks are freed when the
-            // remapping commits (the mapping records free them, as for any overwrite).
-            let quota = Limits::of(&t.layer()?.labels).bytes.map(|b| b / BLOCK);
-            let relocate = quota.is_none()
-                && n as u64 >= RELOCATE_MIN_BLOCKS
-                && runs.len() as u64 * RELOCATE_MIN_RUN > n as u64;
-            // An owned block an earlier write is still writing goes to a new block too (the
-            // old one is freed when the remapping commits), so no write waits for another and
-            // the device never sees two writes to one block at once. A layer with a space
-            // limit waits instead (new blocks would count against it).
-            let busy = |r: &Run| {
-                r.pblk
-                    .is_some_and(|p| self.inner.inflight.any_in_flight(&[(p, r.len)]))
-            };
-            // Decided once per run (a write in flight may finish meanwhile).
-            let fresh_runs: std::collections::HashSet<u64> = runs
-                .iter()
-                .filter(|r| {
-                    relocate || r.pblk.is_none() || r.owner != owner || (quota.is_none() && busy(r))
-                })
-                .map(|r| r.lblk)
-                .collect();
-            let fresh = |r: &Run| fresh_runs.contains(&r.lblk);
-            let in_place: Vec<(u64, u64)> = runs
-                .iter()
-                .filter(|r| !fresh(r))
-                .filter_map(|r| r.pblk.map(|p| (p, r.len)))
-                .collect();
-            if quota.is_some() && self.inner.inflight.any_in_flight(&in_place) {
-                return Ok(Planned::WaitFor(in_place));
-            }
-            let need: u64 = runs.iter().filter(|r| fresh(r)).map(|r| r.len).sum();
+            // Blocks the layer comes to own in addition to what it owns (holes and inherited
+            // blocks; replacing its own blocks frees as many as it takes).
+            let grows = |r: &Run| r.pblk.is_none() || r.owner != owner;
+            let net: u64 = runs.iter().filter(|r| grows(r)).map(|r| r.len).sum();
             // The layer's space limit: a write that needs more new blocks than are left is
             // cut to the part that fits (a short write; the next one gets EDQUOT).
+            let quota = Limits::of(&t.layer()?.labels).bytes.map(|b| b / BLOCK);
             if let Some(max) = quota {
                 let room = max.saturating_sub(t.layer()?.owned);
-                if need > room {
+                if net > room {
                     let (mut fit, mut used) = (0u64, 0u64);
                     for r in &runs {
-                        if fresh(r) {
+                        if grows(r) {
                             if used + r.len > room {
                                 fit += room - used;
                                 break;
@@ -552,57 +634,33 @@ impl Engine {
                     };
                 }
             }
-            let mut phys: Vec<(u64, u64, u64)> = Vec::new(); // (logical, physical, len)
-            let allocating = need > 0;
-            if allocating {
-                let hint = x.lookup(b0.saturating_sub(1)).map(|p| p + 1);
-                let mut got =
-                    t.m.alloc
-                        .alloc(need, hint)
-                        .ok_or(Error::NoSpace)?
-                        .into_iter();
-                let mut cur = got.next();
-                for r in runs {
-                    if !fresh(&r) {
-                        phys.push((r.lblk, r.pblk.unwrap_or(0), r.len));
-                        continue;
-                    }
-                    let mut l = r.lblk;
-                    let mut left = r.len;
-                    while left > 0 {
-                        let Some((pb, pn)) = cur.as_mut() else {
-                            return Err(Error::NoSpace);
-                        };
-                        let take = left.min(*pn);
-                        phys.push((l, *pb, take));
-                        t.rec(Record::Map {
-                            ino,
-                            lblk: l,
-                            pblk: *pb,
-                            len: take,
-                            owner,
-                        })?;
-                        *pb += take;
-                        *pn -= take;
-                        l += take;
-                        left -= take;
-                        if *pn == 0 {
-                            cur = got.next();
-                        }
-                    }
-                    if r.pblk.is_some() && r.owner != owner {
-                        self.inner.stats.cow(t.slot, r.len);
-                        self.inner
-                            .counters
-                            .cow_blocks
-                            .fetch_add(r.len, Ordering::Relaxed);
-                    }
+            for r in &runs {
+                if r.pblk.is_some() && r.owner != owner {
+                    self.inner.stats.cow(t.slot, r.len);
+                    self.inner
+                        .counters
+                        .cow_blocks
+                        .fetch_add(r.len, Ordering::Relaxed);
                 }
-            } else {
-                phys = runs
-                    .into_iter()
-                    .map(|r| (r.lblk, r.pblk.unwrap_or(0), r.len))
-                    .collect();
+            }
+            // New blocks next to where the block before the range now lives, so a file
+            // written or rewritten in order stays contiguous.
+            let hint = x.lookup(b0.saturating_sub(1)).map(|p| p + 1);
+            let got = t.m.alloc.alloc(n as u64, hint).ok_or(Error::NoSpace)?;
+            let mut ios: Vec<(usize, u64, usize)> = Vec::new(); // (index in buf, physical, len)
+            let mut idx = 0usize;
+            for (pb, pn) in got {
+                let k = pn as usize;
+                t.rec(Record::Map {
+                    ino,
+                    lblk: b0 + idx as u64,
+                    pblk: pb,
+                    len: pn,
+                    owner,
+                    crcs: crcs[idx..idx + k].to_vec(),
+                })?;
+                ios.push((idx, pb, k));
+                idx += k;
             }
             let set_times = times == WriteTimes::Set;
             if set_times {
@@ -621,35 +679,24 @@ impl Engine {
             if had_caps {
                 t.drop_capabilities(ino)?;
             }
-            if end > a.size || allocating || kill_suidgid || had_caps {
+            if end > a.size || net > 0 || kill_suidgid || had_caps {
                 a.size = a.size.max(end);
                 t.set_attr(ino, a)?;
             } else if set_times {
-                // In-place overwrite: the new times are journaled at the next commit.
+                // An overwrite: the new times are journaled at the next commit.
                 let slot = t.slot;
                 let l = t.m.layers.map.get_mut(&slot).ok_or(errno(libc::ENOENT))?;
                 l.tree.inodes.get_mut(&ino).ok_or(errno(libc::ENOENT))?.attr = a;
                 t.m.dirty.insert(node);
             }
-            // Merge physically contiguous pieces into device writes, and enter them in the
-            // table of writes in flight while the lock still hides the new mapping.
-            let mut ios: Vec<(usize, u64, usize)> = Vec::new(); // (index in buf, physical, len)
-            for (l, p, len) in phys {
-                let idx = (l - b0) as usize;
-                match ios.last_mut() {
-                    Some(io) if io.0 + io.2 == idx && io.1 + io.2 as u64 == p => {
-                        io.2 += len as usize
-                    }
-                    _ => ios.push((idx, p, len as usize)),
-                }
-            }
+            // Enter the blocks in the table of writes in flight while the lock still hides
+            // the new mapping.
             for &(idx, p, len) in &ios {
                 self.inner.inflight.insert(p, len as u64, buf.clone(), idx);
             }
             // Every data write belongs to the epoch it was planned in: a commit waits for its
-            // epoch's writes before the blocks it frees can be reused (so an in-place write
-            // still in flight never lands on a block that changed hands), and allocating
-            // writes are on the device before the records that map them.
+            // epoch's writes, so the blocks are on the device before the records that map
+            // them, and blocks it frees are never reused under a write still in flight.
             Ok(Planned::Ready(WritePlan {
                 ios,
                 epoch: EpochToken::join(&self.inner, epoch),
@@ -669,15 +716,8 @@ impl Engine {
         guard: Option<parking_lot::MutexGuard<'_, ()>>,
         cb: Cb<u32>,
     ) {
+        // The blocks are new (never cached: a freed block leaves the cache when it is freed).
         let WritePlan { ios, epoch, class } = plan;
-        for (idx, p, len) in &ios {
-            for k in 0..*len {
-                let i = idx + k;
-                self.inner
-                    .cache
-                    .write(p + k as u64, &buf[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE]);
-            }
-        }
         drop(guard);
         let c = &self.inner.counters;
         c.write_ops.fetch_add(1, Ordering::Relaxed);

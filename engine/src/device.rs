@@ -90,6 +90,11 @@ pub trait Device: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write durable.
     fn flush(&self) -> io::Result<()>;
+    /// Look at the size again (an image file or block device may grow while open: `truncate
+    /// -s`, `lvextend`) and return it. Devices that cannot grow return [`Device::size`].
+    fn refresh_size(&self) -> io::Result<u64> {
+        Ok(self.size())
+    }
     /// The O_DIRECT file descriptor, when the io_uring path may use it directly.
     fn raw_fd(&self) -> Option<RawFd> {
         None
@@ -113,7 +118,8 @@ pub enum FaultOp {
 /// An image file or block device opened with O_DIRECT and locked against a second daemon.
 pub struct FileDevice {
     file: File,
-    size: u64,
+    size: std::sync::atomic::AtomicU64,
+    is_blk: bool,
 }
 
 impl FileDevice {
@@ -178,7 +184,11 @@ impl FileDevice {
             meta.len()
         };
         let size = size / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
-        let dev = FileDevice { file, size };
+        let dev = FileDevice {
+            file,
+            size: size.into(),
+            is_blk,
+        };
         // Probe that direct I/O really works here (some file systems accept the flag at open
         // and refuse the I/O).
         if size >= BLOCK_SIZE as u64 {
@@ -223,7 +233,21 @@ fn block_device_size(file: &File) -> Result<u64> {
 
 impl Device for FileDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn refresh_size(&self) -> io::Result<u64> {
+        let size = if self.is_blk {
+            block_device_size(&self.file).map_err(|e| io::Error::other(e.to_string()))?
+        } else {
+            self.file.metadata()?.len()
+        };
+        let size = size / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
+        // Never smaller than what the file system was opened with (shrinking is refused at
+        // open, where `read_superblock` compares the superblock with the device).
+        Ok(self
+            .size
+            .fetch_max(size, std::sync::atomic::Ordering::SeqCst)
+            .max(size))
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
@@ -310,6 +334,13 @@ impl MemDevice {
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
         MemDevice {
             data: parking_lot::Mutex::new(bytes),
+        }
+    }
+    /// Make the device `size` bytes long (zeros added at the end), as `truncate -s` does.
+    pub fn grow(&self, size: u64) {
+        let mut d = self.data.lock();
+        if size as usize > d.len() {
+            d.resize(size as usize, 0);
         }
     }
 }

@@ -92,6 +92,10 @@ pub(crate) struct Inner {
     pub(crate) layer_listener: Mutex<Option<LayerListener>>,
     /// Writes the kernel's dirty pages back (see `kernel_cache`).
     pub(crate) kernel_flush: Mutex<Option<KernelFlush>>,
+    /// The online scrub (`scrub.rs`).
+    pub(crate) scrub: crate::scrub::Scrubber,
+    /// One grow at a time.
+    pub(crate) grow_lock: Mutex<()>,
 }
 
 /// Called with the id of a layer that was removed.
@@ -114,6 +118,13 @@ impl Engine {
     /// Open (recover) a Strata file system on `dev`.
     pub fn open(dev: Arc<dyn Device>, opts: Options) -> Result<Arc<Engine>> {
         let l = load(dev.as_ref())?;
+        if l.sb.version < crate::format::FORMAT_VERSION {
+            return Err(Error::Unusable(format!(
+                "this image has on-disk format version {} (without data checksums); this strata                  mounts version {}. Convert it once with `strata migrate IMAGE` (it reads every                  data block to compute its checksum), then mount it",
+                l.sb.version,
+                crate::format::FORMAT_VERSION
+            )));
+        }
         if !l.problems.is_empty() {
             return Err(Error::corrupt(
                 format!("{} (run `strata fsck`)", l.problems.join("; ")),
@@ -163,6 +174,8 @@ impl Engine {
             started: Time::now(),
             layer_listener: Mutex::new(None),
             kernel_flush: Mutex::new(None),
+            scrub: Default::default(),
+            grow_lock: Mutex::new(()),
         });
         // Files unlinked while open when the last session ended (active layers only: a frozen
         // layer's tree is shared by its children).
@@ -206,8 +219,10 @@ impl Engine {
         if replayed > 0 {
             log::info!("replayed {replayed} journal chunk(s)");
         }
-        // Mark the file system in use and compact the journal into a fresh checkpoint.
-        inner.checkpoint(CheckpointKind::InUse)?;
+        // Mark the file system in use and compact the journal into a fresh checkpoint; a device
+        // that grew while the file system was not mounted is taken in by the same checkpoint.
+        let grow_to = inner.grown_device()?;
+        inner.checkpoint_grow(CheckpointKind::InUse, grow_to)?;
         let engine = Arc::new(Engine {
             inner: inner.clone(),
             commit_thread: Mutex::new(None),
@@ -226,6 +241,7 @@ impl Engine {
 
     /// Clean shutdown: final checkpoint marked clean, threads stopped.
     pub fn shutdown(&self) -> Result<()> {
+        self.inner.scrub.stop();
         let t = self.commit_thread.lock().take();
         if let Some(t) = t {
             self.inner.commitq.lock().stop = true;
@@ -363,7 +379,98 @@ impl Engine {
     }
 }
 
+/// What a grow did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrowReport {
+    /// File system size before and after, in bytes.
+    pub old_bytes: u64,
+    pub new_bytes: u64,
+}
+
+impl Engine {
+    /// Take in the space of a device that grew while mounted (`truncate -s`, `lvextend`):
+    /// the size is read again, and a checkpoint whose superblock declares the new size is
+    /// written; once it is durable the new blocks are free space (statfs and the metrics show
+    /// it). A crash leaves the old size or the new one. Nothing to do (the same sizes in the
+    /// report) when the device did not grow.
+    pub fn grow(&self) -> Result<GrowReport> {
+        self.inner.poison.check()?;
+        let _one = self.inner.grow_lock.lock();
+        let old = self.inner.jpos.lock().sb.total_blocks;
+        let Some(new) = self.inner.grown_device()? else {
+            return Ok(GrowReport {
+                old_bytes: old * BLOCK,
+                new_bytes: old * BLOCK,
+            });
+        };
+        self.inner
+            .checkpoint_grow(CheckpointKind::InUse, Some(new))?;
+        let now = self.inner.jpos.lock().sb.total_blocks;
+        log::info!(
+            "grew the file system from {} MiB to {} MiB",
+            (old * BLOCK) >> 20,
+            (now * BLOCK) >> 20
+        );
+        Ok(GrowReport {
+            old_bytes: old * BLOCK,
+            new_bytes: now * BLOCK,
+        })
+    }
+}
+
 impl Inner {
+    /// The device's size in blocks if it is now larger than the file system.
+    pub(crate) fn grown_device(&self) -> Result<Option<u64>> {
+        let size = self
+            .dev
+            .refresh_size()
+            .map_err(|e| Error::io("stat", 0, e))?;
+        let total = self.jpos.lock().sb.total_blocks;
+        let blocks = size / BLOCK;
+        Ok((blocks > total).then(|| {
+            log::info!(
+                "the device is {} MiB, the file system {} MiB: growing it",
+                size >> 20,
+                (total * BLOCK) >> 20
+            );
+            blocks
+        }))
+    }
+
+    /// A data block read from the device does not match its checksum (`want` is None when
+    /// the block has none): count it for the layer and the daemon, log where it is, and
+    /// return the error the reader gets (EIO). Nothing is latched: other blocks still read.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn checksum_failed(
+        &self,
+        slot: Slot,
+        ino: Ino,
+        lblk: u64,
+        pblk: u64,
+        want: Option<u32>,
+        got: u32,
+        stats: Option<&crate::stats::LayerStats>,
+    ) -> Error {
+        self.counters
+            .checksum_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = stats {
+            l.checksum_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let layer = self
+            .meta
+            .lock()
+            .layers
+            .get(slot)
+            .map(|l| String::from_utf8_lossy(&l.id).into_owned())
+            .unwrap_or_else(|| format!("slot {slot}"));
+        let want = want.map_or("none".to_string(), |c| format!("{c:08x}"));
+        log::error!(
+            "data checksum mismatch: layer {layer:?} inode {ino} logical block {lblk} physical              block {pblk}: expected crc {want}, the device returned data with crc {got:08x};              the read fails with EIO (run `strata scrub` to find every bad block)"
+        );
+        Error::Checksum { block: pblk }
+    }
+
     /// A device I/O failed: count it, log it, and latch read-only when it was a write.
     pub(crate) fn io_failed(
         &self,

@@ -17,6 +17,9 @@ pub enum Error {
     },
     /// On-disk data did not pass its checks.
     Corrupt { what: String, block: u64 },
+    /// A file data block read from the device does not match its checksum (EIO to the
+    /// reader: the data is never returned).
+    Checksum { block: u64 },
     /// The device is not a Strata image (or a newer format).
     NotStrata(String),
     /// The device cannot be used as asked (no O_DIRECT, read-only, in use, too small).
@@ -44,6 +47,7 @@ impl Error {
             Error::Errno(e) => *e,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::Corrupt { .. } => libc::EUCLEAN,
+            Error::Checksum { .. } => libc::EIO,
             Error::NotStrata(_) => libc::EINVAL,
             Error::Unusable(_) => libc::EINVAL,
             Error::Poisoned => libc::EROFS,
@@ -75,6 +79,10 @@ impl fmt::Display for Error {
                 write!(f, "device {op} at byte {offset} failed: {source}")
             }
             Error::Corrupt { what, block } => write!(f, "corrupt metadata at block {block}: {what}"),
+            Error::Checksum { block } => write!(
+                f,
+                "data block {block} does not match its checksum (the device returned bad data)"
+            ),
             Error::NotStrata(why) => write!(f, "not a Strata image: {why}"),
             Error::Unusable(why) => write!(f, "{why}"),
             Error::Poisoned => write!(

@@ -6,7 +6,11 @@ use crate::error::{Error, Result};
 pub const BLOCK_SIZE: usize = 4096;
 pub const BLOCK: u64 = BLOCK_SIZE as u64;
 pub const MAGIC: &[u8; 8] = b"STRATAFS";
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this engine writes. Version 1 (before data checksums) is still read, by
+/// `strata migrate` only.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format `strata migrate` converts.
+pub const OLDEST_VERSION: u32 = 1;
 /// Superblock slots live in blocks 0 and 1.
 pub const SB_SLOTS: [u64; 2] = [0, 1];
 pub const JOURNAL_START: u64 = 2;
@@ -89,9 +93,9 @@ impl Superblock {
         }
         let mut d = Dec::new(&block[8..], blockno);
         let version = d.u32()?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::NotStrata(format!(
-                "format version {version} at block {blockno}; this strata reads version {FORMAT_VERSION}"
+                "format version {version} at block {blockno}; this strata reads versions {OLDEST_VERSION} to {FORMAT_VERSION}"
             )));
         }
         let bs = d.u32()?;

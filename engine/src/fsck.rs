@@ -17,6 +17,12 @@ pub struct Report {
     pub blocks_used: u64,
     pub blocks_total: u64,
     pub chunks_replayed: u64,
+    /// The image's format version (1: no data checksums; `strata migrate` converts it).
+    pub version: u32,
+    /// Space nothing can free, which is not damage: inodes unlinked while open and then
+    /// frozen by a commit or snapshot of their layer (an active layer drops its own at every
+    /// open; a committed layer never changes). `fsck --repair` removes them.
+    pub leaks: Vec<String>,
 }
 
 impl Report {
@@ -27,20 +33,94 @@ impl Report {
 
 /// Check the file system on `dev` without changing it. Errors mean it cannot be read at all.
 pub fn check(dev: &dyn Device) -> Result<Report> {
-    let l = recovery::load(dev)?;
+    let l = recovery::load_salvage(dev)?;
     let mut r = Report {
         problems: l.problems.clone(),
         chunks_replayed: l.chunks_replayed,
+        version: l.sb.version,
         ..Default::default()
     };
+    // Layers no base layer reaches: a parent slot that names no layer, or a loop of parents.
+    let reached: std::collections::HashSet<_> = l.layers.topo_order().into_iter().collect();
+    for (slot, layer) in &l.layers.map {
+        if reached.contains(slot) {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&layer.id);
+        match layer.parent {
+            Some(p) if !l.layers.map.contains_key(&p) => r.problems.push(format!(
+                "layer {name} (slot {slot}): parent slot {p} is missing; only what it changed \
+                 itself is readable"
+            )),
+            _ => r.problems.push(format!(
+                "layer {name} (slot {slot}): not reached from a base layer (its parent chain \
+                 is broken or loops)"
+            )),
+        }
+    }
     r.blocks_total = l.alloc.total();
     r.blocks_used = l.alloc.total() - l.alloc.free();
+    // Checksums are kept only for blocks some layer owns (a freed block's goes with it).
+    let mut owned: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for slot in l.layers.topo_order() {
+        owned.extend(l.layers.owned_extents(slot));
+    }
+    let stale: Vec<u64> = l
+        .layers
+        .crcs
+        .runs()
+        .into_iter()
+        .flat_map(|(b, v)| b..b + v.len() as u64)
+        .filter(|x| {
+            owned
+                .range(..=*x)
+                .next_back()
+                .is_none_or(|(s, n)| *x >= s + n)
+        })
+        .collect();
+    if let Some(first) = stale.first() {
+        r.problems.push(format!(
+            "{} checksum(s) kept for blocks no layer owns (the first: block {first})",
+            stale.len()
+        ));
+    }
     for slot in l.layers.topo_order() {
         let Some(layer) = l.layers.get(slot) else {
             continue;
         };
         let name = String::from_utf8_lossy(&layer.id).into_owned();
         check_tree(&layer.tree, &format!("layer {name}: "), &mut r.problems);
+        if layer.state != crate::meta::LayerState::Active {
+            // Only the layer's own copies (a child shares its parent's).
+            let own = |ino: &u64, i: &crate::meta::Inode| {
+                *ino != ROOT_INO
+                    && i.attr.nlink == 0
+                    && layer
+                        .parent
+                        .and_then(|p| l.layers.get(p))
+                        .is_none_or(|p| p.tree.get(*ino) != Some(i))
+            };
+            for (ino, i) in layer.tree.inodes.iter().filter(|(k, v)| own(k, v)) {
+                let blocks = i.extents().map_or(0, |x| x.blocks());
+                r.leaks.push(format!(
+                    "layer {name}: inode {ino} is unlinked (link count 0) in a committed \
+                     layer and holds {blocks} block(s) nothing can free"
+                ));
+            }
+        }
+        // Every block the layer owns has a checksum (version 2).
+        if l.sb.version >= 2 {
+            for (b, n) in l.layers.owned_extents(slot) {
+                let mut got = Vec::new();
+                l.layers.crcs.get_run(b, n, &mut got);
+                let missing = got.iter().filter(|c| c.is_none()).count();
+                if missing > 0 {
+                    r.problems.push(format!(
+                        "layer {name}: {missing} of the {n} block(s) from block {b} have no checksum"
+                    ));
+                }
+            }
+        }
         r.inodes += layer.tree.inodes.len() as u64;
         // Every block a layer can see is allocated and owned by it or one of its ancestors.
         let mut owners = vec![layer.owner];

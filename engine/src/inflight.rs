@@ -7,17 +7,14 @@
 //! here first, so it can never read what the block held before (another file's freed data),
 //! and a read-modify-write of a partly covered block starts from the newest contents.
 //!
-//! A block has at most one write in flight: a writer whose in-place blocks are still being
-//! written waits for them first ([`Inflight::wait_clear`]), so the device never sees two
-//! writes to one block race each other. Newly allocated blocks are never in flight (blocks are
-//! reused only after the commit that freed them, which waited for their writes).
+//! A block has at most one write in flight: every write goes to newly allocated blocks, and
+//! blocks are reused only after the commit that freed them, which waited for their writes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::device::AlignedBuf;
 use crate::format::BLOCK_SIZE;
@@ -34,7 +31,6 @@ struct Entry {
 pub(crate) struct Inflight {
     /// First physical block of a run → the run. Runs never overlap.
     runs: Mutex<BTreeMap<u64, Entry>>,
-    cleared: Condvar,
     /// Runs in the table (a reader skips the lock when it is zero).
     count: AtomicU64,
     /// Bytes in the table.
@@ -59,7 +55,6 @@ impl Inflight {
                 .fetch_sub(e.n * BLOCK_SIZE as u64, Ordering::Relaxed);
         }
         drop(runs);
-        self.cleared.notify_all();
     }
 
     /// More than `limit` bytes are waiting for the device: the next write should be answered
@@ -116,14 +111,6 @@ impl Inflight {
         }
         let runs = self.runs.lock();
         ranges.iter().any(|&(p, n)| Self::overlaps(&runs, p, n))
-    }
-
-    /// Wait until none of `ranges` is in flight.
-    pub(crate) fn wait_clear(&self, ranges: &[(u64, u64)]) {
-        let mut runs = self.runs.lock();
-        while ranges.iter().any(|&(p, n)| Self::overlaps(&runs, p, n)) {
-            self.cleared.wait_for(&mut runs, Duration::from_millis(100));
-        }
     }
 }
 

@@ -68,11 +68,20 @@ pub fn chunk_payload(h: &ChunkHeader, blocks: &[u8]) -> Option<Vec<u8>> {
 
 /// Records of a chunk payload, each with the slot of the layer it changes (0: a layer record).
 pub fn decode_records(payload: &[u8], block: u64) -> Result<Vec<(crate::meta::Slot, Record)>> {
+    decode_records_version(payload, block, crate::format::FORMAT_VERSION)
+}
+
+/// [`decode_records`] of a chunk written by format `version`.
+pub fn decode_records_version(
+    payload: &[u8],
+    block: u64,
+    version: u32,
+) -> Result<Vec<(crate::meta::Slot, Record)>> {
     let mut d = Dec::new(payload, block);
     let mut out = Vec::new();
     while !d.is_empty() {
         let slot = d.u32()?;
-        out.push((slot, Record::decode(&mut d)?));
+        out.push((slot, Record::decode_version(&mut d, version)?));
     }
     Ok(out)
 }

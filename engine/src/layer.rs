@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::codec::{Dec, Enc};
+use crate::crc::Crcs;
 use crate::error::{Error, Result};
 use crate::format::Time;
 use crate::meta::{Content, Freed, LayerState, Name, Owner, Record, Slot, Tree};
@@ -30,6 +31,8 @@ pub struct Layers {
     pub by_id: HashMap<Name, Slot>,
     pub next_slot: Slot,
     pub next_owner: Owner,
+    /// The checksum of every mapped data block (shared by every layer that maps it).
+    pub crcs: Crcs,
 }
 
 /// Layer ids: printable, no `/`, not `.` or `..`, 1 to 255 bytes.
@@ -224,6 +227,9 @@ impl Layers {
                     .remove(slot)
                     .ok_or_else(|| Error::corrupt(format!("removal of missing layer {slot}"), 0))?;
                 self.by_id.remove(&l.id);
+                for (b, n) in &owned {
+                    self.crcs.clear(*b, *n);
+                }
                 freed.extend(owned);
             }
             Record::LayerLabels { slot, labels } => {
@@ -236,6 +242,13 @@ impl Layers {
                 let plus: u64 = mapped[m0..].iter().map(|x| x.1).sum();
                 let minus: u64 = freed[f0..].iter().map(|x| x.1).sum();
                 l.owned = (l.owned + plus).saturating_sub(minus);
+                // A freed block's checksum goes with it; a mapped block gets the record's.
+                for (b, n) in &freed[f0..] {
+                    self.crcs.clear(*b, *n);
+                }
+                if let Record::Map { pblk, crcs, .. } = rec {
+                    self.crcs.set(*pblk, crcs);
+                }
             }
         }
         Ok(())
@@ -266,10 +279,31 @@ impl Layers {
             let base = l.parent.and_then(|p| self.map.get(&p)).map(|p| &p.tree);
             l.tree.encode(base, &mut e);
         }
+        self.crcs.encode(&mut e);
         e.buf
     }
 
+    /// Decode a checkpoint payload written by this version of the format.
     pub fn decode(buf: &[u8], block: u64) -> Result<Layers> {
+        Layers::decode_version(buf, block, crate::format::FORMAT_VERSION)
+    }
+
+    /// Decode a checkpoint payload written by format `version` (1: no checksum section).
+    pub fn decode_version(buf: &[u8], block: u64, version: u32) -> Result<Layers> {
+        Layers::decode_inner(buf, block, version, false)
+    }
+
+    /// [`Layers::decode_version`] for `fsck` and `fsck --repair`: a layer whose parent is not
+    /// listed before it (a parent slot that names no layer) is kept, with its parent slot as
+    /// written, and with the tree it lists (its difference from the lost parent: what it
+    /// changed itself) as a whole tree; inodes it says it removed from the parent are ignored,
+    /// and a missing root directory is replaced by an empty one. Such a layer is not reached
+    /// by [`Layers::topo_order`]; `repair` makes it a base layer.
+    pub fn decode_salvage(buf: &[u8], block: u64, version: u32) -> Result<Layers> {
+        Layers::decode_inner(buf, block, version, true)
+    }
+
+    fn decode_inner(buf: &[u8], block: u64, version: u32, salvage: bool) -> Result<Layers> {
         let mut d = Dec::new(buf, block);
         let mut ls = Layers {
             next_slot: d.u32()?,
@@ -303,7 +337,9 @@ impl Layers {
                 let v: Name = Arc::from(d.bytes(crate::meta::MAX_LABEL)?);
                 labels.insert(k, v);
             }
+            let orphan = salvage && parent.is_some_and(|p| !ls.map.contains_key(&p));
             let base = match parent {
+                Some(_) if orphan => None,
                 Some(p) => Some(
                     &ls.map
                         .get(&p)
@@ -317,7 +353,11 @@ impl Layers {
                 ),
                 None => None,
             };
-            let tree = Tree::decode(&mut d, base)?;
+            let tree = if orphan {
+                Tree::decode_salvage(&mut d, created)?
+            } else {
+                Tree::decode(&mut d, base)?
+            };
             if slot == 0 || ls.map.contains_key(&slot) || ls.by_id.contains_key(&id) {
                 return Err(Error::corrupt(
                     format!("checkpoint lists layer slot {slot} twice"),
@@ -340,6 +380,9 @@ impl Layers {
             );
             ls.next_slot = ls.next_slot.max(slot + 1);
             ls.next_owner = ls.next_owner.max(owner + 1);
+        }
+        if version >= 2 {
+            ls.crcs = Crcs::decode(&mut d)?;
         }
         if !d.is_empty() {
             return Err(Error::corrupt("trailing bytes after checkpoint", block));

@@ -16,7 +16,7 @@
 //!   records), [`layer`] (layers and their checkpoint encoding), `node.rs` (node ids).
 //! - On disk: [`format`] (superblock, documented in `engine/docs/format.md`), [`journal`]
 //!   (chunk and checkpoint-block framing), `mkfs.rs`, `recovery.rs` (superblock, checkpoint,
-//!   journal replay), [`fsck`].
+//!   journal replay), [`fsck`], `migrate.rs` (version 1 images to the current format).
 //! - Below: `alloc.rs` (free space), `cache.rs` (the block cache shared by every layer),
 //!   `inflight.rs` (data writes the device has not finished), `ring.rs` (io_uring
 //!   threads), `local_io.rs` (device reads on a caller's own io_uring), `device.rs` (O_DIRECT file or block device, aligned
@@ -40,18 +40,22 @@ mod kernel_cache;
 mod layer_ops;
 mod limits;
 mod local_io;
+mod migrate;
 mod mkfs;
 mod namespace;
 mod node;
 mod poison;
 mod recovery;
+pub mod repair;
 mod ring;
 mod sched;
+pub mod scrub;
 mod txn;
 
 // The data model and the on-disk structures: public because `Engine::with_layers` hands out
 // `Layers`, and the fuzz targets decode journal chunks, checkpoints and superblocks directly.
 pub mod codec;
+pub mod crc;
 pub mod format;
 pub mod journal;
 pub mod layer;
@@ -66,7 +70,7 @@ pub use api::{
 };
 pub use data::MAX_FILE_SIZE;
 pub use device::{prepare_image, AlignedBuf, Device, FaultOp, FileDevice, MemDevice};
-pub use engine::{Engine, LayerListener};
+pub use engine::{Engine, GrowReport, LayerListener};
 pub use error::{Error, Result};
 pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};
 pub use kernel_cache::{CacheMode, KernelFlush, WRITEBACK_RESERVE};
@@ -76,6 +80,7 @@ pub use limits::{
 };
 pub use local_io::{set_local_io, DeviceIo, LocalIo};
 pub use meta::{Attr, Ino, LayerState, Name, Slot};
+pub use migrate::{migrate, MigrateReport};
 pub use mkfs::{mkfs, DEFAULT_LAYER};
 pub use namespace::Atime;
 pub use node::{node_of, split, Node, MOUNT_ROOT};

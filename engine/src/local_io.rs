@@ -24,7 +24,7 @@ use io_uring::{opcode, squeue, types};
 use crate::api::ReadCb;
 use crate::engine::Engine;
 use crate::node::Node;
-use crate::ring::{IoBuf, IoReq, Op};
+use crate::ring::{IoBuf, IoReq, Op, Wakers};
 use crate::sched::Sched;
 
 /// Takes device I/O on a thread's own ring (see the module doc).
@@ -59,8 +59,11 @@ pub struct DeviceIo {
     done_bytes: usize,
     fd: RawFd,
     inflight: Arc<AtomicU64>,
-    /// The scheduler that admitted it (`Sched::admit`), told when it leaves the device.
+    /// The scheduler that admitted it (`Sched::admit`), told when it leaves the device;
+    /// then the I/O threads are woken if requests wait (some may have waited for this one to
+    /// leave the shared in-flight cap).
     sched: Arc<Sched>,
+    wakers: Arc<Wakers>,
 }
 
 impl DeviceIo {
@@ -69,6 +72,7 @@ impl DeviceIo {
         fd: RawFd,
         inflight: Arc<AtomicU64>,
         sched: Arc<Sched>,
+        wakers: Arc<Wakers>,
     ) -> DeviceIo {
         DeviceIo {
             req,
@@ -76,6 +80,7 @@ impl DeviceIo {
             fd,
             inflight,
             sched,
+            wakers,
         }
     }
 
@@ -127,6 +132,9 @@ impl DeviceIo {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
         self.sched
             .done(self.req.class.slot, self.req.buf.len() as u64);
+        if self.sched.pending() {
+            self.wakers.kick();
+        }
         let IoReq { buf, done, .. } = self.req;
         done(r.map(|()| buf));
     }
@@ -146,5 +154,93 @@ impl Engine {
         ROUTE.with(|r| r.set(true));
         let _route = Route;
         self.read(node, offset, size, cb);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::device::{AlignedBuf, FileDevice};
+    use crate::ring::Ring;
+    use crate::sched::{IoClass, Policy};
+
+    /// Keeps the device reads handed to this thread, to complete them when the test says.
+    #[derive(Default)]
+    struct Held(RefCell<Vec<DeviceIo>>);
+
+    impl LocalIo for Held {
+        fn submit(&self, io: DeviceIo) {
+            self.0.borrow_mut().push(io);
+        }
+    }
+
+    fn read(slot: u32, blocks: usize, tx: &mpsc::Sender<u32>) -> IoReq {
+        let tx = tx.clone();
+        IoReq {
+            op: Op::Read,
+            offset: 0,
+            buf: IoBuf::Owned(AlignedBuf::zeroed(blocks)),
+            done: Box::new(move |r| {
+                let _ = tx.send(if r.is_ok() { slot } else { u32::MAX });
+            }),
+            class: IoClass { slot, stats: None },
+        }
+    }
+
+    #[test]
+    fn a_request_held_back_by_a_local_read_goes_when_that_read_ends() {
+        let path = std::path::PathBuf::from(format!(
+            "/var/tmp/strata-local-io-{}.img",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        crate::prepare_image(&path, Some(16 << 20)).expect("image");
+        let dev = Arc::new(FileDevice::open(&path).expect("O_DIRECT image"));
+        let ring = Ring::start(dev, Policy::Fair).expect("ring");
+        let held = Rc::new(Held::default());
+        set_local_io(Some(held.clone()));
+        ROUTE.with(|r| r.set(true));
+        let (tx, rx) = mpsc::channel();
+        // Layer 1 reads 256 KiB on this thread's ring (nothing waits: admitted), layer 2 a
+        // block (a layer with nothing in flight may always send): two layers active.
+        ring.submit(vec![read(1, 64, &tx)]);
+        ring.submit(vec![read(2, 1, &tx)]);
+        assert_eq!(
+            held.0.borrow().len(),
+            2,
+            "both reads went on the local ring"
+        );
+        // Layer 1's next read, 1 MiB, would pass the shared in-flight cap: it queues for the
+        // I/O threads, which may not send it before layer 1's local read ends.
+        ring.submit(vec![read(1, 256, &tx)]);
+        assert_eq!(held.0.borrow().len(), 2, "the third read queued");
+        ROUTE.with(|r| r.set(false));
+        // Let the I/O threads see it held back and go to sleep (else they may find the local
+        // reads ended before they look, and this test would not test the wake-up).
+        for _ in 0..60_000 {
+            if ring.all_waiting() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The local reads end (as their ring would report them).
+        for io in held.0.take() {
+            let n = io.req.buf.len() as i32;
+            assert!(io.complete(n).is_none());
+        }
+        let mut got: Vec<u32> = (0..3)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(60))
+                    .expect("every read completes (the queued one must not wait forever)")
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![1, 1, 2]);
+        set_local_io(None);
+        drop(ring);
+        let _ = std::fs::remove_file(&path);
     }
 }

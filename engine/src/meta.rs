@@ -265,7 +265,7 @@ pub struct Dir {
 pub const FIRST_COOKIE: u64 = 3;
 
 impl Dir {
-    fn insert(&mut self, name: Name, ino: Ino) {
+    pub(crate) fn insert(&mut self, name: Name, ino: Ino) {
         if self.next_cookie < FIRST_COOKIE {
             self.next_cookie = FIRST_COOKIE;
         }
@@ -277,7 +277,7 @@ impl Dir {
         self.entries.insert(name.clone(), (ino, c));
         self.by_cookie.insert(c, name);
     }
-    fn remove(&mut self, name: &[u8]) -> Option<Ino> {
+    pub(crate) fn remove(&mut self, name: &[u8]) -> Option<Ino> {
         let (ino, c) = self.entries.remove(name)?;
         self.by_cookie.remove(&c);
         Some(ino)
@@ -399,12 +399,15 @@ pub enum Record {
         dir: Ino,
         name: Name,
     },
+    /// Map `len` blocks at `lblk` to `pblk..`, owned by `owner`; `crcs` holds the CRC-32C
+    /// of each block's contents (format version 2; empty in records read from version 1).
     Map {
         ino: Ino,
         lblk: u64,
         pblk: u64,
         len: u64,
         owner: Owner,
+        crcs: Vec<u32>,
     },
     Unmap {
         ino: Ino,
@@ -502,6 +505,7 @@ impl Record {
                 pblk,
                 len,
                 owner,
+                crcs,
             } => {
                 e.u8(6);
                 e.u64(*ino);
@@ -509,6 +513,10 @@ impl Record {
                 e.u64(*pblk);
                 e.u64(*len);
                 e.u32(*owner);
+                // One checksum per block (`Txn::rec` refuses a record with another count).
+                for c in crcs {
+                    e.u32(*c);
+                }
             }
             Record::Unmap { ino, lblk, len } => {
                 e.u8(7);
@@ -584,7 +592,13 @@ impl Record {
         }
     }
 
+    /// Decode one record written by this version of the format.
     pub fn decode(d: &mut Dec) -> Result<Record> {
+        Record::decode_version(d, crate::format::FORMAT_VERSION)
+    }
+
+    /// Decode one record written by format `version` (1: `Map` records carry no checksums).
+    pub fn decode_version(d: &mut Dec, version: u32) -> Result<Record> {
         let tag = d.u8()?;
         let name =
             |d: &mut Dec| -> Result<Name> { Ok(Arc::from(d.bytes(crate::format::MAX_NAME)?)) };
@@ -625,13 +639,29 @@ impl Record {
                 dir: d.u64()?,
                 name: name(d)?,
             },
-            6 => Record::Map {
-                ino: d.u64()?,
-                lblk: d.u64()?,
-                pblk: d.u64()?,
-                len: d.u64()?,
-                owner: d.u32()?,
-            },
+            6 => {
+                let (ino, lblk, pblk, len, owner) =
+                    (d.u64()?, d.u64()?, d.u64()?, d.u64()?, d.u32()?);
+                let crcs = if version >= 2 {
+                    if len > d.remaining() as u64 / 4 {
+                        return Err(Error::corrupt(
+                            format!("block map of {len} blocks without their checksums"),
+                            d.block,
+                        ));
+                    }
+                    (0..len).map(|_| d.u32()).collect::<Result<Vec<u32>>>()?
+                } else {
+                    Vec::new()
+                };
+                Record::Map {
+                    ino,
+                    lblk,
+                    pblk,
+                    len,
+                    owner,
+                    crcs,
+                }
+            }
             7 => Record::Unmap {
                 ino: d.u64()?,
                 lblk: d.u64()?,
@@ -787,6 +817,7 @@ impl Tree {
                 pblk,
                 len,
                 owner: o,
+                ..
             } => {
                 let i = self.get_mut(*ino, b)?;
                 match &mut i.content {
@@ -879,6 +910,17 @@ impl Tree {
 
     /// Read a tree written by [`Tree::encode`] with the same `base`.
     pub fn decode(d: &mut Dec, base: Option<&Tree>) -> Result<Tree> {
+        Tree::decode_inner(d, base, None)
+    }
+
+    /// Decode the tree of a layer whose parent is lost (see [`crate::layer::Layers::decode_salvage`]):
+    /// the inodes it lists, without the removals, and an empty root directory (created at
+    /// `now`, owned by root) if it lists none.
+    pub fn decode_salvage(d: &mut Dec, now: Time) -> Result<Tree> {
+        Tree::decode_inner(d, None, Some(now))
+    }
+
+    fn decode_inner(d: &mut Dec, base: Option<&Tree>, salvage: Option<Time>) -> Result<Tree> {
         let block = d.block;
         let next_ino = d.u64()?;
         let mut t = match base {
@@ -901,11 +943,17 @@ impl Tree {
         let r = d.u64()?;
         for _ in 0..r {
             let ino = d.u64()?;
-            if t.inodes.remove(&ino).is_none() {
+            if t.inodes.remove(&ino).is_none() && salvage.is_none() {
                 return Err(Error::corrupt(
                     format!("checkpoint removes missing inode {ino}"),
                     block,
                 ));
+            }
+        }
+        if let (Some(now), None) = (salvage, t.inodes.get(&ROOT_INO)) {
+            if let Some(root) = Tree::new_root(0, 0, now).inodes.get(&ROOT_INO) {
+                t.inodes.insert(ROOT_INO, root.clone());
+                t.next_ino = t.next_ino.max(ROOT_INO + 1);
             }
         }
         if t.inodes.get(&ROOT_INO).map(|r| r.attr.is_dir()) != Some(true) {
@@ -1064,6 +1112,7 @@ mod tests {
                 pblk: 77,
                 len: 2,
                 owner: 1,
+                crcs: vec![7, 8],
             },
             Record::SetXattr {
                 ino: 2,
@@ -1121,6 +1170,7 @@ mod tests {
                     pblk: 90,
                     len: 1,
                     owner: 2,
+                    crcs: vec![9],
                 },
                 2,
                 &mut f,

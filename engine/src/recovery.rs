@@ -86,9 +86,20 @@ fn claim(
 
 /// Recovery: newest valid superblock, its checkpoint, then the journal until the first bad chunk.
 pub fn load(dev: &dyn Device) -> Result<Loaded> {
+    load_with(dev, false)
+}
+
+/// [`load`] for fsck and repair: a checkpoint layer whose parent is missing is kept (see
+/// [`Layers::decode_salvage`]) instead of failing the load. Its blocks are not claimed (it
+/// is not reached from a base layer); `repair` claims them once it is a base layer.
+pub fn load_salvage(dev: &dyn Device) -> Result<Loaded> {
+    load_with(dev, true)
+}
+
+fn load_with(dev: &dyn Device, salvage: bool) -> Result<Loaded> {
     let sb = read_superblock(dev)?;
     let fsid = sb.fsid();
-    let (mut layers, ckpt_blocks) = read_checkpoint(dev, &sb)?;
+    let (mut layers, ckpt_blocks) = read_checkpoint(dev, &sb, salvage)?;
     let mut alloc = Allocator::new(sb.data_start, sb.total_blocks);
     let mut problems = Vec::new();
     for b in &ckpt_blocks {
@@ -127,7 +138,7 @@ pub fn load(dev: &dyn Device) -> Result<Loaded> {
         let Some(payload) = journal::chunk_payload(&h, &blocks) else {
             break;
         };
-        let recs = journal::decode_records(&payload, at)?;
+        let recs = journal::decode_records_version(&payload, at, sb.version)?;
         // Allocation follows each record in order: a block mapped and freed again within one
         // chunk must end up free.
         for (slot, r) in &recs {

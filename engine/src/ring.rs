@@ -128,13 +128,41 @@ struct Worker {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Wakes the I/O threads when the scheduler may have something for them: a submission, or
+/// the end of a request the scheduler counted in flight but the threads did not run (a read
+/// on a caller's own ring, `local_io`: a request held back by the shared in-flight cap until
+/// it ends would otherwise wait for a completion no I/O thread sees).
+pub(crate) struct Wakers {
+    shared: Vec<Arc<Shared>>,
+    /// Bumped by every kick: a worker that saw the same value before and after deciding to
+    /// sleep missed nothing.
+    pushes: Arc<AtomicU64>,
+    next: AtomicUsize,
+}
+
+impl Wakers {
+    /// Make one sleeping worker (if any) ask the scheduler again; an awake one will anyway.
+    pub(crate) fn kick(&self) {
+        self.pushes.fetch_add(1, Ordering::SeqCst);
+        // Wake one sleeping worker, starting from a different one each time.
+        let n = self.shared.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            let w = &self.shared[(first + k) % n];
+            if w.waiting.swap(false, Ordering::SeqCst) {
+                w.wake();
+                break;
+            }
+        }
+    }
+}
+
 /// The I/O threads: one io_uring ring each (two by default, so completions and the FUSE
 /// replies sent from them use both cores of a small host), sharing one scheduler.
 pub struct Ring {
     workers: Vec<Worker>,
     sched: Arc<Sched>,
-    pushes: Arc<AtomicU64>,
-    next: AtomicUsize,
+    wakers: Arc<Wakers>,
     inflight: Arc<AtomicU64>,
     /// The device, and its descriptor when it has one (then reads may also be submitted on
     /// a caller's own ring: `local_io`).
@@ -190,11 +218,15 @@ impl Ring {
                 thread: Mutex::new(Some(thread)),
             });
         }
+        let wakers = Arc::new(Wakers {
+            shared: workers.iter().map(|w| w.shared.clone()).collect(),
+            pushes,
+            next: AtomicUsize::new(0),
+        });
         Ok(Ring {
             workers,
             sched,
-            pushes,
-            next: AtomicUsize::new(0),
+            wakers,
             inflight,
             fd: dev.raw_fd(),
             dev,
@@ -221,6 +253,7 @@ impl Ring {
                             fd,
                             self.inflight.clone(),
                             self.sched.clone(),
+                            self.wakers.clone(),
                         ));
                     } else {
                         queued.push(r);
@@ -235,17 +268,15 @@ impl Ring {
         self.inflight
             .fetch_add(reqs.len() as u64, Ordering::Relaxed);
         self.sched.push(reqs);
-        self.pushes.fetch_add(1, Ordering::SeqCst);
-        // Wake one sleeping worker, starting from a different one each time.
-        let n = self.workers.len();
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-        for k in 0..n {
-            let w = &self.workers[(first + k) % n];
-            if w.shared.waiting.swap(false, Ordering::SeqCst) {
-                w.shared.wake();
-                break;
-            }
-        }
+        self.wakers.kick();
+    }
+
+    /// Every I/O thread has decided to sleep (tests: to order events against them).
+    #[cfg(test)]
+    pub(crate) fn all_waiting(&self) -> bool {
+        self.workers
+            .iter()
+            .all(|w| w.shared.waiting.load(Ordering::SeqCst))
     }
 
     /// The scheduler (weights and limits of the layers).

@@ -487,6 +487,18 @@ mod tests {
         let s = Sched::new(Policy::Fair);
         s.push(vec![req(1, 16 << 10)]); // 64 MiB
         assert_eq!(send(&s).map(|x| x.1), Some(64 << 20));
+        // The same at the smallest weight: sent at the first ask, not after many.
+        let mut conf = HashMap::new();
+        conf.insert(
+            2,
+            ClassConf {
+                weight: 1,
+                ..Default::default()
+            },
+        );
+        s.configure(conf);
+        s.push(vec![req(2, 1024)]);
+        assert_eq!(send(&s), Some((2, 4 << 20)));
     }
 
     #[test]

@@ -215,6 +215,8 @@ pub struct LayerStats {
     pub io_queue_delay: Histogram,
     /// Time its requests were held back by its IOPS or bandwidth limit.
     pub io_throttled_ns: AtomicU64,
+    /// Data blocks its reads got from the device that did not match their checksum.
+    pub checksum_errors: AtomicU64,
 }
 
 impl Default for LayerStats {
@@ -235,6 +237,7 @@ impl Default for LayerStats {
             meta_latency: Histogram::new(&LATENCY_BUCKETS),
             io_queue_delay: Histogram::new(&LATENCY_BUCKETS),
             io_throttled_ns: AtomicU64::new(0),
+            checksum_errors: AtomicU64::new(0),
         }
     }
 }

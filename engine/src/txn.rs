@@ -30,6 +30,14 @@ pub(crate) struct Txn<'a> {
 
 impl Txn<'_> {
     pub(crate) fn rec(&mut self, r: Record) -> Result<()> {
+        if let Record::Map { len, crcs, .. } = &r {
+            if crcs.len() as u64 != *len {
+                return Err(crate::error::Error::corrupt(
+                    format!("block map of {len} blocks with {} checksums", crcs.len()),
+                    0,
+                ));
+            }
+        }
         let mut mapped = Vec::new();
         self.m
             .layers

@@ -17,6 +17,7 @@
 //! | [`process`] | [`run_with_timeout`], [`wait_child`], [`on_path`] |
 //! | [`mountinfo`] | /proc/self/mountinfo: [`mount_info`], [`is_mounted`], [`mounts_below`], [`umount`] |
 //! | [`strata`] | the binary under test: [`TestDir`], [`Mount`], [`MountGuard`], mkfs, fsck |
+//! | [`containerd`] | a private containerd (1.6 or 1.7) with Strata as its proxy snapshotter and diff service |
 //! | [`tree`] | snapshots of a directory tree and their comparison |
 //! | [`sys`] | libc calls returning `Result<_, errno>`, [`as_user`], [`sys::Mapping`], [`sys::AlignedBuf`] |
 //! | [`uring`] | an io_uring ring that reads and writes [`sys::AlignedBuf`]s |
@@ -24,7 +25,10 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod containerd;
+pub mod docker;
 pub mod fuzz;
+pub mod http;
 pub mod mem;
 pub mod mountinfo;
 pub mod process;
@@ -35,6 +39,7 @@ pub mod sys;
 pub mod tree;
 pub mod uring;
 
+pub use http::{free_port, http_get, http_get_raw};
 pub use mem::{mem_engine, mkfs_mem, open_mem, read_all, resolve, with_cache};
 pub use mountinfo::{is_mounted, mount_entries, mount_info, mounts_below, umount, unescape};
 pub use process::{on_path, run_with_timeout, status_code, wait_child, Output};

@@ -297,6 +297,16 @@ impl Mount {
         mnt.with_extension("snapshotter.sock")
     }
 
+    pub fn diff_socket_for(mnt: &Path) -> PathBuf {
+        mnt.with_extension("diff.sock")
+    }
+
+    /// The containerd diff service socket of this mount (served when the daemon was given a
+    /// `--containerd-address`; the default points at the host's containerd).
+    pub fn diff_socket(&self) -> PathBuf {
+        Self::diff_socket_for(&self.mnt)
+    }
+
     /// The containerd snapshotter socket of this mount.
     pub fn snapshotter_socket(&self) -> PathBuf {
         Self::snapshotter_socket_for(&self.mnt)
@@ -348,6 +358,10 @@ impl Mount {
         if !extra.iter().any(|a| a.starts_with("--snapshotter-socket")) {
             cmd.arg("--snapshotter-socket")
                 .arg(Self::snapshotter_socket_for(mnt));
+        }
+        // ... nor over the containerd diff service socket.
+        if !extra.iter().any(|a| a.starts_with("--diff-socket")) {
+            cmd.arg("--diff-socket").arg(Self::diff_socket_for(mnt));
         }
         // The FUSE transport under test (scripts/test runs the mount tests on both).
         if let Some(t) = fuse_transport() {

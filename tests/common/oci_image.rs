@@ -69,6 +69,16 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 /// An OCI image layout as a tar named `name`, with `layers` (uncompressed tars, bottom first);
 /// layer number `gzip_layer` is stored gzip-compressed, the others plain.
 pub fn archive(layers: &[Vec<u8>], name: &str, gzip_layer: usize) -> Vec<u8> {
+    archive_with_cmd(layers, name, gzip_layer, &["/bin/sh"])
+}
+
+/// [`archive`] with the image's default command `cmd`.
+pub fn archive_with_cmd(
+    layers: &[Vec<u8>],
+    name: &str,
+    gzip_layer: usize,
+    cmd: &[&str],
+) -> Vec<u8> {
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
@@ -87,7 +97,11 @@ pub fn archive(layers: &[Vec<u8>], name: &str, gzip_layer: usize) -> Vec<u8> {
         blobs.push((d, blob));
     }
     let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":[{}]}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        cmd.iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(","),
         diff_ids.join(",")
     );
     let cd = sha256(config.as_bytes());

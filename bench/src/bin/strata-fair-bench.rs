@@ -60,7 +60,7 @@ struct Args {
     strata: PathBuf,
     /// Scratch directory (absolute) for the image, the mount point and the admin socket;
     /// deleted at the end
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp/strata-fair-bench", value_parser = absolute_path)]
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/strata-fair-bench", value_parser = cli::absolute_path)]
     dir: PathBuf,
     /// Size of the sparse image (`strata mkfs --size`)
     #[arg(long, value_name = "SIZE", default_value = "4G")]
@@ -83,18 +83,8 @@ impl Args {
     }
 }
 
-fn absolute_path(s: &str) -> Result<PathBuf, String> {
-    let p = PathBuf::from(s);
-    if p.is_absolute() {
-        Ok(p)
-    } else {
-        Err(format!("must be an absolute path, got {s}"))
-    }
-}
-
 fn log(msg: &str) {
-    let t = progress::start().elapsed().as_secs_f64();
-    eprintln!("strata-fair-bench [{t:6.1} s]: {msg}");
+    progress::log_as("strata-fair-bench", msg);
 }
 
 fn main() {
@@ -595,14 +585,7 @@ fn run_scenario(d: &mut Daemon, c: &Ctx, sc: &Scenario, rep: usize) -> Res<Sampl
 
 /// The default results directory: bench/results/<date>-fair, or <date>-<time>-fair.
 fn default_out() -> PathBuf {
-    let (date, time) = host::local_date_time();
-    let results = cli::workspace_root().join("bench").join("results");
-    let day = results.join(format!("{date}-fair"));
-    if day.exists() {
-        results.join(format!("{date}-{time}-fair"))
-    } else {
-        day
-    }
+    cli::default_results_dir("-fair")
 }
 
 fn run(a: &Args) -> Res<bool> {

@@ -214,6 +214,22 @@ impl Client {
         self.call_json("GET", "/v1/stats", None::<&()>)
     }
 
+    pub fn scrub_start(&self, req: &super::ScrubRequest) -> Result<super::ScrubStatusBody, Error> {
+        self.call_json("POST", "/v1/scrub", Some(req))
+    }
+
+    pub fn scrub_status(&self) -> Result<super::ScrubStatusBody, Error> {
+        self.call_json("GET", "/v1/scrub", None::<&()>)
+    }
+
+    pub fn scrub_cancel(&self) -> Result<super::ScrubStatusBody, Error> {
+        self.call_json("DELETE", "/v1/scrub", None::<&()>)
+    }
+
+    pub fn grow(&self) -> Result<super::GrowBody, Error> {
+        self.call_json("POST", "/v1/grow", None::<&()>)
+    }
+
     pub fn remove(&self, id: &str) -> Result<(), Error> {
         self.call("DELETE", &layer_path(id, ""), None).map(|_| ())
     }

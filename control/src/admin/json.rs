@@ -189,6 +189,124 @@ pub struct LabelsRequest {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `POST /v1/scrub`: start a scrub of every data block (202 with its [`ScrubStatusBody`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubRequest {
+    /// Read at most this many bytes per second (none: as fast as the device goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bytes_per_second: Option<u64>,
+}
+
+/// A layer and file that maps a bad block.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BlockUserBody {
+    pub layer: String,
+    /// Path in the layer, or `(inode N, not linked)`.
+    pub path: String,
+    pub inode: u64,
+    pub logical_block: u64,
+}
+
+/// A data block that does not match its checksum.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BadBlockBody {
+    /// Physical block number (4 KiB blocks from the start of the device).
+    pub block: u64,
+    /// The recorded CRC-32C (hex; none: the block has none).
+    pub expected_crc: Option<String>,
+    /// The CRC-32C of what the device returned (none: the read failed).
+    pub read_crc: Option<String>,
+    /// Every layer and file that maps it.
+    pub users: Vec<BlockUserBody>,
+}
+
+/// `GET /v1/scrub`: the running or last scrub.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ScrubStatusBody {
+    /// `running`, `done`, `cancelled`, `failed`.
+    pub state: String,
+    pub started: String,
+    pub finished: Option<String>,
+    /// Bytes of mapped data to check, checked so far, and skipped (freed or rewritten while
+    /// the scrub ran).
+    pub total_bytes: u64,
+    pub checked_bytes: u64,
+    pub skipped_bytes: u64,
+    /// Bytes read from the device (small gaps between mapped blocks are read through).
+    pub read_bytes: u64,
+    /// Checked and skipped as a fraction of the total (0 to 1).
+    pub progress: f64,
+    pub seconds: f64,
+    pub throughput_bytes_per_second: f64,
+    pub rate_limit_bytes_per_second: Option<u64>,
+    /// Bad blocks found (all); `bad` lists the first 1,000, with who maps them once the
+    /// scrub has finished.
+    pub bad_blocks: u64,
+    pub bad: Vec<BadBlockBody>,
+    pub error: Option<String>,
+}
+
+impl From<&engine::scrub::ScrubStatus> for ScrubStatusBody {
+    fn from(s: &engine::scrub::ScrubStatus) -> ScrubStatusBody {
+        let r = &s.report;
+        let b = engine::BLOCK;
+        let done = r.checked_blocks + r.skipped_blocks;
+        ScrubStatusBody {
+            state: s.state.as_str().to_string(),
+            started: rfc3339(s.started.sec, s.started.nsec),
+            finished: s.finished.map(|t| rfc3339(t.sec, t.nsec)),
+            total_bytes: r.total_blocks * b,
+            checked_bytes: r.checked_blocks * b,
+            skipped_bytes: r.skipped_blocks * b,
+            read_bytes: r.read_bytes,
+            progress: if r.total_blocks == 0 {
+                if s.state == engine::scrub::ScrubState::Running {
+                    0.0
+                } else {
+                    1.0
+                }
+            } else {
+                done as f64 / r.total_blocks as f64
+            },
+            seconds: r.seconds,
+            throughput_bytes_per_second: r.throughput(),
+            rate_limit_bytes_per_second: r.rate_bytes,
+            bad_blocks: r.bad_count,
+            bad: r.bad.iter().map(BadBlockBody::from).collect(),
+            error: s.error.clone(),
+        }
+    }
+}
+
+impl From<&engine::scrub::BadBlock> for BadBlockBody {
+    fn from(b: &engine::scrub::BadBlock) -> BadBlockBody {
+        BadBlockBody {
+            block: b.pblk,
+            expected_crc: b.expected.map(|c| format!("{c:08x}")),
+            read_crc: b.got.map(|c| format!("{c:08x}")),
+            users: b
+                .users
+                .iter()
+                .map(|u| BlockUserBody {
+                    layer: u.layer.clone(),
+                    path: u.path.clone(),
+                    inode: u.ino,
+                    logical_block: u.lblk,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `POST /v1/grow`: the file system's size before and after, in bytes (equal: the device did
+/// not grow).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrowBody {
+    pub old_bytes: u64,
+    pub new_bytes: u64,
+}
+
 /// Every error answer.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ErrorBody {

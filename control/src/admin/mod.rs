@@ -13,6 +13,10 @@
 //! | POST | `/v1/import` | [`ImportRequest`] | 201 [`crate::oci::ImportReport`] |
 //! | POST | `/v1/layers/{id}/export` | [`ExportRequest`] | 200 [`ExportRequest`] |
 //! | GET | `/v1/stats` | | 200 [`crate::stats::StatsReport`] (rates since the previous call, or over 0.5 s) |
+//! | POST | `/v1/scrub` | [`ScrubRequest`] (optional) | 202 [`ScrubStatusBody`]: a scrub of every data block starts in the background (409 while one runs) |
+//! | GET | `/v1/scrub` | | 200 [`ScrubStatusBody`] of the running or last scrub (404: none yet) |
+//! | DELETE | `/v1/scrub` | | 200 [`ScrubStatusBody`]: the running scrub stopped (404: none) |
+//! | POST | `/v1/grow` | none or `{}` | 200 [`GrowBody`]: the device's new size taken in |
 //!
 //! Ids in paths are percent-encoded. Errors are `{"error": "…"}`: 400 bad input (bad JSON,
 //! unknown or missing fields, bad percent-encoding, invalid id), 404 unknown layer or path,
@@ -45,8 +49,9 @@ pub use self::http::{
     percent_decode, percent_encode, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES, READ_TIMEOUT,
 };
 pub use self::json::{
-    rfc3339, CloneState, CreateRequest, ErrorBody, ExportRequest, ImportRequest, LabelsRequest,
-    Layer, LayerList, LimitsBody, SnapshotRequest,
+    rfc3339, BadBlockBody, BlockUserBody, CloneState, CreateRequest, ErrorBody, ExportRequest,
+    GrowBody, ImportRequest, LabelsRequest, Layer, LayerList, LimitsBody, ScrubRequest,
+    ScrubStatusBody, SnapshotRequest,
 };
 use crate::host;
 pub use crate::host::{mount_users, unescape_mountinfo};

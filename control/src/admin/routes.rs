@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::http::{percent_decode, percent_encode, Request, Response};
 use super::json::{
-    CloneState, CreateRequest, Empty, ExportRequest, ImportRequest, LabelsRequest, Layer,
-    LayerList, LimitsBody, SnapshotRequest,
+    CloneState, CreateRequest, Empty, ExportRequest, GrowBody, ImportRequest, LabelsRequest, Layer,
+    LayerList, LimitsBody, ScrubRequest, ScrubStatusBody, SnapshotRequest,
 };
 use crate::host;
 use crate::labels::RESERVED_LABEL_PREFIX;
@@ -105,6 +105,16 @@ pub(super) fn dispatch(ctx: &Ctx, req: &Request) -> Response {
         ["v1", "stats"] => match m {
             "GET" => Ok(Response::json(200, &ctx.rates.report(&ctx.engine))),
             _ => return not_allowed("GET"),
+        },
+        ["v1", "scrub"] => match m {
+            "POST" => scrub_start(ctx, &req.body),
+            "GET" => scrub_status(ctx),
+            "DELETE" => scrub_cancel(ctx),
+            _ => return not_allowed("GET, POST, DELETE"),
+        },
+        ["v1", "grow"] => match m {
+            "POST" => grow(ctx, &req.body),
+            _ => return not_allowed("POST"),
         },
         _ => {
             return Response::error(
@@ -269,6 +279,51 @@ fn export(ctx: &Ctx, id: &str, body: &[u8]) -> Result<Response, Error> {
     std::io::Write::flush(&mut w)
         .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
     Ok(Response::json(200, &ExportRequest { path: r.path }))
+}
+
+fn scrub_start(ctx: &Ctx, body: &[u8]) -> Result<Response, Error> {
+    let r: ScrubRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ScrubRequest::default()
+    } else {
+        parse_body(body)?
+    };
+    if r.rate_bytes_per_second == Some(0) {
+        return Err(Error::Invalid(
+            "rate_bytes_per_second must be at least 1 (leave it out for no limit)".into(),
+        ));
+    }
+    let st = ctx.engine.scrub_start(engine::scrub::ScrubOptions {
+        rate_bytes: r.rate_bytes_per_second,
+    })?;
+    Ok(Response::json(202, &ScrubStatusBody::from(&st)).header("Location", "/v1/scrub".into()))
+}
+
+fn scrub_status(ctx: &Ctx) -> Result<Response, Error> {
+    match ctx.engine.scrub_status() {
+        Some(st) => Ok(Response::json(200, &ScrubStatusBody::from(&st))),
+        None => Err(Error::NotFound(
+            "no scrub has run since the daemon started (POST /v1/scrub starts one)".into(),
+        )),
+    }
+}
+
+fn scrub_cancel(ctx: &Ctx) -> Result<Response, Error> {
+    ctx.engine.scrub_cancel();
+    scrub_status(ctx)
+}
+
+fn grow(ctx: &Ctx, body: &[u8]) -> Result<Response, Error> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let _: Empty = parse_body(body)?;
+    }
+    let r = ctx.engine.grow()?;
+    Ok(Response::json(
+        200,
+        &GrowBody {
+            old_bytes: r.old_bytes,
+            new_bytes: r.new_bytes,
+        },
+    ))
 }
 
 fn unreserved(labels: &BTreeMap<String, String>) -> Result<(), Error> {

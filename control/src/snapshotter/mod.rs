@@ -648,8 +648,10 @@ pub fn serve(
     ));
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop2 = stop.clone();
+    // Timers too: clients send grpc-timeout (Docker does), and tonic's server enforces it.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     let thread = std::thread::Builder::new()
         .name("strata-snapshotter".into())
