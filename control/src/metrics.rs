@@ -357,12 +357,18 @@ pub fn render_report(r: &StatsReport) -> String {
     }
 
     // Whole daemon.
-    let scalars: [(&'static str, &str, &str, f64); 22] = [
+    let scalars: [(&'static str, &str, &str, f64); 23] = [
         (
             "strata_journal_commits_total",
             "counter",
             "Journal chunks made durable.",
             d.journal_commits as f64,
+        ),
+        (
+            "strata_journal_early_commits_total",
+            "counter",
+            "Of the journal chunks, early ones: written without a flush so that answers survive a daemon crash (--persist-replies); a later flushing commit makes them durable.",
+            d.journal_early_commits as f64,
         ),
         (
             "strata_journal_bytes_total",

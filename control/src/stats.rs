@@ -163,6 +163,8 @@ pub struct DaemonStats {
     /// Hits over lookups since start (0 when there were none).
     pub cache_hit_ratio: f64,
     pub journal_commits: u64,
+    /// Of those, early chunks (answers that wait for the journal without a flush).
+    pub journal_early_commits: u64,
     pub journal_bytes: u64,
     pub checkpoints: u64,
     pub checkpoint_seconds: f64,
@@ -312,6 +314,7 @@ pub fn collect(engine: &Engine) -> StatsReport {
             hits as f64 / lookups as f64
         },
         journal_commits: ld(&c.journal_commits),
+        journal_early_commits: ld(&c.early_commits),
         journal_bytes: ld(&c.journal_bytes),
         checkpoints: ld(&c.checkpoints),
         checkpoint_seconds: ld(&c.checkpoint_nanos) as f64 / 1e9,

@@ -130,6 +130,8 @@ pub struct Counters {
     pub write_ops: AtomicU64,
     pub write_bytes: AtomicU64,
     pub journal_commits: AtomicU64,
+    /// Of those, early chunks (written without a flush for `persist` callers).
+    pub early_commits: AtomicU64,
     pub journal_bytes: AtomicU64,
     pub checkpoints: AtomicU64,
     pub checkpoint_nanos: AtomicU64,

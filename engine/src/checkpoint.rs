@@ -197,6 +197,7 @@ impl Inner {
             self.dev.flush().map_err(|e| Error::io("flush", 0, e))?;
             j.sb = sb;
             j.used = 0;
+            j.early_tail = false;
             let new_blocks: Vec<u64> = runs.iter().flat_map(|(b, n)| *b..*b + *n).collect();
             Ok(std::mem::replace(&mut j.ckpt_blocks, new_blocks))
         })();

@@ -167,8 +167,12 @@ impl Inner {
         self.commit_with(true)
     }
 
-    /// A group commit; without `flush_after` the journal chunk is written but not flushed
-    /// (the data under it is: a record never points at unflushed data).
+    /// A group commit. Without `flush_after` (only [`Engine::persist`] callers: a daemon
+    /// crash must not lose the records, a power loss may) and on a device that keeps
+    /// completed writes for the rest of the boot ([`Device::boot_id`]), the chunk is an
+    /// *early* one: written after the data under it completed but without any flush, and
+    /// its frees are held until a flushing commit (format.md, "Early chunks"). Otherwise the
+    /// data is flushed first, then the chunk is written, then flushed again if asked.
     pub(crate) fn commit_with(&self, flush_after: bool) -> Result<()> {
         self.poison.check()?;
         let t_commit = Instant::now();
@@ -180,12 +184,23 @@ impl Inner {
             self.meta.lock().alloc_return(frees);
             return Ok(());
         }
-        self.dev
-            .flush()
-            .map_err(|e| self.poison.latch(Error::io("flush", 0, e)))?;
-        if !bytes.is_empty() {
-            let mut j = self.jpos.lock();
-            let chunk = journal::encode_chunk(j.seq, self.fsid, &bytes);
+        let early = match (flush_after, self.dev.boot_id()) {
+            (false, Some(boot)) => Some(boot),
+            _ => None,
+        };
+        if early.is_none() {
+            self.dev
+                .flush()
+                .map_err(|e| self.poison.latch(Error::io("flush", 0, e)))?;
+        }
+        let mut j = self.jpos.lock();
+        // Early chunks at the journal's end are vouched for by the next ordinary chunk (the
+        // flush above made them and their data durable), even one without records.
+        if !bytes.is_empty() || (early.is_none() && j.early_tail) {
+            let chunk = match &early {
+                Some(boot) => journal::encode_early_chunk(j.seq, self.fsid, boot, &bytes),
+                None => journal::encode_chunk(j.seq, self.fsid, &bytes),
+            };
             let nb = (chunk.len() / BLOCK_SIZE) as u64;
             let jend = j.sb.journal_start + j.sb.journal_blocks;
             let mut at = j.pos;
@@ -200,7 +215,16 @@ impl Inner {
                 self.meta.lock().alloc_return(frees);
                 return self.checkpoint(CheckpointKind::InUse);
             }
-            write_blocks(self.dev.as_ref(), at, &chunk).map_err(|e| self.poison.latch(e))?;
+            if early.is_some() {
+                self.dev
+                    .write_cached(&chunk, at * BLOCK_SIZE as u64)
+                    .map_err(|e| {
+                        self.poison
+                            .latch(Error::io("journal write", at * BLOCK_SIZE as u64, e))
+                    })?;
+            } else {
+                write_blocks(self.dev.as_ref(), at, &chunk).map_err(|e| self.poison.latch(e))?;
+            }
             if flush_after {
                 self.dev
                     .flush()
@@ -212,17 +236,28 @@ impl Inner {
             }
             j.seq += 1;
             j.used += wasted + nb;
+            j.early_tail = early.is_some();
             self.counters
                 .journal_commits
                 .fetch_add(1, Ordering::Relaxed);
             self.counters
                 .journal_bytes
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if early.is_some() {
+                self.counters.early_commits.fetch_add(1, Ordering::Relaxed);
+            }
             self.stats.journal_commit.observe_since(t_commit);
         }
+        drop(j);
         let mut m = self.meta.lock();
-        for (b, n) in frees {
-            m.alloc.release(b, n);
+        if early.is_some() {
+            // Not reusable before a flush: a power loss may drop the early chunk, and the
+            // blocks would then still belong to the files it freed them from.
+            m.alloc_return(frees);
+        } else {
+            for (b, n) in frees {
+                m.alloc.release(b, n);
+            }
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::format::{BLOCK, BLOCK_SIZE};
+use crate::format::{BLOCK, BLOCK_SIZE, BOOT_ID_LEN};
 
 /// A heap buffer aligned to 4 KiB whose length is a multiple of 4 KiB, as O_DIRECT needs.
 pub struct AlignedBuf {
@@ -106,6 +106,35 @@ pub trait Device: Send + Sync {
     fn inject_fault(&self, _op: FaultOp, _offset: u64, _len: usize) -> Option<io::Error> {
         None
     }
+    /// The boot this device's completed writes are guaranteed visible in without a flush:
+    /// the machine's boot id for a real device (a daemon that dies loses no completed write;
+    /// a reboot may). `None`: no such guarantee, every journal chunk is written after a
+    /// flush (see format.md, "Early chunks").
+    fn boot_id(&self) -> Option<[u8; BOOT_ID_LEN]> {
+        None
+    }
+    /// A write that must survive the daemon (a crash, kill -9) but not yet a power loss (an
+    /// early journal chunk): a real device takes it into the kernel's page cache, a memory
+    /// copy instead of a device round trip; the next [`Device::flush`] makes it durable with
+    /// everything else, and a direct read or write of the same blocks sees it (the kernel
+    /// writes cached pages back before direct I/O to their range).
+    fn write_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset)
+    }
+}
+
+/// This machine's boot id (`/proc/sys/kernel/random/boot_id`, a UUID), as 16 bytes.
+pub fn machine_boot_id() -> Option<[u8; BOOT_ID_LEN]> {
+    let s = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let hex: Vec<u8> = s.trim().bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 2 * BOOT_ID_LEN {
+        return None;
+    }
+    let mut out = [0u8; BOOT_ID_LEN];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The operation [`Device::inject_fault`] is asked about.
@@ -120,6 +149,9 @@ pub struct FileDevice {
     file: File,
     size: std::sync::atomic::AtomicU64,
     is_blk: bool,
+    boot: Option<[u8; BOOT_ID_LEN]>,
+    /// The same file or device opened without O_DIRECT ([`Device::write_cached`]).
+    cached: Option<File>,
 }
 
 impl FileDevice {
@@ -188,6 +220,13 @@ impl FileDevice {
             file,
             size: size.into(),
             is_blk,
+            boot: machine_boot_id(),
+            cached: OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                .ok(),
         };
         // Probe that direct I/O really works here (some file systems accept the flag at open
         // and refuse the I/O).
@@ -263,6 +302,18 @@ impl Device for FileDevice {
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
     }
+    fn boot_id(&self) -> Option<[u8; BOOT_ID_LEN]> {
+        self.boot
+    }
+    fn write_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match &self.cached {
+            Some(f) => {
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(buf, offset)
+            }
+            None => self.write_at(buf, offset),
+        }
+    }
 }
 
 /// Create (sparse) or size an image file for mkfs. Returns its size.
@@ -319,13 +370,21 @@ pub const DEFAULT_IMAGE_SIZE: u64 = 8 << 30;
 /// An in-memory device for unit tests.
 pub struct MemDevice {
     data: parking_lot::Mutex<Vec<u8>>,
+    boot: Option<[u8; BOOT_ID_LEN]>,
 }
 
 impl MemDevice {
     pub fn new(size: u64) -> Self {
         MemDevice {
             data: parking_lot::Mutex::new(vec![0; size as usize]),
+            boot: None,
         }
+    }
+    /// Say `boot` is the boot its writes are visible in without a flush (as a real device
+    /// does; see [`Device::boot_id`]): the engine may then write early journal chunks.
+    pub fn with_boot_id(mut self, boot: [u8; BOOT_ID_LEN]) -> Self {
+        self.boot = Some(boot);
+        self
     }
     /// A copy of the current contents (what a crash would leave, as nothing is cached).
     pub fn snapshot(&self) -> Vec<u8> {
@@ -334,6 +393,7 @@ impl MemDevice {
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
         MemDevice {
             data: parking_lot::Mutex::new(bytes),
+            boot: None,
         }
     }
     /// Make the device `size` bytes long (zeros added at the end), as `truncate -s` does.
@@ -369,6 +429,9 @@ impl Device for MemDevice {
     }
     fn flush(&self) -> io::Result<()> {
         Ok(())
+    }
+    fn boot_id(&self) -> Option<[u8; BOOT_ID_LEN]> {
+        self.boot
     }
 }
 

@@ -57,6 +57,9 @@ pub(crate) struct JournalPos {
     pub(crate) used: u64,
     /// Blocks of the current checkpoint (freed when the next one is durable).
     pub(crate) ckpt_blocks: Vec<u64>,
+    /// The journal ends in early chunks (format.md, "Early chunks"): the next flushing
+    /// commit writes an ordinary chunk after them even with no records, to vouch for them.
+    pub(crate) early_tail: bool,
 }
 
 pub(crate) struct CommitQueue {
@@ -156,6 +159,7 @@ impl Engine {
                 seq: l.seq,
                 used: l.used,
                 ckpt_blocks: l.ckpt_blocks,
+                early_tail: false,
             }),
             fsid,
             poison: Poison::default(),

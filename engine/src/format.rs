@@ -18,6 +18,11 @@ pub const JOURNAL_START: u64 = 2;
 pub const MIN_DEVICE_SIZE: u64 = 16 << 20;
 pub const CKPT_MAGIC: u32 = 0x5054_4B43; // "CKTP"
 pub const JNL_MAGIC: u32 = 0x4C4E_4A53; // "SJNL"
+/// An *early* journal chunk: written before the data under its records was flushed (see
+/// format.md, "Early chunks"). Its payload starts with the boot id it was written in.
+pub const JNL_MAGIC_EARLY: u32 = 0x454E_4A53; // "SJNE"
+/// Bytes of boot id at the start of an early chunk's payload.
+pub const BOOT_ID_LEN: usize = 16;
 /// Bytes of header at the start of every checkpoint block.
 pub const CKPT_HDR: usize = 32;
 /// Bytes of header at the start of a journal chunk.

@@ -5,10 +5,17 @@
 //! payload) and a payload of encoded [`Record`]s. A chunk is valid only with the expected
 //! sequence number, the file system's id and a matching CRC, so replay stops at the first
 //! chunk that was not completely written.
+//!
+//! An *early* chunk (magic `SJNE`) is written without flushing the data under it first, for
+//! replies that must survive a crash of the daemon but not yet a power loss; its payload
+//! starts with the boot id it was written in. Replay takes it only when a later ordinary
+//! chunk follows it (written after a flush) or when the machine has not rebooted since.
 
 use crate::codec::{Dec, Enc};
 use crate::error::{Error, Result};
-use crate::format::{BLOCK_SIZE, CKPT_HDR, CKPT_MAGIC, JNL_HDR, JNL_MAGIC};
+use crate::format::{
+    BLOCK_SIZE, BOOT_ID_LEN, CKPT_HDR, CKPT_MAGIC, JNL_HDR, JNL_MAGIC, JNL_MAGIC_EARLY,
+};
 use crate::meta::Record;
 
 pub struct ChunkHeader {
@@ -17,39 +24,70 @@ pub struct ChunkHeader {
     pub fsid: u64,
     pub payload_len: u32,
     pub crc: u32,
+    /// An early chunk (its payload starts with a boot id: [`early_payload`]).
+    pub early: bool,
 }
 
 /// Frame `payload` as a chunk; returns whole blocks.
 pub fn encode_chunk(seq: u64, fsid: u64, payload: &[u8]) -> Vec<u8> {
-    let total = JNL_HDR + payload.len();
+    frame(JNL_MAGIC, seq, fsid, &[payload])
+}
+
+/// Frame `payload` as an early chunk written in boot `boot`.
+pub fn encode_early_chunk(
+    seq: u64,
+    fsid: u64,
+    boot: &[u8; BOOT_ID_LEN],
+    payload: &[u8],
+) -> Vec<u8> {
+    frame(JNL_MAGIC_EARLY, seq, fsid, &[boot, payload])
+}
+
+fn frame(magic: u32, seq: u64, fsid: u64, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let total = JNL_HDR + len;
     let nblocks = total.div_ceil(BLOCK_SIZE);
     let mut out = vec![0u8; nblocks * BLOCK_SIZE];
     let mut e = Enc::new();
-    e.u32(JNL_MAGIC);
+    e.u32(magic);
     e.u32(nblocks as u32);
     e.u64(seq);
     e.u64(fsid);
-    e.u32(payload.len() as u32);
+    e.u32(len as u32);
     e.u32(0);
     out[..JNL_HDR].copy_from_slice(&e.buf);
-    out[JNL_HDR..total].copy_from_slice(payload);
+    let mut at = JNL_HDR;
+    for p in parts {
+        out[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
     let crc = crc32c::crc32c(&out[..total]);
     out[28..32].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
+/// An early chunk's payload split into the boot id it was written in and its records.
+/// `None` if it is too short to hold a boot id.
+pub fn early_payload(payload: &[u8]) -> Option<([u8; BOOT_ID_LEN], &[u8])> {
+    let boot = payload.get(..BOOT_ID_LEN)?.try_into().ok()?;
+    Some((boot, &payload[BOOT_ID_LEN..]))
+}
+
 /// Parse a chunk header from the first block of a chunk. `None` if it is not a chunk header.
 pub fn decode_chunk_header(block: &[u8]) -> Option<ChunkHeader> {
     let mut d = Dec::new(block, 0);
-    if d.u32().ok()? != JNL_MAGIC {
-        return None;
-    }
+    let early = match d.u32().ok()? {
+        JNL_MAGIC => false,
+        JNL_MAGIC_EARLY => true,
+        _ => return None,
+    };
     Some(ChunkHeader {
         nblocks: d.u32().ok()?,
         seq: d.u64().ok()?,
         fsid: d.u64().ok()?,
         payload_len: d.u32().ok()?,
         crc: d.u32().ok()?,
+        early,
     })
 }
 

@@ -84,6 +84,40 @@ fn claim(
     Ok(())
 }
 
+/// Where the journal ends: the next chunk's block and sequence, and blocks used since the
+/// checkpoint.
+#[derive(Clone, Copy)]
+struct JournalEnd {
+    pos: u64,
+    seq: u64,
+    used: u64,
+}
+
+/// Apply one chunk's records (read at journal block `at`) to the tree and the allocator.
+fn apply_chunk(
+    layers: &mut Layers,
+    alloc: &mut Allocator,
+    sb: &Superblock,
+    payload: &[u8],
+    at: u64,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let recs = journal::decode_records_version(payload, at, sb.version)?;
+    // Allocation follows each record in order: a block mapped and freed again within one
+    // chunk must end up free.
+    for (slot, r) in &recs {
+        let (mut freed, mut mapped) = (Vec::new(), Vec::new());
+        layers.apply(*slot, r, &mut freed, &mut mapped)?;
+        for (b, n) in freed {
+            alloc.release(b, n);
+        }
+        for (b, n) in mapped {
+            claim(alloc, sb, b, n, problems, || format!("journal block {at}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Recovery: newest valid superblock, its checkpoint, then the journal until the first bad chunk.
 pub fn load(dev: &dyn Device) -> Result<Loaded> {
     load_with(dev, false)
@@ -114,16 +148,24 @@ fn load_with(dev: &dyn Device, salvage: bool) -> Result<Loaded> {
     }
     let jstart = sb.journal_start;
     let jend = sb.journal_start + sb.journal_blocks;
-    let mut pos = sb.replay_block;
-    let mut seq = sb.replay_seq;
-    let mut used = 0u64;
+    let boot = dev.boot_id();
+    // Where the journal ends so far (after the last chunk taken) and where the scan is.
+    let mut end = JournalEnd {
+        pos: sb.replay_block,
+        seq: sb.replay_seq,
+        used: 0,
+    };
+    let mut scan = end;
     let mut replayed = 0u64;
+    // Early chunks read but not yet taken: a later ordinary chunk vouches for them (it was
+    // written after a flush), or, at the end, the boot they were written in is this one.
+    let mut early: Vec<(u64, JournalEnd, Vec<u8>)> = Vec::new();
     loop {
         let mut found = None;
-        for cand in [pos, jstart] {
+        for cand in [scan.pos, jstart] {
             let hdr = read_blocks(dev, cand, 1)?;
             if let Some(h) = journal::decode_chunk_header(&hdr) {
-                if h.seq == seq
+                if h.seq == scan.seq
                     && h.fsid == fsid
                     && h.nblocks >= 1
                     && cand + h.nblocks as u64 <= jend
@@ -138,32 +180,48 @@ fn load_with(dev: &dyn Device, salvage: bool) -> Result<Loaded> {
         let Some(payload) = journal::chunk_payload(&h, &blocks) else {
             break;
         };
-        let recs = journal::decode_records_version(&payload, at, sb.version)?;
-        // Allocation follows each record in order: a block mapped and freed again within one
-        // chunk must end up free.
-        for (slot, r) in &recs {
-            let (mut freed, mut mapped) = (Vec::new(), Vec::new());
-            layers.apply(*slot, r, &mut freed, &mut mapped)?;
-            for (b, n) in freed {
-                alloc.release(b, n);
+        if at != scan.pos {
+            scan.used += jend - scan.pos;
+        }
+        scan.used += h.nblocks as u64;
+        scan.pos = at + h.nblocks as u64;
+        if scan.pos >= jend {
+            scan.pos = jstart;
+        }
+        scan.seq += 1;
+        if h.early {
+            if journal::early_payload(&payload).is_none() {
+                break;
             }
-            for (b, n) in mapped {
-                claim(&mut alloc, &sb, b, n, &mut problems, || {
-                    format!("journal chunk {seq}")
-                })?;
-            }
+            early.push((at, scan, payload));
+            continue;
         }
-        if at != pos {
-            used += jend - pos;
+        for (at, _, p) in std::mem::take(&mut early) {
+            let Some((_, recs)) = journal::early_payload(&p) else {
+                break;
+            };
+            apply_chunk(&mut layers, &mut alloc, &sb, recs, at, &mut problems)?;
+            replayed += 1;
         }
-        used += h.nblocks as u64;
-        pos = at + h.nblocks as u64;
-        if pos >= jend {
-            pos = jstart;
-        }
-        seq += 1;
+        apply_chunk(&mut layers, &mut alloc, &sb, &payload, at, &mut problems)?;
+        end = scan;
         replayed += 1;
     }
+    // The journal ends in early chunks no ordinary chunk vouches for: take those of this boot
+    // (the device has every write completed before them), up to the first of another boot
+    // (a reboot, perhaps a power loss: the data under it may never have reached the disk).
+    for (at, after, p) in early {
+        let Some((b, recs)) = journal::early_payload(&p) else {
+            break;
+        };
+        if Some(b) != boot {
+            break;
+        }
+        apply_chunk(&mut layers, &mut alloc, &sb, recs, at, &mut problems)?;
+        end = after;
+        replayed += 1;
+    }
+    let (pos, seq, used) = (end.pos, end.seq, end.used);
     Ok(Loaded {
         sb,
         layers,

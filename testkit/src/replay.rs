@@ -48,6 +48,7 @@ struct RecInner {
 /// A device over an in-memory image that logs every write and flush in order.
 pub struct RecordingDevice {
     inner: Mutex<RecInner>,
+    boot: Option<[u8; 16]>,
 }
 
 impl RecordingDevice {
@@ -57,7 +58,14 @@ impl RecordingDevice {
                 data: base,
                 log: Vec::new(),
             }),
+            boot: None,
         }
+    }
+    /// Report `boot` as the boot id (the engine then writes early journal chunks for
+    /// `persist`). Crash images are replayed without one: a power loss, another boot.
+    pub fn with_boot_id(mut self, boot: [u8; 16]) -> Self {
+        self.boot = Some(boot);
+        self
     }
     pub fn log_len(&self) -> usize {
         lock(&self.inner).log.len()
@@ -92,6 +100,9 @@ impl Device for RecordingDevice {
             data: Arc::from(buf),
         });
         Ok(())
+    }
+    fn boot_id(&self) -> Option<[u8; 16]> {
+        self.boot
     }
     fn flush(&self) -> io::Result<()> {
         lock(&self.inner).log.push(Entry::Flush);
