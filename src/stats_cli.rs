@@ -89,10 +89,15 @@ pub fn table(r: &StatsReport, top: Option<usize>) -> String {
         .map(|(s, n)| format!("{n} {s}"))
         .collect();
     out.push_str(&format!(
-        "layers: {} | FUSE over {} ({} requests) | in flight: {} requests, {} device ops | rates over {:.1}s{}\n\n",
+        "layers: {} | FUSE over {} ({} requests{}) | in flight: {} requests, {} device ops | rates over {:.1}s{}\n\n",
         states.join(", "),
         if d.fuse_transport.is_empty() { "-" } else { d.fuse_transport.as_str() },
         d.fuse_requests.values().sum::<u64>(),
+        if d.fuse_taken_over {
+            format!("; connection taken over, {} resent", d.fuse_resent_requests)
+        } else {
+            String::new()
+        },
         d.requests_inflight,
         d.io_inflight,
         r.interval_seconds,

@@ -502,6 +502,14 @@ fn a_process_in_the_mount_survives_clean_and_kill9_restarts() {
         seen.errors.len(),
         seen.errors.join("\n")
     );
+    // The operator can tell: the stats view and the metrics say the connection was taken over.
+    let stats = m.cli_ok(&["stats"]);
+    assert!(
+        stats.contains("connection taken over"),
+        "strata stats after a takeover:\n{stats}"
+    );
+    let json = m.cli_ok(&["stats", "--json"]);
+    assert!(json.contains("\"fuse_taken_over\": true"), "{json}");
     // Every fsynced byte is there after a clean stop and a fresh mount.
     let out = m.stop();
     assert!(!out.contains("panicked"));

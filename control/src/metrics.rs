@@ -520,6 +520,20 @@ pub fn render_report(r: &StatsReport) -> String {
         for (op, n) in &d.fuse_requests {
             f.sample(&format!("opcode=\"{}\"", escape_label(op)), *n as f64);
         }
+        Family::new(
+            o,
+            "strata_fuse_taken_over",
+            "gauge",
+            "1 when this daemon took over a FUSE connection a previous daemon left held (live restart), 0 when it mounted.",
+        )
+        .sample("", d.fuse_taken_over as u8 as f64);
+        Family::new(
+            o,
+            "strata_fuse_resent_requests_total",
+            "counter",
+            "Requests the kernel sent again after the takeover: the previous daemon had read them and not answered (FUSE_NOTIFY_RESEND).",
+        )
+        .sample("", d.fuse_resent_requests as f64);
     }
     if r.enabled {
         let mut f = Family::new(

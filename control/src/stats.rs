@@ -196,6 +196,10 @@ pub struct DaemonStats {
     /// How FUSE requests reach the daemon ("io-uring" or "dev"; empty without a mount).
     #[serde(default)]
     pub fuse_transport: String,
+    /// Requests the kernel sent again after this daemon took the connection over.
+    pub fuse_resent_requests: u64,
+    /// This daemon took over a FUSE connection a previous one left held (live restart).
+    pub fuse_taken_over: bool,
     /// FUSE requests received, per opcode (LOOKUP, GETATTR, ...).
     #[serde(default)]
     pub fuse_requests: BTreeMap<String, u64>,
@@ -337,6 +341,8 @@ pub fn collect(engine: &Engine) -> StatsReport {
         checkpoint_duration: st.checkpoint.snapshot().into(),
         journal_commit_duration: st.journal_commit.snapshot().into(),
         fuse_transport: front.transport,
+        fuse_resent_requests: front.resent,
+        fuse_taken_over: front.taken_over,
         fuse_requests: front
             .requests
             .into_iter()

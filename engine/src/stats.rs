@@ -320,6 +320,10 @@ pub struct FrontendReport {
     pub transport: String,
     /// (opcode name, requests received).
     pub requests: Vec<(&'static str, u64)>,
+    /// Requests the kernel sent again after a takeover (FUSE_NOTIFY_RESEND).
+    pub resent: u64,
+    /// This daemon took over a connection a previous daemon left held (live restart).
+    pub taken_over: bool,
 }
 
 /// Produces a [`FrontendReport`] on demand.

@@ -242,6 +242,9 @@ impl Fs {
         // A request a previous daemon read and may have carried out before it died
         // (FUSE_NOTIFY_RESEND after a takeover).
         let resent = h.unique & abi::UNIQUE_RESEND != 0;
+        if resent {
+            self.counters.count_resent();
+        }
         let reply = if self.persist_replies.load(Ordering::Relaxed) && changes(&req.op) {
             reply.after_persist(e.clone())
         } else {

@@ -141,13 +141,15 @@ fn make_fs(engine: &Arc<Engine>, opts: &MountOptions, use_uring: bool) -> Arc<Fs
     fs
 }
 
-fn report_frontend(engine: &Engine, fs: &Fs, active: &Arc<Mutex<&'static str>>) {
+fn report_frontend(engine: &Engine, fs: &Fs, active: &Arc<Mutex<&'static str>>, taken_over: bool) {
     let (a, c) = (active.clone(), fs.counters().clone());
     engine
         .stats()
         .set_frontend(Box::new(move || engine::stats::FrontendReport {
             transport: a.lock().to_string(),
             requests: c.snapshot(),
+            resent: c.resent(),
+            taken_over,
         }));
 }
 
@@ -190,7 +192,7 @@ impl Session {
             clones.push(sys::clone_fuse_fd(&fd)?);
         }
         let active: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("dev"));
-        report_frontend(&engine, &fs, &active);
+        report_frontend(&engine, &fs, &active, false);
         Ok(Session {
             fs,
             mountpoint: mountpoint.to_path_buf(),
@@ -230,7 +232,7 @@ impl Session {
             clones.push(sys::clone_fuse_fd(&main)?);
         }
         let active: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("dev"));
-        report_frontend(&engine, &fs, &active);
+        report_frontend(&engine, &fs, &active, true);
         Ok(Session {
             fs,
             mountpoint: mountpoint.to_path_buf(),

@@ -122,12 +122,15 @@ impl Drop for Reply {
 /// Requests received, per opcode (index: opcode; the last slot counts unknown opcodes).
 pub struct OpCounters {
     by_op: [AtomicU64; op::COUNT + 1],
+    /// Requests the kernel sent again after a takeover (FUSE_NOTIFY_RESEND).
+    resent: AtomicU64,
 }
 
 impl Default for OpCounters {
     fn default() -> Self {
         OpCounters {
             by_op: std::array::from_fn(|_| AtomicU64::new(0)),
+            resent: AtomicU64::new(0),
         }
     }
 }
@@ -136,6 +139,14 @@ impl OpCounters {
     pub fn count(&self, opcode: u32) {
         let i = (opcode as usize).min(op::COUNT);
         self.by_op[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_resent(&self) {
+        self.resent.fetch_add(1, Relaxed);
+    }
+
+    pub fn resent(&self) -> u64 {
+        self.resent.load(Relaxed)
     }
 
     /// (opcode name, requests) of every opcode seen at least once.
