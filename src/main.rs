@@ -734,6 +734,11 @@ fn dup_held(h: &fusefront::holder::Held) -> std::io::Result<fusefront::holder::H
             .iter()
             .map(|f| fusefront::sys::dup(f.as_raw_fd()))
             .collect::<std::io::Result<_>>()?,
+        ring: h
+            .ring
+            .as_ref()
+            .map(|f| fusefront::sys::dup(f.as_raw_fd()))
+            .transpose()?,
     })
 }
 
