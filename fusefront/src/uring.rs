@@ -316,9 +316,9 @@ pub(crate) struct Queue {
     qid: u16,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     dev: RawFd,
-    /// Their buffers are in [`RingBufs`], never unmapped. The descriptors are leaked: the
-    /// kernel may write into an entry until the connection is torn down, which can be after
-    /// this queue's thread has gone; the process ends soon after.
+    /// Leaked, and their buffers (in [`RingBufs`]) never unmapped: the kernel may write
+    /// into an entry until the connection is torn down, which can be after this queue's
+    /// thread has gone; the process ends soon after.
     entries: &'static [Entry],
     /// Entries whose reply is written, to be committed by the queue thread.
     pending: Mutex<Vec<(u16, Option<Stashed>)>>,
