@@ -556,20 +556,10 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         }
     };
     let fsname = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    // FUSE over io_uring does not survive its daemon: requests on a dead daemon's ring
-    // entries are never resent (the kernel's fuse_resend walks the /dev/fuse queues only)
-    // and their callers wait forever. With a holder, `auto` means /dev/fuse.
-    let transport = match (opts.fuse_transport, &holder) {
-        (fusefront::Transport::Auto, Holder::Keeper(_) | Holder::Systemd) => {
-            log::info!("FUSE transport: /dev/fuse (the connection is kept across restarts; FUSE over io_uring is not)");
-            fusefront::Transport::Dev
-        }
-        (fusefront::Transport::IoUring, Holder::Keeper(_) | Holder::Systemd) => {
-            log::warn!("FUSE over io_uring with an fd holder: a daemon that dies leaves the requests on its rings unanswered (callers hang); use --fuse-transport dev or --fd-holder none");
-            fusefront::Transport::IoUring
-        }
-        (t, _) => t,
-    };
+    // Both transports survive the daemon with a holder: /dev/fuse through FUSE_NOTIFY_RESEND,
+    // io_uring through the ring buffers' memfd the holder keeps (a successor takes the
+    // entries over; fusefront's uring.rs).
+    let transport = opts.fuse_transport;
     let mount_opts = fusefront::MountOptions {
         fsname: fsname.to_string_lossy().into_owned(),
         threads: opts.threads,
@@ -734,6 +724,11 @@ fn dup_held(h: &fusefront::holder::Held) -> std::io::Result<fusefront::holder::H
             .iter()
             .map(|f| fusefront::sys::dup(f.as_raw_fd()))
             .collect::<std::io::Result<_>>()?,
+        ring: h
+            .ring
+            .as_ref()
+            .map(|f| fusefront::sys::dup(f.as_raw_fd()))
+            .transpose()?,
     })
 }
 

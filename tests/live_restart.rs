@@ -32,11 +32,9 @@ fn restarts() -> usize {
 /// `strata mount` options with the keeper as fd holder; the keeper's socket beside the
 /// mount point.
 fn holder_args(mnt: &Path) -> Vec<String> {
+    // The transport is STRATA_FUSE_TRANSPORT's (testkit passes it on; unset, the daemon's
+    // default: io_uring where the kernel has it), unless a test names one.
     vec![
-        // With a holder, `auto` is /dev/fuse (FUSE over io_uring does not survive its
-        // daemon: see the README's Operations section).
-        "--fuse-transport".into(),
-        "auto".into(),
         "--fd-holder".into(),
         "keeper".into(),
         "--keeper-socket".into(),
@@ -462,71 +460,7 @@ fn report(kind: &str, pauses: &mut [u64]) {
 #[test]
 fn a_process_in_the_mount_survives_clean_and_kill9_restarts() {
     require_root_and_fuse!();
-    let t = TestDir::new("live-restart");
-    let img = t.mkfs("1G");
-    let mnt = t.mountpoint("mnt");
-    let _reaper = KeeperReaper(keeper_socket(&mnt));
-    let mut m = start(&img, &mnt, &[]);
-    let w = Workload::start(&m.root().join("work"), &t.join("ctl"));
-    let n = restarts();
-    let mut starts = Vec::new();
-    for k in 0..2 * n {
-        std::thread::sleep(Duration::from_millis(300));
-        let before = w.iterations();
-        starts.push(now_us());
-        if k % 2 == 0 {
-            m.hand_over();
-        } else {
-            m.kill9_leave_mounted();
-        }
-        m = start(&img, &mnt, &[]);
-        wait_progress(&w, before);
-        assert!(
-            w.iterations() > before,
-            "the loop made no progress after restart {k}; daemon output:\n{}",
-            m.stderr()
-        );
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let end = now_us();
-    let seen = w.finish();
-    let all = pauses(&slow_ops(&t.join("ctl")), &starts, end);
-    let mut clean: Vec<u64> = all.iter().step_by(2).copied().collect();
-    let mut killed: Vec<u64> = all.iter().skip(1).step_by(2).copied().collect();
-    report("clean hand-over (SIGUSR2)", &mut clean);
-    report("kill -9", &mut killed);
-    println!("loop iterations: {}", seen.iterations);
-    assert!(
-        seen.errors.is_empty(),
-        "the process saw {} error(s):\n{}",
-        seen.errors.len(),
-        seen.errors.join("\n")
-    );
-    // The operator can tell: the stats view and the metrics say the connection was taken over.
-    let stats = m.cli_ok(&["stats"]);
-    assert!(
-        stats.contains("connection taken over"),
-        "strata stats after a takeover:\n{stats}"
-    );
-    let json = m.cli_ok(&["stats", "--json"]);
-    assert!(json.contains("\"fuse_taken_over\": true"), "{json}");
-    // Every fsynced byte is there after a clean stop and a fresh mount.
-    let out = m.stop();
-    assert!(!out.contains("panicked"));
-    assert_fsck_clean(&img, "after live restarts");
-    let m = Mount::start(&img, &mnt);
-    let data = fs::File::open(m.root().join("work/data")).unwrap();
-    for (&b, &tag) in &seen.durable {
-        let mut v = vec![0u8; BLOCK];
-        data.read_exact_at(&mut v, b * BLOCK as u64).unwrap();
-        assert!(
-            v == pattern(tag, BLOCK),
-            "fsynced block {b} lost after the restarts"
-        );
-    }
-    drop(data);
-    m.stop();
-    assert_fsck_clean(&img, "after the final check");
+    restart_loop("live-restart", &[]);
 }
 
 #[test]
@@ -658,4 +592,128 @@ fn a_second_takeover_racing_the_first_is_refused() {
     // The first one still serves.
     assert_eq!(fs::read(m.root().join("a")).unwrap(), b"one");
     m.stop();
+}
+
+/// The FUSE transport a daemon said it serves on ("io_uring", "/dev/fuse", ...), from its
+/// log: the last "FUSE transport:" line (waiting up to 5 s for one).
+fn transport_of(m: &Mount) -> String {
+    let t = Instant::now();
+    loop {
+        let said = m
+            .stderr()
+            .lines()
+            .filter_map(|l| l.split_once("FUSE transport: ").map(|(_, t)| t.to_string()))
+            .next_back();
+        match said {
+            Some(s) => return s,
+            None if t.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            None => return "unknown (no \"FUSE transport:\" line in its log)".into(),
+        }
+    }
+}
+
+/// The loop: a process works in the mount while the daemon is handed over and killed with -9
+/// (alternately, [`restarts`] of each) and a successor takes over each time; `extra`: more
+/// `strata mount` options. Prints the transport of each daemon and the pauses per kind.
+fn restart_loop(name: &str, extra: &[&str]) {
+    let t = TestDir::new(name);
+    let img = t.mkfs("1G");
+    let mnt = t.mountpoint("mnt");
+    let _reaper = KeeperReaper(keeper_socket(&mnt));
+    let mut m = start(&img, &mnt, extra);
+    let w = Workload::start(&m.root().join("work"), &t.join("ctl"));
+    let n = restarts();
+    let mut starts = Vec::new();
+    let mut transports = Vec::new();
+    for k in 0..2 * n {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = w.iterations();
+        transports.push(transport_of(&m));
+        starts.push(now_us());
+        let kind = if k % 2 == 0 {
+            m.hand_over();
+            "clean hand-over"
+        } else {
+            m.kill9_leave_mounted();
+            "kill -9"
+        };
+        m = start(&img, &mnt, extra);
+        wait_progress(&w, before);
+        assert!(
+            w.iterations() > before,
+            "the loop made no progress after restart {k}; daemon output:\n{}",
+            m.stderr()
+        );
+        println!(
+            "restart {k} ({kind}): from a daemon on {}, to one on {}",
+            transports[k],
+            transport_of(&m)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let end = now_us();
+    let seen = w.finish();
+    let all = pauses(&slow_ops(&t.join("ctl")), &starts, end);
+    let mut clean: Vec<u64> = all.iter().step_by(2).copied().collect();
+    let mut killed: Vec<u64> = all.iter().skip(1).step_by(2).copied().collect();
+    println!("transport: {}", transport_of(&m));
+    report("clean hand-over (SIGUSR2)", &mut clean);
+    report("kill -9", &mut killed);
+    println!("loop iterations: {}", seen.iterations);
+    assert!(
+        seen.errors.is_empty(),
+        "the process saw {} error(s):\n{}",
+        seen.errors.len(),
+        seen.errors.join("\n")
+    );
+    // The operator can tell: the stats view and the metrics say the connection was taken over.
+    let stats = m.cli_ok(&["stats"]);
+    assert!(
+        stats.contains("connection taken over"),
+        "strata stats after a takeover:\n{stats}"
+    );
+    let json = m.cli_ok(&["stats", "--json"]);
+    assert!(json.contains("\"fuse_taken_over\": true"), "{json}");
+    // Every fsynced byte is there after a clean stop and a fresh mount.
+    let out = m.stop();
+    assert!(!out.contains("panicked"));
+    assert_fsck_clean(&img, "after live restarts");
+    let m = Mount::start(&img, &mnt);
+    let data = fs::File::open(m.root().join("work/data")).unwrap();
+    for (&b, &tag) in &seen.durable {
+        let mut v = vec![0u8; BLOCK];
+        data.read_exact_at(&mut v, b * BLOCK as u64).unwrap();
+        assert!(
+            v == pattern(tag, BLOCK),
+            "fsynced block {b} lost after the restarts"
+        );
+    }
+    drop(data);
+    m.stop();
+    assert_fsck_clean(&img, "after the final check");
+}
+
+/// The same loop over FUSE over io_uring whatever STRATA_FUSE_TRANSPORT says: requests the
+/// dead daemon left in its ring entries are served by the successor from the held ring
+/// buffers. Skipped where the kernel has no FUSE over io_uring.
+#[test]
+fn a_process_in_the_mount_survives_restarts_over_io_uring() {
+    require_root_and_fuse!();
+    if let Err(why) = strata_fusefront_probe() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    restart_loop("live-restart-uring", &["--fuse-transport", "io-uring"]);
+}
+
+/// Whether this kernel offers FUSE over io_uring (the fuse module's enable_uring).
+fn strata_fusefront_probe() -> Result<(), String> {
+    match fs::read_to_string("/sys/module/fuse/parameters/enable_uring") {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "no FUSE over io_uring here (/sys/module/fuse/parameters/enable_uring: {e})"
+        )),
+    }
 }

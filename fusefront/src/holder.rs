@@ -33,6 +33,9 @@ pub struct ConnState {
     /// Requests travel on io_uring queues (a successor must register its own rings: once a
     /// connection's rings are ready the kernel sends every request to them).
     pub uring: bool,
+    /// Where the ring entries' buffers are mapped and how they are laid out (the memfd is
+    /// [`Held::ring`]): a successor maps them at the same address and takes the entries over.
+    pub ring: Option<crate::RingLayout>,
     /// Where the connection is mounted.
     pub mountpoint: PathBuf,
 }
@@ -41,8 +44,12 @@ const STATE_MAGIC: &str = "strata-fuse-state 1";
 
 impl ConnState {
     pub fn encode(&self) -> Vec<u8> {
+        let ring = self
+            .ring
+            .map(|r| format!("ring={}\n", r.encode()))
+            .unwrap_or_default();
         format!(
-            "{STATE_MAGIC}\nminor={}\nflags={}\nresend={}\nuring={}\nmountpoint={}\n",
+            "{STATE_MAGIC}\nminor={}\nflags={}\nresend={}\nuring={}\n{ring}mountpoint={}\n",
             self.proto.minor,
             self.proto.flags,
             self.proto.resend as u8,
@@ -60,6 +67,7 @@ impl ConnState {
             return None;
         }
         let (mut minor, mut flags, mut resend, mut uring, mut mp) = (None, None, None, None, None);
+        let mut ring = None;
         for l in lines {
             let (k, v) = l.split_once('=')?;
             match k {
@@ -67,6 +75,7 @@ impl ConnState {
                 "flags" => flags = v.parse().ok(),
                 "resend" => resend = Some(v == "1"),
                 "uring" => uring = Some(v == "1"),
+                "ring" => ring = Some(crate::RingLayout::decode(v)?),
                 "mountpoint" => mp = Some(PathBuf::from(v)),
                 _ => {}
             }
@@ -78,15 +87,18 @@ impl ConnState {
                 resend: resend?,
             },
             uring: uring?,
+            ring,
             mountpoint: mp?,
         })
     }
 }
 
-/// A connection's descriptors: the session descriptor first, then the workers' clones.
+/// A connection's descriptors: the session descriptor first, then the workers' clones;
+/// and the memfd of its io_uring entries' buffers (when it uses io_uring).
 pub struct Held {
     pub state: ConnState,
     pub fds: Vec<OwnedFd>,
+    pub ring: Option<OwnedFd>,
 }
 
 impl Held {
@@ -97,11 +109,15 @@ impl Held {
             .is_some_and(|f| sys::fuse_connected(f.as_raw_fd()))
     }
 
-    /// The message that carries it: a memfd with the state, then the descriptors.
+    /// The message that carries it: a memfd with the state, then the descriptors, then the
+    /// ring buffers' memfd (when the state names one).
     fn to_fds(&self) -> io::Result<(OwnedFd, Vec<RawFd>)> {
         let m = sys::memfd_with(c"strata-fuse-state", &self.state.encode())?;
         let mut v = vec![m.as_raw_fd()];
         v.extend(self.fds.iter().map(|f| f.as_raw_fd()));
+        if let (Some(_), Some(r)) = (self.state.ring, &self.ring) {
+            v.push(r.as_raw_fd());
+        }
         Ok((m, v))
     }
 
@@ -113,7 +129,12 @@ impl Held {
         let b = sys::read_fd_at0(state_fd.as_raw_fd(), 4096)?;
         let state = ConnState::decode(&b)
             .ok_or_else(|| io::Error::other("the held connection's state is unreadable"))?;
-        Ok(Held { state, fds })
+        let ring = match state.ring {
+            Some(_) if fds.len() >= 2 => fds.pop(),
+            Some(_) => return Err(io::Error::other("the held ring buffers are missing")),
+            None => None,
+        };
+        Ok(Held { state, fds, ring })
     }
 }
 
@@ -367,6 +388,7 @@ pub fn keeper_take_or_start(socket: &Path, spawn: &dyn Fn() -> io::Result<()>) -
 /// Names of the descriptors in systemd's store.
 const FDNAME_STATE: &str = "strata-state";
 const FDNAME_FUSE: &str = "strata-fuse";
+const FDNAME_RING: &str = "strata-ring";
 
 /// Whether systemd runs this daemon with a notify socket (Type=notify or NotifyAccess).
 pub fn systemd_present() -> bool {
@@ -383,13 +405,14 @@ pub fn systemd_take() -> Option<Held> {
     let n: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     let names: Vec<&str> = names.split(':').collect();
-    let (mut state, mut fuse) = (None, Vec::new());
+    let (mut state, mut fuse, mut ring) = (None, Vec::new(), None);
     for i in 0..n.clamp(0, 1024) {
         let Some(fd) = sys::adopt_inherited_fd(3 + i) else {
             continue;
         };
         match names.get(i as usize).copied() {
             Some(FDNAME_STATE) => state = Some(fd),
+            Some(FDNAME_RING) => ring = Some(fd),
             Some(name) if name.starts_with(FDNAME_FUSE) => {
                 let k: usize = name[FDNAME_FUSE.len()..].parse().unwrap_or(usize::MAX);
                 fuse.push((k, fd));
@@ -400,6 +423,7 @@ pub fn systemd_take() -> Option<Held> {
     fuse.sort_by_key(|(k, _)| *k);
     let mut fds = vec![state?];
     fds.extend(fuse.into_iter().map(|(_, f)| f));
+    fds.extend(ring);
     match Held::from_fds(fds) {
         Ok(h) => Some(h),
         Err(e) => {
@@ -423,6 +447,7 @@ fn sd_notify(msg: &str, fds: &[RawFd]) -> io::Result<()> {
 pub fn systemd_put(held: &Held) -> io::Result<()> {
     let (memfd, _) = held.to_fds()?;
     sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_STATE}"), &[])?;
+    sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_RING}"), &[])?;
     for k in 0..crate::sys::MAX_FDS {
         sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_FUSE}{k}"), &[])?;
     }
@@ -434,6 +459,12 @@ pub fn systemd_put(held: &Held) -> io::Result<()> {
         sd_notify(
             &format!("FDSTORE=1\nFDNAME={FDNAME_FUSE}{k}"),
             &[f.as_raw_fd()],
+        )?;
+    }
+    if let (Some(_), Some(r)) = (held.state.ring, &held.ring) {
+        sd_notify(
+            &format!("FDSTORE=1\nFDNAME={FDNAME_RING}"),
+            &[r.as_raw_fd()],
         )?;
     }
     Ok(())
@@ -449,6 +480,7 @@ pub fn systemd_ready(status: &str) {
 /// The connection was unmounted: systemd lets go of its descriptors.
 pub fn systemd_drop() {
     let _ = sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_STATE}"), &[]);
+    let _ = sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_RING}"), &[]);
     for k in 0..crate::sys::MAX_FDS {
         let _ = sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_FUSE}{k}"), &[]);
     }
@@ -467,9 +499,21 @@ mod tests {
                 resend: true,
             },
             uring: false,
+            ring: None,
             mountpoint: PathBuf::from("/var/lib/strata/mnt"),
         };
-        assert_eq!(ConnState::decode(&s.encode()), Some(s));
+        assert_eq!(ConnState::decode(&s.encode()), Some(s.clone()));
+        let u = ConnState {
+            uring: true,
+            ring: Some(crate::RingLayout {
+                base: 0x5000_0000_0000,
+                queues: 2,
+                entries: 16,
+                payload: 1 << 20,
+            }),
+            ..s
+        };
+        assert_eq!(ConnState::decode(&u.encode()), Some(u));
         assert_eq!(ConnState::decode(b""), None);
         assert_eq!(ConnState::decode(b"strata-fuse-state 1\nminor=x\n"), None);
         assert_eq!(ConnState::decode(&[0xff, 0xfe, 0]), None);

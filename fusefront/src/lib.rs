@@ -54,7 +54,7 @@ use parking_lot::Mutex;
 
 pub use fs::{Fs, Proto, MAX_WRITE, ROOT_TTL, TTL};
 pub use session::{OpCounters, Reply};
-pub use uring::{enable_in_kernel as enable_uring_in_kernel, possible_cpus};
+pub use uring::{enable_in_kernel as enable_uring_in_kernel, possible_cpus, RingLayout};
 
 /// The one place engine errors become errno.
 pub fn errno(e: &Error) -> i32 {
@@ -115,6 +115,8 @@ pub struct Session {
     taken_over: bool,
     /// The transport requests travel on now ("dev" until the rings are registered).
     active: Arc<Mutex<&'static str>>,
+    /// The ring buffers a previous daemon left (taken over with the connection).
+    ring_bufs: Option<Arc<uring::RingBufs>>,
     stop: Arc<AtomicBool>,
     holder: Option<HolderHook>,
 }
@@ -201,6 +203,7 @@ impl Session {
             use_uring,
             taken_over: false,
             active,
+            ring_bufs: None,
             stop: Arc::new(AtomicBool::new(false)),
             holder: None,
         })
@@ -216,10 +219,19 @@ impl Session {
         opts: &MountOptions,
         held: holder::Held,
     ) -> io::Result<Session> {
-        let holder::Held { state, fds } = held;
+        let holder::Held { state, fds, ring } = held;
         let use_uring = state.uring;
+        let mut ring_bufs = None;
         if use_uring {
             uring::enable_in_kernel().map_err(io::Error::other)?;
+            // Before anything else is mapped: the buffers must go where the kernel's ring
+            // entries point.
+            let (Some(layout), Some(fd)) = (state.ring, ring) else {
+                return Err(io::Error::other(
+                    "the held connection uses FUSE over io_uring but its ring buffers were not kept (a daemon from before live restart over io_uring): cannot take it over",
+                ));
+            };
+            ring_bufs = Some(Arc::new(uring::RingBufs::adopt(fd, layout)?));
         }
         let fs = make_fs(&engine, opts, use_uring);
         fs.adopt_proto(state.proto);
@@ -241,6 +253,7 @@ impl Session {
             use_uring,
             taken_over: true,
             active,
+            ring_bufs,
             stop: Arc::new(AtomicBool::new(false)),
             holder: None,
         })
@@ -295,20 +308,46 @@ impl Session {
                 self.active.clone(),
             );
             let (use_uring, mountpoint) = (self.use_uring, self.mountpoint.clone());
+            let (taken_over, ring_bufs) = (self.taken_over, self.ring_bufs.take());
+            let said = std::sync::Once::new();
             move || {
                 let start_rings = use_uring && rings.get().is_none();
                 let granted = fs
                     .proto()
                     .is_some_and(|p| p.flags & abi::init::OVER_IO_URING != 0);
+                if !use_uring {
+                    said.call_once(|| {
+                        log::info!(
+                            "FUSE transport: /dev/fuse{}",
+                            if taken_over { " (taken over)" } else { "" }
+                        )
+                    });
+                }
                 if start_rings && !granted {
                     log::warn!("FUSE transport: /dev/fuse (the kernel did not agree to FUSE over io_uring at INIT)");
                 } else if start_rings {
-                    match uring::Rings::start(fs.clone(), main.fd().as_raw_fd(), active.clone()) {
+                    let bufs = match &ring_bufs {
+                        Some(b) => Ok(b.clone()),
+                        None => uring::RingBufs::create().map(Arc::new),
+                    };
+                    let adopt = taken_over && ring_bufs.is_some();
+                    let kick = absolute_mountpoint(&mountpoint);
+                    match bufs.and_then(|b| {
+                        uring::Rings::start(
+                            fs.clone(),
+                            main.fd().as_raw_fd(),
+                            active.clone(),
+                            b,
+                            adopt,
+                            &kick,
+                        )
+                    }) {
                         Ok(r) => {
                             log::info!(
-                                "FUSE transport: io_uring, {} queues of {} entries",
+                                "FUSE transport: io_uring, {} queues of {} entries{}",
                                 r.queues(),
-                                uring::ENTRIES
+                                uring::ENTRIES,
+                                if adopt { " (taken over)" } else { "" }
                             );
                             let _ = rings.set(r);
                         }
@@ -321,13 +360,22 @@ impl Session {
                 let hook = holder.lock().take();
                 let fds = all_fds.lock().take();
                 if let (Some(hook), Some(fds), Some(proto)) = (hook, fds, fs.proto()) {
+                    let bufs = match rings.get().map(|r| r.held_bufs()).transpose() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            log::error!("cannot keep the FUSE ring buffers for a successor: {e}");
+                            None
+                        }
+                    };
                     hook(holder::Held {
                         state: holder::ConnState {
                             proto,
                             uring: rings.get().is_some(),
+                            ring: bufs.as_ref().map(|b| b.0),
                             mountpoint: mountpoint.clone(),
                         },
                         fds,
+                        ring: bufs.map(|b| b.1),
                     });
                 }
             }

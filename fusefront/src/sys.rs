@@ -537,3 +537,68 @@ pub(crate) fn signal_thread(t: libc::pthread_t, sig: libc::c_int) {
 pub(crate) const WAKEUP_SIGNAL: libc::c_int = libc::SIGUSR1;
 /// The signal that asks the daemon to hand its connection over and exit (`strata restart`).
 pub const HANDOVER_SIGNAL: libc::c_int = libc::SIGUSR2;
+
+/// A new, empty (zero-filled) memfd of `len` bytes.
+pub fn memfd_sized(name: &std::ffi::CStr, len: u64) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; we own the returned descriptor.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::fs::File::from(fd.try_clone()?).set_len(len)?;
+    Ok(fd)
+}
+
+/// The size of the file behind a descriptor.
+pub fn fd_size(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: fstat writes into the zeroed struct we pass.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_size as u64)
+}
+
+/// Map `len` bytes of `fd` shared, read-write, at exactly `addr` (MAP_FIXED_NOREPLACE: an
+/// error, EEXIST, when something is mapped there already). The mapping is never unmapped.
+pub fn map_shared_at(fd: RawFd, addr: u64, len: usize) -> io::Result<*mut u8> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory this
+    // process uses changes; the result is checked below.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if p as u64 != addr {
+        // A kernel older than 4.17 takes the flag for a hint.
+        // SAFETY: `p` is the mapping just made, of `len` bytes, used by nobody.
+        unsafe { libc::munmap(p, len) };
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(p as *mut u8)
+}
+
+/// statfs(2) of `path` (its result unused: the call itself is what matters).
+pub fn statfs(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: statfs writes into the zeroed struct we pass; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -15,6 +15,30 @@
 //! its reply stay on one thread and one ring, with no hand-over to another thread.
 //!
 //! FORGET, INTERRUPT and notifications stay on /dev/fuse ([`crate::dev`]).
+//!
+//! ## Live restart
+//!
+//! The entries' buffers live in a memfd ([`RingBufs`]) mapped at a fixed address, and the fd
+//! holder keeps it with the connection. The kernel finds a committed request by its unique
+//! in the queue, not by the ring that registered the entry, and reads the reply from the
+//! entry's buffer addresses in the committing process: so a successor maps the memfd at the
+//! same address and looks at every entry. An entry holding a request (`fuse_in_header`,
+//! opcode > 0) the dead daemon never answered is served as a resent request and committed
+//! from the successor's ring, which answers it and adopts the kernel's entry; an entry
+//! holding a reply (`fuse_out_header`, error <= 0) is committed as it is (the dead daemon
+//! may have died before its commit reached the kernel). A commit the kernel no longer knows
+//! (ENOENT: it took that reply already, and the entry was re-armed and then cancelled with
+//! the dead ring) registers a fresh entry on the same buffers; so does a slot never used.
+//! Requests that arrived while no entry was armed wait in the kernel's queue until an entry
+//! of that queue is committed: a statfs from each CPU after the takeover makes that happen.
+//!
+//! A dying daemon's armed entries: the kernel ends a request it hands to an armed entry
+//! whose ring task is exiting (or whose ring is being torn down) with ECANCELED, to its
+//! caller. Each queue thread therefore keeps a poll of an idle ring pending
+//! ([`arm_sentinel`]): its exit, clean or by SIGKILL, then cancels its own FUSE entries
+//! before it counts as exiting, and requests arrive in entries that copy them into the
+//! buffers, or wait in the kernel's queue. Should that poll fail (logged), the window
+//! from the thread's exit to the ring's teardown is open again.
 #![allow(unsafe_code)]
 
 use std::cell::{Cell, RefCell, UnsafeCell};
@@ -43,10 +67,159 @@ pub const ENTRIES: usize = 16;
 /// max_pages pages).
 const PAYLOAD: usize = MAX_WRITE as usize;
 const WAKE: u64 = u64::MAX;
+/// user_data of the poll on [`Queue::sentinel`].
+const SENTINEL: u64 = u64::MAX - 1;
 /// user_data of a device operation: this bit, and its index in the queue's table.
 const IO_TAG: u64 = 1 << 62;
 
 const _: () = assert!(std::mem::size_of::<squeue::Entry128>() == 128);
+
+/// Where the first daemon of a connection tries to map the ring buffers (the next
+/// terabytes after it when something is there): high, fixed, so a successor can map them at
+/// the same address.
+const RING_BASE: u64 = 0x5000_0000_0000;
+const RING_BASE_STEP: u64 = 1 << 40;
+/// Bytes before an entry's payload: its header (288 bytes), padded to a page.
+const SLOT_HEAD: usize = 4096;
+const _: () = assert!(abi::URING_REQ_HEADER_SIZE <= SLOT_HEAD);
+
+/// The layout of the ring entries' buffers in their memfd: queue after queue, entry after
+/// entry, each a header page then the payload. Recorded in the held connection's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Where the memfd is mapped.
+    pub base: u64,
+    pub queues: u32,
+    pub entries: u32,
+    pub payload: u32,
+}
+
+impl RingLayout {
+    /// This build's layout (at `base`).
+    fn ours(base: u64) -> RingLayout {
+        RingLayout {
+            base,
+            queues: possible_cpus() as u32,
+            entries: ENTRIES as u32,
+            payload: PAYLOAD as u32,
+        }
+    }
+
+    fn slot_len(&self) -> usize {
+        SLOT_HEAD + self.payload as usize
+    }
+
+    fn len(&self) -> usize {
+        self.queues as usize * self.entries as usize * self.slot_len()
+    }
+
+    fn slot(&self, qid: usize, idx: usize) -> usize {
+        (qid * self.entries as usize + idx) * self.slot_len()
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "{:#x},{},{},{}",
+            self.base, self.queues, self.entries, self.payload
+        )
+    }
+
+    pub(crate) fn decode(s: &str) -> Option<RingLayout> {
+        let mut it = s.split(',');
+        let base = u64::from_str_radix(it.next()?.strip_prefix("0x")?, 16).ok()?;
+        let l = RingLayout {
+            base,
+            queues: it.next()?.parse().ok()?,
+            entries: it.next()?.parse().ok()?,
+            payload: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(l)
+    }
+}
+
+/// The ring entries' buffers: a memfd mapped at a fixed address (never unmapped: the kernel
+/// may write into an entry until the connection is torn down).
+pub(crate) struct RingBufs {
+    fd: OwnedFd,
+    layout: RingLayout,
+}
+
+impl RingBufs {
+    /// New, zeroed buffers for a connection's first daemon.
+    pub(crate) fn create() -> io::Result<RingBufs> {
+        let layout = RingLayout::ours(RING_BASE);
+        let fd = sys::memfd_sized(c"strata-fuse-ring", layout.len() as u64)?;
+        let mut last = None;
+        for k in 0..16 {
+            let base = RING_BASE + k * RING_BASE_STEP;
+            match sys::map_shared_at(fd.as_raw_fd(), base, layout.len()) {
+                Ok(_) => {
+                    return Ok(RingBufs {
+                        fd,
+                        layout: RingLayout { base, ..layout },
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(io::Error::other(format!(
+            "cannot map the FUSE ring buffers at a fixed address from {RING_BASE:#x} on: {}",
+            last.map_or_else(|| "?".into(), |e| e.to_string())
+        )))
+    }
+
+    /// The buffers a previous daemon left (from the fd holder), mapped where it had them.
+    pub(crate) fn adopt(fd: OwnedFd, layout: RingLayout) -> io::Result<RingBufs> {
+        let ours = RingLayout::ours(layout.base);
+        if layout != ours {
+            return Err(io::Error::other(format!(
+                "the previous daemon's FUSE rings have {} queues of {} entries with {}-byte payloads; this one would have {} of {} with {}: cannot take them over",
+                layout.queues, layout.entries, layout.payload, ours.queues, ours.entries, ours.payload
+            )));
+        }
+        let size = sys::fd_size(fd.as_raw_fd())?;
+        if size < layout.len() as u64 {
+            return Err(io::Error::other(format!(
+                "the held FUSE ring buffers are {size} bytes, not {}",
+                layout.len()
+            )));
+        }
+        sys::map_shared_at(fd.as_raw_fd(), layout.base, layout.len()).map_err(|e| {
+            io::Error::other(format!(
+                "cannot map the FUSE ring buffers at {:#x}, where the previous daemon had them (the kernel's ring entries point there): {e}",
+                layout.base
+            ))
+        })?;
+        Ok(RingBufs { fd, layout })
+    }
+
+    pub(crate) fn layout(&self) -> RingLayout {
+        self.layout
+    }
+
+    pub(crate) fn dup_fd(&self) -> io::Result<OwnedFd> {
+        sys::dup(self.fd.as_raw_fd())
+    }
+
+    fn header(&self, qid: usize, idx: usize) -> *mut u8 {
+        (self.layout.base as usize + self.layout.slot(qid, idx)) as *mut u8
+    }
+
+    fn payload(&self, qid: usize, idx: usize) -> *mut u8 {
+        (self.layout.base as usize + self.layout.slot(qid, idx) + SLOT_HEAD) as *mut u8
+    }
+}
+
+/// What a previous daemon left in an entry's buffers.
+#[derive(Debug, PartialEq, Eq)]
+enum Left {
+    /// Nothing (never used).
+    Nothing,
+    /// A request it did not answer.
+    Request,
+    /// A reply, perhaps never committed.
+    Reply,
+}
 
 /// The memory of one ring entry (leaked: see [`Queue::entries`]). The kernel writes a
 /// request into it, and reads the reply from it after the commit; in between the queue
@@ -91,11 +264,43 @@ impl Entry {
         let h = abi::out_header((abi::OUT_HEADER_SIZE + body) as u32, error, unique);
         let sz = (body as u32).to_le_bytes();
         let at = abi::URING_IN_OUT_HEADER_SIZE + abi::URING_OP_IN_OUT_SIZE + 16;
-        // SAFETY: both ranges are inside the 288-byte header buffer the caller owns.
+        // The error field (where the request had its opcode) goes last: a successor takes
+        // the entry for a reply only once the reply is whole (see [`Entry::left`]).
+        // SAFETY: all ranges are inside the 288-byte header buffer the caller owns.
         unsafe {
-            std::ptr::copy_nonoverlapping(h.as_ptr(), self.header, h.len());
             std::ptr::copy_nonoverlapping(sz.as_ptr(), self.header.add(at), 4);
+            std::ptr::copy_nonoverlapping(h.as_ptr(), self.header, 4);
+            std::ptr::copy_nonoverlapping(h.as_ptr().add(8), self.header.add(8), 8);
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+            std::ptr::copy_nonoverlapping(h.as_ptr().add(4), self.header.add(4), 4);
         }
+    }
+
+    /// The error field of the reply a previous daemon left.
+    fn error_left(&self) -> i32 {
+        let mut e = [0u8; 4];
+        // SAFETY: bytes 4..8 of the header buffer, as in [`Entry::left`].
+        unsafe { std::ptr::copy_nonoverlapping(self.header.add(4), e.as_mut_ptr(), 4) };
+        i32::from_le_bytes(e)
+    }
+
+    /// What a previous daemon left in the entry.
+    fn left(&self) -> (Left, u64) {
+        let mut h = [0u8; 16];
+        // SAFETY: the first 16 bytes of the header buffer; before the entry is registered or
+        // committed by this daemon, only this thread touches it (a dead daemon's kernel
+        // entry no longer writes it).
+        unsafe { std::ptr::copy_nonoverlapping(self.header, h.as_mut_ptr(), 16) };
+        let op_or_error = i32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let unique = u64::from_le_bytes(h[8..16].try_into().unwrap_or([0; 8]));
+        let left = if unique == 0 {
+            Left::Nothing
+        } else if op_or_error > 0 {
+            Left::Request
+        } else {
+            Left::Reply
+        };
+        (left, unique)
     }
 }
 
@@ -111,12 +316,17 @@ pub(crate) struct Queue {
     qid: u16,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     dev: RawFd,
-    /// Leaked: the kernel may write into an entry until the connection is torn down, which
-    /// can be after this queue's thread has gone; the process ends soon after.
+    /// Leaked, and their buffers (in [`RingBufs`]) never unmapped: the kernel may write
+    /// into an entry until the connection is torn down, which can be after this queue's
+    /// thread has gone; the process ends soon after.
     entries: &'static [Entry],
     /// Entries whose reply is written, to be committed by the queue thread.
     pending: Mutex<Vec<(u16, Option<Stashed>)>>,
     wake: OwnedFd,
+    /// An idle ring the queue's ring polls for as long as the queue thread lives, so that
+    /// the thread's exit cancels the queue's ring entries before it counts as exiting (see
+    /// [`arm_sentinel`]).
+    sentinel: IoUring,
     /// Set while the queue thread may block in io_uring_enter.
     sleeping: AtomicBool,
     stop: AtomicBool,
@@ -162,6 +372,7 @@ impl EntryRef {
 pub(crate) struct Rings {
     queues: Vec<Arc<Queue>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    bufs: Arc<RingBufs>,
 }
 
 /// Number of possible CPUs (the kernel's queue count): /sys/devices/system/cpu/possible.
@@ -195,36 +406,54 @@ pub fn enable_in_kernel() -> Result<(), String> {
 }
 
 impl Rings {
-    /// Create every queue and register its entries (after INIT has been answered).
+    /// Create every queue and register its entries (after INIT has been answered); or,
+    /// with `adopt`, take over the entries a previous daemon left in `bufs` (see the
+    /// module's "Live restart"), then kick each CPU's queue with a statfs of `mountpoint`.
     pub(crate) fn start(
         fs: Arc<Fs>,
         dev: RawFd,
         active: Arc<Mutex<&'static str>>,
+        bufs: Arc<RingBufs>,
+        adopt: bool,
+        mountpoint: &std::path::Path,
     ) -> io::Result<Rings> {
-        let n = possible_cpus();
+        let n = bufs.layout().queues as usize;
         let online = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut queues = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
+        let armed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for qid in 0..n {
-            let q = Arc::new(Queue::new(qid as u16, dev)?);
-            let (fs, q2, active) = (fs.clone(), q.clone(), active.clone());
+            let q = Arc::new(Queue::new(qid as u16, dev, &bufs)?);
+            let (fs, q2, active, armed) = (fs.clone(), q.clone(), active.clone(), armed.clone());
             let t = std::thread::Builder::new()
                 .name(format!("strata-fuseq{qid}"))
                 .spawn(move || {
                     if qid < online {
                         sys::pin_to_cpu(qid);
                     }
-                    run(&fs, &q2, &active)
+                    run(&fs, &q2, &active, adopt, &armed)
                 })?;
             queues.push(q);
             threads.push(t);
+        }
+        if adopt {
+            let mp = mountpoint.to_path_buf();
+            std::thread::Builder::new()
+                .name("strata-fusekick".into())
+                .spawn(move || kick(&mp, &armed, n, online.min(n)))?;
         }
         // Reported from now on; a queue the kernel refuses sets it back to "dev".
         *active.lock() = "io-uring";
         Ok(Rings {
             queues,
             threads: Mutex::new(threads),
+            bufs,
         })
+    }
+
+    /// The buffers' layout and a descriptor of them, for the fd holder.
+    pub(crate) fn held_bufs(&self) -> io::Result<(RingLayout, OwnedFd)> {
+        Ok((self.bufs.layout(), self.bufs.dup_fd()?))
     }
 
     /// Stop the queue threads (the connection is gone) and wait for them.
@@ -244,14 +473,13 @@ impl Rings {
 }
 
 impl Queue {
-    fn new(qid: u16, dev: RawFd) -> io::Result<Queue> {
+    fn new(qid: u16, dev: RawFd, bufs: &RingBufs) -> io::Result<Queue> {
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .build((ENTRIES as u32 * 2 + 2).next_power_of_two())?;
         let entries: Vec<Entry> = (0..ENTRIES)
-            .map(|_| Entry {
-                header: Box::leak(vec![0u8; abi::URING_REQ_HEADER_SIZE].into_boxed_slice())
-                    .as_mut_ptr(),
-                payload: Box::leak(vec![0u8; PAYLOAD].into_boxed_slice()).as_mut_ptr(),
+            .map(|i| Entry {
+                header: bufs.header(qid as usize, i),
+                payload: bufs.payload(qid as usize, i),
                 borrowed: AtomicBool::new(false),
                 iov: UnsafeCell::new(
                     [libc::iovec {
@@ -268,6 +496,7 @@ impl Queue {
             entries: Vec::leak(entries),
             pending: Mutex::new(Vec::with_capacity(ENTRIES)),
             wake: sys::eventfd()?,
+            sentinel: IoUring::new(1)?,
             sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         })
@@ -376,7 +605,54 @@ impl QueueIo {
     }
 }
 
-fn run(fs: &Arc<Fs>, q: &Arc<Queue>, active: &Mutex<&'static str>) {
+/// Statfs of the mount from each online CPU, once every queue has armed its entries: a
+/// request that reached a queue while the previous daemon's entries were cancelled waits in
+/// the kernel's queue, and only an entry's commit fetches it (registering does not); the
+/// statfs lands in a fresh entry, and its commit fetches what waits.
+fn kick(
+    mountpoint: &std::path::Path,
+    armed: &std::sync::atomic::AtomicUsize,
+    n: usize,
+    cpus: usize,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while armed.load(Ordering::SeqCst) < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    for cpu in 0..cpus {
+        sys::pin_to_cpu(cpu);
+        if let Err(e) = sys::statfs(mountpoint) {
+            log::debug!("statfs {} from CPU {cpu}: {e}", mountpoint.display());
+        }
+    }
+}
+
+/// Keep a poll of the idle [`Queue::sentinel`] ring pending on the queue's ring.
+///
+/// The kernel ends a request with ECANCELED when it hands it to an armed entry whose ring
+/// task is exiting: a request on a dying daemon's ring would fail. A pending request on an
+/// io_uring descriptor counts as "tracked" for the task, and a task that exits with one
+/// cancels all its own requests first (io_uring_files_cancel in do_exit, before the task
+/// is marked exiting): the FUSE entries' cancel disarms them, requests already handed to
+/// them are copied into the buffers (for a successor to adopt), and later ones wait in the
+/// kernel's queue. Without it, the entries stay armed until the ring is torn down after
+/// the last thread's exit.
+fn arm_sentinel(q: &Queue) {
+    let e: squeue::Entry128 =
+        opcode::PollAdd::new(types::Fd(q.sentinel.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(SENTINEL)
+            .into();
+    q.push(&e);
+}
+
+fn run(
+    fs: &Arc<Fs>,
+    q: &Arc<Queue>,
+    active: &Mutex<&'static str>,
+    adopt: bool,
+    armed: &std::sync::atomic::AtomicUsize,
+) {
     CURRENT.with(|c| c.set(Arc::as_ptr(q)));
     let local = Rc::new(QueueIo {
         q: q.clone(),
@@ -385,12 +661,59 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, active: &Mutex<&'static str>) {
     engine::set_local_io(Some(local.clone()));
     let counter: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
     let counter_ptr = counter.as_mut_ptr();
-    for i in 0..ENTRIES {
-        q.push(&q.register_sqe(i));
-    }
     let mut alive = ENTRIES;
     let mut served = false;
+    // Requests served whose commit has not been queued yet.
+    let mut inflight = 0usize;
+    let mut unanswered = Vec::new();
+    let (mut replies, mut fresh) = (0, 0);
+    arm_sentinel(q);
+    for i in 0..ENTRIES {
+        let left = if adopt {
+            q.entries[i].left().0
+        } else {
+            Left::Nothing
+        };
+        match left {
+            Left::Nothing => {
+                fresh += 1;
+                q.push(&q.register_sqe(i));
+            }
+            Left::Reply => {
+                replies += 1;
+                let err = q.entries[i].error_left();
+                if err != 0 {
+                    log::info!(
+                        "FUSE ring {} entry {i}: the previous daemon's reply is an error ({})",
+                        q.qid,
+                        io::Error::from_raw_os_error(-err)
+                    );
+                }
+                q.push(&q.commit_sqe(i, None));
+            }
+            Left::Request => unanswered.push(i),
+        }
+    }
+    if adopt {
+        served = true;
+        log::info!(
+            "FUSE ring {}: took over {} unanswered request(s) and {replies} reply(ies) left in the previous daemon's entries; {fresh} entries registered anew",
+            q.qid,
+            unanswered.len()
+        );
+    }
+    // The registrations and commits go to the kernel before the adopted requests are served
+    // (whose device reads go on this ring too).
+    if let Err(e) = q.ring.submit() {
+        log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
+    }
+    armed.fetch_add(1, Ordering::SeqCst);
+    for i in unanswered {
+        inflight += 1;
+        serve(fs, q, i, true);
+    }
     let mut wake_armed = false;
+    let mut stop_deadline = None;
     loop {
         if !wake_armed {
             let e: squeue::Entry128 =
@@ -402,17 +725,42 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, active: &Mutex<&'static str>) {
             wake_armed = true;
         }
         let commits = std::mem::take(&mut *q.pending.lock());
+        inflight = inflight.saturating_sub(commits.len());
         for (idx, stash) in commits {
             q.push(&q.commit_sqe(idx as usize, stash));
         }
-        if q.stop.load(Ordering::SeqCst) || alive == 0 {
+        let stopping = q.stop.load(Ordering::SeqCst);
+        if stopping {
+            // Answer what was served before stopping (a successor adopts what arrives
+            // meanwhile).
+            let deadline = *stop_deadline.get_or_insert_with(|| {
+                std::time::Instant::now() + std::time::Duration::from_secs(30)
+            });
+            if inflight == 0 || std::time::Instant::now() > deadline {
+                let _ = q.ring.submit();
+                break;
+            }
+        }
+        if alive == 0 {
             break;
         }
         q.sleeping.store(true, Ordering::SeqCst);
         let want = if q.pending.lock().is_empty() { 1 } else { 0 };
-        match q.ring.submit_and_wait(want) {
+        let r = if stopping {
+            q.ring.submitter().submit_with_args(
+                want,
+                &types::SubmitArgs::new().timespec(&types::Timespec::new().nsec(10_000_000)),
+            )
+        } else {
+            q.ring.submit_and_wait(want)
+        };
+        match r {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
+                ) => {}
             Err(e) => {
                 log::error!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
                 break;
@@ -428,12 +776,32 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, active: &Mutex<&'static str>) {
                 wake_armed = false;
                 continue;
             }
+            if ud == SENTINEL {
+                if res < 0 && res != -libc::ECANCELED {
+                    log::warn!(
+                        "FUSE ring {}: poll of the sentinel ring failed ({}): a daemon that dies may fail requests on this queue with ECANCELED",
+                        q.qid,
+                        io::Error::from_raw_os_error(-res)
+                    );
+                } else {
+                    arm_sentinel(q);
+                }
+                continue;
+            }
             if ud & IO_TAG != 0 && ud != WAKE {
                 local.complete((ud & !IO_TAG) as usize, res);
                 continue;
             }
             let idx = ud as usize;
             if idx >= ENTRIES {
+                continue;
+            }
+            if res == -libc::ENOENT {
+                // A commit of a request the kernel no longer has: a reply a previous daemon
+                // committed before it died (its entry was re-armed and then cancelled with
+                // its ring). Arm a fresh entry on these buffers.
+                log::debug!("FUSE ring {} entry {idx}: registered anew", q.qid);
+                q.push(&q.register_sqe(idx));
                 continue;
             }
             if res < 0 {
@@ -460,7 +828,12 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, active: &Mutex<&'static str>) {
                 continue;
             }
             served = true;
-            serve(fs, q, idx);
+            if stopping {
+                // Handed over: the request stays in the entry for the successor.
+                continue;
+            }
+            inflight += 1;
+            serve(fs, q, idx, false);
         }
     }
     engine::set_local_io(None);
@@ -471,8 +844,9 @@ fn run(fs: &Arc<Fs>, q: &Arc<Queue>, active: &Mutex<&'static str>) {
     }
 }
 
-/// Parse the request in entry `idx` and dispatch it.
-fn serve(fs: &Fs, q: &Arc<Queue>, idx: usize) {
+/// Parse the request in entry `idx` and dispatch it; `adopted`: a previous daemon's request
+/// (it may have carried it out before it died), served like a resent one.
+fn serve(fs: &Fs, q: &Arc<Queue>, idx: usize, adopted: bool) {
     let e = &q.entries[idx];
     e.borrowed.store(true, Ordering::Release);
     {
@@ -496,7 +870,10 @@ fn serve(fs: &Fs, q: &Arc<Queue>, idx: usize) {
             }),
         );
         match Request::parse_parts(in_out, op_in, payload) {
-            Ok(req) => {
+            Ok(mut req) => {
+                if adopted {
+                    req.header.unique |= abi::UNIQUE_RESEND;
+                }
                 // A request that keeps no reference into the entry (a read, getattr, ...)
                 // may have its reply written straight in, even from inside the dispatch.
                 if !req.op.borrows_buffer() {
