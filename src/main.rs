@@ -508,6 +508,20 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         let _ = eng.shutdown();
         return Err(e);
     }
+    // The held connection's kernel inodes are node ids of the image it was serving: another
+    // image must not answer them.
+    if let Some(f) = held.as_ref().and_then(|h| h.state.fsid) {
+        if f != eng.fsid() {
+            let _ = eng.shutdown();
+            return Err(format!(
+                "the FUSE connection held at {} serves another file system (fsid {f:016x}; {} is {:016x}): takeover refused. Start the daemon with that connection's image, or unmount {} (umount -l) to mount this one there",
+                mp.display(),
+                path.display(),
+                eng.fsid(),
+                mp.display()
+            ));
+        }
+    }
     // A layer an import was filling when the previous daemon died is incomplete: drop it.
     control::oci::remove_interrupted_imports(&eng);
     // A snapshot the diff service was applying a layer onto is put back as prepared.

@@ -553,11 +553,34 @@ fn a_successor_that_fails_to_start_leaves_the_connection_held_and_the_next_one_s
     );
     assert!(is_mounted(&mnt), "the failed start lost the mount");
     drop(busy);
+    // A successor on another image is refused: the kernel's inodes are the first image's.
+    let other = t.join("other.img");
+    mkfs_at(&other, "512M");
+    let a: Vec<&str> = holder_args(&mnt).leak().iter().map(String::as_str).collect();
+    let refused = match Mount::try_start(&other, &mnt, &a) {
+        Err(f) => f.stderr,
+        Ok(m) => {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(30) && !m.stderr().contains("error:") {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = m.stderr();
+            m.kill9_leave_mounted();
+            out
+        }
+    };
+    assert!(
+        refused.contains("serves another file system") && refused.contains("takeover refused"),
+        "a daemon on another image took the connection over; output:\n{refused}"
+    );
+    assert!(!reader.is_finished(), "the reader was answered by the wrong image");
+    assert!(is_mounted(&mnt), "the refused start lost the mount");
     let m = start(&img, &mnt, &[]);
     let got = reader.join().unwrap();
     assert_eq!(got.unwrap(), b"kept");
     m.stop();
     assert_fsck_clean(&img, "after a failed start");
+    assert_fsck_clean(&other, "the other image, after its refused start");
 }
 
 #[test]

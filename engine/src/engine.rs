@@ -268,6 +268,11 @@ impl Engine {
         r
     }
 
+    /// The file system's id (the first 8 bytes of its UUID; stamped into journal chunks).
+    pub fn fsid(&self) -> u64 {
+        self.inner.fsid
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
     }

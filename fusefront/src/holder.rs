@@ -38,6 +38,9 @@ pub struct ConnState {
     pub ring: Option<crate::RingLayout>,
     /// Where the connection is mounted.
     pub mountpoint: PathBuf,
+    /// The id of the file system served on it ([`engine::Engine::fsid`]): a successor on
+    /// another image must not serve the kernel's node ids. `None` in a state that did not say.
+    pub fsid: Option<u64>,
 }
 
 const STATE_MAGIC: &str = "strata-fuse-state 1";
@@ -48,8 +51,12 @@ impl ConnState {
             .ring
             .map(|r| format!("ring={}\n", r.encode()))
             .unwrap_or_default();
+        let fsid = self
+            .fsid
+            .map(|f| format!("fsid={f}\n"))
+            .unwrap_or_default();
         format!(
-            "{STATE_MAGIC}\nminor={}\nflags={}\nresend={}\nuring={}\n{ring}mountpoint={}\n",
+            "{STATE_MAGIC}\nminor={}\nflags={}\nresend={}\nuring={}\n{ring}{fsid}mountpoint={}\n",
             self.proto.minor,
             self.proto.flags,
             self.proto.resend as u8,
@@ -67,7 +74,7 @@ impl ConnState {
             return None;
         }
         let (mut minor, mut flags, mut resend, mut uring, mut mp) = (None, None, None, None, None);
-        let mut ring = None;
+        let (mut ring, mut fsid) = (None, None);
         for l in lines {
             let (k, v) = l.split_once('=')?;
             match k {
@@ -77,6 +84,7 @@ impl ConnState {
                 "uring" => uring = Some(v == "1"),
                 "ring" => ring = Some(crate::RingLayout::decode(v)?),
                 "mountpoint" => mp = Some(PathBuf::from(v)),
+                "fsid" => fsid = Some(v.parse().ok()?),
                 _ => {}
             }
         }
@@ -89,6 +97,7 @@ impl ConnState {
             uring: uring?,
             ring,
             mountpoint: mp?,
+            fsid,
         })
     }
 }
@@ -501,8 +510,14 @@ mod tests {
             uring: false,
             ring: None,
             mountpoint: PathBuf::from("/var/lib/strata/mnt"),
+            fsid: Some(0x0123_4567_89ab_cdef),
         };
         assert_eq!(ConnState::decode(&s.encode()), Some(s.clone()));
+        let no_fsid = ConnState {
+            fsid: None,
+            ..s.clone()
+        };
+        assert_eq!(ConnState::decode(&no_fsid.encode()), Some(no_fsid));
         let u = ConnState {
             uring: true,
             ring: Some(crate::RingLayout {

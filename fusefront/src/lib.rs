@@ -373,6 +373,7 @@ impl Session {
                             uring: rings.get().is_some(),
                             ring: bufs.as_ref().map(|b| b.0),
                             mountpoint: mountpoint.clone(),
+                            fsid: Some(fs.engine().fsid()),
                         },
                         fds,
                         ring: bufs.map(|b| b.1),
