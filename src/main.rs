@@ -808,15 +808,20 @@ fn restart(admin_socket: &Path, timeout_secs: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `pid` exists and has not exited (a zombie has).
+/// Whether `pid` exists and has not exited: a zombie whose threads are all gone has (a
+/// zombie thread-group leader may still have threads closing its files).
 fn process_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // "PID (COMM) STATE ...": COMM may hold anything, so the state follows the last ')'.
-        Ok(st) => st
-            .rsplit_once(')')
-            .is_none_or(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => false,
-    }
+    let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE ...": COMM may hold anything, so the state follows the last ')'.
+    let zombie = st
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    !zombie || threads > 1
 }
 
 fn up(
