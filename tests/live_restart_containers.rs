@@ -326,6 +326,10 @@ fn a_container_survives_clean_and_kill9_restarts() {
     }
     let task_out = fs::read_to_string(&task_log).unwrap_or_default();
     let all = pauses(&slow_ops(&ctl), &starts, end);
+    println!(
+        "pause per restart (ms): {:?}",
+        all.iter().map(|us| us / 1000).collect::<Vec<_>>()
+    );
     let (clean, killed) = all.split_at(n);
     report(
         "the container",
