@@ -784,7 +784,10 @@ fn restart(admin_socket: &Path, timeout_secs: u64) -> Result<(), String> {
     if !status.success() {
         return Err(format!("cannot signal daemon {pid}"));
     }
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    // Gone, or a zombie: an exited daemon whose parent has not reaped it yet (or never will,
+    // as a pid 1 that does not reap) has let go of everything; waiting for its /proc entry
+    // to vanish would leave the mount without a daemon until then, or fail the restart.
+    while process_running(pid) {
         if std::time::Instant::now() > deadline {
             return Err(format!(
                 "daemon {pid} did not hand over within {timeout_secs} s"
@@ -812,6 +815,22 @@ fn restart(admin_socket: &Path, timeout_secs: u64) -> Result<(), String> {
     }
     println!("restarted: daemon {pid} handed over to {}", child.id());
     Ok(())
+}
+
+/// Whether `pid` exists and has not exited: a zombie whose threads are all gone has (a
+/// zombie thread-group leader may still have threads closing its files).
+fn process_running(pid: u32) -> bool {
+    let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE ...": COMM may hold anything, so the state follows the last ')'.
+    let zombie = st
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    !zombie || threads > 1
 }
 
 fn up(

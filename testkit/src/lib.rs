@@ -17,6 +17,7 @@
 //! | [`process`] | [`run_with_timeout`], [`wait_child`], [`on_path`] |
 //! | [`mountinfo`] | /proc/self/mountinfo: [`mount_info`], [`is_mounted`], [`mounts_below`], [`umount`] |
 //! | [`strata`] | the binary under test: [`TestDir`], [`Mount`], [`MountGuard`], mkfs, fsck |
+//! | [`live`] | live restart: Strata with the keeper as fd holder, the workload that runs in the mount (or a container) across restarts, pauses |
 //! | [`containerd`] | a private containerd (1.6 or 1.7) with Strata as its proxy snapshotter and diff service |
 //! | [`tree`] | snapshots of a directory tree and their comparison |
 //! | [`sys`] | libc calls returning `Result<_, errno>`, [`as_user`], [`sys::Mapping`], [`sys::AlignedBuf`] |
@@ -29,6 +30,7 @@ pub mod containerd;
 pub mod docker;
 pub mod fuzz;
 pub mod http;
+pub mod live;
 pub mod mem;
 pub mod mountinfo;
 pub mod process;

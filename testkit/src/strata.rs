@@ -623,3 +623,17 @@ impl Drop for MountGuard {
         }
     }
 }
+
+impl Mount {
+    /// Live restart by someone else (`strata restart` signals the daemon and starts its
+    /// successor): reap the daemon if it has exited — without a parent that reaps it, it
+    /// would stay a zombie, and `strata restart` waits for its /proc entry to go — and leave
+    /// the mount to the successor. Its exit code once it has exited, else `None`.
+    pub fn reap_handed_over(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let st = child.try_wait().expect("try_wait")?;
+        self.child = None;
+        self.handed_over = true;
+        Some(status_code(st))
+    }
+}
