@@ -556,7 +556,11 @@ fn a_successor_that_fails_to_start_leaves_the_connection_held_and_the_next_one_s
     // A successor on another image is refused: the kernel's inodes are the first image's.
     let other = t.join("other.img");
     mkfs_at(&other, "512M");
-    let a: Vec<&str> = holder_args(&mnt).leak().iter().map(String::as_str).collect();
+    let a: Vec<&str> = holder_args(&mnt)
+        .leak()
+        .iter()
+        .map(String::as_str)
+        .collect();
     let refused = match Mount::try_start(&other, &mnt, &a) {
         Err(f) => f.stderr,
         Ok(m) => {
@@ -573,7 +577,10 @@ fn a_successor_that_fails_to_start_leaves_the_connection_held_and_the_next_one_s
         refused.contains("serves another file system") && refused.contains("takeover refused"),
         "a daemon on another image took the connection over; output:\n{refused}"
     );
-    assert!(!reader.is_finished(), "the reader was answered by the wrong image");
+    assert!(
+        !reader.is_finished(),
+        "the reader was answered by the wrong image"
+    );
     assert!(is_mounted(&mnt), "the refused start lost the mount");
     let m = start(&img, &mnt, &[]);
     let got = reader.join().unwrap();

@@ -70,8 +70,15 @@ fn resent_done(resent: bool, r: engine::Result<()>) -> engine::Result<()> {
 /// with `persist_replies`).
 fn changes(op: &Op<'_>) -> bool {
     match op {
-        Op::Setattr(_)
-        | Op::Symlink { .. }
+        // The kernel writing back a file's times (write-back cache: MTIME and CTIME, after
+        // writes it already answered) does not wait: a crash loses at most that time
+        // update, never data or a name. Every other attribute change does.
+        Op::Setattr(a) => {
+            let times_only =
+                abi::fattr::MTIME | abi::fattr::CTIME | abi::fattr::FH | abi::fattr::LOCKOWNER;
+            a.valid & !times_only != 0
+        }
+        Op::Symlink { .. }
         | Op::Mknod { .. }
         | Op::Mkdir { .. }
         | Op::Unlink { .. }
