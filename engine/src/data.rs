@@ -227,13 +227,19 @@ impl Engine {
         let skip = (offset - b0 * BLOCK) as usize;
         let len = (end - offset) as usize;
         // Blocks still to fetch from the device: (index in buffer, physical block, count).
-        let mut out = AlignedBuf::zeroed(nblocks);
+        // A pooled buffer (no allocation per read); every block of it is written below: a
+        // hole's zeros, a write in flight, a cached block, or the device's data (or the read
+        // fails), so nothing a previous user left in it reaches the reply.
+        let mut out = AlignedBuf::recycled(nblocks);
         let mut fetch: Vec<(usize, u64, usize)> = Vec::new();
         let (mut mapped, mut from_memory) = (0u64, 0u64);
         for r in runs {
-            let Some(p) = r.pblk else { continue };
-            mapped += r.len;
             let at = ((r.lblk - b0) as usize) * BLOCK_SIZE;
+            let Some(p) = r.pblk else {
+                out[at..at + r.len as usize * BLOCK_SIZE].fill(0);
+                continue;
+            };
+            mapped += r.len;
             let pending = self.inner.inflight.copy_out(
                 p,
                 r.len,
@@ -349,7 +355,7 @@ impl Engine {
                 IoReq {
                     op: Op::Read,
                     offset: pb * BLOCK,
-                    buf: IoBuf::Owned(AlignedBuf::zeroed(n)),
+                    buf: IoBuf::Owned(AlignedBuf::recycled(n)),
                     class: class.clone(),
                     done: Box::new(move |r| {
                         // Checksums outside the lock: the pieces are checked in parallel.

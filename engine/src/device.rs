@@ -16,6 +16,54 @@ use crate::format::{BLOCK, BLOCK_SIZE, BOOT_ID_LEN};
 pub struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    /// Taken from the pool (contents left by a previous user).
+    reused: bool,
+}
+
+/// Freed buffers kept for reuse, by block count (1..=[`POOL_MAX_BLOCKS`]), at most
+/// [`POOL_BYTES`] in all: a read no longer pays an aligned allocation (and, for large ones,
+/// an mmap, its page faults and an munmap) per request.
+const POOL_MAX_BLOCKS: usize = 256;
+/// Bytes the pool may hold.
+pub const POOL_BYTES: usize = 16 << 20;
+
+struct FreeBuf(std::ptr::NonNull<u8>);
+// SAFETY: a pooled buffer is owned by the pool alone, like a Box<[u8]> in a Vec.
+unsafe impl Send for FreeBuf {}
+
+static POOL: [std::sync::Mutex<Vec<FreeBuf>>; POOL_MAX_BLOCKS + 1] =
+    [const { std::sync::Mutex::new(Vec::new()) }; POOL_MAX_BLOCKS + 1];
+static POOLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn pool_take(blocks: usize) -> Option<std::ptr::NonNull<u8>> {
+    use std::sync::atomic::Ordering;
+    if blocks > POOL_MAX_BLOCKS || POOLED.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let f = POOL[blocks]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()?;
+    POOLED.fetch_sub(blocks * BLOCK_SIZE, Ordering::Relaxed);
+    Some(f.0)
+}
+
+/// Keep a freed buffer of `blocks` blocks; false when the pool is full (free it then).
+fn pool_put(ptr: std::ptr::NonNull<u8>, blocks: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    let len = blocks * BLOCK_SIZE;
+    if blocks > POOL_MAX_BLOCKS {
+        return false;
+    }
+    if POOLED.fetch_add(len, Ordering::Relaxed) + len > POOL_BYTES {
+        POOLED.fetch_sub(len, Ordering::Relaxed);
+        return false;
+    }
+    POOL[blocks]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(FreeBuf(ptr));
+    true
 }
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Box<[u8]>.
@@ -26,7 +74,33 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// A zeroed buffer of `blocks` 4 KiB blocks (at least one).
     pub fn zeroed(blocks: usize) -> Self {
-        let len = blocks.max(1) * BLOCK_SIZE;
+        let mut b = Self::recycled(blocks);
+        if b.reused {
+            b.fill(0);
+            b.reused = false;
+        }
+        b
+    }
+
+    /// A buffer of `blocks` 4 KiB blocks (at least one) whose contents are unspecified: a
+    /// freed buffer from the pool ([`POOL_BYTES`]), still holding what its last user put
+    /// there (another file's data), or a fresh zeroed one. Only for a caller that overwrites
+    /// every byte before anything reads it (a device read's destination, a read reply
+    /// assembled block by block with its holes zeroed).
+    pub fn recycled(blocks: usize) -> Self {
+        let blocks = blocks.max(1);
+        if let Some(ptr) = pool_take(blocks) {
+            return AlignedBuf {
+                ptr,
+                len: blocks * BLOCK_SIZE,
+                reused: true,
+            };
+        }
+        Self::fresh(blocks)
+    }
+
+    fn fresh(blocks: usize) -> Self {
+        let len = blocks * BLOCK_SIZE;
         let layout =
             Layout::from_size_align(len, BLOCK_SIZE).expect("4 KiB multiple is a valid layout");
         // SAFETY: layout has non-zero size.
@@ -34,7 +108,11 @@ impl AlignedBuf {
         let Some(ptr) = std::ptr::NonNull::new(raw) else {
             alloc::handle_alloc_error(layout)
         };
-        AlignedBuf { ptr, len }
+        AlignedBuf {
+            ptr,
+            len,
+            reused: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -75,6 +153,9 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if pool_put(self.ptr, self.len / BLOCK_SIZE) {
+            return;
+        }
         let layout =
             Layout::from_size_align(self.len, BLOCK_SIZE).expect("layout was valid at allocation");
         // SAFETY: ptr was allocated with exactly this layout and is freed once.
