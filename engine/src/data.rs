@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use crate::api::{Cb, KillPriv, ReadCb, SetAttr, WriteTimes};
 use crate::crc::{block_crc, block_crcs};
-use crate::device::AlignedBuf;
+use crate::device::{AlignedBuf, ReadDest};
 use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
 use crate::format::*;
@@ -182,6 +182,19 @@ impl Engine {
     /// the device, where every block is checked against its checksum before it reaches the
     /// cache or the reply: a mismatch fails the read with EIO.
     pub fn read(&self, node: Node, offset: u64, size: u32, cb: ReadCb) {
+        self.read_to(node, offset, size, None, cb)
+    }
+
+    /// [`Engine::read`], assembling the data in `dest` when the read starts on a block
+    /// boundary and its blocks fit (`cb` then gets a slice of `dest`).
+    pub(crate) fn read_to(
+        &self,
+        node: Node,
+        offset: u64,
+        size: u32,
+        dest: Option<ReadDest>,
+        cb: ReadCb,
+    ) {
         let (cb, lstats) = self.inner.stats.track_read(node, cb);
         let (slot, ino) = split(node);
         // Plan under the metadata lock, and join the current data epoch there: a commit that
@@ -227,10 +240,14 @@ impl Engine {
         let skip = (offset - b0 * BLOCK) as usize;
         let len = (end - offset) as usize;
         // Blocks still to fetch from the device: (index in buffer, physical block, count).
-        // A pooled buffer (no allocation per read); every block of it is written below: a
-        // hole's zeros, a write in flight, a cached block, or the device's data (or the read
-        // fails), so nothing a previous user left in it reaches the reply.
-        let mut out = AlignedBuf::recycled(nblocks);
+        // The caller's memory (`dest`), or a pooled buffer (no allocation per read); every
+        // block of it is written below: a hole's zeros, a write in flight, a cached block, or
+        // the device's data (or the read fails), so nothing a previous user left in it
+        // reaches the reply.
+        let mut out = match dest.filter(|_| skip == 0).and_then(|d| d.buf(nblocks)) {
+            Some(b) => b,
+            None => AlignedBuf::recycled(nblocks),
+        };
         let mut fetch: Vec<(usize, u64, usize)> = Vec::new();
         let (mut mapped, mut from_memory) = (0u64, 0u64);
         for r in runs {

@@ -18,6 +18,8 @@ pub struct AlignedBuf {
     len: usize,
     /// Taken from the pool (contents left by a previous user).
     reused: bool,
+    /// Memory the buffer does not own ([`AlignedBuf::external`]): never freed or pooled.
+    external: bool,
 }
 
 /// Freed buffers kept for reuse, by block count (1..=[`POOL_MAX_BLOCKS`]), at most
@@ -94,6 +96,7 @@ impl AlignedBuf {
                 ptr,
                 len: blocks * BLOCK_SIZE,
                 reused: true,
+                external: false,
             };
         }
         Self::fresh(blocks)
@@ -112,6 +115,22 @@ impl AlignedBuf {
             ptr,
             len,
             reused: false,
+            external: false,
+        }
+    }
+
+    /// A buffer over `blocks` 4 KiB blocks of memory it does not own (a read's destination
+    /// chosen by the caller: [`ReadDest`]); dropping it leaves the memory alone.
+    ///
+    /// # Safety
+    /// `ptr` is 4 KiB-aligned, valid for reads and writes of `blocks * 4096` initialised
+    /// bytes, and nothing else reads or writes that memory until this buffer is dropped.
+    pub(crate) unsafe fn external(ptr: std::ptr::NonNull<u8>, blocks: usize) -> Self {
+        AlignedBuf {
+            ptr,
+            len: blocks * BLOCK_SIZE,
+            reused: true,
+            external: true,
         }
     }
 
@@ -153,13 +172,43 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if pool_put(self.ptr, self.len / BLOCK_SIZE) {
+        if self.external || pool_put(self.ptr, self.len / BLOCK_SIZE) {
             return;
         }
         let layout =
             Layout::from_size_align(self.len, BLOCK_SIZE).expect("layout was valid at allocation");
         // SAFETY: ptr was allocated with exactly this layout and is freed once.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+/// Where a read may put its data: memory the caller hands over for the read (the FUSE
+/// ring entry's payload buffer, from which the reply then leaves without a copy). See
+/// [`crate::Engine::read_local`].
+pub struct ReadDest {
+    ptr: std::ptr::NonNull<u8>,
+    cap: usize,
+}
+
+// SAFETY: the memory is handed over to the read (see `ReadDest::new`), like a `&mut [u8]`.
+unsafe impl Send for ReadDest {}
+
+impl ReadDest {
+    /// # Safety
+    /// `ptr` is 4 KiB-aligned and valid for reads and writes of `cap` initialised bytes, and
+    /// nothing else reads or writes that memory until the read's callback has run (the
+    /// engine writes it only before it calls the callback, which gets a slice of it).
+    pub unsafe fn new(ptr: std::ptr::NonNull<u8>, cap: usize) -> ReadDest {
+        ReadDest { ptr, cap }
+    }
+
+    /// A buffer of `blocks` blocks over the memory, if it holds that many.
+    pub(crate) fn buf(self, blocks: usize) -> Option<AlignedBuf> {
+        if blocks * BLOCK_SIZE > self.cap || self.ptr.as_ptr() as usize % BLOCK_SIZE != 0 {
+            return None;
+        }
+        // SAFETY: aligned and large enough (checked), and handed over (`ReadDest::new`).
+        Some(unsafe { AlignedBuf::external(self.ptr, blocks) })
     }
 }
 

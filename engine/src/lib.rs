@@ -69,7 +69,7 @@ pub use api::{
     Caller, Cb, Counters, DirEntry, KillPriv, Options, ReadCb, SetAttr, Stat, StatFs, WriteTimes,
 };
 pub use data::MAX_FILE_SIZE;
-pub use device::{prepare_image, AlignedBuf, Device, FaultOp, FileDevice, MemDevice};
+pub use device::{prepare_image, AlignedBuf, Device, FaultOp, FileDevice, MemDevice, ReadDest};
 pub use engine::{Engine, GrowReport, LayerListener};
 pub use error::{Error, Result};
 pub use format::{Time, BLOCK, BLOCK_SIZE, MIN_DEVICE_SIZE};

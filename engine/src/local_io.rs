@@ -22,6 +22,7 @@ use std::sync::Arc;
 use io_uring::{opcode, squeue, types};
 
 use crate::api::ReadCb;
+use crate::device::ReadDest;
 use crate::engine::Engine;
 use crate::node::Node;
 use crate::ring::{IoBuf, IoReq, Op, Wakers};
@@ -143,8 +144,17 @@ impl DeviceIo {
 impl Engine {
     /// [`Engine::read`], with the device reads it needs submitted on this thread's
     /// [`LocalIo`] (when one is set and the device has a descriptor); `cb` then runs from
-    /// that ring's completion, on this thread.
-    pub fn read_local(&self, node: Node, offset: u64, size: u32, cb: ReadCb) {
+    /// that ring's completion, on this thread. With `dest`, a read that starts on a block
+    /// boundary and whose blocks fit is assembled there (the device reads straight into it),
+    /// and `cb` gets a slice of it.
+    pub fn read_local(
+        &self,
+        node: Node,
+        offset: u64,
+        size: u32,
+        dest: Option<ReadDest>,
+        cb: ReadCb,
+    ) {
         struct Route;
         impl Drop for Route {
             fn drop(&mut self) {
@@ -153,7 +163,7 @@ impl Engine {
         }
         ROUTE.with(|r| r.set(true));
         let _route = Route;
-        self.read(node, offset, size, cb);
+        self.read_to(node, offset, size, dest, cb);
     }
 }
 

@@ -350,11 +350,14 @@ impl Fs {
             Op::Open { flags, open_flags } => self.open(node, flags as i32, open_flags, reply),
             Op::Read { offset, size, .. } => {
                 self.accessed(node);
-                // On an io_uring queue its device reads go on that queue's ring.
+                // On an io_uring queue its device reads go on that queue's ring, and read
+                // straight into the ring entry's payload buffer, the reply's body.
+                let dest = reply.read_dest();
                 e.read_local(
                     node,
                     offset,
                     size,
+                    dest,
                     Box::new(move |r| match r {
                         Ok(d) => reply.ok(d),
                         Err(err) => reply.error(crate::errno(&err)),

@@ -82,6 +82,15 @@ impl Reply {
         }
     }
 
+    /// Memory a read may assemble its data in for this reply: the ring entry's payload
+    /// buffer (the reply then leaves from there without a copy); None on /dev/fuse.
+    pub(crate) fn read_dest(&self) -> Option<engine::ReadDest> {
+        match &self.sink {
+            Some(Sink::Uring(e)) if self.persist.is_none() => e.read_dest(),
+            _ => None,
+        }
+    }
+
     /// Success with this body.
     pub fn ok(mut self, body: &[u8]) {
         self.send(0, &[body])

@@ -257,7 +257,12 @@ impl Entry {
             for p in parts {
                 // SAFETY: at + p.len() <= body <= PAYLOAD, inside the payload buffer, which
                 // the caller owns.
-                unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.payload.add(at), p.len()) };
+                let dst = unsafe { self.payload.add(at) };
+                // A read's data already in place ([`EntryRef::read_dest`]) is not copied.
+                if !std::ptr::eq(p.as_ptr(), dst) {
+                    // SAFETY: as above; `copy` allows the source to lie in the payload too.
+                    unsafe { std::ptr::copy(p.as_ptr(), dst, p.len()) };
+                }
                 at += p.len();
             }
         }
@@ -344,6 +349,19 @@ pub(crate) struct EntryRef {
 }
 
 impl EntryRef {
+    /// The entry's payload buffer, for a read to assemble its data in (a device read then
+    /// goes straight into it, and [`Entry::write_reply`] finds the data in place).
+    pub(crate) fn read_dest(&self) -> Option<engine::ReadDest> {
+        let e = &self.q.entries[self.idx as usize];
+        let ptr = std::ptr::NonNull::new(e.payload)?;
+        // SAFETY: the payload is PAYLOAD bytes of the mapped memfd (never unmapped), page
+        // aligned (each slot is a header page then the payload, from a page-aligned base).
+        // It belongs to this request until its reply is written, and the engine writes it
+        // only before it calls the read's callback, which writes the reply; the kernel
+        // touches it again only after the commit that follows.
+        Some(unsafe { engine::ReadDest::new(ptr, PAYLOAD) })
+    }
+
     /// Write the reply into the entry (or stash it while the dispatch still borrows the
     /// entry), then have it committed.
     pub(crate) fn reply(self, unique: u64, error: i32, parts: &[&[u8]]) {
