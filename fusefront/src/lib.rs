@@ -346,7 +346,7 @@ impl Session {
                             log::info!(
                                 "FUSE transport: io_uring, {} queues of {} entries{}",
                                 r.queues(),
-                                uring::ENTRIES,
+                                r.entries(),
                                 if adopt { " (taken over)" } else { "" }
                             );
                             let _ = rings.set(r);

@@ -65,6 +65,8 @@ use crate::sys;
 /// at queue depth 32 (fio, a database) lands on one CPU's queue: with 16 it got 16. Each
 /// entry's payload is 1 MiB of the memfd, touched only as far as requests and replies use it.
 pub const ENTRIES: usize = 32;
+/// The most entries per queue a taken-over layout may have.
+const MAX_ENTRIES: usize = 1024;
 /// The payload buffer of an entry: the kernel wants at least max(8 KiB, max_write,
 /// max_pages pages).
 const PAYLOAD: usize = MAX_WRITE as usize;
@@ -171,9 +173,14 @@ impl RingBufs {
     }
 
     /// The buffers a previous daemon left (from the fd holder), mapped where it had them.
+    /// Its entry count is kept (the kernel's entries point into its slots): a predecessor
+    /// built with another [`ENTRIES`] is taken over with its own count.
     pub(crate) fn adopt(fd: OwnedFd, layout: RingLayout) -> io::Result<RingBufs> {
-        let ours = RingLayout::ours(layout.base);
-        if layout != ours {
+        let ours = RingLayout {
+            entries: layout.entries,
+            ..RingLayout::ours(layout.base)
+        };
+        if layout != ours || !(1..=MAX_ENTRIES).contains(&(layout.entries as usize)) {
             return Err(io::Error::other(format!(
                 "the previous daemon's FUSE rings have {} queues of {} entries with {}-byte payloads; this one would have {} of {} with {}: cannot take them over",
                 layout.queues, layout.entries, layout.payload, ours.queues, ours.entries, ours.payload
@@ -490,17 +497,23 @@ impl Rings {
     pub(crate) fn queues(&self) -> usize {
         self.queues.len()
     }
+
+    /// Ring entries per queue.
+    pub(crate) fn entries(&self) -> usize {
+        self.bufs.layout().entries as usize
+    }
 }
 
 impl Queue {
     fn new(qid: u16, dev: RawFd, bufs: &RingBufs) -> io::Result<Queue> {
+        let n = bufs.layout().entries as usize;
         // COOP_TASKRUN: completions (a request handed to an entry, a device read's end) wait
         // for the queue thread's next io_uring_enter, which comes soon, instead of an IPI
         // interrupting it where it runs (a sleeping thread is still woken).
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_coop_taskrun()
-            .build((ENTRIES as u32 * 2 + 2).next_power_of_two())?;
-        let entries: Vec<Entry> = (0..ENTRIES)
+            .build((n as u32 * 2 + 2).next_power_of_two())?;
+        let entries: Vec<Entry> = (0..n)
             .map(|i| Entry {
                 header: bufs.header(qid as usize, i),
                 payload: bufs.payload(qid as usize, i),
@@ -518,7 +531,7 @@ impl Queue {
             ring,
             dev,
             entries: Vec::leak(entries),
-            pending: Mutex::new(Vec::with_capacity(ENTRIES)),
+            pending: Mutex::new(Vec::with_capacity(n)),
             wake: sys::eventfd()?,
             sentinel: IoUring::new(1)?,
             sleeping: AtomicBool::new(false),
@@ -685,14 +698,14 @@ fn run(
     engine::set_local_io(Some(local.clone()));
     let counter: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
     let counter_ptr = counter.as_mut_ptr();
-    let mut alive = ENTRIES;
+    let mut alive = q.entries.len();
     let mut served = false;
     // Requests served whose commit has not been queued yet.
     let mut inflight = 0usize;
     let mut unanswered = Vec::new();
     let (mut replies, mut fresh) = (0, 0);
     arm_sentinel(q);
-    for i in 0..ENTRIES {
+    for i in 0..q.entries.len() {
         let left = if adopt {
             q.entries[i].left().0
         } else {
@@ -817,7 +830,7 @@ fn run(
                 continue;
             }
             let idx = ud as usize;
-            if idx >= ENTRIES {
+            if idx >= q.entries.len() {
                 continue;
             }
             if res == -libc::ENOENT {
@@ -912,4 +925,31 @@ fn serve(fs: &Fs, q: &Arc<Queue>, idx: usize, adopted: bool) {
         }
     }
     e.borrowed.store(false, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(base: u64, entries: u32, payload: u32) -> (OwnedFd, RingLayout) {
+        let layout = RingLayout {
+            entries,
+            payload,
+            ..RingLayout::ours(base)
+        };
+        let fd = sys::memfd_sized(c"strata-test-ring", layout.len() as u64).expect("memfd");
+        (fd, layout)
+    }
+
+    #[test]
+    fn a_predecessors_entry_count_is_taken_over_but_not_another_payload_size() {
+        // Far from RING_BASE, so a daemon's own buffers in this process are not in the way.
+        let base = RING_BASE + 32 * RING_BASE_STEP;
+        let (fd, l16) = held(base, 16, PAYLOAD as u32);
+        let b = RingBufs::adopt(fd, l16).expect("a 16-entry predecessor is taken over");
+        assert_eq!(b.layout().entries, 16);
+        assert_eq!(b.layout(), l16);
+        let (fd, other) = held(base + RING_BASE_STEP, 16, PAYLOAD as u32 / 2);
+        assert!(RingBufs::adopt(fd, other).is_err(), "another payload size");
+    }
 }
