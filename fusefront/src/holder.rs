@@ -51,10 +51,7 @@ impl ConnState {
             .ring
             .map(|r| format!("ring={}\n", r.encode()))
             .unwrap_or_default();
-        let fsid = self
-            .fsid
-            .map(|f| format!("fsid={f}\n"))
-            .unwrap_or_default();
+        let fsid = self.fsid.map(|f| format!("fsid={f}\n")).unwrap_or_default();
         format!(
             "{STATE_MAGIC}\nminor={}\nflags={}\nresend={}\nuring={}\n{ring}{fsid}mountpoint={}\n",
             self.proto.minor,
