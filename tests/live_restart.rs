@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use testkit::live::{
@@ -81,6 +82,27 @@ fn the_daemon_keeps_serving_when_the_keeper_dies_and_a_new_keeper_holds_the_conn
     assert_fsck_clean(&img, "after the keeper test");
 }
 
+/// `strata mount IMAGE MNT` with the keeper as fd holder and `extra` options, for a start
+/// that fails: its output. The mount is still in the table, so the start returns at once:
+/// wait (30 s at most) for the error in its output, then kill it.
+fn failed_start(img: &Path, mnt: &Path, extra: &[&str]) -> String {
+    let mut args = holder_args(mnt);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match Mount::try_start(img, mnt, &a) {
+        Err(f) => f.stderr,
+        Ok(m) => {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(30) && !m.stderr().contains("error:") {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = m.stderr();
+            m.kill9_leave_mounted();
+            out
+        }
+    }
+}
+
 #[test]
 fn a_successor_that_fails_to_start_leaves_the_connection_held_and_the_next_one_serves() {
     require_root_and_fuse!();
@@ -97,30 +119,10 @@ fn a_successor_that_fails_to_start_leaves_the_connection_held_and_the_next_one_s
     // A successor that fails after it took the keeper's lease: its metrics port is taken.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    let mut args = holder_args(&mnt);
-    args.extend(["--metrics-addr".to_string(), addr]);
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    // The mount is still in the table, so `try_start` returns at once: wait for the exit.
-    let f = Mount::try_start(&img, &mnt, &a);
-    let failed = match f {
-        Err(f) => f,
-        Ok(m) => {
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(30) && !m.stderr().contains("error:") {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let out = m.stderr();
-            m.kill9_leave_mounted();
-            MountFailure {
-                code: 1,
-                stderr: out,
-            }
-        }
-    };
+    let failed = failed_start(&img, &mnt, &["--metrics-addr", &addr]);
     assert!(
-        failed.stderr.contains("cannot serve metrics"),
-        "expected the metrics port to fail the start; output:\n{}",
-        failed.stderr
+        failed.contains("cannot serve metrics"),
+        "expected the metrics port to fail the start; output:\n{failed}"
     );
     assert!(
         !reader.is_finished(),
@@ -131,23 +133,7 @@ fn a_successor_that_fails_to_start_leaves_the_connection_held_and_the_next_one_s
     // A successor on another image is refused: the kernel's inodes are the first image's.
     let other = t.join("other.img");
     mkfs_at(&other, "512M");
-    let a: Vec<&str> = holder_args(&mnt)
-        .leak()
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let refused = match Mount::try_start(&other, &mnt, &a) {
-        Err(f) => f.stderr,
-        Ok(m) => {
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(30) && !m.stderr().contains("error:") {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let out = m.stderr();
-            m.kill9_leave_mounted();
-            out
-        }
-    };
+    let refused = failed_start(&other, &mnt, &[]);
     assert!(
         refused.contains("serves another file system") && refused.contains("takeover refused"),
         "a daemon on another image took the connection over; output:\n{refused}"
