@@ -459,10 +459,12 @@ fn find_held(
                 x.state.mountpoint.display(),
                 abs.display()
             );
+            holder::systemd_forget();
             None
         }
         Some(x) if !x.connected() => {
             log::info!("the held FUSE connection is gone (unmounted): mounting anew");
+            holder::systemd_forget();
             None
         }
         x => x,

@@ -459,6 +459,12 @@ fn lock_from_store() -> std::sync::MutexGuard<'static, Option<ConnState>> {
     FROM_STORE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The connection systemd passed is not the one this daemon serves (gone, or mounted
+/// elsewhere): [`systemd_put`] replaces what the store holds.
+pub fn systemd_forget() {
+    *lock_from_store() = None;
+}
+
 /// Put this connection's descriptors in systemd's store (replacing what it held).
 ///
 /// The store must hold the connection at every moment: a daemon killed between removing
