@@ -472,13 +472,19 @@ impl Drop for Daemon {
     }
 }
 
-/// Unmounts (lazily if need be) what is still mounted at its path when the test ends.
+/// Unmounts (lazily if need be) whatever is still mounted at its path when the test ends
+/// (mounts stacked there too: a successor that mounted anew over a held connection).
 struct Unmount(PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        if is_mounted(&self.0) && !umount(&self.0, false) {
-            umount(&self.0, true);
+        for _ in 0..4 {
+            if !is_mounted(&self.0) {
+                return;
+            }
+            if !umount(&self.0, false) {
+                umount(&self.0, true);
+            }
         }
     }
 }
