@@ -459,10 +459,12 @@ fn find_held(
                 x.state.mountpoint.display(),
                 abs.display()
             );
+            holder::systemd_forget();
             None
         }
         Some(x) if !x.connected() => {
             log::info!("the held FUSE connection is gone (unmounted): mounting anew");
+            holder::systemd_forget();
             None
         }
         x => x,
@@ -471,6 +473,9 @@ fn find_held(
 }
 
 fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Result<(), String> {
+    // Absolute from here on: the held connection's state records where it is mounted, and a
+    // successor (another working directory, systemd's /) compares it with its own.
+    let mp = &fusefront::absolute_mountpoint(mp);
     let cache_bytes = parse_size(&opts.cache_size)?;
     let metrics: Option<SocketAddr> = match opts.metrics_addr.as_str() {
         "off" | "" => None,
