@@ -526,10 +526,7 @@ impl Workload {
     }
 
     fn iterations(&self) -> u64 {
-        fs::read_to_string(self.ctl.join("progress"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+        testkit::live::iterations(&self.ctl)
     }
 
     /// Wait until it has done `more` iterations beyond now.
@@ -663,7 +660,7 @@ fn sd_workload_child() {
                     Err(e) => err(format!("small file {}: {e}", dst.display())),
                 }
             }
-            let _ = fs::write(ctl.join("progress"), i.to_string());
+            testkit::live::report_progress(&ctl, i);
         }
         Ok(())
     };
@@ -720,6 +717,8 @@ fn restarts_under_systemd(
         },
         "--fd-holder".into(),
         "auto".into(),
+        "--persist-replies".into(),
+        "true".into(),
         "--fuse-transport".into(),
         transport.into(),
         "--metrics-addr".into(),

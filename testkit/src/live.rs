@@ -46,6 +46,10 @@ pub fn holder_args(mnt: &Path) -> Vec<String> {
         "keeper".into(),
         "--keeper-socket".into(),
         keeper_socket(mnt).display().to_string(),
+        // kill -9 must lose nothing a process was told (off by default: it costs a device
+        // write per synchronous change).
+        "--persist-replies".into(),
+        "true".into(),
     ]
 }
 
@@ -478,7 +482,7 @@ fn workload_loop(
             timed(t);
         }
         seen.lock().unwrap().iterations = i;
-        let _ = fs::write(ctl.join("progress"), i.to_string());
+        report_progress(ctl, i);
     }
     // Last check of the data file against the model, and of the mapping through read(2).
     for (&b, &tag) in &model {
@@ -504,6 +508,15 @@ fn workload_loop(
     }
     if let Err(e) = map.unmap() {
         err(format!("munmap: {}", errno_name(e)));
+    }
+}
+
+/// Say the workload has done `i` iterations: `ctl/progress`, replaced whole (a rename), so a
+/// reader never sees it empty or half written (which read as no progress at all).
+pub fn report_progress(ctl: &Path, i: u64) {
+    let tmp = ctl.join("progress.tmp");
+    if fs::write(&tmp, i.to_string()).is_ok() {
+        let _ = fs::rename(&tmp, ctl.join("progress"));
     }
 }
 
