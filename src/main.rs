@@ -85,12 +85,14 @@ struct MountArgs {
     /// daemon starts), `none`, or `auto` (systemd when it runs the daemon, else keeper).
     #[arg(long, default_value = "auto", env = "STRATA_FD_HOLDER", value_parser = ["auto", "systemd", "keeper", "none"])]
     fd_holder: String,
-    /// Answer a change (write, create, rename, ...) only once it is in the journal (written,
-    /// not flushed), so a daemon that dies (kill -9, a crash) loses nothing the kernel was
-    /// told and the next daemon serves the same files. Default: on when an fd holder keeps
-    /// the connection (`--fd-holder` other than none), off otherwise.
-    #[arg(long, env = "STRATA_PERSIST_REPLIES")]
-    persist_replies: Option<bool>,
+    /// Answer a change (write, create, rename, ...) only once it is in the journal (an early
+    /// chunk: written, not flushed), so a daemon that dies (kill -9, a crash) loses nothing
+    /// the kernel was told and the next daemon serves the same files. Off by default: it
+    /// costs a device write per synchronous change (tar -x of many small files runs several
+    /// times slower). Without it a crash may lose up to a second of answered changes; a clean
+    /// hand-over (SIGUSR2, `strata restart`) loses nothing either way.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "STRATA_PERSIST_REPLIES")]
+    persist_replies: bool,
     /// The keeper's socket (default: the admin socket's path with `.keeper` appended).
     #[arg(long, env = "STRATA_KEEPER_SOCKET")]
     keeper_socket: Option<PathBuf>,
@@ -459,10 +461,12 @@ fn find_held(
                 x.state.mountpoint.display(),
                 abs.display()
             );
+            holder::systemd_forget();
             None
         }
         Some(x) if !x.connected() => {
             log::info!("the held FUSE connection is gone (unmounted): mounting anew");
+            holder::systemd_forget();
             None
         }
         x => x,
@@ -471,6 +475,9 @@ fn find_held(
 }
 
 fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Result<(), String> {
+    // Absolute from here on: the held connection's state records where it is mounted, and a
+    // successor (another working directory, systemd's /) compares it with its own.
+    let mp = &fusefront::absolute_mountpoint(mp);
     let cache_bytes = parse_size(&opts.cache_size)?;
     let metrics: Option<SocketAddr> = match opts.metrics_addr.as_str() {
         "off" | "" => None,
@@ -579,9 +586,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         threads: opts.threads,
         transport,
         atime: opts.atime,
-        persist_replies: opts
-            .persist_replies
-            .unwrap_or(!matches!(holder, Holder::None)),
+        persist_replies: opts.persist_replies,
     };
     let session = match held {
         Some(h) => fusefront::Session::take_over(eng.clone(), mp, &mount_opts, h),

@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 use common::oci_image;
 use testkit::containerd::{Binaries, Config, Containerd, Containerd17};
 use testkit::live::{
-    check_durable, iterations, keeper_socket, now_us, pauses, report, restarts, run_workload,
-    slow_ops, start_with_keeper, stop_workload, wait_iterations, AdoptedDaemon, KeeperReaper,
+    check_durable, iterations, keeper_socket, now_us, pauses, report, restarts, slow_ops,
+    spawn_workload, start_with_keeper, stop_workload, wait_iterations, workload_from_env,
+    AdoptedDaemon, KeeperReaper,
 };
 use testkit::*;
 
@@ -47,22 +48,11 @@ const IMAGE: &str = "docker.io/library/strata-live:1";
 const CONTAINER: &str = "live1";
 
 /// The workload (started in a container, or by [`spawn_workload`]; ignored when run
-/// directly): runs [`run_workload`] in `$LIVE_WORK_DIR`, reporting to `$LIVE_CTL_DIR`.
+/// directly): [`workload_from_env`].
 #[test]
 #[ignore]
 fn workload_child() {
-    let (Some(dir), Some(ctl)) = (
-        std::env::var_os("LIVE_WORK_DIR"),
-        std::env::var_os("LIVE_CTL_DIR"),
-    ) else {
-        return;
-    };
-    // A safety net: the test tells it to stop long before.
-    run_workload(
-        Path::new(&dir),
-        Path::new(&ctl),
-        Duration::from_secs(30 * 60),
-    );
+    workload_from_env();
 }
 
 /// containerd 1.7 (Strata's snapshotter and diff service, as deployed), or why it does not
@@ -377,38 +367,6 @@ fn a_container_survives_clean_and_kill9_restarts() {
     assert_fsck_clean(&img, "after the final check");
 }
 
-/// This test binary again as [`workload_child`], working in `dir`, reporting to `ctl`.
-fn spawn_workload(dir: &Path, ctl: &Path) -> ChildGuard {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["workload_child", "--exact", "--ignored", "--nocapture"])
-        .env("LIVE_WORK_DIR", dir)
-        .env("LIVE_CTL_DIR", ctl)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    ChildGuard(child)
-}
-
-/// Kills the workload process if the test ends before it does.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            // Not forever: with no daemon serving, it cannot exit until the keeper (killed
-            // by the KeeperReaper, last) lets go of the connection.
-            let t = Instant::now();
-            while self.0.try_wait().ok().flatten().is_none()
-                && t.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
 /// `strata restart --admin-socket SOCK` to completion (2 minutes at most), its stdout in
 /// `out` and its stderr — which the successor it starts inherits, with its stdout — in
 /// `log`; then reaps `m`'s daemon (10 s at most). Meanwhile that daemon, once exited, stays
@@ -486,7 +444,7 @@ fn strata_restart_hands_over_while_a_process_works_in_the_mount() {
         std::thread::sleep(Duration::from_millis(20));
     }
     m.cli_ok(&["stats"]);
-    let mut w = spawn_workload(&m.root().join("work"), &ctl);
+    let w = spawn_workload(&m.root().join("work"), &ctl);
     assert!(
         wait_iterations(&ctl, 20, Duration::from_secs(30)),
         "the workload did not start"
@@ -548,8 +506,7 @@ fn strata_restart_hands_over_while_a_process_works_in_the_mount() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let end = now_us();
-    let seen = stop_workload(&ctl, Duration::from_secs(120)).expect("the workload did not stop");
-    assert!(testkit::wait_child(&mut w.0, Duration::from_secs(30)).is_some_and(|s| s.success()));
+    let seen = w.finish();
     let mut all = pauses(&slow_ops(&ctl), &starts, end);
     println!("pause per strata restart (µs): {all:?}; strata restart took {took:?}");
     report("the process", "strata restart", &mut all);

@@ -1602,6 +1602,21 @@ fn mmap_write_read() {
     m.stop();
 }
 
+/// Run an executable just written. ETXTBSY means another test thread forked while the file
+/// was open for writing and its child still holds that descriptor until it execs (a race of
+/// any multithreaded program, not of the file system): try again for a moment.
+fn run_fresh_executable(path: &Path) -> std::process::Output {
+    for _ in 0..100 {
+        match Command::new(path).output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r.unwrap_or_else(|e| panic!("exec {}: {e}", path.display())),
+        }
+    }
+    panic!("exec {}: still ETXTBSY after 2 s", path.display())
+}
+
 #[test]
 fn exec_copied_binary() {
     require_root_and_fuse!();
@@ -1617,15 +1632,13 @@ fn exec_copied_binary() {
         fs::read("/bin/true").unwrap(),
         "copied binary differs"
     );
-    let st = Command::new(&t)
-        .status()
-        .unwrap_or_else(|e| panic!("exec {}: {e}", t.display()));
+    let st = run_fresh_executable(&t).status;
     assert!(st.success(), "{} exited with {st}", t.display());
     // a script with a shebang, and an executable the caller may not run
     let s = r.join("bin/script");
     fs::write(&s, b"#!/bin/sh\necho strata-ok\n").unwrap();
     chmod(&s, 0o755);
-    let out = Command::new(&s).output().unwrap();
+    let out = run_fresh_executable(&s);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "strata-ok\n");
     chmod(&t, 0o644);
     let e = Command::new(&t).status().unwrap_err();

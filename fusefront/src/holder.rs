@@ -431,7 +431,10 @@ pub fn systemd_take() -> Option<Held> {
     fds.extend(fuse.into_iter().map(|(_, f)| f));
     fds.extend(ring);
     match Held::from_fds(fds) {
-        Ok(h) => Some(h),
+        Ok(h) => {
+            *lock_from_store() = Some(h.state.clone());
+            Some(h)
+        }
         Err(e) => {
             log::warn!("the connection systemd held cannot be used ({e}); mounting anew");
             None
@@ -448,9 +451,44 @@ fn sd_notify(msg: &str, fds: &[RawFd]) -> io::Result<()> {
     sys::send_with_fds(sock.as_raw_fd(), Some(path.as_bytes()), msg.as_bytes(), fds)
 }
 
-/// Put this connection's descriptors in systemd's store (replacing what it held), and say
-/// the daemon is ready.
+/// The state of the connection systemd passed at this start: its store still holds that
+/// connection (it passed copies of its descriptors and kept them).
+static FROM_STORE: std::sync::Mutex<Option<ConnState>> = std::sync::Mutex::new(None);
+
+fn lock_from_store() -> std::sync::MutexGuard<'static, Option<ConnState>> {
+    FROM_STORE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The connection systemd passed is not the one this daemon serves (gone, or mounted
+/// elsewhere): [`systemd_put`] replaces what the store holds.
+pub fn systemd_forget() {
+    *lock_from_store() = None;
+}
+
+/// Put this connection's descriptors in systemd's store (replacing what it held).
+///
+/// The store must hold the connection at every moment: a daemon killed between removing
+/// its entries and storing them again would take the last descriptors with it (the kernel
+/// aborts a connection whose descriptors are all closed). So a connection taken over from
+/// the store is only stored again, nothing removed: systemd drops a descriptor it holds
+/// already (the same open file) and adds new ones (more workers than before). Only a new
+/// connection replaces what the store held (nothing anyone waits on).
 pub fn systemd_put(held: &Held) -> io::Result<()> {
+    if lock_from_store().take().as_ref() == Some(&held.state) {
+        for (k, f) in held.fds.iter().enumerate() {
+            sd_notify(
+                &format!("FDSTORE=1\nFDNAME={FDNAME_FUSE}{k}"),
+                &[f.as_raw_fd()],
+            )?;
+        }
+        if let (Some(_), Some(r)) = (held.state.ring, &held.ring) {
+            sd_notify(
+                &format!("FDSTORE=1\nFDNAME={FDNAME_RING}"),
+                &[r.as_raw_fd()],
+            )?;
+        }
+        return Ok(());
+    }
     let (memfd, _) = held.to_fds()?;
     sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_STATE}"), &[])?;
     sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_RING}"), &[])?;

@@ -5,7 +5,7 @@
 //! number generator, mount-table parsing, a process runner with a timeout, and the system
 //! calls tests make directly.
 //!
-//! All the unsafe code the tests need lives here (`sys`, `uring`), each block with a
+//! All the unsafe code the tests need lives here (`sys`, `uring`, `sdnotify`), each block with a
 //! `// SAFETY:` comment; the test crates themselves are `#![forbid(unsafe_code)]`.
 //!
 //! | module | what |
@@ -20,6 +20,7 @@
 //! | [`live`] | live restart: Strata with the keeper as fd holder, the workload that runs in the mount (or a container) across restarts, pauses |
 //! | [`containerd`] | a private containerd (1.6 or 1.7) with Strata as its proxy snapshotter and diff service |
 //! | [`tree`] | snapshots of a directory tree and their comparison |
+//! | [`sdnotify`] | a stand-in systemd's system calls: notify socket credentials and descriptors, `kcmp`, starting a process with `LISTEN_FDS` |
 //! | [`sys`] | libc calls returning `Result<_, errno>`, [`as_user`], [`sys::Mapping`], [`sys::AlignedBuf`] |
 //! | [`uring`] | an io_uring ring that reads and writes [`sys::AlignedBuf`]s |
 
@@ -36,6 +37,7 @@ pub mod mountinfo;
 pub mod process;
 pub mod replay;
 pub mod rng;
+pub mod sdnotify;
 pub mod strata;
 pub mod sys;
 pub mod tree;

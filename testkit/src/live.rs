@@ -1,8 +1,13 @@
-//! Live-restart test support (tests/live_restart_containers.rs): Strata started with the
-//! keeper as fd holder, the keepers' pids (from their pid file), a guard for a daemon this
-//! test did not start (the successor `strata restart` starts), and the workload loop that runs
-//! in the mount (as a separate process, or as a container's process) and reports through
-//! files in a host directory, with what it saw read back and the pauses per restart.
+//! Live-restart test support (tests/live_restart.rs, tests/live_restart_containers.rs):
+//! Strata started with the keeper as fd holder, the keepers' pids (from their pid file), a
+//! guard for a daemon this test did not start (the successor `strata restart` starts), and
+//! the workload loop that runs in the mount and reports through files in a host directory,
+//! with what it saw read back and the pauses per restart.
+//!
+//! The workload runs as a separate process ([`spawn_workload`]: the test binary again, or a
+//! container's process), never as a thread of the test: a thread blocked in a fault on a FUSE
+//! mapping while no daemon serves holds its process's mm lock, so the test process could not
+//! fork the successor daemon (a deadlock).
 //!
 //! Pids come from pid files, never from other processes' command lines: reading
 //! /proc/PID/cmdline of a process stuck in a fault on a FUSE mapping blocks.
@@ -11,11 +16,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::strata::{assert_no_panic, Mount, STOP_TIMEOUT};
-use crate::{errno_name, is_mounted, pattern, sys, umount};
+use crate::{errno_name, is_mounted, pattern, sys, umount, wait_child};
 
 pub const BLOCK: usize = 4096;
 /// Blocks of the data file the loop cycles over.
@@ -31,17 +37,19 @@ pub fn restarts() -> usize {
 }
 
 /// `strata mount` options with the keeper as fd holder; the keeper's socket beside the
-/// mount point.
+/// mount point. The transport is STRATA_FUSE_TRANSPORT's (testkit passes it on; unset, the
+/// daemon's default: io_uring where the kernel has it), unless a test names one: both
+/// transports survive restarts.
 pub fn holder_args(mnt: &Path) -> Vec<String> {
     vec![
-        // With a holder, `auto` is /dev/fuse (FUSE over io_uring does not survive its
-        // daemon: see the README's Operations section).
-        "--fuse-transport".into(),
-        "auto".into(),
         "--fd-holder".into(),
         "keeper".into(),
         "--keeper-socket".into(),
         keeper_socket(mnt).display().to_string(),
+        // kill -9 must lose nothing a process was told (off by default: it costs a device
+        // write per synchronous change).
+        "--persist-replies".into(),
+        "true".into(),
     ]
 }
 
@@ -224,8 +232,9 @@ pub struct Seen {
 /// 5), stores through a shared mapping of a file and reads it back (msync and read(2) every
 /// 16), and writes a small file renamed into place and reads it (every 4).
 ///
-/// Run it in a process that never forks the daemon: a thread blocked in a fault on the
-/// mapping holds its process's mm lock, so that process could not fork.
+/// Run it in a process that never forks the daemon ([`spawn_workload`], or a container's):
+/// a thread blocked in a fault on the mapping holds its process's mm lock, so that process
+/// could not fork.
 pub fn run_workload(dir: &Path, ctl: &Path, max: Duration) {
     let _ = fs::create_dir_all(dir);
     let seen = Mutex::new(Seen::default());
@@ -245,6 +254,79 @@ pub fn run_workload(dir: &Path, ctl: &Path, max: Duration) {
     let errors: String = s.errors.iter().map(|e| format!("{e}\n")).collect();
     let _ = fs::write(ctl.join("errors"), errors);
     let _ = fs::write(ctl.join("done"), s.iterations.to_string());
+}
+
+/// The body of a test binary's ignored `workload_child` test (what [`spawn_workload`] or a
+/// container runs): [`run_workload`] in `$LIVE_WORK_DIR`, reporting to `$LIVE_CTL_DIR`; run
+/// directly (neither set), nothing.
+pub fn workload_from_env() {
+    let (Some(dir), Some(ctl)) = (
+        std::env::var_os("LIVE_WORK_DIR"),
+        std::env::var_os("LIVE_CTL_DIR"),
+    ) else {
+        return;
+    };
+    // A safety net: the test tells it to stop long before.
+    run_workload(
+        Path::new(&dir),
+        Path::new(&ctl),
+        Duration::from_secs(30 * 60),
+    );
+}
+
+/// The test binary again as its `workload_child` test (which calls [`workload_from_env`]),
+/// working in `dir`, reporting to `ctl` (created if need be).
+pub fn spawn_workload(dir: &Path, ctl: &Path) -> WorkloadProcess {
+    fs::create_dir_all(ctl).unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["workload_child", "--exact", "--ignored", "--nocapture"])
+        .env("LIVE_WORK_DIR", dir)
+        .env("LIVE_CTL_DIR", ctl)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    WorkloadProcess {
+        child,
+        ctl: ctl.to_path_buf(),
+    }
+}
+
+/// The workload process [`spawn_workload`] started; killed if the test ends before it does.
+pub struct WorkloadProcess {
+    pub child: Child,
+    pub ctl: PathBuf,
+}
+
+impl WorkloadProcess {
+    /// Tell it to stop; its results once it wrote them (2 minutes at most) and exited
+    /// successfully (30 s more at most).
+    pub fn finish(mut self) -> Seen {
+        let seen =
+            stop_workload(&self.ctl, Duration::from_secs(120)).expect("the workload did not stop");
+        let st = wait_child(&mut self.child, Duration::from_secs(30));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "the workload process did not exit cleanly: {st:?}"
+        );
+        seen
+    }
+}
+
+impl Drop for WorkloadProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            // Not forever: with no daemon serving, it cannot exit until the keeper (killed
+            // by the KeeperReaper, last) lets go of the connection.
+            let t = Instant::now();
+            while self.child.try_wait().ok().flatten().is_none()
+                && t.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 fn workload_loop(
@@ -400,7 +482,7 @@ fn workload_loop(
             timed(t);
         }
         seen.lock().unwrap().iterations = i;
-        let _ = fs::write(ctl.join("progress"), i.to_string());
+        report_progress(ctl, i);
     }
     // Last check of the data file against the model, and of the mapping through read(2).
     for (&b, &tag) in &model {
@@ -426,6 +508,15 @@ fn workload_loop(
     }
     if let Err(e) = map.unmap() {
         err(format!("munmap: {}", errno_name(e)));
+    }
+}
+
+/// Say the workload has done `i` iterations: `ctl/progress`, replaced whole (a rename), so a
+/// reader never sees it empty or half written (which read as no progress at all).
+pub fn report_progress(ctl: &Path, i: u64) {
+    let tmp = ctl.join("progress.tmp");
+    if fs::write(&tmp, i.to_string()).is_ok() {
+        let _ = fs::rename(&tmp, ctl.join("progress"));
     }
 }
 

@@ -253,9 +253,9 @@ fn admin_socket(mnt: &Path) -> PathBuf {
     mnt.with_extension("admin.sock")
 }
 
-/// `strata mount` options: the admin socket next to the mount point; no Prometheus endpoint
-/// and no containerd snapshotter socket (their default addresses may be taken by another
-/// daemon on this host; the snapshotter option only where the binary has it).
+/// `strata mount` options: the admin socket next to the mount point; no Prometheus endpoint,
+/// no containerd snapshotter or diff socket (their default addresses may be taken by another
+/// daemon on this host; those options only where the binary has them).
 fn mount_args(bin: &Path, mnt: &Path, cache_size: Option<&str>) -> Vec<String> {
     let mut v: Vec<String> = vec![
         "--admin-socket".into(),
@@ -271,6 +271,9 @@ fn mount_args(bin: &Path, mnt: &Path, cache_size: Option<&str>) -> Vec<String> {
     .unwrap_or_default();
     if help.contains("--snapshotter-socket") {
         v.extend(["--snapshotter-socket".into(), "off".into()]);
+    }
+    if help.contains("--diff-socket") {
+        v.extend(["--diff-socket".into(), "off".into()]);
     }
     if let Some(c) = cache_size {
         v.extend(["--cache-size".into(), c.to_string()]);
