@@ -130,8 +130,11 @@ impl DeviceIo {
 
     fn finish(self, r: io::Result<()>) {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.sched
-            .done(self.req.class.slot, self.req.buf.len() as u64);
+        self.sched.done(
+            self.req.class.slot,
+            self.req.is_write(),
+            self.req.buf.len() as u64,
+        );
         if self.sched.pending() {
             self.wakers.kick();
         }

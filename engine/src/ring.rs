@@ -73,6 +73,91 @@ pub struct IoReq {
     pub class: IoClass,
 }
 
+impl IoReq {
+    pub(crate) fn is_write(&self) -> bool {
+        matches!(self.op, Op::Write)
+    }
+
+    /// This write of a shared buffer as device requests of at most `max_blocks` blocks each,
+    /// in order (anything else, or a write that small already: itself). The pieces'
+    /// completions are joined: the request's callback runs once, after the last piece ends,
+    /// with the whole buffer, or with the first error a piece had. So whoever waits for the
+    /// write (the table of writes in flight, the epoch a commit waits for) waits for all of it.
+    pub(crate) fn split(self, max_blocks: usize) -> Vec<IoReq> {
+        let IoReq {
+            op,
+            offset,
+            buf,
+            done,
+            class,
+        } = self;
+        let (shared, first, n) = match (&op, buf) {
+            (Op::Write, IoBuf::Shared { buf, first, n }) if max_blocks > 0 && n > max_blocks => {
+                (buf, first, n)
+            }
+            (_, buf) => {
+                return vec![IoReq {
+                    op,
+                    offset,
+                    buf,
+                    done,
+                    class,
+                }]
+            }
+        };
+        struct Join {
+            left: usize,
+            err: Option<io::Error>,
+            done: Option<Done>,
+            whole: Option<IoBuf>,
+        }
+        let join = Arc::new(Mutex::new(Join {
+            left: n.div_ceil(max_blocks),
+            err: None,
+            done: Some(done),
+            whole: Some(IoBuf::Shared {
+                buf: shared.clone(),
+                first,
+                n,
+            }),
+        }));
+        (0..n)
+            .step_by(max_blocks)
+            .map(|k| {
+                let join = join.clone();
+                IoReq {
+                    op: Op::Write,
+                    offset: offset + (k * BLOCK_SIZE) as u64,
+                    buf: IoBuf::Shared {
+                        buf: shared.clone(),
+                        first: first + k,
+                        n: max_blocks.min(n - k),
+                    },
+                    class: class.clone(),
+                    done: Box::new(move |r| {
+                        let mut j = join.lock();
+                        if let Err(e) = r {
+                            j.err.get_or_insert(e);
+                        }
+                        j.left -= 1;
+                        if j.left > 0 {
+                            return;
+                        }
+                        let (done, whole, err) = (j.done.take(), j.whole.take(), j.err.take());
+                        drop(j);
+                        if let (Some(done), Some(whole)) = (done, whole) {
+                            done(match err {
+                                Some(e) => Err(e),
+                                None => Ok(whole),
+                            });
+                        }
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
 struct Shared {
     sched: Arc<Sched>,
     /// Bumped by every submission: a worker that saw the same value before and after deciding
@@ -358,10 +443,10 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
             continue;
         }
         for mut r in batch {
-            let (class, bytes) = (r.class.slot, r.buf.len() as u64);
+            let (class, write, bytes) = (r.class.slot, r.is_write(), r.buf.len() as u64);
             if let Some(e) = injected(dev.as_ref(), &r) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
-                s.sched.done(class, bytes);
+                s.sched.done(class, write, bytes);
                 (r.done)(Err(e));
                 continue;
             }
@@ -373,7 +458,7 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
                 (Op::Write, b) => dev.write_at(b.as_slice(), r.offset),
             };
             s.inflight.fetch_sub(1, Ordering::Relaxed);
-            s.sched.done(class, bytes);
+            s.sched.done(class, write, bytes);
             (r.done)(res.map(|_| r.buf));
         }
     }
@@ -422,7 +507,8 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
         for req in fresh {
             if let Some(e) = injected(dev.as_ref(), &req) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
-                s.sched.done(req.class.slot, req.buf.len() as u64);
+                s.sched
+                    .done(req.class.slot, req.is_write(), req.buf.len() as u64);
                 (req.done)(Err(e));
                 continue;
             }
@@ -470,7 +556,8 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             if res < 0 {
                 let f = ops.remove(id);
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
-                s.sched.done(f.req.class.slot, f.req.buf.len() as u64);
+                s.sched
+                    .done(f.req.class.slot, f.req.is_write(), f.req.buf.len() as u64);
                 (f.req.done)(Err(io::Error::from_raw_os_error(-res)));
                 continue;
             }
@@ -479,7 +566,8 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             if res == 0 || f.done_bytes >= f.req.buf.len() {
                 let f = ops.remove(id);
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
-                s.sched.done(f.req.class.slot, f.req.buf.len() as u64);
+                s.sched
+                    .done(f.req.class.slot, f.req.is_write(), f.req.buf.len() as u64);
                 if f.done_bytes < f.req.buf.len() {
                     (f.req.done)(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
