@@ -18,6 +18,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
 
@@ -64,6 +65,8 @@ pub struct DeviceIo {
     /// leave the shared in-flight cap).
     sched: Arc<Sched>,
     wakers: Arc<Wakers>,
+    /// When the scheduler admitted it.
+    sent: Instant,
 }
 
 impl DeviceIo {
@@ -81,6 +84,7 @@ impl DeviceIo {
             inflight,
             sched,
             wakers,
+            sent: Instant::now(),
         }
     }
 
@@ -138,6 +142,7 @@ impl DeviceIo {
         if self.sched.pending() {
             self.wakers.kick();
         }
+        self.req.observe_device(self.sent);
         let IoReq { buf, done, .. } = self.req;
         done(r.map(|()| buf));
     }

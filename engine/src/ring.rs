@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
@@ -76,6 +76,16 @@ pub struct IoReq {
 impl IoReq {
     pub(crate) fn is_write(&self) -> bool {
         matches!(self.op, Op::Write)
+    }
+
+    /// Record in its layer's statistics the time it spent in the device, since `sent`.
+    pub(crate) fn observe_device(&self, sent: Instant) {
+        if let Some(st) = &self.class.stats {
+            match self.op {
+                Op::Read => st.io_device_read.observe_since(sent),
+                Op::Write => st.io_device_write.observe_since(sent),
+            }
+        }
     }
 
     /// This write of a shared buffer as device requests of at most `max_blocks` blocks each,
@@ -444,6 +454,7 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
         }
         for mut r in batch {
             let (class, write, bytes) = (r.class.slot, r.is_write(), r.buf.len() as u64);
+            let sent = Instant::now();
             if let Some(e) = injected(dev.as_ref(), &r) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
                 s.sched.done(class, write, bytes);
@@ -459,6 +470,7 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
             };
             s.inflight.fetch_sub(1, Ordering::Relaxed);
             s.sched.done(class, write, bytes);
+            r.observe_device(sent);
             (r.done)(res.map(|_| r.buf));
         }
     }
@@ -477,6 +489,8 @@ struct InFlight {
     req: IoReq,
     /// Bytes already transferred (short I/O is resubmitted for the rest).
     done_bytes: usize,
+    /// When the scheduler handed it over.
+    sent: Instant,
 }
 
 fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
@@ -504,6 +518,7 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             .min(sq_free);
         let mut fresh = Vec::new();
         let (wait, seen) = s.take(room, |r| fresh.push(r));
+        let sent = Instant::now();
         for req in fresh {
             if let Some(e) = injected(dev.as_ref(), &req) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -512,7 +527,11 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
                 (req.done)(Err(e));
                 continue;
             }
-            let id = ops.insert(InFlight { req, done_bytes: 0 });
+            let id = ops.insert(InFlight {
+                req,
+                done_bytes: 0,
+                sent,
+            });
             push_op(&mut ring, fd, &mut ops, id);
         }
         if s.stop.load(Ordering::SeqCst) && ops.is_empty() && !s.sched.pending() {
@@ -558,6 +577,7 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
                 s.sched
                     .done(f.req.class.slot, f.req.is_write(), f.req.buf.len() as u64);
+                f.req.observe_device(f.sent);
                 (f.req.done)(Err(io::Error::from_raw_os_error(-res)));
                 continue;
             }
@@ -568,6 +588,7 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
                 s.sched
                     .done(f.req.class.slot, f.req.is_write(), f.req.buf.len() as u64);
+                f.req.observe_device(f.sent);
                 if f.done_bytes < f.req.buf.len() {
                     (f.req.done)(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
