@@ -297,6 +297,13 @@ impl Daemon {
             read_mean_us: mean(&l.read_latency),
             queue_p99_us: p99(&l.io_queue_delay),
             queue_mean_us: mean(&l.io_queue_delay),
+            device_p99_us: p99(&l.io_device_read),
+            device_mean_us: mean(&l.io_device_read),
+            noisy_device_write_p99_us: r
+                .layers
+                .iter()
+                .find(|l| l.id == "noisy")
+                .and_then(|l| p99(&l.io_device_write)),
         })
     }
 
