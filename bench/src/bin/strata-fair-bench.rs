@@ -180,6 +180,9 @@ impl Daemon {
             .args([
                 "--snapshotter-socket",
                 "off",
+                // Not the default /run/strata socket: another daemon on the host may hold it.
+                "--diff-socket",
+                "off",
                 "--io-scheduler",
                 policy.name(),
             ]);
