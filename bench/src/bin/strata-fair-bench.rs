@@ -68,6 +68,9 @@ struct Args {
     /// Passed to `strata mount --cache-size` [default: strata's own]
     #[arg(long, value_name = "SIZE")]
     cache_size: Option<String>,
+    /// Passed to `strata mount --fuse-transport` (`auto`, `io-uring`, `dev`) [default: strata's own]
+    #[arg(long, value_name = "TRANSPORT")]
+    fuse_transport: Option<String>,
     /// Results directory [default: bench/results/<date>-fair, or <date>-<time>-fair when that exists]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -110,6 +113,7 @@ struct Daemon {
     sock: PathBuf,
     log: PathBuf,
     cache_size: Option<String>,
+    fuse_transport: Option<String>,
     child: Option<Child>,
 }
 
@@ -137,6 +141,7 @@ impl Daemon {
             sock: a.dir.join("admin.sock"),
             log,
             cache_size: a.cache_size.clone(),
+            fuse_transport: a.fuse_transport.clone(),
             child: None,
         };
         fs::create_dir_all(&d.mnt).map_err(|e| format!("mkdir {}: {e}", d.mnt.display()))?;
@@ -188,6 +193,9 @@ impl Daemon {
             ]);
         if let Some(c) = &self.cache_size {
             cmd.args(["--cache-size", c]);
+        }
+        if let Some(t) = &self.fuse_transport {
+            cmd.args(["--fuse-transport", t]);
         }
         let child = self
             .child
