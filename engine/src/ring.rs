@@ -273,7 +273,7 @@ pub const IO_THREADS: usize = 2;
 impl Ring {
     pub fn start(dev: Arc<dyn Device>, policy: Policy) -> io::Result<Ring> {
         let inflight = Arc::new(AtomicU64::new(0));
-        let sched = Arc::new(Sched::new(policy));
+        let sched = Arc::new(Sched::counting(policy, inflight.clone()));
         let pushes = Arc::new(AtomicU64::new(0));
         let mut workers = Vec::new();
         // Test devices without a descriptor are served by one synchronous thread.

@@ -27,6 +27,7 @@
 //! [`Policy::Fifo`] turns all of this off (one queue in arrival order), for comparison.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -226,6 +227,9 @@ pub(crate) enum Next {
 pub(crate) struct Sched {
     state: Mutex<State>,
     policy: Policy,
+    /// The ring's count of operations in flight (submitted, not yet completed): a write
+    /// split into pieces adds its extra pieces to it, since each piece completes alone.
+    ops: Arc<AtomicU64>,
 }
 
 fn cost(r: &IoReq) -> u64 {
@@ -234,9 +238,15 @@ fn cost(r: &IoReq) -> u64 {
 
 impl Sched {
     pub(crate) fn new(policy: Policy) -> Sched {
+        Sched::counting(policy, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// A scheduler whose split writes add their extra pieces to `ops`.
+    pub(crate) fn counting(policy: Policy, ops: Arc<AtomicU64>) -> Sched {
         Sched {
             state: Mutex::new(State::default()),
             policy,
+            ops,
         }
     }
 
@@ -395,6 +405,8 @@ impl Sched {
             {
                 if let Some((big, queued)) = c.queue.pop_front() {
                     let pieces = big.split(SPLIT_WRITE_BYTES as usize / BLOCK_SIZE);
+                    self.ops
+                        .fetch_add(pieces.len() as u64 - 1, Ordering::Relaxed);
                     for p in pieces.into_iter().rev() {
                         c.queue.push_front((p, queued));
                     }
@@ -460,10 +472,9 @@ impl Sched {
                     .io_queue_delay
                     .observe_ns((now - queued).as_nanos() as u64);
                 if let Some(t) = c.throttled_since.take() {
-                    stats.io_throttled_ns.fetch_add(
-                        (now - t).as_nanos() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    stats
+                        .io_throttled_ns
+                        .fetch_add((now - t).as_nanos() as u64, Ordering::Relaxed);
                 }
             } else {
                 c.throttled_since = None;
@@ -696,6 +707,8 @@ mod tests {
             offsets.push(more[0].offset);
             in_device.extend(more);
         }
+        // Each extra piece counts as an operation in flight of its own.
+        assert_eq!(s.ops.load(Ordering::Relaxed), (256 / PIECE - 1) as u64);
         // (Pieces sent so far: all; offsets cover the write in order.)
         let want: Vec<u64> = (0..256 / PIECE)
             .map(|k| (1 << 30) + (k * PIECE * BLOCK_SIZE) as u64)
