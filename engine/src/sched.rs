@@ -237,6 +237,8 @@ fn cost(r: &IoReq) -> u64 {
 }
 
 impl Sched {
+    /// A scheduler counting split pieces only for itself (tests).
+    #[cfg(test)]
     pub(crate) fn new(policy: Policy) -> Sched {
         Sched::counting(policy, Arc::new(AtomicU64::new(0)))
     }
