@@ -128,6 +128,13 @@ pub struct DaemonSide {
     /// Time its device requests waited in the I/O scheduler: p99 bucket bound and mean (µs).
     pub queue_p99_us: Option<f64>,
     pub queue_mean_us: Option<f64>,
+    /// Time its device reads spent in the device, from when the scheduler sent them to their
+    /// completion: p99 bucket bound and mean (µs). None: the daemon does not report it (a
+    /// daemon from before `strata_layer_io_device_seconds`).
+    pub device_p99_us: Option<f64>,
+    pub device_mean_us: Option<f64>,
+    /// The noisy layer's device writes: p99 bucket bound (µs).
+    pub noisy_device_write_p99_us: Option<f64>,
 }
 
 /// One run of a scenario.
@@ -295,19 +302,22 @@ pub fn table(outcomes: &[Outcome]) -> String {
 /// Where the quiet reads waited: fio's p99 beside the daemon's own view of the same reads.
 pub fn daemon_table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| scenario | fio clat p99 (µs) | engine read p99 ≤ (µs) | scheduler queue p99 ≤ (µs) | engine read mean (µs) | scheduler queue mean (µs) |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "| scenario | fio clat p99 (µs) | engine read p99 ≤ (µs) | scheduler queue p99 ≤ (µs) | device read p99 ≤ (µs) | engine read mean (µs) | scheduler queue mean (µs) | device read mean (µs) | noisy device write p99 ≤ (µs) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for o in outcomes {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             o.scenario.label,
             cell(o.quiet_p99(), us),
             cell(o.daemon(|d| d.read_p99_us), us),
             cell(o.daemon(|d| d.queue_p99_us), us),
+            cell(o.daemon(|d| d.device_p99_us), us),
             cell(o.daemon(|d| d.read_mean_us), us),
             cell(o.daemon(|d| d.queue_mean_us), us),
+            cell(o.daemon(|d| d.device_mean_us), us),
+            cell(o.daemon(|d| d.noisy_device_write_p99_us), us),
         );
     }
     out
@@ -370,8 +380,11 @@ pub fn markdown(outcomes: &[Outcome], info: &Info) -> String {
     md.push_str(
         "\n## Where the quiet reads waited\n\n\
          The daemon's own histograms of the quiet layer over each run (`GET /v1/stats`): the \
-         engine's read latency (from when the engine has the FUSE read to its reply) and the \
-         time its device requests waited in the I/O scheduler. p99s are the upper bounds of \
+         engine's read latency (from when the engine has the FUSE read to its reply), the \
+         time its device requests waited in the I/O scheduler, and the time its device reads \
+         spent in the device (from when the scheduler sent them to their completion: behind \
+         the writes already there; `strata_layer_io_device_seconds`, — for a daemon without \
+         it); the last column is the noisy layer's device writes. p99s are the upper bounds of \
          the histogram buckets holding them (…, 250, 500, 1,000, 2,500, 5,000, 10,000, 25,000, \
          50,000, 100,000, 250,000 µs, …). Where fio's p99 is far above the engine's, the reads \
          waited before the engine had them: in the kernel's FUSE queue or for a daemon worker \
@@ -430,6 +443,9 @@ pub fn to_json(outcomes: &[Outcome], info: &Info) -> Value {
                     "quiet_engine_read_mean_us": s.daemon.and_then(|d| d.read_mean_us),
                     "quiet_sched_queue_p99_bound_us": s.daemon.and_then(|d| d.queue_p99_us),
                     "quiet_sched_queue_mean_us": s.daemon.and_then(|d| d.queue_mean_us),
+                    "quiet_device_read_p99_bound_us": s.daemon.and_then(|d| d.device_p99_us),
+                    "quiet_device_read_mean_us": s.daemon.and_then(|d| d.device_mean_us),
+                    "noisy_device_write_p99_bound_us": s.daemon.and_then(|d| d.noisy_device_write_p99_us),
                     "raw": s.raw,
                 })).collect::<Vec<_>>(),
                 "quiet_iops": summary_json(o.quiet_iops()),
@@ -572,6 +588,9 @@ mod tests {
                 read_mean_us: Some(120.4),
                 queue_p99_us: None,
                 queue_mean_us: Some(3.3),
+                device_p99_us: Some(500.0),
+                device_mean_us: Some(80.0),
+                noisy_device_write_p99_us: None,
             }),
             noisy_mib_s: noisy,
             noisy_p99_us: noisy.map(|_| 40_000.0),
@@ -651,9 +670,11 @@ mod tests {
         assert!(md.contains("## Errors") && md.contains("fio failed second line"));
         assert!(md.contains("on its own 2 GiB file"));
         assert!(md.contains(
-            "| a. quiet alone (fair) | 300 (280–320) | 250 (250–250) | — | 120 (120–120) | 3.3 (3.3–3.3) |"
+            "| a. quiet alone (fair) | 300 (280–320) | 250 (250–250) | — | 500 (500–500) | 120 (120–120) | 3.3 (3.3–3.3) | 80 (80–80) | — |"
         ), "{md}");
-        assert!(md.contains("| e. + noisy, fair, noisy capped at 200M/s | — | — | — | — | — |"));
+        assert!(md.contains(
+            "| e. + noisy, fair, noisy capped at 200M/s | — | — | — | — | — | — | — | — |"
+        ));
         let v = to_json(&o, &info);
         assert_eq!(v["scenarios"][2]["goal_met"], true);
         assert_eq!(v["scenarios"][1]["p99_vs_alone"], 30.0);
@@ -663,6 +684,10 @@ mod tests {
         assert_eq!(
             v["scenarios"][0]["samples"][0]["quiet_engine_read_mean_us"],
             120.4
+        );
+        assert_eq!(
+            v["scenarios"][0]["samples"][0]["quiet_device_read_mean_us"],
+            80.0
         );
         let svg = chart(&o, &info);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

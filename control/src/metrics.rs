@@ -282,6 +282,17 @@ pub fn render_report(r: &StatsReport) -> String {
     }
     let mut f = Family::new(
         o,
+        "strata_layer_io_device_seconds",
+        "histogram",
+        "Time the layer's device requests spent in the device, from when the I/O scheduler sent them to their completion.",
+    );
+    for (lab, l) in &ls {
+        for (op, h) in [("read", &l.io_device_read), ("write", &l.io_device_write)] {
+            f.histogram(&with(lab, &format!("op=\"{op}\"")), h);
+        }
+    }
+    let mut f = Family::new(
+        o,
         "strata_layer_io_throttled_seconds_total",
         "counter",
         "Time the layer's device requests were held back by its IOPS or bandwidth limit.",

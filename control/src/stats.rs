@@ -125,6 +125,12 @@ pub struct LayerStatsReport {
     /// Time its device requests waited in the I/O scheduler.
     #[serde(default)]
     pub io_queue_delay: Histogram,
+    /// Time its device reads and writes spent in the device (from when the I/O scheduler
+    /// sent them to their completion).
+    #[serde(default)]
+    pub io_device_read: Histogram,
+    #[serde(default)]
+    pub io_device_write: Histogram,
     /// Seconds its requests were held back by its IOPS or bandwidth limit.
     #[serde(default)]
     pub io_throttled_seconds: f64,
@@ -289,6 +295,8 @@ pub fn collect(engine: &Engine) -> StatsReport {
             r.write_latency = l.write_latency.snapshot().into();
             r.metadata_latency = l.meta_latency.snapshot().into();
             r.io_queue_delay = l.io_queue_delay.snapshot().into();
+            r.io_device_read = l.io_device_read.snapshot().into();
+            r.io_device_write = l.io_device_write.snapshot().into();
             r.io_throttled_seconds = ld(&l.io_throttled_ns) as f64 / 1e9;
             r.checksum_errors = ld(&l.checksum_errors);
         }

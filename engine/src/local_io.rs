@@ -18,6 +18,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
 
@@ -65,6 +66,8 @@ pub struct DeviceIo {
     /// leave the shared in-flight cap).
     sched: Arc<Sched>,
     wakers: Arc<Wakers>,
+    /// When the scheduler admitted it.
+    sent: Instant,
 }
 
 impl DeviceIo {
@@ -82,6 +85,7 @@ impl DeviceIo {
             inflight,
             sched,
             wakers,
+            sent: Instant::now(),
         }
     }
 
@@ -131,11 +135,15 @@ impl DeviceIo {
 
     fn finish(self, r: io::Result<()>) {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.sched
-            .done(self.req.class.slot, self.req.buf.len() as u64);
+        self.sched.done(
+            self.req.class.slot,
+            self.req.is_write(),
+            self.req.buf.len() as u64,
+        );
         if self.sched.pending() {
             self.wakers.kick();
         }
+        self.req.observe_device(self.sent);
         let IoReq { buf, done, .. } = self.req;
         done(r.map(|()| buf));
     }

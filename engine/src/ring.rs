@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
@@ -71,6 +71,101 @@ pub struct IoReq {
     pub done: Done,
     /// Whose I/O this is (the scheduler shares the device between classes).
     pub class: IoClass,
+}
+
+impl IoReq {
+    pub(crate) fn is_write(&self) -> bool {
+        matches!(self.op, Op::Write)
+    }
+
+    /// Record in its layer's statistics the time it spent in the device, since `sent`.
+    pub(crate) fn observe_device(&self, sent: Instant) {
+        if let Some(st) = &self.class.stats {
+            match self.op {
+                Op::Read => st.io_device_read.observe_since(sent),
+                Op::Write => st.io_device_write.observe_since(sent),
+            }
+        }
+    }
+
+    /// This write of a shared buffer as device requests of at most `max_blocks` blocks each,
+    /// in order (anything else, or a write that small already: itself). The pieces'
+    /// completions are joined: the request's callback runs once, after the last piece ends,
+    /// with the whole buffer, or with the first error a piece had. So whoever waits for the
+    /// write (the table of writes in flight, the epoch a commit waits for) waits for all of it.
+    pub(crate) fn split(self, max_blocks: usize) -> Vec<IoReq> {
+        let IoReq {
+            op,
+            offset,
+            buf,
+            done,
+            class,
+        } = self;
+        let (shared, first, n) = match (&op, buf) {
+            (Op::Write, IoBuf::Shared { buf, first, n }) if max_blocks > 0 && n > max_blocks => {
+                (buf, first, n)
+            }
+            (_, buf) => {
+                return vec![IoReq {
+                    op,
+                    offset,
+                    buf,
+                    done,
+                    class,
+                }]
+            }
+        };
+        struct Join {
+            left: usize,
+            err: Option<io::Error>,
+            done: Option<Done>,
+            whole: Option<IoBuf>,
+        }
+        let join = Arc::new(Mutex::new(Join {
+            left: n.div_ceil(max_blocks),
+            err: None,
+            done: Some(done),
+            whole: Some(IoBuf::Shared {
+                buf: shared.clone(),
+                first,
+                n,
+            }),
+        }));
+        (0..n)
+            .step_by(max_blocks)
+            .map(|k| {
+                let join = join.clone();
+                IoReq {
+                    op: Op::Write,
+                    offset: offset + (k * BLOCK_SIZE) as u64,
+                    buf: IoBuf::Shared {
+                        buf: shared.clone(),
+                        first: first + k,
+                        n: max_blocks.min(n - k),
+                    },
+                    class: class.clone(),
+                    done: Box::new(move |r| {
+                        let mut j = join.lock();
+                        if let Err(e) = r {
+                            j.err.get_or_insert(e);
+                        }
+                        j.left -= 1;
+                        if j.left > 0 {
+                            return;
+                        }
+                        let (done, whole, err) = (j.done.take(), j.whole.take(), j.err.take());
+                        drop(j);
+                        if let (Some(done), Some(whole)) = (done, whole) {
+                            done(match err {
+                                Some(e) => Err(e),
+                                None => Ok(whole),
+                            });
+                        }
+                    }),
+                }
+            })
+            .collect()
+    }
 }
 
 struct Shared {
@@ -178,7 +273,7 @@ pub const IO_THREADS: usize = 2;
 impl Ring {
     pub fn start(dev: Arc<dyn Device>, policy: Policy) -> io::Result<Ring> {
         let inflight = Arc::new(AtomicU64::new(0));
-        let sched = Arc::new(Sched::new(policy));
+        let sched = Arc::new(Sched::counting(policy, inflight.clone()));
         let pushes = Arc::new(AtomicU64::new(0));
         let mut workers = Vec::new();
         // Test devices without a descriptor are served by one synchronous thread.
@@ -358,10 +453,11 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
             continue;
         }
         for mut r in batch {
-            let (class, bytes) = (r.class.slot, r.buf.len() as u64);
+            let (class, write, bytes) = (r.class.slot, r.is_write(), r.buf.len() as u64);
+            let sent = Instant::now();
             if let Some(e) = injected(dev.as_ref(), &r) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
-                s.sched.done(class, bytes);
+                s.sched.done(class, write, bytes);
                 (r.done)(Err(e));
                 continue;
             }
@@ -373,7 +469,8 @@ fn run_sync(s: Arc<Shared>, dev: Arc<dyn Device>) {
                 (Op::Write, b) => dev.write_at(b.as_slice(), r.offset),
             };
             s.inflight.fetch_sub(1, Ordering::Relaxed);
-            s.sched.done(class, bytes);
+            s.sched.done(class, write, bytes);
+            r.observe_device(sent);
             (r.done)(res.map(|_| r.buf));
         }
     }
@@ -392,6 +489,8 @@ struct InFlight {
     req: IoReq,
     /// Bytes already transferred (short I/O is resubmitted for the rest).
     done_bytes: usize,
+    /// When the scheduler handed it over.
+    sent: Instant,
 }
 
 fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
@@ -419,14 +518,20 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             .min(sq_free);
         let mut fresh = Vec::new();
         let (wait, seen) = s.take(room, |r| fresh.push(r));
+        let sent = Instant::now();
         for req in fresh {
             if let Some(e) = injected(dev.as_ref(), &req) {
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
-                s.sched.done(req.class.slot, req.buf.len() as u64);
+                s.sched
+                    .done(req.class.slot, req.is_write(), req.buf.len() as u64);
                 (req.done)(Err(e));
                 continue;
             }
-            let id = ops.insert(InFlight { req, done_bytes: 0 });
+            let id = ops.insert(InFlight {
+                req,
+                done_bytes: 0,
+                sent,
+            });
             push_op(&mut ring, fd, &mut ops, id);
         }
         if s.stop.load(Ordering::SeqCst) && ops.is_empty() && !s.sched.pending() {
@@ -470,7 +575,9 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             if res < 0 {
                 let f = ops.remove(id);
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
-                s.sched.done(f.req.class.slot, f.req.buf.len() as u64);
+                s.sched
+                    .done(f.req.class.slot, f.req.is_write(), f.req.buf.len() as u64);
+                f.req.observe_device(f.sent);
                 (f.req.done)(Err(io::Error::from_raw_os_error(-res)));
                 continue;
             }
@@ -479,7 +586,9 @@ fn run_uring(s: Arc<Shared>, dev: Arc<dyn Device>, mut ring: IoUring) {
             if res == 0 || f.done_bytes >= f.req.buf.len() {
                 let f = ops.remove(id);
                 s.inflight.fetch_sub(1, Ordering::Relaxed);
-                s.sched.done(f.req.class.slot, f.req.buf.len() as u64);
+                s.sched
+                    .done(f.req.class.slot, f.req.is_write(), f.req.buf.len() as u64);
+                f.req.observe_device(f.sent);
                 if f.done_bytes < f.req.buf.len() {
                     (f.req.done)(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

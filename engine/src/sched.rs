@@ -15,14 +15,25 @@
 //! at most that much of a noisy neighbour's writes, not behind everything it queued. One
 //! class alone has the whole device.
 //!
+//! Writes are what a read waits behind: the device serves a small read after the write data
+//! already in it (and a virtual disk's host may add its own write-back to that). So while
+//! another class is reading (a read queued or in flight, or sent in the last
+//! [`ACTIVE_WINDOW`]), a class's writes go in pieces of at most [`SPLIT_WRITE_BYTES`] (a write
+//! of one shared buffer becomes several device requests, whose completions are joined: see
+//! `IoReq::split`), and at most [`READER_WRITE_INFLIGHT_BYTES`] of writes are in the device
+//! at once (again, a class with nothing in flight may send one piece). Reads are not held by
+//! that cap, only by the shared one.
+//!
 //! [`Policy::Fifo`] turns all of this off (one queue in arrival order), for comparison.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::format::BLOCK_SIZE;
 use crate::limits::DEFAULT_WEIGHT;
 use crate::meta::Slot;
 use crate::ring::IoReq;
@@ -41,6 +52,10 @@ pub enum Policy {
 pub const ACTIVE_WINDOW: Duration = Duration::from_millis(50);
 /// Bytes in the device at once while several classes are active.
 pub const SHARED_INFLIGHT_BYTES: u64 = 1 << 20;
+/// While another class reads: the largest write sent to the device in one request.
+pub const SPLIT_WRITE_BYTES: u64 = 128 << 10;
+/// While another class reads: bytes of writes in the device at once.
+pub const READER_WRITE_INFLIGHT_BYTES: u64 = 256 << 10;
 /// Bytes a class of weight 100 earns per round.
 const QUANTUM_PER_100: i64 = 256 << 10;
 
@@ -74,8 +89,13 @@ struct Class {
     deficit: i64,
     /// Earned this round's quantum already.
     credited: bool,
-    /// Requests and bytes of this class in the device.
+    /// Requests of this class in the device.
     inflight: u32,
+    /// Reads of this class queued here, and in the device.
+    reads_queued: u32,
+    reads_inflight: u32,
+    /// When it last sent a read.
+    last_read: Instant,
     ops_tokens: f64,
     byte_tokens: f64,
     refilled: Instant,
@@ -91,6 +111,9 @@ impl Class {
             deficit: 0,
             credited: false,
             inflight: 0,
+            reads_queued: 0,
+            reads_inflight: 0,
+            last_read: now - ACTIVE_WINDOW * 2,
             ops_tokens: 1.0,
             byte_tokens: 0.0,
             refilled: now,
@@ -140,6 +163,8 @@ struct State {
     turn: VecDeque<Slot>,
     conf: HashMap<Slot, ClassConf>,
     inflight_bytes: u64,
+    /// Of which writes.
+    write_inflight_bytes: u64,
     /// Fifo policy: one queue.
     fifo: VecDeque<IoReq>,
 }
@@ -166,6 +191,27 @@ impl State {
             u64::MAX
         }
     }
+
+    /// Whether a class other than `except` reads: a read queued or in flight, or one sent in
+    /// the last [`ACTIVE_WINDOW`]. Its reads would wait behind the writes in the device.
+    fn reader_near(&self, now: Instant, except: Slot) -> bool {
+        self.classes.iter().any(|(slot, c)| {
+            *slot != except
+                && (c.reads_queued > 0 || c.reads_inflight > 0 || now - c.last_read < ACTIVE_WINDOW)
+        })
+    }
+
+    /// Count `req` of class `c` as sent.
+    fn count_sent(&mut self, slot: Slot, req: &IoReq, now: Instant) {
+        let bytes = cost(req);
+        self.inflight_bytes += bytes;
+        if req.is_write() {
+            self.write_inflight_bytes += bytes;
+        } else if let Some(c) = self.classes.get_mut(&slot) {
+            c.reads_inflight += 1;
+            c.last_read = now;
+        }
+    }
 }
 
 /// What a worker should do next.
@@ -181,6 +227,9 @@ pub(crate) enum Next {
 pub(crate) struct Sched {
     state: Mutex<State>,
     policy: Policy,
+    /// The ring's count of operations in flight (submitted, not yet completed): a write
+    /// split into pieces adds its extra pieces to it, since each piece completes alone.
+    ops: Arc<AtomicU64>,
 }
 
 fn cost(r: &IoReq) -> u64 {
@@ -188,10 +237,18 @@ fn cost(r: &IoReq) -> u64 {
 }
 
 impl Sched {
+    /// A scheduler counting split pieces only for itself (tests).
+    #[cfg(test)]
     pub(crate) fn new(policy: Policy) -> Sched {
+        Sched::counting(policy, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// A scheduler whose split writes add their extra pieces to `ops`.
+    pub(crate) fn counting(policy: Policy, ops: Arc<AtomicU64>) -> Sched {
         Sched {
             state: Mutex::new(State::default()),
             policy,
+            ops,
         }
     }
 
@@ -215,6 +272,9 @@ impl Sched {
             let slot = r.class.slot;
             let c = s.classes.entry(slot).or_insert_with(|| Class::new(now));
             let was_idle = c.queue.is_empty();
+            if !r.is_write() {
+                c.reads_queued += 1;
+            }
             c.queue.push_back((r, now));
             if was_idle {
                 s.turn.push_back(slot);
@@ -222,16 +282,22 @@ impl Sched {
         }
     }
 
-    /// A request of `class` that cost `bytes` left the device.
-    pub(crate) fn done(&self, class: Slot, bytes: u64) {
+    /// A request of `class` (a write or a read) that cost `bytes` left the device.
+    pub(crate) fn done(&self, class: Slot, write: bool, bytes: u64) {
         if self.policy == Policy::Fifo {
             return;
         }
         let mut s = self.state.lock();
         s.inflight_bytes = s.inflight_bytes.saturating_sub(bytes);
+        if write {
+            s.write_inflight_bytes = s.write_inflight_bytes.saturating_sub(bytes);
+        }
         let mut forget = false;
         if let Some(c) = s.classes.get_mut(&class) {
             c.inflight = c.inflight.saturating_sub(1);
+            if !write {
+                c.reads_inflight = c.reads_inflight.saturating_sub(1);
+            }
             forget = c.inflight == 0
                 && c.queue.is_empty()
                 && c.last_sent.elapsed() > ACTIVE_WINDOW * 4
@@ -267,8 +333,14 @@ impl Sched {
         let bytes = cost(req);
         let cap = st.inflight_cap(now, Some(slot));
         let inflight_bytes = st.inflight_bytes;
+        // Only reads come here (`local_io`); a write would be split and capped in `next`.
+        let write_held = req.is_write()
+            && (bytes > SPLIT_WRITE_BYTES
+                || st.write_inflight_bytes + bytes > READER_WRITE_INFLIGHT_BYTES)
+            && st.reader_near(now, slot);
         let c = st.classes.entry(slot).or_insert_with(|| Class::new(now));
-        if !c.queue.is_empty()
+        if write_held
+            || !c.queue.is_empty()
             || !c.wait_for_tokens(&conf, bytes, now).is_zero()
             || (c.inflight > 0 && inflight_bytes + bytes > cap)
         {
@@ -280,7 +352,7 @@ impl Sched {
         if let Some(stats) = &req.class.stats {
             stats.io_queue_delay.observe_ns(0);
         }
-        st.inflight_bytes += bytes;
+        st.count_sent(slot, req, now);
         true
     }
 
@@ -316,10 +388,33 @@ impl Sched {
                 st.turn.pop_front();
                 continue;
             };
-            let Some(head) = c.queue.front() else {
+            if c.queue.is_empty() {
                 st.turn.pop_front();
                 c.deficit = 0;
                 c.credited = false;
+                continue;
+            }
+            // Writes beside a reader: in small pieces, few at a time in the device.
+            let head_write = c.queue.front().is_some_and(|h| h.0.is_write());
+            let reader_near = head_write && st.reader_near(now, slot);
+            let Some(c) = st.classes.get_mut(&slot) else {
+                continue;
+            };
+            if reader_near
+                && c.queue
+                    .front()
+                    .is_some_and(|h| cost(&h.0) > SPLIT_WRITE_BYTES)
+            {
+                if let Some((big, queued)) = c.queue.pop_front() {
+                    let pieces = big.split(SPLIT_WRITE_BYTES as usize / BLOCK_SIZE);
+                    self.ops
+                        .fetch_add(pieces.len() as u64 - 1, Ordering::Relaxed);
+                    for p in pieces.into_iter().rev() {
+                        c.queue.push_front((p, queued));
+                    }
+                }
+            }
+            let Some(head) = c.queue.front() else {
                 continue;
             };
             let bytes = cost(&head.0);
@@ -337,7 +432,11 @@ impl Sched {
                 }
                 continue;
             }
-            if c.inflight > 0 && st.inflight_bytes + bytes > cap {
+            if c.inflight > 0
+                && (st.inflight_bytes + bytes > cap
+                    || (reader_near
+                        && st.write_inflight_bytes + bytes > READER_WRITE_INFLIGHT_BYTES))
+            {
                 // Wait for one of its requests to finish; others may go.
                 st.turn.rotate_left(1);
                 continue;
@@ -363,6 +462,9 @@ impl Sched {
             let Some((req, queued)) = c.queue.pop_front() else {
                 continue;
             };
+            if !req.is_write() {
+                c.reads_queued = c.reads_queued.saturating_sub(1);
+            }
             c.deficit -= bytes as i64;
             c.pay(&conf, bytes);
             c.inflight += 1;
@@ -372,10 +474,9 @@ impl Sched {
                     .io_queue_delay
                     .observe_ns((now - queued).as_nanos() as u64);
                 if let Some(t) = c.throttled_since.take() {
-                    stats.io_throttled_ns.fetch_add(
-                        (now - t).as_nanos() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    stats
+                        .io_throttled_ns
+                        .fetch_add((now - t).as_nanos() as u64, Ordering::Relaxed);
                 }
             } else {
                 c.throttled_since = None;
@@ -385,7 +486,7 @@ impl Sched {
                 c.credited = false;
                 st.turn.pop_front();
             }
-            st.inflight_bytes += bytes;
+            st.count_sent(slot, &req, now);
             return Next::Send(req);
         }
         match wait {
@@ -436,7 +537,7 @@ mod tests {
         for _ in 0..200 {
             let (slot, b) = send(&s).expect("a request");
             bytes[slot as usize] += b;
-            s.done(slot, b);
+            s.done(slot, false, b);
         }
         let ratio = bytes[2] as f64 / bytes[1] as f64;
         assert!(
@@ -475,7 +576,7 @@ mod tests {
         s.configure(conf);
         s.push((0..5).map(|_| req(3, 1)).collect());
         let (slot, b) = send(&s).expect("the first goes");
-        s.done(slot, b);
+        s.done(slot, false, b);
         match s.next() {
             Next::Wait(d) => assert!(d > Duration::from_millis(50), "{d:?}"),
             _ => panic!("the second must wait for a token (10 IOPS)"),
@@ -516,7 +617,7 @@ mod tests {
         // Nothing queued: it goes, and counts as in flight until done.
         let r = req(1, 1);
         assert!(s.admit(&r));
-        s.done(1, cost(&r));
+        s.done(1, false, cost(&r));
         // A limited class spends its token locally; the next must wait in the queue.
         assert!(s.admit(&req(3, 1)));
         assert!(!s.admit(&req(3, 1)));
@@ -525,6 +626,173 @@ mod tests {
         assert!(!s.admit(&req(1, 1)));
         assert_eq!(send(&s).map(|x| x.0), Some(2));
         assert!(s.admit(&req(1, 1)));
+    }
+
+    /// A write of `blocks` blocks of one shared buffer; its callback's outcome goes to `tx`
+    /// (the length it was handed back, or the error).
+    fn write(
+        slot: Slot,
+        blocks: usize,
+        tx: &std::sync::mpsc::Sender<std::io::Result<usize>>,
+    ) -> IoReq {
+        let tx = tx.clone();
+        IoReq {
+            op: Op::Write,
+            offset: 1 << 30,
+            buf: IoBuf::Shared {
+                buf: Arc::new(AlignedBuf::zeroed(blocks + 3)),
+                first: 3,
+                n: blocks,
+            },
+            done: Box::new(move |r| {
+                let _ = tx.send(r.map(|b| b.len()));
+            }),
+            class: IoClass { slot, stats: None },
+        }
+    }
+
+    /// Send everything the scheduler lets go now.
+    fn send_all(s: &Sched) -> Vec<IoReq> {
+        let mut out = Vec::new();
+        while let Next::Send(r) = s.next() {
+            out.push(r);
+        }
+        out
+    }
+
+    /// Complete `r` as the device would (`err`: with an error) and tell the scheduler.
+    fn complete(s: &Sched, r: IoReq, err: bool) {
+        s.done(r.class.slot, r.is_write(), cost(&r));
+        let IoReq { buf, done, .. } = r;
+        done(if err {
+            Err(std::io::Error::other("injected"))
+        } else {
+            Ok(buf)
+        });
+    }
+
+    const PIECE: usize = SPLIT_WRITE_BYTES as usize / BLOCK_SIZE;
+
+    #[test]
+    fn beside_a_reader_a_large_write_goes_in_pieces_and_few_at_a_time() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = Sched::new(Policy::Fair);
+        // Layer 7 reads (one 4 KiB read sent and done: it stays a reader for a while).
+        s.push(vec![req(7, 1)]);
+        assert_eq!(send(&s), Some((7, 4096)));
+        s.done(7, false, 4096);
+        // Layer 1 writes 1 MiB: it goes as 128 KiB pieces, at most 256 KiB in the device.
+        s.push(vec![write(1, 256, &tx)]);
+        let first = send_all(&s);
+        let sizes: Vec<u64> = first.iter().map(cost).collect();
+        assert_eq!(
+            sizes,
+            vec![SPLIT_WRITE_BYTES; (READER_WRITE_INFLIGHT_BYTES / SPLIT_WRITE_BYTES) as usize]
+        );
+        // The pieces are the write's blocks, in order, from the same buffer.
+        let mut offsets: Vec<u64> = first.iter().map(|r| r.offset).collect();
+        let mut in_device: VecDeque<IoReq> = first.into();
+        // A read of the reader goes at once though the write cap is full; so does one of a
+        // third layer.
+        s.push(vec![req(7, 1), req(8, 1)]);
+        let reads = send_all(&s);
+        assert_eq!(
+            reads.iter().map(|r| r.class.slot).collect::<Vec<_>>(),
+            [7, 8]
+        );
+        // One piece done: one more goes, and so on until the write is all out.
+        while offsets.len() < 256 / PIECE {
+            complete(&s, in_device.pop_front().expect("a piece"), false);
+            assert!(rx.try_recv().is_err(), "the write ends with its last piece");
+            let more = send_all(&s);
+            assert_eq!(more.len(), 1);
+            offsets.push(more[0].offset);
+            in_device.extend(more);
+        }
+        // Each extra piece counts as an operation in flight of its own.
+        assert_eq!(s.ops.load(Ordering::Relaxed), (256 / PIECE - 1) as u64);
+        // (Pieces sent so far: all; offsets cover the write in order.)
+        let want: Vec<u64> = (0..256 / PIECE)
+            .map(|k| (1 << 30) + (k * PIECE * BLOCK_SIZE) as u64)
+            .collect();
+        assert_eq!(offsets, want);
+        for p in in_device {
+            complete(&s, p, false);
+        }
+        // The write's own callback ran once, with the whole buffer.
+        assert_eq!(rx.try_recv().expect("done").expect("ok"), 1 << 20);
+        assert!(rx.try_recv().is_err());
+        for r in reads {
+            complete(&s, r, false);
+        }
+    }
+
+    #[test]
+    fn a_failed_piece_fails_the_write_once_after_the_last_piece() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pieces = write(1, 3 * PIECE + 1, &tx).split(PIECE);
+        assert_eq!(
+            pieces
+                .iter()
+                .map(|p| p.buf.len() / BLOCK_SIZE)
+                .collect::<Vec<_>>(),
+            [PIECE, PIECE, PIECE, 1]
+        );
+        let s = Sched::new(Policy::Fair);
+        for (k, p) in pieces.into_iter().enumerate() {
+            assert!(rx.try_recv().is_err());
+            complete(&s, p, k == 1);
+        }
+        assert!(rx.try_recv().expect("done once").is_err());
+        assert!(rx.try_recv().is_err());
+        // Reads and small writes are not split.
+        assert_eq!(req(1, 256).split(PIECE).len(), 1);
+        assert_eq!(write(1, PIECE, &tx).split(PIECE).len(), 1);
+    }
+
+    #[test]
+    fn without_a_reader_a_write_goes_whole_and_the_cap_lifts_when_reads_stop() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let s = Sched::new(Policy::Fair);
+        // Alone: 1 MiB writes go whole, as many as are queued.
+        s.push((0..4).map(|_| write(1, 256, &tx)).collect());
+        let sent = send_all(&s);
+        assert_eq!(sent.iter().map(cost).collect::<Vec<_>>(), [1 << 20; 4]);
+        for r in sent {
+            complete(&s, r, false);
+        }
+        // The layer's own reads do not hold its writes back.
+        s.push(vec![req(1, 1)]);
+        let r = send_all(&s);
+        s.push(vec![write(1, 256, &tx)]);
+        assert_eq!(send(&s).map(|x| x.1), Some(1 << 20));
+        s.done(1, true, 1 << 20);
+        for r in r {
+            complete(&s, r, false);
+        }
+        // Another layer read: pieces...
+        s.push(vec![req(2, 1)]);
+        let r = send_all(&s);
+        for r in r {
+            complete(&s, r, false);
+        }
+        s.push(vec![write(1, 256, &tx)]);
+        assert_eq!(send(&s).map(|x| x.1), Some(SPLIT_WRITE_BYTES));
+        // ... until it has not read for the active window: then whole writes again.
+        std::thread::sleep(ACTIVE_WINDOW * 2);
+        s.push(vec![write(1, 256, &tx)]);
+        let rest = send_all(&s);
+        assert_eq!(rest.len(), 256 / PIECE - 1 + 1);
+        assert_eq!(rest.last().map(cost), Some(1 << 20));
+    }
+
+    #[test]
+    fn fifo_never_splits_or_caps_writes() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let s = Sched::new(Policy::Fifo);
+        s.push(vec![req(7, 1), write(1, 256, &tx), write(1, 256, &tx)]);
+        let sizes: Vec<u64> = send_all(&s).iter().map(cost).collect();
+        assert_eq!(sizes, [4096, 1 << 20, 1 << 20]);
     }
 
     #[test]

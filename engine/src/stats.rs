@@ -213,6 +213,10 @@ pub struct LayerStats {
     pub meta_latency: Histogram,
     /// Time this layer's device requests waited in the I/O scheduler (fair queue, limits).
     pub io_queue_delay: Histogram,
+    /// Time its device reads and writes spent in the device: from when the scheduler sent
+    /// them to their completion (a read waits there behind the writes sent before it).
+    pub io_device_read: Histogram,
+    pub io_device_write: Histogram,
     /// Time its requests were held back by its IOPS or bandwidth limit.
     pub io_throttled_ns: AtomicU64,
     /// Data blocks its reads got from the device that did not match their checksum.
@@ -236,6 +240,8 @@ impl Default for LayerStats {
             write_latency: Histogram::new(&LATENCY_BUCKETS),
             meta_latency: Histogram::new(&LATENCY_BUCKETS),
             io_queue_delay: Histogram::new(&LATENCY_BUCKETS),
+            io_device_read: Histogram::new(&LATENCY_BUCKETS),
+            io_device_write: Histogram::new(&LATENCY_BUCKETS),
             io_throttled_ns: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
         }

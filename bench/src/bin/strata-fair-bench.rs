@@ -68,6 +68,9 @@ struct Args {
     /// Passed to `strata mount --cache-size` [default: strata's own]
     #[arg(long, value_name = "SIZE")]
     cache_size: Option<String>,
+    /// Passed to `strata mount --fuse-transport` (`auto`, `io-uring`, `dev`) [default: strata's own]
+    #[arg(long, value_name = "TRANSPORT")]
+    fuse_transport: Option<String>,
     /// Results directory [default: bench/results/<date>-fair, or <date>-<time>-fair when that exists]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -110,6 +113,7 @@ struct Daemon {
     sock: PathBuf,
     log: PathBuf,
     cache_size: Option<String>,
+    fuse_transport: Option<String>,
     child: Option<Child>,
 }
 
@@ -137,6 +141,7 @@ impl Daemon {
             sock: a.dir.join("admin.sock"),
             log,
             cache_size: a.cache_size.clone(),
+            fuse_transport: a.fuse_transport.clone(),
             child: None,
         };
         fs::create_dir_all(&d.mnt).map_err(|e| format!("mkdir {}: {e}", d.mnt.display()))?;
@@ -180,11 +185,17 @@ impl Daemon {
             .args([
                 "--snapshotter-socket",
                 "off",
+                // Not the default /run/strata socket: another daemon on the host may hold it.
+                "--diff-socket",
+                "off",
                 "--io-scheduler",
                 policy.name(),
             ]);
         if let Some(c) = &self.cache_size {
             cmd.args(["--cache-size", c]);
+        }
+        if let Some(t) = &self.fuse_transport {
+            cmd.args(["--fuse-transport", t]);
         }
         let child = self
             .child
@@ -297,6 +308,13 @@ impl Daemon {
             read_mean_us: mean(&l.read_latency),
             queue_p99_us: p99(&l.io_queue_delay),
             queue_mean_us: mean(&l.io_queue_delay),
+            device_p99_us: p99(&l.io_device_read),
+            device_mean_us: mean(&l.io_device_read),
+            noisy_device_write_p99_us: r
+                .layers
+                .iter()
+                .find(|l| l.id == "noisy")
+                .and_then(|l| p99(&l.io_device_write)),
         })
     }
 
