@@ -475,19 +475,7 @@ pub fn systemd_forget() {
 /// connection replaces what the store held (nothing anyone waits on).
 pub fn systemd_put(held: &Held) -> io::Result<()> {
     if lock_from_store().take().as_ref() == Some(&held.state) {
-        for (k, f) in held.fds.iter().enumerate() {
-            sd_notify(
-                &format!("FDSTORE=1\nFDNAME={FDNAME_FUSE}{k}"),
-                &[f.as_raw_fd()],
-            )?;
-        }
-        if let (Some(_), Some(r)) = (held.state.ring, &held.ring) {
-            sd_notify(
-                &format!("FDSTORE=1\nFDNAME={FDNAME_RING}"),
-                &[r.as_raw_fd()],
-            )?;
-        }
-        return Ok(());
+        return store_connection(held);
     }
     let (memfd, _) = held.to_fds()?;
     sd_notify(&format!("FDSTOREREMOVE=1\nFDNAME={FDNAME_STATE}"), &[])?;
@@ -499,6 +487,12 @@ pub fn systemd_put(held: &Held) -> io::Result<()> {
         &format!("FDSTORE=1\nFDNAME={FDNAME_STATE}"),
         &[memfd.as_raw_fd()],
     )?;
+    store_connection(held)
+}
+
+/// Store the connection's session and worker descriptors, and its ring buffers' memfd when
+/// it has one, in systemd's store.
+fn store_connection(held: &Held) -> io::Result<()> {
     for (k, f) in held.fds.iter().enumerate() {
         sd_notify(
             &format!("FDSTORE=1\nFDNAME={FDNAME_FUSE}{k}"),
