@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::api::Cb;
 use crate::checkpoint::CheckpointKind;
 use crate::device::write_blocks;
-use crate::engine::{Engine, Inner, Meta};
+use crate::engine::{CommitQueue, Engine, Inner, Meta};
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::journal;
@@ -29,23 +29,19 @@ pub(crate) enum Seal {
 impl Engine {
     /// fsync/fdatasync: `cb` runs when everything written so far (data and metadata) is durable.
     pub fn fsync(&self, cb: Cb<()>) {
-        if self.inner.poison.is_set() {
-            return cb(Err(Error::Poisoned));
-        }
-        let mut q = self.inner.commitq.lock();
-        if q.stop {
-            drop(q);
-            return cb(self.inner.commit());
-        }
-        q.waiters.push(cb);
-        drop(q);
-        self.inner.commit_cv.notify_one();
+        self.queue_for_commit(cb, |q| &mut q.waiters)
     }
 
     /// `cb` runs when every change made so far is written to the journal, so a daemon that
     /// dies (kill -9) loses none of it; not flushed, so a power loss may (fsync for that).
     /// Concurrent callers share one journal write, as fsync callers do.
     pub fn persist(&self, cb: Cb<()>) {
+        self.queue_for_commit(cb, |q| &mut q.written)
+    }
+
+    /// Queue `cb` in the commit queue's list `list` for the commit thread's next commit (at
+    /// once, on this thread, once the thread has stopped).
+    fn queue_for_commit(&self, cb: Cb<()>, list: fn(&mut CommitQueue) -> &mut Vec<Cb<()>>) {
         if self.inner.poison.is_set() {
             return cb(Err(Error::Poisoned));
         }
@@ -54,7 +50,7 @@ impl Engine {
             drop(q);
             return cb(self.inner.commit());
         }
-        q.written.push(cb);
+        list(&mut q).push(cb);
         drop(q);
         self.inner.commit_cv.notify_one();
     }
