@@ -60,7 +60,7 @@ impl Engine {
         self.fsync(Box::new(move |r| {
             let _ = tx.send(r);
         }));
-        rx.recv().unwrap_or(Err(Error::Poisoned))
+        crate::local_io::wait_recv(&rx).unwrap_or(Err(Error::Poisoned))
     }
 
     /// Force a checkpoint now.

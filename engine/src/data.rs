@@ -454,7 +454,7 @@ impl Engine {
             cb,
             FileLock::Held,
         );
-        rx.recv().unwrap_or(Err(Error::Poisoned))
+        crate::local_io::wait_recv(&rx).unwrap_or(Err(Error::Poisoned))
     }
 
     fn write_impl(
@@ -826,7 +826,7 @@ impl Engine {
                 let _ = tx.send(r);
             }),
         );
-        rx.recv().unwrap_or(Err(Error::Poisoned))
+        crate::local_io::wait_recv(&rx).unwrap_or(Err(Error::Poisoned))
     }
 
     /// Blocking read helper.
@@ -840,7 +840,7 @@ impl Engine {
                 let _ = tx.send(r.map(|d| d.to_vec()));
             }),
         );
-        rx.recv().unwrap_or(Err(Error::Poisoned))
+        crate::local_io::wait_recv(&rx).unwrap_or(Err(Error::Poisoned))
     }
 
     pub fn copy_file_range(

@@ -8,17 +8,22 @@
 //! Only reads started through `read_local` go there, only those the I/O scheduler lets go at
 //! once (`Sched::admit`: no other layer's requests waiting, the layer's IOPS and bandwidth
 //! limits and the shared in-flight cap allow; the others queue for the engine's I/O threads
-//! like everyone's), and only their first submission: I/O
-//! started from a completion, and every blocking wait inside the engine (`read_sync`), use
-//! the engine's I/O threads, so the thread never waits for I/O only it could complete.
+//! like everyone's), and only their first submission: I/O started from a completion, and
+//! every blocking wait inside the engine (`read_sync`), use the engine's I/O threads.
+//!
+//! A thread with reads in flight on its ring must not simply block: a commit waits for the
+//! reads of the data epoch it seals (a block it frees must not be reused under a read), and
+//! the scheduler may hold another request of the same layer back until those reads end. So
+//! every blocking wait in the engine goes through [`wait_recv`], which completes the thread's
+//! own device I/O ([`LocalIo::reap`]) while it waits.
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types};
 
@@ -33,6 +38,30 @@ use crate::sched::Sched;
 pub trait LocalIo {
     /// Submit `io` on this thread's ring; complete it with [`DeviceIo::complete`].
     fn submit(&self, io: DeviceIo);
+    /// Wait up to `timeout` for completions of the device I/O submitted here and complete
+    /// them; the ring's other completions are kept for the thread's own loop. False when none
+    /// of this thread's device I/O is in flight (then nothing needs reaping).
+    fn reap(&self, timeout: Duration) -> bool;
+}
+
+/// Receive from `rx`, blocking. On a thread with a [`LocalIo`], the thread's own device I/O
+/// is completed while it waits (what the sender waits for may wait for that I/O).
+pub(crate) fn wait_recv<T>(rx: &mpsc::Receiver<T>) -> Result<T, mpsc::RecvError> {
+    let Some(local) = LOCAL.with(|l| l.borrow().clone()) else {
+        return rx.recv();
+    };
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Ok(v),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        // No new local I/O starts while this thread waits here (only `read_local` starts it),
+        // so once none is in flight a plain wait is safe.
+        if !local.reap(Duration::from_millis(1)) {
+            return rx.recv();
+        }
+    }
 }
 
 thread_local! {
@@ -177,9 +206,6 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc;
-    use std::time::Duration;
-
     use super::*;
     use crate::device::{AlignedBuf, FileDevice};
     use crate::ring::Ring;
@@ -192,6 +218,9 @@ mod tests {
     impl LocalIo for Held {
         fn submit(&self, io: DeviceIo) {
             self.0.borrow_mut().push(io);
+        }
+        fn reap(&self, _timeout: Duration) -> bool {
+            !self.0.borrow().is_empty()
         }
     }
 

@@ -391,7 +391,7 @@ impl Ring {
                 let _ = tx.send(r);
             }),
         }]);
-        rx.recv()
+        crate::local_io::wait_recv(&rx)
             .unwrap_or_else(|_| Err(io::Error::other("I/O thread stopped")))
             .and_then(|b| {
                 b.into_owned()

@@ -620,6 +620,9 @@ fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
 struct QueueIo {
     q: Arc<Queue>,
     ops: RefCell<Slab<DeviceIo>>,
+    /// Completions taken from the ring by [`LocalIo::reap`] that are not device I/O (FUSE
+    /// entries, the wake-up, the sentinel): the queue's loop handles them next.
+    deferred: RefCell<Vec<(u64, i32)>>,
 }
 
 impl LocalIo for QueueIo {
@@ -631,6 +634,45 @@ impl LocalIo for QueueIo {
         };
         self.q.push(&e.into());
     }
+
+    fn reap(&self, timeout: std::time::Duration) -> bool {
+        if self.ops.borrow().is_empty() {
+            return false;
+        }
+        let ts = types::Timespec::from(timeout);
+        match self
+            .q
+            .ring
+            .submitter()
+            .submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
+        {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
+                ) => {}
+            Err(e) => log::warn!("FUSE ring {}: io_uring_enter failed: {e}", self.q.qid),
+        }
+        // SAFETY: only the queue thread reads the completion queue (this runs on it, inside
+        // a blocking wait of a request it serves).
+        let cqes: Vec<(u64, i32)> = unsafe { self.q.ring.completion_shared() }
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, res) in cqes {
+            if is_device_io(ud) {
+                self.complete((ud & !IO_TAG) as usize, res);
+            } else {
+                self.deferred.borrow_mut().push((ud, res));
+            }
+        }
+        !self.ops.borrow().is_empty()
+    }
+}
+
+/// A completion of a device operation of [`QueueIo`] (not a FUSE entry, wake-up or sentinel).
+fn is_device_io(ud: u64) -> bool {
+    ud & IO_TAG != 0 && ud != WAKE && ud != SENTINEL
 }
 
 impl QueueIo {
@@ -694,6 +736,7 @@ fn run(
     let local = Rc::new(QueueIo {
         q: q.clone(),
         ops: RefCell::new(Slab::new()),
+        deferred: RefCell::new(Vec::new()),
     });
     engine::set_local_io(Some(local.clone()));
     let counter: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
@@ -782,7 +825,11 @@ fn run(
             break;
         }
         q.sleeping.store(true, Ordering::SeqCst);
-        let want = if q.pending.lock().is_empty() { 1 } else { 0 };
+        let want = if q.pending.lock().is_empty() && local.deferred.borrow().is_empty() {
+            1
+        } else {
+            0
+        };
         let r = if stopping {
             q.ring.submitter().submit_with_args(
                 want,
@@ -804,10 +851,10 @@ fn run(
             }
         }
         q.sleeping.store(false, Ordering::SeqCst);
+        // Those a blocking wait took off the ring first, then the new ones.
+        let mut cqes = local.deferred.take();
         // SAFETY: only the queue thread reads the completion queue.
-        let cqes: Vec<(u64, i32)> = unsafe { q.ring.completion_shared() }
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
+        cqes.extend(unsafe { q.ring.completion_shared() }.map(|c| (c.user_data(), c.result())));
         for (ud, res) in cqes {
             if ud == WAKE {
                 wake_armed = false;
@@ -825,7 +872,7 @@ fn run(
                 }
                 continue;
             }
-            if ud & IO_TAG != 0 && ud != WAKE {
+            if is_device_io(ud) {
                 local.complete((ud & !IO_TAG) as usize, res);
                 continue;
             }
