@@ -12,6 +12,11 @@ pub struct Allocator {
     cursor: u64,
     /// Freed since the last durable journal commit: not reusable yet.
     pending: Vec<(u64, u64)>,
+    /// Blocks in `pending`.
+    pending_blocks: u64,
+    /// Blocks taken from `pending` by a commit under way ([`Allocator::take_pending`]),
+    /// free once it is durable ([`Allocator::release_sealed`]) or pending again.
+    sealed: u64,
     /// Blocks kept back from data allocations so a checkpoint can always be written.
     reserve: u64,
 }
@@ -26,6 +31,8 @@ impl Allocator {
             free: n,
             cursor: 0,
             pending: Vec::new(),
+            pending_blocks: 0,
+            sealed: 0,
             reserve: 0,
         }
     }
@@ -43,8 +50,13 @@ impl Allocator {
     pub fn set_reserve(&mut self, blocks: u64) {
         self.reserve = blocks.min(self.total() / 2);
     }
+    /// Blocks freed by records not yet committed.
     pub fn pending(&self) -> u64 {
-        self.pending.iter().map(|p| p.1).sum()
+        self.pending_blocks
+    }
+    /// Blocks that will be free once the commits under way and the next one are durable.
+    pub fn coming(&self) -> u64 {
+        self.pending_blocks + self.sealed
     }
     pub fn range(&self) -> (u64, u64) {
         (self.start, self.end)
@@ -112,12 +124,32 @@ impl Allocator {
     pub fn defer_free(&mut self, b: u64, n: u64) {
         if n > 0 {
             self.pending.push((b, n));
+            self.pending_blocks += n;
         }
     }
 
-    /// Take the deferred frees (to be released once the current journal commit is durable).
+    /// Take the deferred frees (to be released once the current journal commit is durable,
+    /// with [`Allocator::release_sealed`], or deferred again if it is not made).
     pub fn take_pending(&mut self) -> Vec<(u64, u64)> {
+        self.sealed += self.pending_blocks;
+        self.pending_blocks = 0;
         std::mem::take(&mut self.pending)
+    }
+
+    /// The commit that took `frees` is durable: they are free now.
+    pub fn release_sealed(&mut self, frees: Vec<(u64, u64)>) {
+        for (b, n) in frees {
+            self.sealed = self.sealed.saturating_sub(n);
+            self.release(b, n);
+        }
+    }
+
+    /// The commit that took `frees` was not made: they wait for the next one.
+    pub fn defer_sealed(&mut self, frees: Vec<(u64, u64)>) {
+        for (b, n) in frees {
+            self.sealed = self.sealed.saturating_sub(n);
+            self.defer_free(b, n);
+        }
     }
 
     /// Allocate `n` blocks for data, as few runs as possible, starting near `hint` (a block

@@ -211,9 +211,7 @@ impl Inner {
                 for b in old_blocks {
                     m.alloc.release(b, 1);
                 }
-                for (b, n) in frees {
-                    m.alloc.release(b, n);
-                }
+                m.alloc.release_sealed(frees);
                 // Room for the next checkpoint: twice this one, plus what half a journal of
                 // records can add to it.
                 let jb = self.jpos.lock().sb.journal_blocks;

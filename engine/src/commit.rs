@@ -100,9 +100,10 @@ impl Inner {
         loop {
             let (waiters, written) = {
                 let mut q = self.commitq.lock();
-                if q.waiters.is_empty() && q.written.is_empty() && !q.stop {
+                if q.waiters.is_empty() && q.written.is_empty() && !q.stop && !q.soon {
                     self.commit_cv.wait_for(&mut q, self.opts.commit_interval);
                 }
+                q.soon = false;
                 if q.stop && q.waiters.is_empty() && q.written.is_empty() {
                     return;
                 }
@@ -130,6 +131,13 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Ask the commit thread for a commit now (not waiting for it): writers are using up the
+    /// free blocks faster than the interval's commits give back those they free.
+    pub(crate) fn commit_soon(&self) {
+        self.commitq.lock().soon = true;
+        self.commit_cv.notify_one();
     }
 
     /// Take pending records and frees, flip the data epoch; wait for the old epoch's data.
@@ -251,9 +259,7 @@ impl Inner {
             // blocks would then still belong to the files it freed them from.
             m.alloc_return(frees);
         } else {
-            for (b, n) in frees {
-                m.alloc.release(b, n);
-            }
+            m.alloc.release_sealed(frees);
         }
         Ok(())
     }
@@ -262,8 +268,6 @@ impl Inner {
 impl Meta {
     /// Put frees taken by a seal back (the commit that took them did not happen).
     pub(crate) fn alloc_return(&mut self, frees: Vec<(u64, u64)>) {
-        for (b, n) in frees {
-            self.alloc.defer_free(b, n);
-        }
+        self.alloc.defer_sealed(frees);
     }
 }

@@ -536,8 +536,8 @@ impl Engine {
         let buf = Arc::new(buf);
         // Map the range to new blocks, update size and times, all under the metadata lock.
         // When the device is full but blocks are waiting for a commit to be freed, commit
-        // once and retry.
-        let mut committed = false;
+        // and retry (other writers may take the blocks a commit frees first: a few times).
+        let mut commits = 0;
         let plan = loop {
             match self.plan_write(node, b0, n, end, (kill, times), &buf, &crcs) {
                 Ok(Planned::Ready(p)) => break Ok(p),
@@ -555,11 +555,11 @@ impl Engine {
                     return;
                 }
                 Err(Error::NoSpace)
-                    if !committed
-                        && self.inner.meta.lock().alloc.pending() > 0
+                    if commits < 8
+                        && self.inner.meta.lock().alloc.coming() > 0
                         && self.fsync_sync().is_ok() =>
                 {
-                    committed = true
+                    commits += 1
                 }
                 Err(e) => break Err(e),
             }
@@ -670,6 +670,10 @@ impl Engine {
             // written or rewritten in order stays contiguous.
             let hint = x.lookup(b0.saturating_sub(1)).map(|p| p + 1);
             let got = t.m.alloc.alloc(n as u64, hint).ok_or(Error::NoSpace)?;
+            if t.m.alloc.pending() > t.m.alloc.available() {
+                // The next commit would double the free space: do not wait a whole interval.
+                self.inner.commit_soon();
+            }
             let mut ios: Vec<(usize, u64, usize)> = Vec::new(); // (index in buf, physical, len)
             let mut idx = 0usize;
             for (pb, pn) in got {

@@ -67,6 +67,9 @@ pub(crate) struct CommitQueue {
     /// Waiting for their records to be written, not flushed ([`Engine::persist`]).
     pub(crate) written: Vec<Box<dyn FnOnce(Result<()>) + Send>>,
     pub(crate) stop: bool,
+    /// Commit now rather than at the interval: blocks waiting to be freed outnumber the free
+    /// ones ([`Inner::commit_soon`]).
+    pub(crate) soon: bool,
 }
 
 pub(crate) struct Inner {
@@ -170,6 +173,7 @@ impl Engine {
                 waiters: Vec::new(),
                 written: Vec::new(),
                 stop: false,
+                soon: false,
             }),
             commit_cv: Condvar::new(),
             file_locks: Mutex::new(HashMap::new()),
