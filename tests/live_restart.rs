@@ -296,6 +296,142 @@ fn a_process_in_the_mount_survives_restarts_over_io_uring() {
     restart_loop("live-restart-uring", &["--fuse-transport", "io-uring"]);
 }
 
+/// A writer for [`large_writes_in_flight_when_the_daemon_is_killed_do_not_fail`]: O_DIRECT
+/// 1 MiB writes over the first 64 MiB of `WRITER_FILE`, round and round, until killed; each
+/// failed write appends a line to `WRITER_ERRORS` (ignored when run directly).
+#[test]
+#[ignore]
+fn direct_writer_child() {
+    use std::io::Write;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let (Some(file), Some(errors)) = (
+        std::env::var_os("WRITER_FILE"),
+        std::env::var_os("WRITER_ERRORS"),
+    ) else {
+        return;
+    };
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&file)
+        .expect("open the file to write");
+    const MIB: usize = 1 << 20;
+    let mut mem = vec![0u8; 2 * MIB];
+    let at = mem.as_ptr().align_offset(4096);
+    let buf = &mut mem[at..at + MIB];
+    for i in 0u64.. {
+        buf[..8].copy_from_slice(&i.to_le_bytes());
+        if let Err(e) = f.write_all_at(buf, (i % 64) * MIB as u64) {
+            let mut log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&errors)
+                .expect("error log");
+            let _ = writeln!(log, "write {i}: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Over io_uring, the kernel copies a request into the daemon's ring buffer from the queue
+/// thread; for a daemon being killed that copy failed with EINTR wherever the page was not
+/// mapped in the daemon yet (every page, in a successor), and the caller's write failed with
+/// EINTR. Writers of 1 MiB (the whole payload) keep writing while daemons that just took over
+/// are killed, again and again: no write may fail.
+#[test]
+fn large_writes_in_flight_when_the_daemon_is_killed_do_not_fail() {
+    require_root_and_fuse!();
+    let t = TestDir::new("live-kill-writes");
+    let img = t.mkfs("1G");
+    let mnt = t.mountpoint("mnt");
+    let _reaper = KeeperReaper(keeper_socket(&mnt));
+    let extra: &[&str] = &[];
+    let mut m = start_with_keeper(&img, &mnt, extra);
+    let errors = t.join("writer-errors");
+    let mut writers: Vec<std::process::Child> = (0..3)
+        .map(|k| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["direct_writer_child", "--exact", "--ignored", "--nocapture"])
+                .env("WRITER_FILE", m.root().join(format!("w{k}")))
+                .env("WRITER_ERRORS", &errors)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    struct Reap<'a>(&'a mut Vec<std::process::Child>);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            for c in self.0.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let reap = Reap(&mut writers);
+    std::thread::sleep(Duration::from_millis(500));
+    let transport = transport_of(&m);
+    let kills = 12;
+    for k in 0..kills {
+        // Soon after the takeover: the successor has served only a few writes.
+        std::thread::sleep(Duration::from_millis(if k % 2 == 0 { 40 } else { 250 }));
+        if k % 2 == 1 {
+            // A busy host: the daemon's threads at the lowest priority and every CPU busy,
+            // so a queue thread woken for a request is often killed before it ran.
+            if let Some(pid) = m.pid() {
+                for task in fs::read_dir(format!("/proc/{pid}/task"))
+                    .into_iter()
+                    .flatten()
+                {
+                    let tid = task.unwrap().file_name();
+                    let _ = std::process::Command::new("renice")
+                        .args(["-n", "19", "-p"])
+                        .arg(&tid)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
+            }
+            let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let hogs: Vec<_> = (0..4)
+                .map(|_| {
+                    let busy = busy.clone();
+                    std::thread::spawn(move || {
+                        while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(200));
+            m.kill9_leave_mounted();
+            busy.store(false, std::sync::atomic::Ordering::Relaxed);
+            for h in hogs {
+                let _ = h.join();
+            }
+        } else {
+            m.kill9_leave_mounted();
+        }
+        m = start_with_keeper(&img, &mnt, extra);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(reap);
+    let seen = fs::read_to_string(&errors).unwrap_or_default();
+    let written: u64 = (0..3)
+        .map(|k| fs::metadata(m.root().join(format!("w{k}"))).map_or(0, |m| m.len()))
+        .sum();
+    println!("transport: {transport}; {kills} kill -9 restarts; files {written} bytes");
+    assert!(
+        seen.is_empty(),
+        "writes failed across kill -9 restarts (transport {transport}):\n{seen}"
+    );
+    let out = m.stop();
+    assert!(!out.contains("panicked"));
+    assert_fsck_clean(&img, "after the kill -9 restarts");
+}
+
 /// Whether this kernel offers FUSE over io_uring (the fuse module's enable_uring).
 fn strata_fusefront_probe() -> Result<(), String> {
     match fs::read_to_string("/sys/module/fuse/parameters/enable_uring") {

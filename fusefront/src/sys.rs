@@ -589,6 +589,51 @@ pub fn map_shared_at(fd: RawFd, addr: u64, len: usize) -> io::Result<*mut u8> {
     Ok(p as *mut u8)
 }
 
+/// Map every page of `[addr, addr+len)` (a shared mapping) present and writable in this
+/// process's page tables now (MADV_POPULATE_WRITE), allocating what the file lacks there.
+pub fn populate_write(addr: u64, len: usize) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: madvise only faults the pages of a range this process mapped; it changes no
+    // contents (pages the file lacks read as zeros, as before).
+    if unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The byte ranges of the file behind `fd`, within its first `len` bytes, that hold pages
+/// (SEEK_DATA / SEEK_HOLE; for a memfd, the pages that were ever written).
+pub fn data_ranges(fd: RawFd, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        // SAFETY: lseek on a descriptor we hold; no memory is passed.
+        let start = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+        if start < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        let start = start as u64;
+        if start >= len {
+            break;
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
+        if end < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let end = (end as u64).min(len);
+        out.push((start, end));
+        at = end;
+    }
+    Ok(out)
+}
+
 /// statfs(2) of `path` (its result unused: the call itself is what matters).
 pub fn statfs(path: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

@@ -158,10 +158,12 @@ impl RingBufs {
             let base = RING_BASE + k * RING_BASE_STEP;
             match sys::map_shared_at(fd.as_raw_fd(), base, layout.len()) {
                 Ok(_) => {
-                    return Ok(RingBufs {
+                    let bufs = RingBufs {
                         fd,
                         layout: RingLayout { base, ..layout },
-                    })
+                    };
+                    bufs.map_first_pages();
+                    return Ok(bufs);
                 }
                 Err(e) => last = Some(e),
             }
@@ -199,7 +201,57 @@ impl RingBufs {
                 layout.base
             ))
         })?;
-        Ok(RingBufs { fd, layout })
+        let bufs = RingBufs { fd, layout };
+        bufs.map_first_pages();
+        bufs.map_written_pages();
+        Ok(bufs)
+    }
+
+    // Why the pages the kernel writes requests into are mapped ahead: the kernel copies a
+    // request into an entry from the queue thread's task work, and the payload through
+    // get_user_pages. A page that is not in this process's page tables takes the slow path,
+    // which fails with EINTR when the thread has a fatal signal pending — a daemon being
+    // killed (kill -9, a crash) — and the kernel then ends the request with EINTR: the
+    // caller's write (an msync's write-back) fails. A mapped page takes the fast path, which
+    // does not look at signals. A successor maps the memfd afresh (no page mapped), so it
+    // maps every page its predecessors wrote; every daemon maps each entry's header and the
+    // first payload page (all small requests) at once. A payload page never written before,
+    // needed by a large request in the very moment a daemon dies, can still fail it (mapping
+    // all payloads would pin queues × entries × 1 MiB).
+
+    /// Map each entry's header page and first payload page.
+    fn map_first_pages(&self) {
+        let l = self.layout;
+        for q in 0..l.queues as usize {
+            for i in 0..l.entries as usize {
+                let at = l.base + l.slot(q, i) as u64;
+                if let Err(e) = sys::populate_write(at, SLOT_HEAD + 4096) {
+                    log::warn!("FUSE ring buffers: cannot map entry {q}/{i} ahead: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Map every page of the memfd a previous daemon wrote (see above).
+    fn map_written_pages(&self) {
+        let l = self.layout;
+        let ranges = match sys::data_ranges(self.fd.as_raw_fd(), l.len() as u64) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("FUSE ring buffers: cannot list the pages in use: {e}");
+                return;
+            }
+        };
+        let mut bytes = 0u64;
+        for (start, end) in ranges {
+            bytes += end - start;
+            if let Err(e) = sys::populate_write(l.base + start, (end - start) as usize) {
+                log::warn!("FUSE ring buffers: cannot map the pages in use: {e}");
+                return;
+            }
+        }
+        log::debug!("FUSE ring buffers: {bytes} bytes in use mapped");
     }
 
     pub(crate) fn layout(&self) -> RingLayout {
