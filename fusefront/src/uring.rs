@@ -303,6 +303,16 @@ unsafe impl Sync for Entry {}
 unsafe impl Send for Entry {}
 
 impl Entry {
+    /// The opcode of the request the kernel just handed over in this entry.
+    fn opcode(&self) -> u32 {
+        let mut b = [0u8; 4];
+        // SAFETY: bytes 4..8 of the header buffer (the in header's opcode); the kernel handed
+        // the entry over with the completion being handled and does not write it before the
+        // commit.
+        unsafe { std::ptr::copy_nonoverlapping(self.header.add(4), b.as_mut_ptr(), 4) };
+        u32::from_le_bytes(b)
+    }
+
     /// Write a reply into the entry's header and payload areas.
     ///
     /// # Safety
@@ -907,69 +917,102 @@ fn run(
         let mut cqes = local.deferred.take();
         // SAFETY: only the queue thread reads the completion queue.
         cqes.extend(unsafe { q.ring.completion_shared() }.map(|c| (c.user_data(), c.result())));
-        for (ud, res) in cqes {
-            if ud == WAKE {
-                wake_armed = false;
-                continue;
-            }
-            if ud == SENTINEL {
-                if res < 0 && res != -libc::ECANCELED {
-                    log::warn!(
+        // Writes are served after the other requests of the batch, one at a time, and between
+        // two writes the replies ready so far are committed and what arrived meanwhile is
+        // taken in: a large write costs a copy and a checksum of every block, and a small read
+        // (another container's) must not wait behind a batch of them.
+        let mut writes = std::collections::VecDeque::new();
+        loop {
+            for (ud, res) in cqes.drain(..) {
+                if ud == WAKE {
+                    wake_armed = false;
+                    continue;
+                }
+                if ud == SENTINEL {
+                    if res < 0 && res != -libc::ECANCELED {
+                        log::warn!(
                         "FUSE ring {}: poll of the sentinel ring failed ({}): a daemon that dies may fail requests on this queue with ECANCELED",
                         q.qid,
                         io::Error::from_raw_os_error(-res)
                     );
-                } else {
-                    arm_sentinel(q);
+                    } else {
+                        arm_sentinel(q);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if is_device_io(ud) {
-                local.complete((ud & !IO_TAG) as usize, res);
-                continue;
-            }
-            let idx = ud as usize;
-            if idx >= q.entries.len() {
-                continue;
-            }
-            if res == -libc::ENOENT {
-                // A commit of a request the kernel no longer has: a reply a previous daemon
-                // committed before it died (its entry was re-armed and then cancelled with
-                // its ring). Arm a fresh entry on these buffers.
-                log::debug!("FUSE ring {} entry {idx}: registered anew", q.qid);
-                q.push(&q.register_sqe(idx));
-                continue;
-            }
-            if res < 0 {
-                // The connection is going away (ENOTCONN), or io_uring was refused for it:
-                // then the kernel keeps sending everything on /dev/fuse.
-                let going = matches!(-res, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED);
-                if !going && !served {
-                    let mut a = active.lock();
-                    if *a != "dev" {
-                        *a = "dev";
-                        log::warn!(
+                if is_device_io(ud) {
+                    local.complete((ud & !IO_TAG) as usize, res);
+                    continue;
+                }
+                let idx = ud as usize;
+                if idx >= q.entries.len() {
+                    continue;
+                }
+                if res == -libc::ENOENT {
+                    // A commit of a request the kernel no longer has: a reply a previous daemon
+                    // committed before it died (its entry was re-armed and then cancelled with
+                    // its ring). Arm a fresh entry on these buffers.
+                    log::debug!("FUSE ring {} entry {idx}: registered anew", q.qid);
+                    q.push(&q.register_sqe(idx));
+                    continue;
+                }
+                if res < 0 {
+                    // The connection is going away (ENOTCONN), or io_uring was refused for it:
+                    // then the kernel keeps sending everything on /dev/fuse.
+                    let going =
+                        matches!(-res, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED);
+                    if !going && !served {
+                        let mut a = active.lock();
+                        if *a != "dev" {
+                            *a = "dev";
+                            log::warn!(
                             "FUSE transport: /dev/fuse (the kernel refused the io_uring queues: {})",
                             io::Error::from_raw_os_error(-res)
                         );
+                        }
+                    } else if !going {
+                        log::warn!(
+                            "FUSE ring {} entry {idx}: {}",
+                            q.qid,
+                            io::Error::from_raw_os_error(-res)
+                        );
                     }
-                } else if !going {
-                    log::warn!(
-                        "FUSE ring {} entry {idx}: {}",
-                        q.qid,
-                        io::Error::from_raw_os_error(-res)
-                    );
+                    alive -= 1;
+                    continue;
                 }
-                alive -= 1;
-                continue;
+                served = true;
+                if stopping {
+                    // Handed over: the request stays in the entry for the successor.
+                    continue;
+                }
+                inflight += 1;
+                if q.entries[idx].opcode() == abi::op::WRITE {
+                    writes.push_back(idx);
+                } else {
+                    serve(fs, q, idx, false);
+                }
             }
-            served = true;
-            if stopping {
-                // Handed over: the request stays in the entry for the successor.
-                continue;
-            }
-            inflight += 1;
+            let Some(idx) = writes.pop_front() else {
+                break;
+            };
             serve(fs, q, idx, false);
+            if writes.is_empty() {
+                break;
+            }
+            let commits = std::mem::take(&mut *q.pending.lock());
+            inflight = inflight.saturating_sub(commits.len());
+            for (idx, stash) in commits {
+                q.push(&q.commit_sqe(idx as usize, stash));
+            }
+            // Submits the commits; its return runs the task work that posts new requests.
+            if let Err(e) = q.ring.submit() {
+                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                    log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
+                }
+            }
+            cqes.extend(local.deferred.take());
+            // SAFETY: as above.
+            cqes.extend(unsafe { q.ring.completion_shared() }.map(|c| (c.user_data(), c.result())));
         }
     }
     engine::set_local_io(None);
