@@ -36,7 +36,6 @@ fn workload_child() {
 #[test]
 fn a_process_in_the_mount_survives_clean_and_kill9_restarts() {
     require_root_and_fuse!();
-    // /dev/fuse: over io_uring a restart can, rarely, fail one request (see the io_uring test).
     restart_loop("live-restart", &["--fuse-transport", "dev"]);
 }
 
@@ -286,7 +285,6 @@ fn restart_loop(name: &str, extra: &[&str]) {
 /// dead daemon left in its ring entries are served by the successor from the held ring
 /// buffers. Skipped where the kernel has no FUSE over io_uring.
 #[test]
-#[ignore = "known: over io_uring one request in about 20 loops of 20 restarts failed with EINTR (msync) under load; README Operations, 'Limits'. Run with --ignored"]
 fn a_process_in_the_mount_survives_restarts_over_io_uring() {
     require_root_and_fuse!();
     if let Err(why) = strata_fusefront_probe() {

@@ -128,10 +128,6 @@ fn daemon_args(cdir: &Path) -> Vec<String> {
     vec![
         "--containerd-address".into(),
         cdir.join("containerd.sock").display().to_string(),
-        // /dev/fuse: over io_uring a restart can, rarely, fail one request (README
-        // Operations, "Limits"; tests/live_restart.rs's ignored io_uring loop).
-        "--fuse-transport".into(),
-        "dev".into(),
     ]
 }
 
@@ -435,7 +431,7 @@ fn strata_restart_hands_over_while_a_process_works_in_the_mount() {
     let _reaper = KeeperReaper(keeper_socket(&mnt));
     // Bound before the first daemon's guard: unmounts and ends whichever daemon serves last.
     let adopted = AdoptedDaemon::new(&mnt, &sock, &log);
-    let mut m = start_with_keeper(&img, &mnt, &["--fuse-transport", "dev"]);
+    let mut m = start_with_keeper(&img, &mnt, &[]);
     let first = m.pid().unwrap();
     // The daemon serves (and wrote its pid file) once the admin API answers.
     let t0 = Instant::now();

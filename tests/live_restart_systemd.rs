@@ -885,7 +885,6 @@ fn restarts_under_systemd_over_dev_fuse() {
 }
 
 #[test]
-#[ignore = "known: over io_uring a restart can, rarely, fail one request with EINTR (README Operations, 'Limits'). Run with --ignored"]
 fn restarts_under_systemd_over_io_uring() {
     require_root_and_fuse!();
     if fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
