@@ -53,9 +53,9 @@ pub const ACTIVE_WINDOW: Duration = Duration::from_millis(50);
 /// Bytes in the device at once while several classes are active.
 pub const SHARED_INFLIGHT_BYTES: u64 = 1 << 20;
 /// While another class reads: the largest write sent to the device in one request.
-pub const SPLIT_WRITE_BYTES: u64 = 128 << 10;
+pub const SPLIT_WRITE_BYTES: u64 = 64 << 10;
 /// While another class reads: bytes of writes in the device at once.
-pub const READER_WRITE_INFLIGHT_BYTES: u64 = 256 << 10;
+pub const READER_WRITE_INFLIGHT_BYTES: u64 = 128 << 10;
 /// Bytes a class of weight 100 earns per round.
 const QUANTUM_PER_100: i64 = 256 << 10;
 
@@ -681,7 +681,7 @@ mod tests {
         s.push(vec![req(7, 1)]);
         assert_eq!(send(&s), Some((7, 4096)));
         s.done(7, false, 4096);
-        // Layer 1 writes 1 MiB: it goes as 128 KiB pieces, at most 256 KiB in the device.
+        // Layer 1 writes 1 MiB: it goes as SPLIT_WRITE_BYTES pieces, at most READER_WRITE_INFLIGHT_BYTES in the device.
         s.push(vec![write(1, 256, &tx)]);
         let first = send_all(&s);
         let sizes: Vec<u64> = first.iter().map(cost).collect();
