@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::api::{Cb, KillPriv, ReadCb, SetAttr, WriteTimes};
-use crate::crc::{block_crc, block_crcs};
+use crate::crc::block_crc;
 use crate::device::{AlignedBuf, ReadDest};
 use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
@@ -514,7 +514,16 @@ impl Engine {
                 return;
             }
         };
-        let mut buf = AlignedBuf::zeroed(n);
+        // Only the first and the last block can be partly covered by the write: what it does
+        // not cover there is the block's current contents (read below) or zeros. Every other
+        // byte is the caller's, so the buffer need not be zeroed first.
+        let mut buf = AlignedBuf::recycled(n);
+        if head_partial {
+            buf[..BLOCK_SIZE].fill(0);
+        }
+        if tail_partial {
+            buf[(n - 1) * BLOCK_SIZE..].fill(0);
+        }
         for (idx, p) in edges {
             if let Some((p, crc)) = p {
                 let at = (slot, ino, b0 + idx as u64);
@@ -530,9 +539,9 @@ impl Engine {
             }
         }
         let skip = (offset - b0 * BLOCK) as usize;
-        buf[skip..skip + data.len()].copy_from_slice(data);
-        // The checksum of every block, computed before the metadata lock is taken.
-        let crcs = block_crcs(&buf);
+        // The data, and the checksum of every block (computed before the metadata lock is
+        // taken), block by block: each block is checksummed while it is still in the cache.
+        let crcs = copy_with_crcs(&mut buf, skip, data);
         let buf = Arc::new(buf);
         // Map the range to new blocks, update size and times, all under the metadata lock.
         // When the device is full but blocks are waiting for a commit to be freed, commit
@@ -1011,4 +1020,21 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Copy `data` into `buf` at byte `skip`, and return the checksum of each of `buf`'s blocks,
+/// computing each one right after its block is complete.
+fn copy_with_crcs(buf: &mut [u8], skip: usize, data: &[u8]) -> Vec<u32> {
+    let end = skip + data.len();
+    buf.chunks_mut(BLOCK_SIZE)
+        .enumerate()
+        .map(|(i, block)| {
+            let lo = i * BLOCK_SIZE;
+            let (s, e) = (lo.max(skip), (lo + BLOCK_SIZE).min(end));
+            if s < e {
+                block[s - lo..e - lo].copy_from_slice(&data[s - skip..e - skip]);
+            }
+            block_crc(block)
+        })
+        .collect()
 }

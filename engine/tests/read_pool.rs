@@ -83,3 +83,52 @@ fn a_zeroed_buffer_taken_from_the_pool_is_zeroed() {
         }
     }
 }
+
+/// Writes take their buffers from the same pool without zeroing them: a write that covers
+/// part of a block (at the head, the tail, both, past the end of the file, into a hole) must
+/// leave the rest of the block as it was (the old data, or zeros), never a pooled buffer's
+/// leftovers.
+#[test]
+fn partial_writes_from_pooled_buffers_keep_only_the_files_data_and_zeros() {
+    let (_dev, e) = mem_engine(
+        64 << 20,
+        Options {
+            cache_bytes: 0,
+            ..Default::default()
+        },
+    );
+    let root = e.layer_root(engine::DEFAULT_LAYER).expect("root");
+    let node = e
+        .mknod(root, b"f", libc::S_IFREG | 0o644, 0, WHO, None)
+        .expect("create")
+        .ino;
+    let mut model: Vec<u8> = Vec::new();
+    // (offset, length): inside one block, across a boundary, a hole's middle, past the end
+    // of the file, whole blocks with ragged ends, an append.
+    let writes: [(usize, usize); 8] = [
+        (100, 10),
+        (4000, 200),
+        (5 * BLOCK + 7, 3),
+        (9 * BLOCK - 1, 2),
+        (BLOCK + 1, 3 * BLOCK - 2),
+        (12 * BLOCK + 300, 5000),
+        (2 * BLOCK, BLOCK),
+        (0, 1),
+    ];
+    for (k, (off, len)) in writes.into_iter().enumerate() {
+        dirty_pool();
+        let data = pattern(10 + k as u64, len);
+        e.write_sync(node, off as u64, &data).expect("write");
+        if model.len() < off + len {
+            model.resize(off + len, 0);
+        }
+        model[off..off + len].copy_from_slice(&data);
+        dirty_pool();
+        let got = e.read_sync(node, 0, model.len() as u32).expect("read");
+        assert!(
+            got == model,
+            "after write {k} ({len} bytes at {off}) the file holds bytes nobody wrote"
+        );
+    }
+    e.shutdown().expect("shutdown");
+}
