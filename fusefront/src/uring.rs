@@ -708,13 +708,10 @@ impl LocalIo for QueueIo {
             .submitter()
             .submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
         {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
-                ) => {}
-            Err(e) => log::warn!("FUSE ring {}: io_uring_enter failed: {e}", self.q.qid),
+            Err(e) if !waited_out(&e) => {
+                log::warn!("FUSE ring {}: io_uring_enter failed: {e}", self.q.qid)
+            }
+            _ => {}
         }
         // SAFETY: only the queue thread reads the completion queue (this runs on it, inside
         // a blocking wait of a request it serves).
@@ -730,6 +727,15 @@ impl LocalIo for QueueIo {
         }
         !self.ops.borrow().is_empty()
     }
+}
+
+/// An io_uring_enter that ended early without harm: a signal (EINTR), a full completion
+/// queue (EBUSY), or the wait's timeout (ETIME). The caller just goes on.
+fn waited_out(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
+    )
 }
 
 /// A completion of a device operation of [`QueueIo`] (not a FUSE entry, wake-up or sentinel).
@@ -900,14 +906,8 @@ fn run(
         } else {
             q.ring.submit_and_wait(want)
         };
-        match r {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
-                ) => {}
-            Err(e) => {
+        if let Err(e) = r {
+            if !waited_out(&e) {
                 log::error!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
                 break;
             }
@@ -1006,7 +1006,7 @@ fn run(
             }
             // Submits the commits; its return runs the task work that posts new requests.
             if let Err(e) = q.ring.submit() {
-                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                if !waited_out(&e) {
                     log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
                 }
             }
