@@ -74,6 +74,12 @@ pub(crate) fn worker(
     stop: &AtomicBool,
 ) {
     let mut buf = vec![0u8; BUF_SIZE];
+    // The kernel copies a request into `buf` in our read(2), the data through
+    // get_user_pages. A page not yet in our page tables takes the slow path, which fails when
+    // a fatal signal is pending, and the kernel then ends the request with EIO: a write in
+    // flight when the daemon is killed (kill -9 before a takeover) would fail. Mapped pages
+    // take the fast path, which does not look at signals.
+    sys::touch_pages(&mut buf);
     let fd = chan.fd.as_raw_fd();
     loop {
         if stop.load(Ordering::SeqCst) {
