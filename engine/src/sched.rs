@@ -681,7 +681,8 @@ mod tests {
         s.push(vec![req(7, 1)]);
         assert_eq!(send(&s), Some((7, 4096)));
         s.done(7, false, 4096);
-        // Layer 1 writes 1 MiB: it goes as SPLIT_WRITE_BYTES pieces, at most READER_WRITE_INFLIGHT_BYTES in the device.
+        // Layer 1 writes 1 MiB: it goes as SPLIT_WRITE_BYTES pieces, at most
+        // READER_WRITE_INFLIGHT_BYTES in the device.
         s.push(vec![write(1, 256, &tx)]);
         let first = send_all(&s);
         let sizes: Vec<u64> = first.iter().map(cost).collect();

@@ -73,13 +73,15 @@ pub(crate) fn worker(
     after_init: &(dyn Fn() + Sync),
     stop: &AtomicBool,
 ) {
-    let mut buf = vec![0u8; BUF_SIZE];
+    let mut buf = engine::AlignedBuf::zeroed(BUF_SIZE / 4096);
     // The kernel copies a request into `buf` in our read(2), the data through
     // get_user_pages. A page not yet in our page tables takes the slow path, which fails when
     // a fatal signal is pending, and the kernel then ends the request with EIO: a write in
     // flight when the daemon is killed (kill -9 before a takeover) would fail. Mapped pages
-    // take the fast path, which does not look at signals.
-    sys::touch_pages(&mut buf);
+    // take the fast path, which does not look at signals (the ring buffers: uring.rs).
+    if let Err(e) = sys::populate_write(buf.as_ptr() as u64, buf.len()) {
+        log::warn!("cannot map the /dev/fuse request buffer ahead: {e}");
+    }
     let fd = chan.fd.as_raw_fd();
     loop {
         if stop.load(Ordering::SeqCst) {

@@ -589,35 +589,15 @@ pub fn map_shared_at(fd: RawFd, addr: u64, len: usize) -> io::Result<*mut u8> {
     Ok(p as *mut u8)
 }
 
-/// Write to every page of `buf` (a zero where it already holds zeros, as a fresh buffer
-/// does), so that each is present and writable in this process's page tables from now on.
-/// See `dev::worker` for why the kernel needs that of a buffer it copies requests into.
-pub fn touch_pages(buf: &mut [u8]) {
-    let len = buf.len();
-    let p = buf.as_mut_ptr();
-    let mut i = 0;
-    while i < len {
-        // SAFETY: i < len, inside `buf`, which we borrow mutably; a volatile write of the
-        // byte's own value changes nothing but cannot be left out by the compiler.
-        unsafe { std::ptr::write_volatile(p.add(i), std::ptr::read_volatile(p.add(i))) };
-        i += 4096;
-    }
-    if len > 0 {
-        // SAFETY: as above, the last byte (its page may not have been reached).
-        unsafe {
-            std::ptr::write_volatile(p.add(len - 1), std::ptr::read_volatile(p.add(len - 1)))
-        };
-    }
-}
-
-/// Map every page of `[addr, addr+len)` (a shared mapping) present and writable in this
-/// process's page tables now (MADV_POPULATE_WRITE), allocating what the file lacks there.
+/// Map every page of `[addr, addr+len)` (page-aligned) present and writable in this
+/// process's page tables now (MADV_POPULATE_WRITE), allocating what is missing (a file's
+/// holes, anonymous memory never touched).
 pub fn populate_write(addr: u64, len: usize) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
     // SAFETY: madvise only faults the pages of a range this process mapped; it changes no
-    // contents (pages the file lacks read as zeros, as before).
+    // contents (missing pages read as zeros, as before).
     if unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -303,14 +303,14 @@ unsafe impl Sync for Entry {}
 unsafe impl Send for Entry {}
 
 impl Entry {
-    /// The opcode of the request the kernel just handed over in this entry.
+    /// The opcode of the request the kernel just handed over in this entry (0 if its header
+    /// does not decode).
     fn opcode(&self) -> u32 {
-        let mut b = [0u8; 4];
-        // SAFETY: bytes 4..8 of the header buffer (the in header's opcode); the kernel handed
-        // the entry over with the completion being handled and does not write it before the
+        // SAFETY: the in header at the start of the header buffer; the kernel handed the
+        // entry over with the completion being handled and does not write it before the
         // commit.
-        unsafe { std::ptr::copy_nonoverlapping(self.header.add(4), b.as_mut_ptr(), 4) };
-        u32::from_le_bytes(b)
+        let h = unsafe { std::slice::from_raw_parts(self.header, abi::URING_IN_OUT_HEADER_SIZE) };
+        abi::InHeader::decode(h).map_or(0, |h| h.opcode)
     }
 
     /// Write a reply into the entry's header and payload areas.
@@ -646,6 +646,24 @@ impl Queue {
             .user_data(idx as u64)
     }
 
+    /// Queue the commit of every reply that is ready; how many.
+    fn push_commits(&self) -> usize {
+        let commits = std::mem::take(&mut *self.pending.lock());
+        let n = commits.len();
+        for (idx, stash) in commits {
+            self.push(&self.commit_sqe(idx as usize, stash));
+        }
+        n
+    }
+
+    /// The completions posted so far (user_data, result). Only the queue thread calls this.
+    fn completions(&self) -> Vec<(u64, i32)> {
+        // SAFETY: only the queue thread reads the completion queue.
+        unsafe { self.ring.completion_shared() }
+            .map(|c| (c.user_data(), c.result()))
+            .collect()
+    }
+
     fn push(&self, sqe: &squeue::Entry128) {
         // SAFETY: only the queue thread uses the submission queue. Every buffer an entry
         // names outlives the operation: ring entries' iovecs, headers and payloads and the
@@ -713,12 +731,8 @@ impl LocalIo for QueueIo {
             }
             _ => {}
         }
-        // SAFETY: only the queue thread reads the completion queue (this runs on it, inside
-        // a blocking wait of a request it serves).
-        let cqes: Vec<(u64, i32)> = unsafe { self.q.ring.completion_shared() }
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (ud, res) in cqes {
+        // This runs on the queue thread, inside a blocking wait of a request it serves.
+        for (ud, res) in self.q.completions() {
             if is_device_io(ud) {
                 self.complete((ud & !IO_TAG) as usize, res);
             } else {
@@ -872,11 +886,7 @@ fn run(
             q.push(&e);
             wake_armed = true;
         }
-        let commits = std::mem::take(&mut *q.pending.lock());
-        inflight = inflight.saturating_sub(commits.len());
-        for (idx, stash) in commits {
-            q.push(&q.commit_sqe(idx as usize, stash));
-        }
+        inflight = inflight.saturating_sub(q.push_commits());
         let stopping = q.stop.load(Ordering::SeqCst);
         if stopping {
             // Answer what was served before stopping (a successor adopts what arrives
@@ -915,8 +925,7 @@ fn run(
         q.sleeping.store(false, Ordering::SeqCst);
         // Those a blocking wait took off the ring first, then the new ones.
         let mut cqes = local.deferred.take();
-        // SAFETY: only the queue thread reads the completion queue.
-        cqes.extend(unsafe { q.ring.completion_shared() }.map(|c| (c.user_data(), c.result())));
+        cqes.extend(q.completions());
         // Writes are served after the other requests of the batch, one at a time, and between
         // two writes the replies ready so far are committed and what arrived meanwhile is
         // taken in: a large write costs a copy and a checksum of every block, and a small read
@@ -999,11 +1008,7 @@ fn run(
             if writes.is_empty() {
                 break;
             }
-            let commits = std::mem::take(&mut *q.pending.lock());
-            inflight = inflight.saturating_sub(commits.len());
-            for (idx, stash) in commits {
-                q.push(&q.commit_sqe(idx as usize, stash));
-            }
+            inflight = inflight.saturating_sub(q.push_commits());
             // Submits the commits; its return runs the task work that posts new requests.
             if let Err(e) = q.ring.submit() {
                 if !waited_out(&e) {
@@ -1011,8 +1016,7 @@ fn run(
                 }
             }
             cqes.extend(local.deferred.take());
-            // SAFETY: as above.
-            cqes.extend(unsafe { q.ring.completion_shared() }.map(|c| (c.user_data(), c.result())));
+            cqes.extend(q.completions());
         }
     }
     engine::set_local_io(None);
