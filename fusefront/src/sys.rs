@@ -635,16 +635,43 @@ pub fn data_ranges(fd: RawFd, len: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-/// statfs(2) of `path` (its result unused: the call itself is what matters).
-pub fn statfs(path: &Path) -> io::Result<()> {
+/// statfs(2) of `path` once from each of CPUs `0..cpus` (the results unused: the calls
+/// themselves are what matter), made by a child process, which this waits for.
+///
+/// Not from a thread of ours: a statfs of our own mount waits for our own answer, and a
+/// killed process ends only once all its threads have; a thread blocked in it keeps a daemon
+/// killed at that moment from ending, and whoever starts the successor that would answer
+/// (systemd, an operator, a test) waits for that end first. The child holds no descriptor
+/// of ours, and if we die it waits for the successor's answer on its own.
+pub fn statfs_from_each_cpu(path: &Path, cpus: usize) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+    let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: statfs writes into the zeroed struct we pass; `c` is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+    // SAFETY: after fork the child makes only system calls that neither allocate nor take
+    // locks (close_range, sched_setaffinity, statfs), on memory prepared before the fork,
+    // then _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    if pid == 0 {
+        // SAFETY: as above; `st` is plain data on the child's stack, `c` NUL-terminated.
+        unsafe {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let mut st: libc::statfs = std::mem::zeroed();
+            for cpu in 0..cpus {
+                pin_to_cpu(cpu);
+                libc::statfs(c.as_ptr(), &mut st);
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into the integer we pass.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid || (r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+            return Ok(());
+        }
+    }
 }

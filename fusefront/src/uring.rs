@@ -766,7 +766,8 @@ impl QueueIo {
     }
 }
 
-/// Statfs of the mount from each online CPU, once every queue has armed its entries: a
+/// Statfs of the mount from each online CPU (from a child process: see
+/// [`sys::statfs_from_each_cpu`]), once every queue has armed its entries: a
 /// request that reached a queue while the previous daemon's entries were cancelled waits in
 /// the kernel's queue, and only an entry's commit fetches it (registering does not); the
 /// statfs lands in a fresh entry, and its commit fetches what waits.
@@ -780,11 +781,11 @@ fn kick(
     while armed.load(Ordering::SeqCst) < n && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    for cpu in 0..cpus {
-        sys::pin_to_cpu(cpu);
-        if let Err(e) = sys::statfs(mountpoint) {
-            log::debug!("statfs {} from CPU {cpu}: {e}", mountpoint.display());
-        }
+    if let Err(e) = sys::statfs_from_each_cpu(mountpoint, cpus) {
+        log::warn!(
+            "statfs of {} from each CPU: {e} (requests that reached a queue during the takeover may wait until another request on that CPU)",
+            mountpoint.display()
+        );
     }
 }
 
