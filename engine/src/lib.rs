@@ -56,6 +56,7 @@ mod txn;
 // `Layers`, and the fuzz targets decode journal chunks, checkpoints and superblocks directly.
 pub mod codec;
 pub mod crc;
+mod crc_fold;
 pub mod format;
 pub mod journal;
 pub mod layer;
