@@ -26,6 +26,21 @@ pub fn block_crc(data: &[u8]) -> u32 {
     crate::crc_fold::crc32c_append(0, data).unwrap_or_else(|| crc32c::crc32c(data))
 }
 
+/// The checksum of each 4 KiB block of `data` just read from the device (so in memory, not
+/// in the CPU's cache): the next block is prefetched while one is checksummed (from memory
+/// 34 GB/s instead of 21; for data already in the cache, as right after a copy, that would
+/// cost: use [`block_crc`] there).
+pub fn read_block_crcs(data: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    let mut blocks = data.chunks(crate::format::BLOCK_SIZE).peekable();
+    std::iter::from_fn(move || {
+        let b = blocks.next()?;
+        if let Some(next) = blocks.peek() {
+            crate::crc_fold::prefetch(next);
+        }
+        Some(block_crc(b))
+    })
+}
+
 /// The checksum of every 4 KiB block of `data`.
 pub fn block_crcs(data: &[u8]) -> Vec<u32> {
     data.chunks(crate::format::BLOCK_SIZE)
@@ -298,6 +313,18 @@ mod tests {
                     (passes * size) as f64 / s / 1e9
                 );
             }
+            let t = std::time::Instant::now();
+            let mut x = 0u32;
+            for _ in 0..passes {
+                for c in read_block_crcs(&buf) {
+                    x ^= c;
+                }
+            }
+            let s = t.elapsed().as_secs_f64();
+            eprintln!(
+                "read_block_crcs (the next block prefetched), from {what}: {:.2} GB/s ({x})",
+                (passes * size) as f64 / s / 1e9
+            );
         }
     }
 }

@@ -93,6 +93,19 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> Option<u32> {
     }
 }
 
+/// Ask the CPU to bring `data` into its cache (a hint: for the next block of a run while this
+/// one is checksummed, as the hardware prefetcher stops at every 4 KiB page).
+#[inline]
+pub fn prefetch(data: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(64) {
+        // SAFETY: a prefetch of a valid address has no effect but on the cache.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,vpclmulqdq,pclmulqdq,sse4.2")]
 fn consts128(k: (u64, u64)) -> __m128i {

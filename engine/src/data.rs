@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::api::{Cb, KillPriv, ReadCb, SetAttr, WriteTimes};
-use crate::crc::block_crc;
+use crate::crc::{block_crc, read_block_crcs};
 use crate::device::{AlignedBuf, ReadDest};
 use crate::engine::{tree_of, Engine, Inner};
 use crate::error::{errno, Error, Result};
@@ -70,8 +70,7 @@ impl ReadCtx {
     fn verify(&self, buf: &[u8], idx: usize, pblk: u64, good: &mut Vec<bool>) -> Result<()> {
         let mut err = None;
         good.clear();
-        for (k, b) in buf.chunks(BLOCK_SIZE).enumerate() {
-            let got = block_crc(b);
+        for (k, got) in read_block_crcs(buf).enumerate() {
             let want = self.crcs.get(idx + k).copied().flatten();
             let ok = want == Some(got);
             good.push(ok);
