@@ -96,6 +96,13 @@ struct MountArgs {
     /// The keeper's socket (default: the admin socket's path with `.keeper` appended).
     #[arg(long, env = "STRATA_KEEPER_SOCKET")]
     keeper_socket: Option<PathBuf>,
+    /// FUSE over io_uring: microseconds a queue thread polls for its own device I/O before it
+    /// sleeps (0: never polls). A sleeping thread is woken by the disk's interrupt, which on a
+    /// virtual machine whose CPU halted costs tens of microseconds per read; polling keeps the
+    /// CPU awake for at most this long, and only while nothing else of the queue is to do
+    /// (it yields to any other runnable thread)
+    #[arg(long, default_value_t = 100, env = "STRATA_DEVICE_POLL_US", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    device_poll_us: u32,
 }
 
 #[derive(Subcommand)]
@@ -587,6 +594,7 @@ fn mount(path: &Path, mp: &Path, opts: &MountArgs, admin_socket: &Path) -> Resul
         transport,
         atime: opts.atime,
         persist_replies: opts.persist_replies,
+        device_poll_us: opts.device_poll_us,
     };
     let session = match held {
         Some(h) => fusefront::Session::take_over(eng.clone(), mp, &mount_opts, h),

@@ -582,6 +582,8 @@ mod tests {
                 mib_per_sec: 20.0,
                 clat_p50_us: Some(p99 / 3.0),
                 clat_p99_us: Some(p99),
+                lat_p50_us: None,
+                lat_p99_us: None,
             },
             daemon: Some(DaemonSide {
                 read_p99_us: Some(250.0),

@@ -84,6 +84,16 @@ pub fn steps(cfg: &Config) -> Vec<Step> {
                 // The first write job in a container: the overlays copy the file up in it.
                 label.push_str(" †");
             }
+            // At QD1 the latency is the figure: its median, total (see FioSample::lat_p50_us).
+            let p50 = (iodepth == 1).then(|| {
+                Workload::new(
+                    format!("{id}-p50"),
+                    format!("{label}, p50 latency"),
+                    Group::Fio,
+                    Unit::Micros,
+                )
+                .goal(Some(Goal::AtMost(1.5)))
+            });
             let w = Workload::new(id, label, Group::Fio, unit)
                 .goal(goal)
                 .detail(Detail::Fio(job));
@@ -94,13 +104,20 @@ pub fn steps(cfg: &Config) -> Vec<Step> {
                     size: cfg.file_size,
                 }],
                 run: Run::InContainer(Box::new({
-                    let w = w.clone();
+                    let (w, p50) = (w.clone(), p50.clone());
                     move |ctx, tree, sink| {
                         let file = tree.join(FILE);
-                        measure(ctx, &job, &w, &file, ctx.cfg.file_size, sink).map(|_| ())
+                        let s = measure(ctx, &job, &w, &file, ctx.cfg.file_size, sink)?;
+                        if let Some(p50) = &p50 {
+                            match s.lat_p50_us {
+                                Some(l) => sink.push(&p50.id, l),
+                                None => sink.error(&p50.id, "fio reported no total latency"),
+                            }
+                        }
+                        Ok(())
                     }
                 })),
-                workloads: vec![w],
+                workloads: std::iter::once(w).chain(p50).collect(),
             });
         }
     }
@@ -133,7 +150,8 @@ pub fn measure(
             w.label,
             group_thousands(v),
             w.unit.name(),
-            s.clat_p50_us
+            s.lat_p50_us
+                .or(s.clat_p50_us)
                 .map(|l| format!(", p50 {l:.0} µs"))
                 .unwrap_or_default()
         ),
@@ -142,6 +160,8 @@ pub fn measure(
         cell.samples.push(v);
         cell.clat_p50_us.extend(s.clat_p50_us);
         cell.clat_p99_us.extend(s.clat_p99_us);
+        cell.lat_p50_us.extend(s.lat_p50_us);
+        cell.lat_p99_us.extend(s.lat_p99_us);
         cell.raw.push(
             raw.strip_prefix(ctx.out)
                 .unwrap_or(&raw)
@@ -161,6 +181,14 @@ pub struct FioSample {
     pub clat_p50_us: Option<f64>,
     /// Completion latency, 99th percentile, microseconds.
     pub clat_p99_us: Option<f64>,
+    /// Total latency (submission to completion: what the application waits), median,
+    /// microseconds. fio's completion latency leaves out the submission, which for ext4's
+    /// O_DIRECT holds the device submission itself (block layer, the virtio doorbell), and
+    /// for a FUSE file system only the hand-over of the request (its device I/O is in the
+    /// completion part): only the total compares like with like.
+    pub lat_p50_us: Option<f64>,
+    /// Total latency, 99th percentile, microseconds.
+    pub lat_p99_us: Option<f64>,
 }
 
 pub fn version() -> Res<String> {
@@ -192,6 +220,9 @@ pub fn command(job: &FioJob, file: &Path, size: u64, runtime_s: u64, json_out: &
         .arg("--group_reporting")
         .arg(format!("--runtime={runtime_s}"))
         .arg("--time_based")
+        // Percentiles of the whole latency (submission to completion) too, not only of the
+        // completion part: see FioSample::lat_p50_us.
+        .arg("--lat_percentiles=1")
         // The file is laid out beforehand; never let fio extend or rewrite it.
         .arg("--fallocate=none")
         .arg("--output-format=json")
@@ -262,8 +293,8 @@ pub fn parse(text: &str, write: bool) -> Res<FioSample> {
         .get("bw_bytes")
         .and_then(Value::as_f64)
         .ok_or("fio JSON: no bw_bytes")?;
-    let clat = |pct: &str| {
-        side.get("clat_ns")
+    let pct = |what: &str, pct: &str| {
+        side.get(what)
             .and_then(|c| c.get("percentile"))
             .and_then(|p| p.get(pct))
             .and_then(Value::as_f64)
@@ -276,8 +307,10 @@ pub fn parse(text: &str, write: bool) -> Res<FioSample> {
     Ok(FioSample {
         iops,
         mib_per_sec: bw / (1024.0 * 1024.0),
-        clat_p50_us: clat("50.000000"),
-        clat_p99_us: clat("99.000000"),
+        clat_p50_us: pct("clat_ns", "50.000000"),
+        clat_p99_us: pct("clat_ns", "99.000000"),
+        lat_p50_us: pct("lat_ns", "50.000000"),
+        lat_p99_us: pct("lat_ns", "99.000000"),
     })
 }
 

@@ -40,6 +40,10 @@ pub struct Cell {
     pub clat_p50_us: Vec<f64>,
     /// fio completion latency p99 per sample (µs), when fio reported it.
     pub clat_p99_us: Vec<f64>,
+    /// fio total latency (submission to completion) p50 per sample (µs).
+    pub lat_p50_us: Vec<f64>,
+    /// fio total latency p99 per sample (µs).
+    pub lat_p99_us: Vec<f64>,
     /// Raw fio JSON files, relative to the results directory.
     pub raw: Vec<String>,
     /// Memory workloads: (page cache growth, daemon RSS growth) in MiB per sample.

@@ -145,6 +145,9 @@ pub struct Fs {
     atime: Atime,
     /// Answer changes only once they are in the journal (see [`Reply::after_persist`]).
     persist_replies: AtomicBool,
+    /// How long an io_uring queue thread waits for its own device I/O awake (polling)
+    /// before it sleeps, in microseconds; 0: never.
+    device_poll_us: std::sync::atomic::AtomicU32,
 }
 
 impl Fs {
@@ -156,6 +159,7 @@ impl Fs {
             want_uring: AtomicBool::new(false),
             atime,
             persist_replies: AtomicBool::new(false),
+            device_poll_us: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -188,6 +192,14 @@ impl Fs {
 
     pub(crate) fn set_persist_replies(&self, on: bool) {
         self.persist_replies.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_device_poll_us(&self, us: u32) {
+        self.device_poll_us.store(us, Ordering::Relaxed);
+    }
+
+    pub(crate) fn device_poll_us(&self) -> u32 {
+        self.device_poll_us.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_want_uring(&self, on: bool) {

@@ -101,6 +101,10 @@ pub struct MountOptions {
     /// taking the connection over sees what the kernel sees. Costs a journal write per
     /// batch of changes.
     pub persist_replies: bool,
+    /// FUSE over io_uring: how long (µs) a queue thread whose request waits for the device
+    /// polls for the completion before it sleeps (0: it sleeps at once). See uring.rs's
+    /// `poll_own_io`.
+    pub device_poll_us: u32,
 }
 
 /// A mounted file system and the threads that serve it.
@@ -140,6 +144,7 @@ fn make_fs(engine: &Arc<Engine>, opts: &MountOptions, use_uring: bool) -> Arc<Fs
     let fs = Arc::new(Fs::new(engine.clone(), counters, opts.atime));
     fs.set_want_uring(use_uring);
     fs.set_persist_replies(opts.persist_replies);
+    fs.set_device_poll_us(opts.device_poll_us);
     fs
 }
 

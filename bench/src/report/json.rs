@@ -33,6 +33,10 @@ pub fn to_json(r: &Results, info: &RunInfo) -> Value {
                     o["clat_p50_us_median"] = json!(summarize(&c.clat_p50_us).map(|s| s.median));
                     o["clat_p99_us"] = json!(c.clat_p99_us);
                     o["clat_p99_us_median"] = json!(summarize(&c.clat_p99_us).map(|s| s.median));
+                    o["lat_p50_us"] = json!(c.lat_p50_us);
+                    o["lat_p50_us_median"] = json!(summarize(&c.lat_p50_us).map(|s| s.median));
+                    o["lat_p99_us"] = json!(c.lat_p99_us);
+                    o["lat_p99_us_median"] = json!(summarize(&c.lat_p99_us).map(|s| s.median));
                     o["raw"] = json!(c.raw);
                 }
                 if matches!(wl.detail, Detail::Readers(_)) {

@@ -98,13 +98,19 @@ fn per_system(r: &Results, first: &str) -> Vec<String> {
     std::iter::once(first.to_string()).chain(names).collect()
 }
 
-/// fio's median completion latency (p50) of the group's 4k jobs; with `p99`, "p50 / p99".
+/// fio's median latency (p50) of the group's 4k jobs, total (submission to completion) with the
+/// completion part in parentheses; with `p99`, "p50 / p99" of each.
 fn latency_table(r: &Results, group: Group, p99: bool) -> Option<String> {
     let median = |v: &[f64]| {
         summarize(v).map(|s| match s.median {
             m if m < 10.0 => format!("{m:.1}"),
             m => format!("{m:.0}"),
         })
+    };
+    let pair = |a: &[f64], b: &[f64]| match (median(a), median(b)) {
+        (Some(a), Some(b)) if p99 => Some(format!("{a} / {b}")),
+        (Some(a), _) => Some(a),
+        (None, _) => None,
     };
     let mut rows = Vec::new();
     for (w, wl) in r.workloads.iter().enumerate() {
@@ -113,18 +119,22 @@ fn latency_table(r: &Results, group: Group, p99: bool) -> Option<String> {
         }
         let mut row = vec![wl.label.clone()];
         row.extend(r.cells[w].iter().map(|c| {
-            match (median(&c.clat_p50_us), median(&c.clat_p99_us)) {
-                (Some(a), Some(b)) if p99 => format!("{a} / {b}"),
-                (Some(a), _) => a,
-                (None, _) => "—".into(),
+            match (
+                pair(&c.lat_p50_us, &c.lat_p99_us),
+                pair(&c.clat_p50_us, &c.clat_p99_us),
+            ) {
+                (Some(t), Some(c)) => format!("{t} ({c})"),
+                (None, Some(c)) => format!("({c})"),
+                (Some(t), None) => t,
+                (None, None) => "—".into(),
             }
         }));
         rows.push(row);
     }
     let first = if p99 {
-        "completion latency p50 / p99 (µs)"
+        "latency p50 / p99, total (completion only) (µs)"
     } else {
-        "completion latency p50 (µs)"
+        "latency p50, total (completion only) (µs)"
     };
     md_table(&per_system(r, first), false, &rows)
 }

@@ -294,7 +294,7 @@ mod tests {
         assert!(md.contains("## Errors") && md.contains("boom line 2"));
         assert!(md.contains("![Memory density](memory.svg)"));
         assert!(md.contains(
-            "| completion latency p50 (µs) | ext4 | overlayfs | fuse-overlayfs | strata |\n\
+            "| latency p50, total (completion only) (µs) | ext4 | overlayfs | fuse-overlayfs | strata |\n\
              |---|---:|---:|---:|---:|\n\
              | 4k randread QD1 io_uring | — | — | — | — |\n"
         ));
@@ -306,7 +306,7 @@ mod tests {
         );
         assert!(
             md.contains(
-                "| hot 4k randread psync, inherited 128 MiB | 2.0 / 5.0 | — | — | 9.0 / 30 |"
+                "| hot 4k randread psync, inherited 128 MiB | (2.0 / 5.0) | — | — | (9.0 / 30) |"
             ),
             "{md}"
         );
