@@ -746,8 +746,9 @@ impl LocalIo for QueueIo {
 }
 
 /// When a queue thread polls for its own device I/O (see [`poll_own_io`]): while it has
-/// any in flight and nothing else to do, for at most `limit`. After [`PollGate::MISSES`]
-/// polls in a row ran out (a device slower than the limit) it sleeps at once for the next
+/// any in flight and nothing else to do, for at most `limit`. After a poll that another
+/// thread interrupted (the CPU is wanted), or [`PollGate::MISSES`] polls in a row that ran
+/// out (a device slower than the limit), it sleeps at once for its next
 /// [`PollGate::BACKOFF`] waits, then tries again.
 struct PollGate {
     limit: std::time::Duration,
@@ -778,12 +779,17 @@ impl PollGate {
         true
     }
 
-    fn result(&mut self, got: bool) {
-        if got {
-            self.missed = 0;
-        } else {
-            self.missed += 1;
-            if self.missed >= Self::MISSES {
+    fn result(&mut self, how: Poll) {
+        match how {
+            Poll::Got => self.missed = 0,
+            Poll::Missed => {
+                self.missed += 1;
+                if self.missed >= Self::MISSES {
+                    self.missed = 0;
+                    self.skip = Self::BACKOFF;
+                }
+            }
+            Poll::Contended => {
                 self.missed = 0;
                 self.skip = Self::BACKOFF;
             }
@@ -798,8 +804,9 @@ impl PollGate {
 /// the CPU the disk does not interrupt, 44 µs polling). The ring is COOP_TASKRUN: a
 /// completion waits as task work, flagged in the ring's flags, for the thread's next
 /// io_uring_enter, which this makes. Between looks it yields the CPU to any other runnable
-/// thread, so the poll only takes time nobody else wants.
-fn poll_own_io(q: &Queue, limit: std::time::Duration) -> bool {
+/// thread, and it stops as soon as one took it: the poll only takes time nobody else wants
+/// (on a busy host it would slow the threads it competes with, the daemon's own included).
+fn poll_own_io(q: &Queue, limit: std::time::Duration) -> Poll {
     if let Err(e) = q.ring.submit() {
         if !waited_out(&e) {
             log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
@@ -809,7 +816,7 @@ fn poll_own_io(q: &Queue, limit: std::time::Duration) -> bool {
     loop {
         // SAFETY: only the queue thread uses the completion queue; this only looks.
         if !unsafe { q.ring.completion_shared() }.is_empty() {
-            return true;
+            return Poll::Got;
         }
         // SAFETY: only the queue thread uses the submission queue; this reads its flags.
         if unsafe { q.ring.submission_shared() }.taskrun() {
@@ -821,11 +828,30 @@ fn poll_own_io(q: &Queue, limit: std::time::Duration) -> bool {
             continue;
         }
         if start.elapsed() >= limit {
-            return false;
+            return Poll::Missed;
         }
+        let before = std::time::Instant::now();
         // SAFETY: sched_yield has no arguments and cannot fail in a way that matters here.
         unsafe { libc::sched_yield() };
+        if before.elapsed() >= YIELDED {
+            // Another thread had this CPU meanwhile: the CPU is wanted, stop taking it.
+            return Poll::Contended;
+        }
     }
+}
+
+/// A sched_yield that took this long gave the CPU to another thread.
+const YIELDED: std::time::Duration = std::time::Duration::from_micros(10);
+
+/// How a poll ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Poll {
+    /// A completion is there.
+    Got,
+    /// The limit passed first.
+    Missed,
+    /// Another thread wanted the CPU.
+    Contended,
 }
 
 /// An io_uring_enter that ended early without harm: a signal (EINTR), a full completion
@@ -998,7 +1024,7 @@ fn run(
         if want == 1 && !stopping && !local.ops.borrow().is_empty() && poll.worth() {
             let got = poll_own_io(q, poll.limit);
             poll.result(got);
-            if got {
+            if got == Poll::Got {
                 want = 0;
             }
         }
@@ -1172,26 +1198,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn polling_backs_off_after_misses_in_a_row_and_comes_back() {
+    fn polling_backs_off_after_misses_in_a_row_or_a_contended_cpu_and_comes_back() {
         let mut off = PollGate::new(0);
         assert!(!off.worth(), "a limit of 0 never polls");
         let mut g = PollGate::new(100);
         // Misses short of the row do not stop it; a hit starts the count again.
         for _ in 0..PollGate::MISSES - 1 {
             assert!(g.worth());
-            g.result(false);
+            g.result(Poll::Missed);
         }
         assert!(g.worth());
-        g.result(true);
+        g.result(Poll::Got);
         for _ in 0..PollGate::MISSES {
             assert!(g.worth());
-            g.result(false);
+            g.result(Poll::Missed);
         }
         // A device slower than the limit: sleep at once for a while.
         for _ in 0..PollGate::BACKOFF {
             assert!(!g.worth());
         }
         assert!(g.worth(), "polls again after the back-off");
+        // Another thread wanted the CPU: one such poll is enough to stop for a while.
+        g.result(Poll::Contended);
+        for _ in 0..PollGate::BACKOFF {
+            assert!(!g.worth());
+        }
+        assert!(g.worth());
     }
 
     fn held(base: u64, entries: u32, payload: u32) -> (OwnedFd, RingLayout) {
