@@ -747,9 +747,9 @@ impl LocalIo for QueueIo {
 
 /// When a queue thread polls for its own device I/O (see [`poll_own_io`]): while it has
 /// any in flight and nothing else to do, for at most `limit`. After a poll that another
-/// thread interrupted (the CPU is wanted), or [`PollGate::MISSES`] polls in a row that ran
-/// out (a device slower than the limit), it sleeps at once for its next
-/// [`PollGate::BACKOFF`] waits, then tries again.
+/// thread interrupted (the CPU is wanted) it sleeps at once for its next
+/// [`PollGate::YIELD_BACKOFF`] waits; after [`PollGate::MISSES`] polls in a row that ran out
+/// (a device slower than the limit), for its next [`PollGate::BACKOFF`]; then it tries again.
 struct PollGate {
     limit: std::time::Duration,
     missed: u32,
@@ -759,6 +759,9 @@ struct PollGate {
 impl PollGate {
     const MISSES: u32 = 8;
     const BACKOFF: u32 = 256;
+    /// Waits without polling after a poll another thread interrupted: short, as a host's
+    /// own threads (kernel workers, the daemon's commit thread) take a CPU now and then.
+    const YIELD_BACKOFF: u32 = 16;
 
     fn new(us: u32) -> PollGate {
         PollGate {
@@ -791,7 +794,7 @@ impl PollGate {
             }
             Poll::Contended => {
                 self.missed = 0;
-                self.skip = Self::BACKOFF;
+                self.skip = Self::YIELD_BACKOFF;
             }
         }
     }
@@ -1220,7 +1223,7 @@ mod tests {
         assert!(g.worth(), "polls again after the back-off");
         // Another thread wanted the CPU: one such poll is enough to stop for a while.
         g.result(Poll::Contended);
-        for _ in 0..PollGate::BACKOFF {
+        for _ in 0..PollGate::YIELD_BACKOFF {
             assert!(!g.worth());
         }
         assert!(g.worth());
