@@ -96,11 +96,11 @@ struct MountArgs {
     /// The keeper's socket (default: the admin socket's path with `.keeper` appended).
     #[arg(long, env = "STRATA_KEEPER_SOCKET")]
     keeper_socket: Option<PathBuf>,
-    /// FUSE over io_uring: microseconds a queue thread polls for its own device I/O before it
-    /// sleeps (0: never polls). A sleeping thread is woken by the disk's interrupt, which on a
-    /// virtual machine whose CPU halted costs tens of microseconds per read; polling keeps the
-    /// CPU awake for at most this long, and only while nothing else of the queue is to do
-    /// (it yields to any other runnable thread)
+    /// FUSE over io_uring: microseconds a queue thread with device I/O of its own in flight and
+    /// nothing else to do polls for the completion before it sleeps (0: never). A sleeping
+    /// thread is woken by the disk's interrupt, which on a virtual machine whose CPU halted
+    /// costs tens of microseconds per read; polling keeps the CPU awake for at most this long,
+    /// yields it between looks and stops when another thread takes it
     #[arg(long, default_value_t = 100, env = "STRATA_DEVICE_POLL_US", value_parser = clap::value_parser!(u32).range(0..=10_000))]
     device_poll_us: u32,
 }

@@ -61,6 +61,7 @@ pub mod format;
 pub mod journal;
 pub mod layer;
 pub mod meta;
+pub mod poll;
 
 pub mod diff;
 pub mod fsck;

@@ -49,6 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use engine::poll::{Poll, PollGate};
 use engine::{DeviceIo, LocalIo};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use parking_lot::Mutex;
@@ -745,81 +746,20 @@ impl LocalIo for QueueIo {
     }
 }
 
-/// When a queue thread polls for its own device I/O (see [`poll_own_io`]): while it has
-/// any in flight and nothing else to do, for at most `limit`. After a poll that another
-/// thread interrupted (the CPU is wanted) it sleeps at once for its next
-/// [`PollGate::YIELD_BACKOFF`] waits; after [`PollGate::MISSES`] polls in a row that ran out
-/// (a device slower than the limit), for its next [`PollGate::BACKOFF`]; then it tries again.
-struct PollGate {
-    limit: std::time::Duration,
-    missed: u32,
-    skip: u32,
-}
-
-impl PollGate {
-    const MISSES: u32 = 8;
-    const BACKOFF: u32 = 256;
-    /// Waits without polling after a poll another thread interrupted: short, as a host's
-    /// own threads (kernel workers, the daemon's commit thread) take a CPU now and then.
-    const YIELD_BACKOFF: u32 = 16;
-
-    fn new(us: u32) -> PollGate {
-        PollGate {
-            limit: std::time::Duration::from_micros(us.into()),
-            missed: 0,
-            skip: 0,
-        }
-    }
-
-    fn worth(&mut self) -> bool {
-        if self.limit.is_zero() {
-            return false;
-        }
-        if self.skip > 0 {
-            self.skip -= 1;
-            return false;
-        }
-        true
-    }
-
-    fn result(&mut self, how: Poll) {
-        match how {
-            Poll::Got => self.missed = 0,
-            Poll::Missed => {
-                self.missed += 1;
-                if self.missed >= Self::MISSES {
-                    self.missed = 0;
-                    self.skip = Self::BACKOFF;
-                }
-            }
-            Poll::Contended => {
-                self.missed = 0;
-                self.skip = Self::YIELD_BACKOFF;
-            }
-        }
-    }
-}
-
 /// Wait up to `limit` awake for a completion on the queue's ring (its own device I/O, or a
-/// new request); true when one is there. A thread asleep in io_uring_enter is woken by the
-/// disk's interrupt; on a virtual machine whose CPU halted meanwhile that wake-up costs tens
-/// of microseconds (measured here: a 4 KiB O_DIRECT read at QD1 took 77 µs from a thread on
-/// the CPU the disk does not interrupt, 44 µs polling). The ring is COOP_TASKRUN: a
-/// completion waits as task work, flagged in the ring's flags, for the thread's next
-/// io_uring_enter, which this makes. Between looks it yields the CPU to any other runnable
-/// thread, and it stops as soon as one took it: the poll only takes time nobody else wants
-/// (on a busy host it would slow the threads it competes with, the daemon's own included).
+/// new request), as [`engine::poll`] explains. The ring is COOP_TASKRUN: a completion waits
+/// as task work, flagged in the ring's flags, for the thread's next io_uring_enter, which
+/// this makes.
 fn poll_own_io(q: &Queue, limit: std::time::Duration) -> Poll {
     if let Err(e) = q.ring.submit() {
         if !waited_out(&e) {
             log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
         }
     }
-    let start = std::time::Instant::now();
-    loop {
+    engine::poll::poll_for(limit, || {
         // SAFETY: only the queue thread uses the completion queue; this only looks.
         if !unsafe { q.ring.completion_shared() }.is_empty() {
-            return Poll::Got;
+            return true;
         }
         // SAFETY: only the queue thread uses the submission queue; this reads its flags.
         if unsafe { q.ring.submission_shared() }.taskrun() {
@@ -828,33 +768,9 @@ fn poll_own_io(q: &Queue, limit: std::time::Duration) -> Poll {
                     log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
                 }
             }
-            continue;
         }
-        if start.elapsed() >= limit {
-            return Poll::Missed;
-        }
-        let before = std::time::Instant::now();
-        // SAFETY: sched_yield has no arguments and cannot fail in a way that matters here.
-        unsafe { libc::sched_yield() };
-        if before.elapsed() >= YIELDED {
-            // Another thread had this CPU meanwhile: the CPU is wanted, stop taking it.
-            return Poll::Contended;
-        }
-    }
-}
-
-/// A sched_yield that took this long gave the CPU to another thread.
-const YIELDED: std::time::Duration = std::time::Duration::from_micros(10);
-
-/// How a poll ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Poll {
-    /// A completion is there.
-    Got,
-    /// The limit passed first.
-    Missed,
-    /// Another thread wanted the CPU.
-    Contended,
+        false
+    })
 }
 
 /// An io_uring_enter that ended early without harm: a signal (EINTR), a full completion
@@ -991,7 +907,7 @@ fn run(
     }
     let mut wake_armed = false;
     let mut stop_deadline = None;
-    let mut poll = PollGate::new(fs.device_poll_us());
+    let mut poll = PollGate::new(std::time::Duration::from_micros(fs.device_poll_us().into()));
     loop {
         if !wake_armed {
             let e: squeue::Entry128 =
@@ -1025,7 +941,7 @@ fn run(
             0
         };
         if want == 1 && !stopping && !local.ops.borrow().is_empty() && poll.worth() {
-            let got = poll_own_io(q, poll.limit);
+            let got = poll_own_io(q, poll.limit());
             poll.result(got);
             if got == Poll::Got {
                 want = 0;
@@ -1199,35 +1115,6 @@ fn serve(fs: &Fs, q: &Arc<Queue>, idx: usize, adopted: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn polling_backs_off_after_misses_in_a_row_or_a_contended_cpu_and_comes_back() {
-        let mut off = PollGate::new(0);
-        assert!(!off.worth(), "a limit of 0 never polls");
-        let mut g = PollGate::new(100);
-        // Misses short of the row do not stop it; a hit starts the count again.
-        for _ in 0..PollGate::MISSES - 1 {
-            assert!(g.worth());
-            g.result(Poll::Missed);
-        }
-        assert!(g.worth());
-        g.result(Poll::Got);
-        for _ in 0..PollGate::MISSES {
-            assert!(g.worth());
-            g.result(Poll::Missed);
-        }
-        // A device slower than the limit: sleep at once for a while.
-        for _ in 0..PollGate::BACKOFF {
-            assert!(!g.worth());
-        }
-        assert!(g.worth(), "polls again after the back-off");
-        // Another thread wanted the CPU: one such poll is enough to stop for a while.
-        g.result(Poll::Contended);
-        for _ in 0..PollGate::YIELD_BACKOFF {
-            assert!(!g.worth());
-        }
-        assert!(g.worth());
-    }
 
     fn held(base: u64, entries: u32, payload: u32) -> (OwnedFd, RingLayout) {
         let layout = RingLayout {

@@ -1,0 +1,159 @@
+//! Waiting for device I/O awake: a thread that has device I/O of its own in flight and
+//! nothing else to do may poll for its completion for a short while instead of sleeping.
+//!
+//! A thread asleep in io_uring_enter is woken by the disk's interrupt; on a virtual machine
+//! whose CPU halted meanwhile that wake-up alone costs tens of microseconds (measured on the
+//! 2-vCPU test VM: a 4 KiB O_DIRECT read at QD1 took 77 µs from a thread on the CPU the disk
+//! does not interrupt, 44 µs polling). Polling yields the CPU between looks and stops as soon
+//! as a yield gave the CPU to another thread, so it only takes time nobody else wants; a
+//! [`PollGate`] stops it for a while after polls that ran out or were interrupted.
+//! Used by the FUSE io_uring queues (their device reads). Tried and dropped for the engine's
+//! own I/O threads (which serve /dev/fuse): no gain at QD1 there, where a request also waits
+//! for a /dev/fuse worker's wake-up, and 1 MiB sequential reads 12-16 % slower
+//! (bench/results/2026-12-02-device-poll/engine-threads/).
+
+use std::time::{Duration, Instant};
+
+/// How a poll ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// What was waited for is there.
+    Got,
+    /// The limit passed first.
+    Missed,
+    /// Another thread wanted the CPU.
+    Contended,
+}
+
+/// A sched_yield that took this long gave the CPU to another thread.
+const YIELDED: Duration = Duration::from_micros(10);
+
+/// Call `ready` until it says yes (then [`Poll::Got`]), `limit` passes, or a yield between
+/// two calls gave the CPU away.
+pub fn poll_for(limit: Duration, mut ready: impl FnMut() -> bool) -> Poll {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return Poll::Got;
+        }
+        if start.elapsed() >= limit {
+            return Poll::Missed;
+        }
+        let before = Instant::now();
+        // SAFETY: sched_yield has no arguments and cannot fail in a way that matters here.
+        unsafe { libc::sched_yield() };
+        if before.elapsed() >= YIELDED {
+            return Poll::Contended;
+        }
+    }
+}
+
+/// When a thread polls: for at most `limit` each time. After a poll that another thread
+/// interrupted (the CPU is wanted) it sleeps at once for its next
+/// [`PollGate::YIELD_BACKOFF`] waits; after [`PollGate::MISSES`] polls in a row that ran out
+/// (a device slower than the limit), for its next [`PollGate::BACKOFF`]; then it tries again.
+#[derive(Debug)]
+pub struct PollGate {
+    limit: Duration,
+    missed: u32,
+    skip: u32,
+}
+
+impl PollGate {
+    pub const MISSES: u32 = 8;
+    pub const BACKOFF: u32 = 256;
+    /// Waits without polling after a poll another thread interrupted: short, as a host's
+    /// own threads (kernel workers, the daemon's commit thread) take a CPU now and then.
+    pub const YIELD_BACKOFF: u32 = 16;
+
+    /// `limit` zero: never poll.
+    pub fn new(limit: Duration) -> PollGate {
+        PollGate {
+            limit,
+            missed: 0,
+            skip: 0,
+        }
+    }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Whether to poll this time.
+    pub fn worth(&mut self) -> bool {
+        if self.limit.is_zero() {
+            return false;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// How the poll went.
+    pub fn result(&mut self, how: Poll) {
+        match how {
+            Poll::Got => self.missed = 0,
+            Poll::Missed => {
+                self.missed += 1;
+                if self.missed >= Self::MISSES {
+                    self.missed = 0;
+                    self.skip = Self::BACKOFF;
+                }
+            }
+            Poll::Contended => {
+                self.missed = 0;
+                self.skip = Self::YIELD_BACKOFF;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_backs_off_after_misses_in_a_row_or_a_contended_cpu_and_comes_back() {
+        let mut off = PollGate::new(Duration::ZERO);
+        assert!(!off.worth(), "a limit of 0 never polls");
+        let mut g = PollGate::new(Duration::from_micros(100));
+        // Misses short of the row do not stop it; a hit starts the count again.
+        for _ in 0..PollGate::MISSES - 1 {
+            assert!(g.worth());
+            g.result(Poll::Missed);
+        }
+        assert!(g.worth());
+        g.result(Poll::Got);
+        for _ in 0..PollGate::MISSES {
+            assert!(g.worth());
+            g.result(Poll::Missed);
+        }
+        // A device slower than the limit: sleep at once for a while.
+        for _ in 0..PollGate::BACKOFF {
+            assert!(!g.worth());
+        }
+        assert!(g.worth(), "polls again after the back-off");
+        // Another thread wanted the CPU: one such poll is enough to stop for a while.
+        g.result(Poll::Contended);
+        for _ in 0..PollGate::YIELD_BACKOFF {
+            assert!(!g.worth());
+        }
+        assert!(g.worth());
+    }
+
+    #[test]
+    fn poll_for_returns_what_it_saw() {
+        let mut n = 0;
+        assert_eq!(
+            poll_for(Duration::from_secs(5), || {
+                n += 1;
+                n == 3
+            }),
+            Poll::Got
+        );
+        let p = poll_for(Duration::from_micros(50), || false);
+        assert!(matches!(p, Poll::Missed | Poll::Contended), "{p:?}");
+    }
+}
