@@ -34,7 +34,7 @@ for wid, v in data.items():
     rat = rm / rn if hib else rn / rm
     g = "fio" if wid.startswith("fio") else "buf"
     lr_raw[g].append(math.log(raw)); lr_rat[g].append(math.log(rat))
-    out.append(f"| {v['main-1'][3]} | {ms:,.1f} ({rm:.2f}) | {ns:,.1f} ({rn:.2f}) | {raw:.3f} | {rat:.3f} |")
+    out.append(f"| {v[A + '-1'][3]} | {ms:,.1f} ({rm:.2f}) | {ns:,.1f} ({rn:.2f}) | {raw:.3f} | {rat:.3f} |")
 print("\n".join(out))
 for g in ["fio", "buf"]:
     if lr_raw[g]:
