@@ -336,8 +336,8 @@ fn direct_writer_child() {
 /// from the queue thread; over /dev/fuse into the buffer of its read(2)); for a daemon being
 /// killed that copy failed wherever the page was not mapped in the daemon yet (every page,
 /// in a successor or a fresh buffer), and the caller's write failed (EINTR over io_uring,
-/// EIO over /dev/fuse). Writers of 1 MiB (the whole payload) keep writing while daemons that just took over
-/// are killed, again and again: no write may fail.
+/// EIO over /dev/fuse). Writers of 1 MiB (the whole payload) keep writing while daemons that
+/// just took over are killed, again and again: no write may fail.
 #[test]
 fn large_writes_in_flight_when_the_daemon_is_killed_do_not_fail() {
     require_root_and_fuse!();

@@ -659,6 +659,16 @@ impl Queue {
         n
     }
 
+    /// Submit what is queued without waiting; an error other than [`waited_out`] is logged
+    /// (the caller goes on either way). Only the queue thread calls this.
+    fn submit_now(&self) {
+        if let Err(e) = self.ring.submit() {
+            if !waited_out(&e) {
+                log::warn!("FUSE ring {}: io_uring_enter failed: {e}", self.qid);
+            }
+        }
+    }
+
     /// The completions posted so far (user_data, result). Only the queue thread calls this.
     fn completions(&self) -> Vec<(u64, i32)> {
         // SAFETY: only the queue thread reads the completion queue.
@@ -751,11 +761,7 @@ impl LocalIo for QueueIo {
 /// as task work, flagged in the ring's flags, for the thread's next io_uring_enter, which
 /// this makes.
 fn poll_own_io(q: &Queue, limit: std::time::Duration) -> Poll {
-    if let Err(e) = q.ring.submit() {
-        if !waited_out(&e) {
-            log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
-        }
-    }
+    q.submit_now();
     engine::poll::poll_for(limit, || {
         // SAFETY: only the queue thread uses the completion queue; this only looks.
         if !unsafe { q.ring.completion_shared() }.is_empty() {
@@ -763,11 +769,7 @@ fn poll_own_io(q: &Queue, limit: std::time::Duration) -> Poll {
         }
         // SAFETY: only the queue thread uses the submission queue; this reads its flags.
         if unsafe { q.ring.submission_shared() }.taskrun() {
-            if let Err(e) = q.ring.submit() {
-                if !waited_out(&e) {
-                    log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
-                }
-            }
+            q.submit_now();
         }
         false
     })
@@ -1049,11 +1051,7 @@ fn run(
             }
             inflight = inflight.saturating_sub(q.push_commits());
             // Submits the commits; its return runs the task work that posts new requests.
-            if let Err(e) = q.ring.submit() {
-                if !waited_out(&e) {
-                    log::warn!("FUSE ring {}: io_uring_enter failed: {e}", q.qid);
-                }
-            }
+            q.submit_now();
             cqes.extend(local.deferred.take());
             cqes.extend(q.completions());
         }
