@@ -48,6 +48,9 @@ pub struct Cell {
     pub raw: Vec<String>,
     /// Memory workloads: (page cache growth, daemon RSS growth) in MiB per sample.
     pub mem_parts: Vec<(f64, f64)>,
+    /// Strata, steps run in a container: the share (%) of the blocks the step read that
+    /// Strata's block cache served, per sample (from the daemon's hit and miss counters).
+    pub cache_hit_pct: Vec<f64>,
     pub errors: Vec<String>,
 }
 

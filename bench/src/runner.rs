@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use crate::cli::{self, Args};
 use crate::inputs::{self, Input, TarSpec};
 use crate::report::{self, RunInfo};
-use crate::results::Results;
+use crate::results::{Results, Sink};
 use crate::suite::{self, Ctx, Run, Step};
 use crate::systems::{Parent, SetupOptions, System};
-use crate::workloads::{Config, Detail};
+use crate::workloads::{Config, Detail, Workload};
 use crate::{fio, fmt, host, interrupt, mounts, process, Res};
 
 use crate::progress::log;
@@ -358,6 +358,31 @@ fn make_containers(
     trees
 }
 
+/// Strata's block cache counters (hits, misses), None for other systems or when the daemon
+/// does not answer.
+fn cache_counters(sys: &System) -> Option<(u64, u64)> {
+    let s = sys.strata_client()?.stats().ok()?;
+    Some((s.daemon.cache_hits, s.daemon.cache_misses))
+}
+
+/// Record, for each of `workloads` that got a sample, the share of blocks the block cache
+/// served between the counters `a` and `b`: a Strata figure of a fio row whose file the cache
+/// held partly measures the cache, not the device path ext4's O_DIRECT row measures.
+fn record_cache_hits(sink: &mut Sink, workloads: &[Workload], a: (u64, u64), b: (u64, u64)) {
+    let (hits, misses) = (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1));
+    if hits + misses == 0 {
+        return;
+    }
+    let pct = 100.0 * hits as f64 / (hits + misses) as f64;
+    for w in workloads {
+        if let Some(c) = sink.cell(&w.id) {
+            if c.cache_hit_pct.len() < c.samples.len() {
+                c.cache_hit_pct.push(pct);
+            }
+        }
+    }
+}
+
 /// Run `step` on `sys` (in `tree`, for a container step) and record what it measured; an
 /// error is recorded for each of its workloads, and one that timed out retires the system.
 fn run_step(
@@ -378,9 +403,14 @@ fn run_step(
         return Ok(());
     }
     let r = match (&step.run, tree) {
-        (Run::InContainer(f), Some(tree)) => sys
-            .drop_caches(ctx.remount)
-            .and_then(|()| f(ctx, tree, &mut sink)),
+        (Run::InContainer(f), Some(tree)) => sys.drop_caches(ctx.remount).and_then(|()| {
+            let before = cache_counters(sys);
+            let r = f(ctx, tree, &mut sink);
+            if let (Some(a), Some(b), true) = (before, cache_counters(sys), r.is_ok()) {
+                record_cache_hits(&mut sink, &step.workloads, a, b);
+            }
+            r
+        }),
         (Run::OnSystem(f) | Run::Once(f), None) => f(ctx, sys, &mut sink),
         _ => Err(format!("step {}: no container", step.name)),
     };

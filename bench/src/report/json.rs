@@ -39,6 +39,9 @@ pub fn to_json(r: &Results, info: &RunInfo) -> Value {
                     o["lat_p99_us_median"] = json!(summarize(&c.lat_p99_us).map(|s| s.median));
                     o["raw"] = json!(c.raw);
                 }
+                if !c.cache_hit_pct.is_empty() {
+                    o["cache_hit_pct"] = json!(c.cache_hit_pct);
+                }
                 if matches!(wl.detail, Detail::Readers(_)) {
                     o["page_cache_mib"] =
                         json!(c.mem_parts.iter().map(|p| p.0).collect::<Vec<_>>());

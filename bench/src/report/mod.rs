@@ -183,6 +183,8 @@ mod tests {
             c.clat_p50_us = vec![p50];
             c.clat_p99_us = vec![p99];
         }
+        r.cell_mut("fio-randread-4k-qd32", SystemKind::Strata)
+            .cache_hit_pct = vec![0.0, 12.5, 3.0];
         r.cell_mut("buf-randwrite-4k-qd1-p50", SystemKind::Ext4)
             .samples = vec![80.0];
         r.cell_mut("buf-randwrite-4k-qd1-p50", SystemKind::Strata)
@@ -290,9 +292,22 @@ mod tests {
         );
         assert_eq!(w["strata_goal_met"], true);
         assert_eq!(w["group"], "fio");
+        assert_eq!(
+            w["systems"]["strata"]["cache_hit_pct"],
+            serde_json::json!([0.0, 12.5, 3.0])
+        );
+        assert!(w["systems"]["ext4"].get("cache_hit_pct").is_none());
         let md = markdown(&sample(), &info());
         assert!(md.contains("## Errors") && md.contains("boom line 2"));
         assert!(md.contains("![Memory density](memory.svg)"));
+        assert!(
+            md.contains(
+                "| blocks read served by Strata's block cache | strata |\n\
+                 |---|---:|\n\
+                 | 4k randread QD32 io_uring | 3 % |\n\n"
+            ),
+            "only rows with a share, the median of the repeats: {md}"
+        );
         assert!(md.contains(
             "| latency p50, total (completion only) (µs) | ext4 | overlayfs | fuse-overlayfs | strata |\n\
              |---|---:|---:|---:|---:|\n\
