@@ -1,8 +1,17 @@
 //! The block cache: file data cached once, keyed by physical block, shared by every file and
 //! every layer. Reads of up to [`FILL_MAX_BYTES`] fill it; larger (streaming) reads bypass it,
-//! as O_DIRECT bypasses a page cache. Bounded; CLOCK eviction per shard. It holds only blocks whose checksum was verified, and
-//! a block leaves it when it is freed (a mapped block is never written again); a read that
-//! raced with that does not insert.
+//! as O_DIRECT bypasses a page cache. Bounded; CLOCK eviction per shard. It holds only blocks
+//! whose checksum was verified, and a block leaves it when it is freed (a mapped block is
+//! never written again).
+//!
+//! A read must not put back a block freed since it looked the block up: once the block is
+//! reused, the stale copy would be returned for the new data. Blocks are freed (and
+//! invalidated here) only under the metadata lock, so a read takes [`BlockCache::epochs`]
+//! under that lock, where it finds its blocks, and [`BlockCache::fill`] refuses a block whose
+//! shard was invalidated since. (Taken after the lock was released, the snapshot could already
+//! include an invalidation of the read's own block: that read then cached a freed block's old
+//! contents, which later reads of the block's next owner got — stale data from an older write,
+//! seen once by fsx.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +33,16 @@ struct Entry {
 struct Shard {
     map: HashMap<u64, Entry>,
     clock: VecDeque<u64>,
-    /// Bumped by every invalidation in this shard.
-    epoch: u64,
 }
+
+/// Each shard's invalidation count at one moment (see [`BlockCache::epochs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Epochs([u64; SHARDS]);
 
 pub struct BlockCache {
     shards: Vec<Mutex<Shard>>,
+    /// Per shard, bumped (under the shard's lock) by every invalidation in it.
+    epochs: Vec<AtomicU64>,
     per_shard: usize,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
@@ -40,14 +53,19 @@ impl BlockCache {
         let blocks = (bytes / BLOCK_SIZE as u64) as usize;
         BlockCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            epochs: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             per_shard: blocks / SHARDS,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
     }
 
+    fn shard_index(pblk: u64) -> usize {
+        (pblk as usize) % SHARDS
+    }
+
     fn shard(&self, pblk: u64) -> &Mutex<Shard> {
-        &self.shards[(pblk as usize) % SHARDS]
+        &self.shards[Self::shard_index(pblk)]
     }
 
     pub fn enabled(&self) -> bool {
@@ -74,19 +92,23 @@ impl BlockCache {
         }
     }
 
-    /// The epoch to pass to [`BlockCache::fill`] for a read about to be issued.
-    pub fn epoch(&self, pblk: u64) -> u64 {
-        self.shard(pblk).lock().epoch
+    /// What to pass to [`BlockCache::fill`]: taken by a read under the metadata lock, in the
+    /// same hold that found its blocks (see the module's doc).
+    pub fn epochs(&self) -> Epochs {
+        Epochs(std::array::from_fn(|i| {
+            self.epochs[i].load(Ordering::Acquire)
+        }))
     }
 
     /// Insert what a read returned (and verified), unless a block of the shard was
-    /// invalidated since `epoch`.
-    pub fn fill(&self, pblk: u64, data: &[u8], epoch: u64) {
+    /// invalidated since `epochs` was taken.
+    pub fn fill(&self, pblk: u64, data: &[u8], epochs: &Epochs) {
         if !self.enabled() {
             return;
         }
-        let mut s = self.shard(pblk).lock();
-        if s.epoch != epoch || s.map.contains_key(&pblk) {
+        let i = Self::shard_index(pblk);
+        let mut s = self.shards[i].lock();
+        if self.epochs[i].load(Ordering::Relaxed) != epochs.0[i] || s.map.contains_key(&pblk) {
             return;
         }
         self.insert_locked(&mut s, pblk, data);
@@ -98,8 +120,9 @@ impl BlockCache {
             return;
         }
         for b in pblk..pblk + n {
-            let mut s = self.shard(b).lock();
-            s.epoch += 1;
+            let i = Self::shard_index(b);
+            let mut s = self.shards[i].lock();
+            self.epochs[i].fetch_add(1, Ordering::Release);
             s.map.remove(&b);
         }
     }
@@ -147,5 +170,54 @@ impl BlockCache {
             .map(|s| s.lock().map.len() as u64)
             .sum::<u64>()
             * BLOCK_SIZE as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(byte: u8) -> Vec<u8> {
+        vec![byte; BLOCK_SIZE]
+    }
+
+    #[test]
+    fn a_fill_after_an_invalidation_since_the_epochs_were_taken_is_refused() {
+        let c = BlockCache::new(1 << 20);
+        let mut out = block(0);
+        // A read found block 7 mapped and took the epochs; then the block was freed.
+        let before = c.epochs();
+        c.invalidate(7, 1);
+        c.fill(7, &block(0xAA), &before);
+        assert!(
+            !c.get(7, &mut out),
+            "the freed block's old contents must not be cached"
+        );
+        // A read that started after the invalidation fills.
+        let after = c.epochs();
+        c.fill(7, &block(0xBB), &after);
+        assert!(c.get(7, &mut out));
+        assert_eq!(out, block(0xBB));
+        // An invalidation elsewhere in the same shard refuses the fill too (a shard's count is
+        // shared by its blocks); one in another shard does not.
+        let e = c.epochs();
+        c.invalidate(8 + SHARDS as u64, 1);
+        c.fill(8, &block(1), &e);
+        assert!(!c.get(8, &mut out));
+        let e = c.epochs();
+        c.invalidate(10, 1);
+        c.fill(9, &block(2), &e);
+        assert!(c.get(9, &mut out));
+        assert_eq!(out, block(2));
+    }
+
+    #[test]
+    fn invalidation_removes_a_cached_block() {
+        let c = BlockCache::new(1 << 20);
+        c.fill(3, &block(5), &c.epochs());
+        let mut out = block(0);
+        assert!(c.get(3, &mut out));
+        c.invalidate(3, 1);
+        assert!(!c.get(3, &mut out));
     }
 }

@@ -222,10 +222,14 @@ impl Engine {
                     }
                 }
                 let token = EpochToken::join(&self.inner, m.epoch);
-                Ok(Some((runs, crcs, b0, end, token)))
+                // Under the lock that found the blocks: a block freed from here on (its
+                // invalidation happens under this lock too) is not put in the cache by this
+                // read (see the cache module's doc).
+                let epochs = self.inner.cache.epochs();
+                Ok(Some((runs, crcs, b0, end, token, epochs)))
             })()
         };
-        let (runs, crcs, b0, end, token) = match plan {
+        let (runs, crcs, b0, end, token, epochs) = match plan {
             Err(e) => return cb(Err(e)),
             Ok(None) => return cb(Ok(&[])),
             Ok(Some(p)) => p,
@@ -309,9 +313,7 @@ impl Engine {
         // Fast path: one device read covering the whole request, reply from its buffer.
         if fetch.len() == 1 && fetch[0].0 == 0 && fetch[0].2 == nblocks {
             let pb = fetch[0].1;
-            let epochs: Vec<u64> = (0..if fill { nblocks as u64 } else { 0 })
-                .map(|k| inner.cache.epoch(pb + k))
-                .collect();
+            let nfill = if fill { nblocks } else { 0 };
             self.inner.ring.submit(vec![IoReq {
                 op: Op::Read,
                 offset: pb * BLOCK,
@@ -324,14 +326,12 @@ impl Engine {
                             inner.stats.device_done(false, t_dev);
                             let mut good = Vec::new();
                             let v = ctx.verify(&buf, 0, pb, &mut good);
-                            for (k, ep) in epochs.iter().enumerate() {
-                                if good[k] {
-                                    inner.cache.fill(
-                                        pb + k as u64,
-                                        &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
-                                        *ep,
-                                    );
-                                }
+                            for k in (0..nfill).filter(|&k| good[k]) {
+                                inner.cache.fill(
+                                    pb + k as u64,
+                                    &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
+                                    &epochs,
+                                );
                             }
                             match v {
                                 Ok(()) => cb(Ok(&buf[skip..skip + len])),
@@ -365,9 +365,7 @@ impl Engine {
                 let g = g.clone();
                 let inner = inner.clone();
                 let ctx = ctx.clone();
-                let epochs: Vec<u64> = (0..if fill { n as u64 } else { 0 })
-                    .map(|k| inner.cache.epoch(pb + k))
-                    .collect();
+                let nfill = if fill { n } else { 0 };
                 IoReq {
                     op: Op::Read,
                     offset: pb * BLOCK,
@@ -385,14 +383,12 @@ impl Engine {
                         match r {
                             Ok(Some(buf)) => {
                                 inner.stats.device_done(false, t_dev);
-                                for (k, ep) in epochs.iter().enumerate() {
-                                    if good[k] {
-                                        inner.cache.fill(
-                                            pb + k as u64,
-                                            &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
-                                            *ep,
-                                        );
-                                    }
+                                for k in (0..nfill).filter(|&k| good[k]) {
+                                    inner.cache.fill(
+                                        pb + k as u64,
+                                        &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
+                                        &epochs,
+                                    );
                                 }
                                 match v {
                                     Ok(()) => g.out[idx * BLOCK_SIZE..(idx + n) * BLOCK_SIZE]
