@@ -114,6 +114,16 @@ impl BlockCache {
         self.insert_locked(&mut s, pblk, data);
     }
 
+    /// [`BlockCache::fill`] each block of `buf` (read from `pblk` on) that `good` says passed
+    /// its checksum.
+    pub fn fill_verified(&self, pblk: u64, buf: &[u8], good: &[bool], epochs: &Epochs) {
+        for (k, block) in buf.chunks(BLOCK_SIZE).enumerate() {
+            if good[k] {
+                self.fill(pblk + k as u64, block, epochs);
+            }
+        }
+    }
+
     /// Forget blocks (freed or rewritten elsewhere).
     pub fn invalidate(&self, pblk: u64, n: u64) {
         if !self.enabled() {

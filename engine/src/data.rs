@@ -313,7 +313,6 @@ impl Engine {
         // Fast path: one device read covering the whole request, reply from its buffer.
         if fetch.len() == 1 && fetch[0].0 == 0 && fetch[0].2 == nblocks {
             let pb = fetch[0].1;
-            let nfill = if fill { nblocks } else { 0 };
             self.inner.ring.submit(vec![IoReq {
                 op: Op::Read,
                 offset: pb * BLOCK,
@@ -326,12 +325,8 @@ impl Engine {
                             inner.stats.device_done(false, t_dev);
                             let mut good = Vec::new();
                             let v = ctx.verify(&buf, 0, pb, &mut good);
-                            for k in (0..nfill).filter(|&k| good[k]) {
-                                inner.cache.fill(
-                                    pb + k as u64,
-                                    &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
-                                    &epochs,
-                                );
+                            if fill {
+                                inner.cache.fill_verified(pb, &buf, &good, &epochs);
                             }
                             match v {
                                 Ok(()) => cb(Ok(&buf[skip..skip + len])),
@@ -365,7 +360,6 @@ impl Engine {
                 let g = g.clone();
                 let inner = inner.clone();
                 let ctx = ctx.clone();
-                let nfill = if fill { n } else { 0 };
                 IoReq {
                     op: Op::Read,
                     offset: pb * BLOCK,
@@ -383,12 +377,8 @@ impl Engine {
                         match r {
                             Ok(Some(buf)) => {
                                 inner.stats.device_done(false, t_dev);
-                                for k in (0..nfill).filter(|&k| good[k]) {
-                                    inner.cache.fill(
-                                        pb + k as u64,
-                                        &buf[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE],
-                                        &epochs,
-                                    );
+                                if fill {
+                                    inner.cache.fill_verified(pb, &buf, &good, &epochs);
                                 }
                                 match v {
                                     Ok(()) => g.out[idx * BLOCK_SIZE..(idx + n) * BLOCK_SIZE]

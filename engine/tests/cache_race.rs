@@ -13,8 +13,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use engine::{Caller, Options};
-use testkit::{mem_engine, pattern};
+use engine::Caller;
+use testkit::{mem_engine, pattern, with_cache};
 
 const WHO: Caller = Caller { uid: 0, gid: 0 };
 const BLOCK: usize = 4096;
@@ -22,13 +22,7 @@ const BLOCKS: u64 = 8;
 
 #[test]
 fn reads_racing_overwrites_never_cache_a_freed_blocks_old_contents() {
-    let (_dev, e) = mem_engine(
-        32 << 20,
-        Options {
-            cache_bytes: 8 << 20,
-            ..Default::default()
-        },
-    );
+    let (_dev, e) = mem_engine(32 << 20, with_cache(8 << 20));
     let root = e.layer_root(engine::DEFAULT_LAYER).expect("root");
     let ino = e
         .mknod(root, b"f", libc::S_IFREG | 0o644, 0, WHO, None)

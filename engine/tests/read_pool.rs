@@ -3,7 +3,7 @@
 //! holds the file's data).
 
 use engine::{AlignedBuf, Caller, Engine, Options};
-use testkit::{mem_engine, open_mem, pattern};
+use testkit::{mem_engine, open_mem, pattern, with_cache};
 
 const WHO: Caller = Caller { uid: 0, gid: 0 };
 const BLOCK: usize = 4096;
@@ -44,11 +44,7 @@ fn check(e: &Engine, node: engine::Node, a: &[u8], b: &[u8], what: &str) {
 #[test]
 fn reads_from_pooled_buffers_return_only_the_files_data_and_zeros() {
     for cache in [0u64, 8 << 20] {
-        let opts = || Options {
-            cache_bytes: cache,
-            ..Default::default()
-        };
-        let (dev, e) = mem_engine(64 << 20, opts());
+        let (dev, e) = mem_engine(64 << 20, with_cache(cache));
         let root = e.layer_root(engine::DEFAULT_LAYER).expect("root");
         let st = e
             .mknod(root, b"sparse", libc::S_IFREG | 0o644, 0, WHO, None)
@@ -64,7 +60,7 @@ fn reads_from_pooled_buffers_return_only_the_files_data_and_zeros() {
         e.shutdown().expect("shutdown");
         drop(e);
         // From the device, then (with a cache) from the cache.
-        let e = open_mem(&dev, opts());
+        let e = open_mem(&dev, with_cache(cache));
         check(&e, ino, &a, &b, "from the device");
         check(&e, ino, &a, &b, "again");
         e.shutdown().expect("shutdown");
