@@ -148,6 +148,7 @@ pub struct Fs {
     /// How long an io_uring queue thread waits for its own device I/O awake (polling)
     /// before it sleeps, in microseconds; 0: never.
     device_poll_us: std::sync::atomic::AtomicU32,
+    request_poll_us: std::sync::atomic::AtomicU32,
 }
 
 impl Fs {
@@ -160,6 +161,7 @@ impl Fs {
             atime,
             persist_replies: AtomicBool::new(false),
             device_poll_us: std::sync::atomic::AtomicU32::new(0),
+            request_poll_us: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -200,6 +202,14 @@ impl Fs {
 
     pub(crate) fn device_poll_us(&self) -> u32 {
         self.device_poll_us.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_request_poll_us(&self, us: u32) {
+        self.request_poll_us.store(us, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_poll_us(&self) -> u32 {
+        self.request_poll_us.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_want_uring(&self, on: bool) {

@@ -103,8 +103,11 @@ pub struct MountOptions {
     pub persist_replies: bool,
     /// FUSE over io_uring: how long (µs) a queue thread whose request waits for the device
     /// polls for the completion before it sleeps (0: it sleeps at once). See uring.rs's
-    /// `poll_own_io`.
+    /// `poll_ring`.
     pub device_poll_us: u32,
+    /// FUSE over io_uring: how long (µs) a queue thread that has answered polls for the next
+    /// request before it sleeps (0: it sleeps at once). See engine::poll's module doc.
+    pub request_poll_us: u32,
 }
 
 /// A mounted file system and the threads that serve it.
@@ -145,6 +148,7 @@ fn make_fs(engine: &Arc<Engine>, opts: &MountOptions, use_uring: bool) -> Arc<Fs
     fs.set_want_uring(use_uring);
     fs.set_persist_replies(opts.persist_replies);
     fs.set_device_poll_us(opts.device_poll_us);
+    fs.set_request_poll_us(opts.request_poll_us);
     fs
 }
 

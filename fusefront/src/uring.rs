@@ -573,7 +573,7 @@ impl Queue {
         // COOP_TASKRUN: completions (a request handed to an entry, a device read's end) wait
         // for the queue thread's next io_uring_enter, which comes soon, instead of an IPI
         // interrupting it where it runs (a sleeping thread is still woken).
-        // TASKRUN_FLAG: the ring's flags say when such completions wait (see poll_own_io).
+        // TASKRUN_FLAG: the ring's flags say when such completions wait (see poll_ring).
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_coop_taskrun()
             .setup_taskrun_flag()
@@ -757,12 +757,14 @@ impl LocalIo for QueueIo {
 }
 
 /// Wait up to `limit` awake for a completion on the queue's ring (its own device I/O, or a
-/// new request), as [`engine::poll`] explains. The ring is COOP_TASKRUN: a completion waits
-/// as task work, flagged in the ring's flags, for the thread's next io_uring_enter, which
-/// this makes.
-fn poll_own_io(q: &Queue, limit: std::time::Duration) -> Poll {
+/// new request), as [`engine::poll`] explains; `stop_when_yielded`: stop when a yield gave
+/// the CPU away (for device I/O; not when waiting for a request, whose client is the thread
+/// the CPU goes to). The ring is COOP_TASKRUN: a completion waits as task work, flagged in
+/// the ring's flags, for the thread's next io_uring_enter, which this makes. Submits what
+/// is queued (the replies) first.
+fn poll_ring(q: &Queue, limit: std::time::Duration, stop_when_yielded: bool) -> Poll {
     q.submit_now();
-    engine::poll::poll_for(limit, || {
+    let ready = || {
         // SAFETY: only the queue thread uses the completion queue; this only looks.
         if !unsafe { q.ring.completion_shared() }.is_empty() {
             return true;
@@ -772,7 +774,12 @@ fn poll_own_io(q: &Queue, limit: std::time::Duration) -> Poll {
             q.submit_now();
         }
         false
-    })
+    };
+    if stop_when_yielded {
+        engine::poll::poll_for(limit, ready)
+    } else {
+        engine::poll::poll_yielding(limit, ready)
+    }
 }
 
 /// An io_uring_enter that ended early without harm: a signal (EINTR), a full completion
@@ -910,6 +917,9 @@ fn run(
     let mut wake_armed = false;
     let mut stop_deadline = None;
     let mut poll = PollGate::new(std::time::Duration::from_micros(fs.device_poll_us().into()));
+    let mut req_poll = PollGate::new(std::time::Duration::from_micros(
+        fs.request_poll_us().into(),
+    ));
     loop {
         if !wake_armed {
             let e: squeue::Entry128 =
@@ -943,8 +953,17 @@ fn run(
             0
         };
         if want == 1 && !stopping && !local.ops.borrow().is_empty() && poll.worth() {
-            let got = poll_own_io(q, poll.limit());
+            let got = poll_ring(q, poll.limit(), true);
             poll.result(got);
+            if got == Poll::Got {
+                want = 0;
+            }
+        }
+        // Nothing of its own in flight: wait awake a little for the client's next request
+        // (see engine::poll's module doc).
+        if want == 1 && !stopping && local.ops.borrow().is_empty() && req_poll.worth() {
+            let got = poll_ring(q, req_poll.limit(), false);
+            req_poll.result(got);
             if got == Poll::Got {
                 want = 0;
             }

@@ -1,0 +1,8 @@
+#!/bin/bash
+# ABBA: A = request poll 50 (default), B = 0
+cd /work/main
+for r in A-1 B-1 B-2 A-2; do
+  case $r in A*) p=50;; B*) p=0;; esac
+  STRATA_REQUEST_POLL_US=$p target/release/strata-bench --quick --repeats 2 --only buf-,meta-,tar-,fio-randread-4k-qd1 --systems ext4,strata --strata ${STRATA_BIN:-/work/main/target/release/strata} --out ${OUT:-/var/tmp/ab}/$r > ${OUT:-/var/tmp/ab}/$r.log 2>&1
+done
+echo done > ${OUT:-/var/tmp/ab}/done
