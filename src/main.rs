@@ -103,8 +103,8 @@ struct MountArgs {
     /// yields it between looks and stops when another thread takes it
     #[arg(long, default_value_t = 100, env = "STRATA_DEVICE_POLL_US", value_parser = clap::value_parser!(u32).range(0..=10_000))]
     device_poll_us: u32,
-    /// FUSE over io_uring: microseconds a queue thread that has answered and has nothing else
-    /// to do polls for the next request before it sleeps (0: never). A client making one
+    /// Microseconds a FUSE queue thread (io_uring) or worker (/dev/fuse) that has answered and
+    /// has nothing else to do polls for the next request before it sleeps (0: never). A client making one
     /// synchronous request after another (small reads, stat, create) is otherwise moved by
     /// the kernel to the idle CPU at every reply, which on a virtual machine costs a halted
     /// CPU's wake-up per request; polling yields the CPU between looks (the client runs

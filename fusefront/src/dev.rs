@@ -13,6 +13,7 @@ use crate::fs::{Fs, MAX_WRITE};
 use crate::request::Request;
 use crate::session::{Reply, Sink};
 use crate::sys;
+use engine::poll::PollGate;
 
 /// Room for the largest request: a WRITE of MAX_WRITE bytes and its headers.
 pub(crate) const BUF_SIZE: usize = MAX_WRITE as usize + 4096;
@@ -83,10 +84,21 @@ pub(crate) fn worker(
         log::warn!("cannot map the /dev/fuse request buffer ahead: {e}");
     }
     let fd = chan.fd.as_raw_fd();
+    // After a reply, wait awake a little for the next request before blocking in read(2),
+    // as the io_uring queues do (engine::poll's module doc): the client woken by the reply
+    // then stays on its CPU. A request another worker takes first just leaves this one
+    // blocked in its read, as without polling.
+    let limit = std::time::Duration::from_micros(fs.request_poll_us().into());
+    let mut gate = PollGate::new(limit);
+    let mut answered = false;
     loop {
         if stop.load(Ordering::SeqCst) {
             return;
         }
+        if answered && gate.worth() {
+            gate.result(engine::poll::poll_yielding(limit, || sys::readable_now(fd)));
+        }
+        answered = false;
         let n = match sys::read(fd, &mut buf) {
             Ok(n) => n,
             Err(e) => match e.raw_os_error() {
@@ -104,6 +116,9 @@ pub(crate) fn worker(
             Ok(req) => {
                 let (unique, opcode) = (req.header.unique, req.header.opcode);
                 fs.dispatch(req, Reply::new(unique, Sink::Dev(chan.clone())));
+                // Answered here (not by an engine thread after device I/O, which would
+                // want the CPU this poll takes).
+                answered = has_reply(opcode) && chan.outstanding.load(Ordering::Relaxed) == 0;
                 if opcode == op::INIT {
                     after_init();
                 }

@@ -105,8 +105,9 @@ pub struct MountOptions {
     /// polls for the completion before it sleeps (0: it sleeps at once). See uring.rs's
     /// `poll_ring`.
     pub device_poll_us: u32,
-    /// FUSE over io_uring: how long (µs) a queue thread that has answered polls for the next
-    /// request before it sleeps (0: it sleeps at once). See engine::poll's module doc.
+    /// How long (µs) a queue thread (io_uring) or worker (/dev/fuse) that has answered polls
+    /// for the next request before it sleeps (0: it sleeps at once). See engine::poll's
+    /// module doc.
     pub request_poll_us: u32,
 }
 

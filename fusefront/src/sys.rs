@@ -440,6 +440,19 @@ pub fn poll(fds: &[(RawFd, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
     Ok(p.iter().map(|x| x.revents).collect())
 }
 
+/// Whether a read of `fd` would find something now (poll(2) with no wait; also true when
+/// it would fail at once, so a caller's read reports why).
+pub fn readable_now(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd; a zero timeout does not wait.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r != 0
+}
+
 /// Whether the FUSE connection behind `fd` is still up (the kernel reports POLLERR on
 /// /dev/fuse once it is aborted or unmounted).
 pub fn fuse_connected(fd: RawFd) -> bool {

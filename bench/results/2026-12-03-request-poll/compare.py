@@ -1,14 +1,16 @@
-# compare.py: the ABBA rounds in this directory (A = --request-poll-us 50, B = 0).
+# compare.py [DIR [SYSTEM]]: the ABBA rounds in DIR (default: this directory; A =
+# --request-poll-us 50, B = 0), for SYSTEM (default strata; strata-dev for dev/).
 # Per workload: A/B on the raw medians (geometric mean of the two rounds each; > 1: polling
 # better) and the ratio to ext4 in the same run for A and for B (> 1: Strata better).
-import json, math, os
-base = os.path.dirname(os.path.abspath(__file__))
+import json, math, os, sys
+base = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
+SYS = sys.argv[2] if len(sys.argv) > 2 else "strata"
 def load(p):
     d = json.load(open(os.path.join(base, p, "results.json"))); out = {}
     for w in d["workloads"]:
         s = w["systems"]
         try:
-            out[w["id"]] = (s["strata"]["summary"]["median"], s["ext4"]["summary"]["median"], w.get("higher_is_better", True))
+            out[w["id"]] = (s[SYS]["summary"]["median"], s["ext4"]["summary"]["median"], w.get("higher_is_better", True))
         except Exception:
             pass
     return out
