@@ -171,24 +171,18 @@ mod tests {
 
     #[test]
     fn poll_for_returns_what_it_saw() {
-        let mut n = 0;
-        assert_eq!(
-            poll_for(Duration::from_secs(5), || {
+        type PollFn = fn(Duration, &mut dyn FnMut() -> bool) -> Poll;
+        let both: [PollFn; 2] = [|l, r| poll_for(l, r), |l, r| poll_yielding(l, r)];
+        for poll in both {
+            let mut n = 0;
+            let mut third = || {
                 n += 1;
                 n == 3
-            }),
-            Poll::Got
-        );
+            };
+            assert_eq!(poll(Duration::from_secs(5), &mut third), Poll::Got);
+        }
         let p = poll_for(Duration::from_micros(50), || false);
         assert!(matches!(p, Poll::Missed | Poll::Contended), "{p:?}");
-        let mut n = 0;
-        assert_eq!(
-            poll_yielding(Duration::from_secs(5), || {
-                n += 1;
-                n == 3
-            }),
-            Poll::Got
-        );
         // A thread on the same CPU that takes it at each yield does not end the poll (as it
         // ends poll_for's): only the limit does.
         let pin = |cpu: usize| {
