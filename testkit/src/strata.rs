@@ -574,6 +574,23 @@ impl Drop for Mount {
                 "---- daemon output for {} (last 40 lines) ----\n{tail}\n----",
                 self.mnt.display()
             );
+            // Successors of a live restart write to the same log: their warnings, errors and
+            // the error replies they took over from a predecessor, from the whole log.
+            let notable: Vec<&str> = out
+                .lines()
+                .filter(|l| {
+                    l.contains(": warn:")
+                        || l.contains(": error:")
+                        || l.contains("reply is an error")
+                })
+                .take(100)
+                .collect();
+            if !notable.is_empty() {
+                eprintln!(
+                    "---- warnings, errors and error replies taken over in that log (at most 100) ----\n{}\n----",
+                    notable.join("\n")
+                );
+            }
         }
     }
 }
