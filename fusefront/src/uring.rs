@@ -86,6 +86,9 @@ const RING_BASE: u64 = 0x5000_0000_0000;
 const RING_BASE_STEP: u64 = 1 << 40;
 /// Bytes before an entry's payload: its header (288 bytes), padded to a page.
 const SLOT_HEAD: usize = 4096;
+/// Bytes of ring payload mapped ahead at start, for all entries together (see
+/// `RingBufs::map_first_pages`).
+const MAP_AHEAD_BUDGET: usize = 16 << 20;
 const _: () = assert!(abi::URING_REQ_HEADER_SIZE <= SLOT_HEAD);
 
 /// The layout of the ring entries' buffers in their memfd: queue after queue, entry after
@@ -216,17 +219,23 @@ impl RingBufs {
     // caller's write (an msync's write-back) fails. A mapped page takes the fast path, which
     // does not look at signals. A successor maps the memfd afresh (no page mapped), so it
     // maps every page its predecessors wrote; every daemon maps each entry's header and the
-    // first payload page (all small requests) at once. A payload page never written before,
-    // needed by a large request in the very moment a daemon dies, can still fail it (mapping
-    // all payloads would pin queues × entries × 1 MiB).
+    // first payload pages at once: up to 64 KiB of payload per entry (small requests, and
+    // the write-back of a few dirty pages, e.g. an msync), within [`MAP_AHEAD_BUDGET`] for
+    // all entries. A payload page never written before, needed by a larger request in the
+    // very moment a daemon dies, can still fail it (mapping all payloads would pin queues ×
+    // entries × 1 MiB). (With 4 KiB mapped per entry, a restart test's msync of a 64 KiB
+    // mapping saw EINTR twice in five whole test runs of the sixth session.)
 
-    /// Map each entry's header page and first payload page.
+    /// Map each entry's header page and its first payload pages (see above).
     fn map_first_pages(&self) {
         let l = self.layout;
+        let entries = (l.queues as usize * l.entries as usize).max(1);
+        let payload = (MAP_AHEAD_BUDGET / entries).clamp(4096, 64 << 10) & !4095;
+        let payload = payload.min(l.payload as usize);
         for q in 0..l.queues as usize {
             for i in 0..l.entries as usize {
                 let at = l.base + l.slot(q, i) as u64;
-                if let Err(e) = sys::populate_write(at, SLOT_HEAD + 4096) {
+                if let Err(e) = sys::populate_write(at, SLOT_HEAD + payload) {
                     log::warn!("FUSE ring buffers: cannot map entry {q}/{i} ahead: {e}");
                     return;
                 }
