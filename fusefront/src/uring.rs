@@ -715,7 +715,7 @@ impl Queue {
 /// sits idle while the CPU works and the CPU while the device does (traced with
 /// `perf record -e io_uring:*,fuse:*`: completions in batches of 29 on average). Handed on in
 /// parts, the client and the device get work while the rest of the batch is served: 4 KiB
-/// random reads at QD32 from the device 10-20 % faster (bench/results/2026-12-03-commit-every).
+/// random reads at QD32 from the device 5-20 % faster (bench/results/2026-12-03-commit-every).
 /// A synchronous client's batches are one request: no extra system call.
 const COMMIT_EVERY: usize = 4;
 
