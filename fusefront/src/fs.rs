@@ -148,6 +148,8 @@ pub struct Fs {
     /// How long an io_uring queue thread waits for its own device I/O awake (polling)
     /// before it sleeps, in microseconds; 0: never.
     device_poll_us: std::sync::atomic::AtomicU32,
+    /// How long a queue thread or /dev/fuse worker that has answered polls for the next
+    /// request before it sleeps, in microseconds; 0: never.
     request_poll_us: std::sync::atomic::AtomicU32,
 }
 

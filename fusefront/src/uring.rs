@@ -974,20 +974,17 @@ fn run(
         } else {
             0
         };
-        if want == 1 && !stopping && !local.ops.borrow().is_empty() && poll.worth() {
-            let got = poll_ring(q, poll.limit(), true);
-            poll.result(got);
-            if got == Poll::Got {
-                want = 0;
-            }
-        }
-        // Nothing of its own in flight: wait awake a little for the client's next request
-        // (see engine::poll's module doc).
-        if want == 1 && !stopping && local.ops.borrow().is_empty() && req_poll.worth() {
-            let got = poll_ring(q, req_poll.limit(), false);
-            req_poll.result(got);
-            if got == Poll::Got {
-                want = 0;
+        // Wait awake a little before sleeping: for its own device I/O when it has some in
+        // flight, else for the client's next request (see engine::poll's module doc).
+        if want == 1 && !stopping {
+            let own_io = !local.ops.borrow().is_empty();
+            let gate = if own_io { &mut poll } else { &mut req_poll };
+            if gate.worth() {
+                let got = poll_ring(q, gate.limit(), own_io);
+                gate.result(got);
+                if got == Poll::Got {
+                    want = 0;
+                }
             }
         }
         let r = if stopping {
