@@ -134,13 +134,7 @@ fn containerd_uses_strata_as_its_snapshotter() {
     );
 
     // Import: containerd unpacks each layer into a snapshot it prepared on Strata.
-    c.ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "strata",
-        archive.to_str().unwrap(),
-    ]);
+    c.import("strata", &archive);
     let snaps = ctr_snapshots(&c);
     assert_eq!(snaps.len(), 3, "three committed layers: {snaps:?}");
     assert!(snaps.values().all(|k| k == "Committed"), "{snaps:?}");

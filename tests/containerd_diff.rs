@@ -32,16 +32,7 @@ use testkit::containerd::{Binaries, Config, Containerd, Containerd17};
 use testkit::{Mount, TestDir};
 
 fn bin_or_skip() -> Option<Binaries> {
-    match Containerd17::find() {
-        Ok(b) => {
-            eprintln!("containerd {}", b.version);
-            Some(b)
-        }
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            None
-        }
-    }
+    testkit::containerd::or_skip(Containerd17::find())
 }
 
 /// Strata mounted with its diff service pointed at the containerd that will run in `cdir`.
@@ -242,13 +233,7 @@ fn containerd17_applies_and_diffs_layers_through_strata() {
     );
 
     // Import: every layer is applied by Strata, and containerd accepts the digests.
-    c.ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "strata",
-        archive.to_str().unwrap(),
-    ]);
+    c.import("strata", &archive);
     assert_eq!(applies_logged(&m), 3, "{}", m.stderr());
     let snaps = snapshots(&c, "strata");
     assert_eq!(snaps.len(), 3, "{snaps:?}");
@@ -277,13 +262,7 @@ fn containerd17_applies_and_diffs_layers_through_strata() {
     }
 
     // The same image on overlayfs: Strata says NotImplemented, the walking differ applies.
-    c.ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "overlayfs",
-        archive.to_str().unwrap(),
-    ]);
+    c.import("overlayfs", &archive);
     assert_eq!(applies_logged(&m), 3, "overlayfs layers are not Strata's");
     run(&c, "overlayfs", "run2");
 
@@ -652,20 +631,8 @@ fn containerd17_while_strata_is_down() {
         oci_image::archive(&[other.finish()], "docker.io/library/other:1", 0),
     )
     .unwrap();
-    c.ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "overlayfs",
-        one.to_str().unwrap(),
-    ]);
-    c.ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "strata",
-        one.to_str().unwrap(),
-    ]);
+    c.import("overlayfs", &one);
+    c.import("strata", &one);
 
     let _ = m.stop();
     // Unpacking anything fails while the diff service, first in containerd's list, is down:
@@ -753,13 +720,7 @@ fn containerd17_while_strata_is_down() {
         SCRIPT,
     ]);
     check_run_output(&out);
-    c.ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "strata",
-        two.to_str().unwrap(),
-    ]);
+    c.import("strata", &two);
     drop(c);
     testkit::assert_no_panic("strata", &m.stderr());
     drop(m);

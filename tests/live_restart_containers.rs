@@ -58,16 +58,7 @@ fn workload_child() {
 /// containerd 1.7 (Strata's snapshotter and diff service, as deployed), or why it does not
 /// run here.
 fn containerd_or_skip() -> Option<Binaries> {
-    match Containerd17::find() {
-        Ok(b) => {
-            eprintln!("containerd {}", b.version);
-            Some(b)
-        }
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            None
-        }
-    }
+    testkit::containerd::or_skip(Containerd17::find())
 }
 
 /// An image whose one layer holds this test binary as /bin/live (its default command runs
@@ -224,13 +215,7 @@ fn a_container_survives_clean_and_kill9_restarts() {
     );
     let archive = t.join("image.tar");
     fs::write(&archive, live_image()).unwrap();
-    c.ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "strata",
-        archive.to_str().unwrap(),
-    ]);
+    c.import("strata", &archive);
     let task_tail = || {
         let s = fs::read_to_string(&task_log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();

@@ -8,49 +8,12 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use testkit::requests::{delta, fuse_requests as requests, table};
 use testkit::*;
-
-type Counts = BTreeMap<String, u64>;
-
-fn requests(m: &Mount) -> Counts {
-    let out = m.cli_ok(&["stats", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
-    let mut c = Counts::new();
-    if let Some(map) = v["daemon"]["fuse_requests"].as_object() {
-        for (k, n) in map {
-            c.insert(k.clone(), n.as_u64().unwrap_or(0));
-        }
-    }
-    c
-}
-
-fn delta(before: &Counts, after: &Counts) -> Counts {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
-
-fn table(what: &str, d: &Counts, per: u64) -> String {
-    let total: u64 = d.values().sum();
-    let mut s = format!(
-        "{what}: {total} requests for {per} entries = {:.2} per entry\n",
-        total as f64 / per as f64
-    );
-    for (k, v) in d {
-        s.push_str(&format!(
-            "  {k:<14} {v:>8}  {:>6.2}/entry\n",
-            *v as f64 / per as f64
-        ));
-    }
-    s
-}
 
 fn sync() {
     assert!(Command::new("sync").status().unwrap().success());

@@ -17,54 +17,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 
 use common::oci_image;
-use testkit::containerd::{Binaries, Config, Containerd, Containerd16, Containerd17};
+use testkit::containerd::{or_skip, Binaries, Config, Containerd, Containerd16, Containerd17};
+use testkit::requests::{delta, fuse_requests as requests, table, Counts};
 use testkit::{pattern, Mount, TestDir};
 
 const IMAGE: &str = "docker.io/library/stratamany:1";
 const DIRS: usize = 20;
 const FILES: usize = 100;
-
-type Counts = BTreeMap<String, u64>;
-
-fn requests(m: &Mount) -> Counts {
-    let out = m.cli_ok(&["stats", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
-    v["daemon"]["fuse_requests"]
-        .as_object()
-        .map(|map| {
-            map.iter()
-                .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn delta(before: &Counts, after: &Counts) -> Counts {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
-
-fn table(what: &str, d: &Counts, entries: u64) -> String {
-    let total: u64 = d.values().sum();
-    let mut s = format!(
-        "{what}: {total} requests for {entries} entries = {:.2} per entry\n",
-        total as f64 / entries as f64
-    );
-    for (k, v) in d {
-        s.push_str(&format!(
-            "  {k:<14} {v:>8}  {:>6.2}/entry\n",
-            *v as f64 / entries as f64
-        ));
-    }
-    s
-}
 
 /// What file `f` of directory `d` holds: 1 B–8 KiB.
 fn file_data(d: usize, f: usize) -> Vec<u8> {
@@ -105,13 +67,7 @@ fn import(bin: &Binaries, t: &TestDir, m: &Mount, differ: bool) -> Counts {
         },
     );
     let before = requests(m);
-    c.ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        "strata",
-        archive.to_str().unwrap(),
-    ]);
+    c.import("strata", &archive);
     let d = delta(&before, &requests(m));
     // The unpacked layer holds the files (read through the mount, after counting).
     let ls: serde_json::Value =
@@ -130,22 +86,9 @@ fn import(bin: &Binaries, t: &TestDir, m: &Mount, differ: bool) -> Counts {
     d
 }
 
-fn found(b: Result<Binaries, String>) -> Option<Binaries> {
-    match b {
-        Ok(b) => {
-            eprintln!("containerd {}", b.version);
-            Some(b)
-        }
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            None
-        }
-    }
-}
-
 #[test]
 fn containerd17_unpacks_inside_the_daemon_without_fuse_requests() {
-    let Some(bin) = found(Containerd17::find()) else {
+    let Some(bin) = or_skip(Containerd17::find()) else {
         return;
     };
     let t = TestDir::new("unpack-req-17");
@@ -177,7 +120,7 @@ fn containerd17_unpacks_inside_the_daemon_without_fuse_requests() {
 
 #[test]
 fn containerd16_unpack_requests_per_file_stay_what_the_kernel_sends() {
-    let Some(bin) = found(Containerd16::find()) else {
+    let Some(bin) = or_skip(Containerd16::find()) else {
         return;
     };
     let t = TestDir::new("unpack-req-16");

@@ -127,6 +127,21 @@ impl Containerd16 {
     }
 }
 
+/// The binaries `find` gave (their version printed), or None after printing why the test
+/// skips: `let Some(bin) = or_skip(Containerd17::find()) else { return };`.
+pub fn or_skip(found: Result<Binaries, String>) -> Option<Binaries> {
+    match found {
+        Ok(b) => {
+            eprintln!("containerd {}", b.version);
+            Some(b)
+        }
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            None
+        }
+    }
+}
+
 /// What the private containerd is configured with.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
@@ -268,6 +283,17 @@ impl Containerd {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr images import --snapshotter SNAPSHOTTER ARCHIVE`, which must succeed; its output.
+    pub fn import(&self, snapshotter: &str, archive: &Path) -> String {
+        self.ok(&[
+            "images",
+            "import",
+            "--snapshotter",
+            snapshotter,
+            archive.to_str().expect("archive path is UTF-8"),
+        ])
     }
 
     /// Run `ctr` against this containerd in its namespace; (success, stdout, stderr).

@@ -19,6 +19,7 @@
 //! | [`strata`] | the binary under test: [`TestDir`], [`Mount`], [`MountGuard`], mkfs, fsck |
 //! | [`live`] | live restart: Strata with the keeper as fd holder, the workload that runs in the mount (or a container) across restarts, pauses |
 //! | [`containerd`] | a private containerd (1.6 or 1.7) with Strata as its proxy snapshotter and diff service |
+//! | [`requests`] | FUSE requests per opcode from the daemon's statistics: [`requests::fuse_requests`], [`requests::delta`], [`requests::table`] |
 //! | [`tree`] | snapshots of a directory tree and their comparison |
 //! | [`sdnotify`] | a stand-in systemd's system calls: notify socket credentials and descriptors, `kcmp`, starting a process with `LISTEN_FDS` |
 //! | [`sys`] | libc calls returning `Result<_, errno>`, [`as_user`], [`sys::Mapping`], [`sys::AlignedBuf`] |
@@ -36,6 +37,7 @@ pub mod mem;
 pub mod mountinfo;
 pub mod process;
 pub mod replay;
+pub mod requests;
 pub mod rng;
 pub mod sdnotify;
 pub mod strata;
