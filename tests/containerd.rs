@@ -53,18 +53,9 @@ fn ctr_snapshots(c: &Containerd) -> BTreeMap<String, String> {
 
 /// Layer ids and states from `strata layer ls --json`.
 fn strata_layers(m: &Mount) -> BTreeMap<String, String> {
-    let out = m.cli_ok(&["layer", "ls", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("layer ls json");
-    v["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| {
-            (
-                l["id"].as_str().unwrap().to_string(),
-                l["state"].as_str().unwrap().to_string(),
-            )
-        })
+    m.layers()
+        .into_iter()
+        .map(|(id, l)| (id, l["state"].as_str().unwrap().to_string()))
         .collect()
 }
 

@@ -87,18 +87,6 @@ fn top_of(s: &BTreeMap<String, (String, String)>) -> String {
         .clone()
 }
 
-/// Strata's layer ids and labels.
-fn strata_layers(m: &Mount) -> BTreeMap<String, serde_json::Value> {
-    let out = m.cli_ok(&["layer", "ls", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("layer ls json");
-    v["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| (l["id"].as_str().unwrap().to_string(), l.clone()))
-        .collect()
-}
-
 fn applies_logged(m: &Mount) -> usize {
     m.stderr()
         .lines()
@@ -254,7 +242,7 @@ fn containerd17_applies_and_diffs_layers_through_strata() {
     };
     run(&c, "strata", "run1");
     // No layer carries the apply marker.
-    for (id, l) in strata_layers(&m) {
+    for (id, l) in m.layers() {
         assert!(
             l["labels"].get(control::labels::APPLYING_LABEL).is_none(),
             "{id}: {l}"
@@ -324,7 +312,7 @@ fn containerd17_applies_and_diffs_layers_through_strata() {
 
     // Both blobs, applied onto the image's top layer, give the live layer's tree.
     let top_layer = {
-        let ls = strata_layers(&m);
+        let ls = m.layers();
         ls.iter()
             .find(|(_, l)| {
                 // containerd names it `<namespace>/<n>/<name>`.
@@ -408,7 +396,7 @@ fn containerd17_applies_and_diffs_layers_through_strata() {
 
     // A layer whose tar escapes the layer: the import fails with Strata's error and leaves no
     // snapshot and no half-applied layer.
-    let before: Vec<String> = strata_layers(&m).into_keys().collect();
+    let before: Vec<String> = m.layers().into_keys().collect();
     let mut evil = oci_image::LayerTar::new();
     evil.file("ok", b"fine\n", 0o644);
     let mut evil = evil.finish();
@@ -442,7 +430,7 @@ fn containerd17_applies_and_diffs_layers_through_strata() {
     // soon after); until then the layer is as prepared: empty, unmarked.
     let t0 = std::time::Instant::now();
     loop {
-        let ls = strata_layers(&m);
+        let ls = m.layers();
         let extra: Vec<&String> = ls.keys().filter(|k| !before.contains(k)).collect();
         if extra.is_empty() {
             break;

@@ -98,26 +98,10 @@ fn host_network() -> cri::NamespaceOption {
     }
 }
 
-/// Strata's layer ids.
-fn layer_ids(m: &Mount) -> Vec<String> {
-    let out = m.cli_ok(&["layer", "ls", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn cri_runs_pods_on_strata() {
-    let bin = match Containerd17::find() {
-        Ok(b) => b,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            return;
-        }
+    let Some(bin) = testkit::containerd::or_skip(Containerd17::find()) else {
+        return;
     };
     let t = TestDir::new("cri");
     let cdir = t.join("ctrd");
@@ -299,7 +283,7 @@ fn cri_runs_pods_on_strata() {
     // The container's root file system is an active Strata layer that owns what it wrote.
     let snaps = c.ok(&["snapshots", "--snapshotter", "strata", "ls"]);
     assert!(snaps.contains("Active"), "{snaps}");
-    let during = layer_ids(&m);
+    let during: Vec<String> = m.layers().into_keys().collect();
     assert!(
         during.len() >= 4,
         "base, image layer, sandbox, container: {during:?}"
@@ -350,8 +334,9 @@ fn cri_runs_pods_on_strata() {
     }
     let t0 = Instant::now();
     loop {
-        let left: Vec<String> = layer_ids(&m)
-            .into_iter()
+        let left: Vec<String> = m
+            .layers()
+            .into_keys()
             .filter(|l| l.starts_with("snap-"))
             .collect();
         if left.is_empty() {

@@ -335,6 +335,18 @@ impl Mount {
         out.stdout
     }
 
+    /// Layers of `strata layer ls --json`: id → the layer's JSON object (state, labels, …).
+    pub fn layers(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let out = self.cli_ok(&["layer", "ls", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("layer ls json");
+        v["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| (l["id"].as_str().expect("layer id").to_string(), l.clone()))
+            .collect()
+    }
+
     /// Spawn `strata mount` and wait until the mount shows up in /proc/self/mountinfo, or the
     /// daemon exits (-> Err with its exit code and stderr).
     pub fn try_start(image: &Path, mnt: &Path, extra: &[&str]) -> Result<Mount, MountFailure> {
