@@ -22,7 +22,16 @@
 //! of one shared buffer becomes several device requests, whose completions are joined: see
 //! `IoReq::split`), and at most [`READER_WRITE_INFLIGHT_BYTES`] of writes are in the device
 //! at once (again, a class with nothing in flight may send one piece). Reads are not held by
-//! that cap, only by the shared one.
+//! that cap, only by the shared one. Both sizes scale with the writer's weight over the
+//! reader's ([`write_limits`]): beside a reader of weight 1000 a writer of weight 100 sends
+//! pieces of [`MIN_SPLIT_WRITE_BYTES`], one at a time, so a weight buys latency, not only
+//! bytes (deficit round robin alone cannot give a reader of a few MiB/s anything: it never
+//! uses its share of the bytes).
+//!
+//! A read started on a FUSE queue's own ring goes to the device from that thread when the
+//! scheduler would send it at once anyway ([`Sched::admit`]); a neighbour's backlog that the
+//! caps hold until its own requests end does not stop it, so the quiet layer's reads do not
+//! take the detour through an I/O thread just because a writer has a queue.
 //!
 //! [`Policy::Fifo`] turns all of this off (one queue in arrival order), for comparison.
 
@@ -56,6 +65,8 @@ pub const SHARED_INFLIGHT_BYTES: u64 = 1 << 20;
 pub const SPLIT_WRITE_BYTES: u64 = 64 << 10;
 /// While another class reads: bytes of writes in the device at once.
 pub const READER_WRITE_INFLIGHT_BYTES: u64 = 128 << 10;
+/// The smallest write piece, however heavier the reader.
+pub const MIN_SPLIT_WRITE_BYTES: u64 = 16 << 10;
 /// Bytes a class of weight 100 earns per round.
 const QUANTUM_PER_100: i64 = 256 << 10;
 
@@ -192,13 +203,51 @@ impl State {
         }
     }
 
-    /// Whether a class other than `except` reads: a read queued or in flight, or one sent in
-    /// the last [`ACTIVE_WINDOW`]. Its reads would wait behind the writes in the device.
-    fn reader_near(&self, now: Instant, except: Slot) -> bool {
-        self.classes.iter().any(|(slot, c)| {
-            *slot != except
-                && (c.reads_queued > 0 || c.reads_inflight > 0 || now - c.last_read < ACTIVE_WINDOW)
-        })
+    /// The heaviest weight of the classes other than `except` that read (a read queued or in
+    /// flight, or one sent in the last [`ACTIVE_WINDOW`]), if any: their reads would wait
+    /// behind the writes in the device.
+    fn reader_near(&self, now: Instant, except: Slot) -> Option<u32> {
+        self.classes
+            .iter()
+            .filter(|(slot, c)| {
+                **slot != except
+                    && (c.reads_queued > 0
+                        || c.reads_inflight > 0
+                        || now - c.last_read < ACTIVE_WINDOW)
+            })
+            .map(|(slot, _)| self.conf.get(slot).map_or(DEFAULT_WEIGHT, |c| c.weight))
+            .max()
+    }
+
+    /// Whether backlogged class `slot` could send its head request now: not held by its
+    /// tokens, and the in-flight caps of [`Sched::next`] have room for it (for a write beside
+    /// a reader: its first piece). `reader`: the weight of a class about to send a read, to
+    /// count as reading.
+    fn could_send(&self, slot: Slot, now: Instant, cap: u64, reader: Option<u32>) -> bool {
+        let Some(c) = self.classes.get(&slot) else {
+            return false;
+        };
+        let Some((head, _)) = c.queue.front() else {
+            return false;
+        };
+        if c.throttled_since.is_some() {
+            return false;
+        }
+        if c.inflight == 0 {
+            return true;
+        }
+        let mut bytes = cost(head);
+        let mut write_budget = None;
+        if head.is_write() {
+            if let Some(r) = self.reader_near(now, slot).max(reader) {
+                let w = self.conf.get(&slot).map_or(DEFAULT_WEIGHT, |c| c.weight);
+                let (piece, budget) = write_limits(w, r);
+                bytes = bytes.min(piece);
+                write_budget = Some(budget);
+            }
+        }
+        self.inflight_bytes + bytes <= cap
+            && write_budget.is_none_or(|b| self.write_inflight_bytes + bytes <= b)
     }
 
     /// Count `req` of class `c` as sent.
@@ -212,6 +261,25 @@ impl State {
             c.last_read = now;
         }
     }
+}
+
+/// How a class of weight `weight` writes while a class of weight `reader` reads: the largest
+/// write piece, and the bytes of its writes in the device at once. At equal weights
+/// [`SPLIT_WRITE_BYTES`] and [`READER_WRITE_INFLIGHT_BYTES`]; both scale with
+/// `weight / reader` (a reader of weight 1000 beside a writer of 100: pieces of
+/// [`MIN_SPLIT_WRITE_BYTES`], one at a time), up to [`SHARED_INFLIGHT_BYTES`].
+fn write_limits(weight: u32, reader: u32) -> (u64, u64) {
+    let scale = |b: u64| u128::from(b) * u128::from(weight.max(1)) / u128::from(reader.max(1));
+    let block = BLOCK_SIZE as u64;
+    let piece = scale(SPLIT_WRITE_BYTES).clamp(
+        u128::from(MIN_SPLIT_WRITE_BYTES),
+        u128::from(SHARED_INFLIGHT_BYTES),
+    ) as u64
+        / block
+        * block;
+    let budget = scale(READER_WRITE_INFLIGHT_BYTES)
+        .clamp(u128::from(piece), u128::from(SHARED_INFLIGHT_BYTES)) as u64;
+    (piece, budget)
 }
 
 /// What a worker should do next.
@@ -309,10 +377,12 @@ impl Sched {
     }
 
     /// May `req` go to the device now, without queueing, from the thread that started it
-    /// (`local_io`)? Yes when the scheduler would send it at once if it were pushed: nothing
-    /// of any class waits in a queue (except classes held back by their own limits), its
-    /// class's limits have the tokens, and the shared in-flight cap has room. Then it counts
-    /// as sent (tokens paid, in flight): report its end with [`Sched::done`]. No: push it.
+    /// (`local_io`)? Yes when the scheduler would send it at once if it were pushed: no other
+    /// class waits with a request that could go now (classes held back by their own limits,
+    /// or whose head the in-flight caps hold until their own requests end, do not count:
+    /// the scheduler would pass them by too), its class's limits have the tokens, and the
+    /// shared in-flight cap has room. Then it counts as sent (tokens paid, in flight): report
+    /// its end with [`Sched::done`]. No: push it (and an I/O thread sends it).
     pub(crate) fn admit(&self, req: &IoReq) -> bool {
         let mut s = self.state.lock();
         if self.policy == Policy::Fifo {
@@ -320,24 +390,25 @@ impl Sched {
         }
         let now = Instant::now();
         let st = &mut *s;
-        let others_waiting = st.turn.iter().any(|slot| {
-            st.classes
-                .get(slot)
-                .is_some_and(|c| !c.queue.is_empty() && c.throttled_since.is_none())
-        });
-        if others_waiting {
-            return false;
-        }
         let slot = req.class.slot;
         let conf = st.conf.get(&slot).copied().unwrap_or_default();
         let bytes = cost(req);
         let cap = st.inflight_cap(now, Some(slot));
+        let reader = (!req.is_write()).then_some(conf.weight);
+        let others_waiting = st
+            .turn
+            .iter()
+            .any(|&other| other != slot && st.could_send(other, now, cap, reader));
+        if others_waiting {
+            return false;
+        }
         let inflight_bytes = st.inflight_bytes;
         // Only reads come here (`local_io`); a write would be split and capped in `next`.
         let write_held = req.is_write()
-            && (bytes > SPLIT_WRITE_BYTES
-                || st.write_inflight_bytes + bytes > READER_WRITE_INFLIGHT_BYTES)
-            && st.reader_near(now, slot);
+            && st.reader_near(now, slot).is_some_and(|reader| {
+                let (piece, budget) = write_limits(conf.weight, reader);
+                bytes > piece || st.write_inflight_bytes + bytes > budget
+            });
         let c = st.classes.entry(slot).or_insert_with(|| Class::new(now));
         if write_held
             || !c.queue.is_empty()
@@ -396,17 +467,18 @@ impl Sched {
             }
             // Writes beside a reader: in small pieces, few at a time in the device.
             let head_write = c.queue.front().is_some_and(|h| h.0.is_write());
-            let reader_near = head_write && st.reader_near(now, slot);
+            let limits = head_write
+                .then(|| st.reader_near(now, slot))
+                .flatten()
+                .map(|reader| write_limits(conf.weight, reader));
             let Some(c) = st.classes.get_mut(&slot) else {
                 continue;
             };
-            if reader_near
-                && c.queue
-                    .front()
-                    .is_some_and(|h| cost(&h.0) > SPLIT_WRITE_BYTES)
+            if let Some((piece, _)) =
+                limits.filter(|(piece, _)| c.queue.front().is_some_and(|h| cost(&h.0) > *piece))
             {
                 if let Some((big, queued)) = c.queue.pop_front() {
-                    let pieces = big.split(SPLIT_WRITE_BYTES as usize / BLOCK_SIZE);
+                    let pieces = big.split(piece as usize / BLOCK_SIZE);
                     self.ops
                         .fetch_add(pieces.len() as u64 - 1, Ordering::Relaxed);
                     for p in pieces.into_iter().rev() {
@@ -434,8 +506,7 @@ impl Sched {
             }
             if c.inflight > 0
                 && (st.inflight_bytes + bytes > cap
-                    || (reader_near
-                        && st.write_inflight_bytes + bytes > READER_WRITE_INFLIGHT_BYTES))
+                    || limits.is_some_and(|(_, budget)| st.write_inflight_bytes + bytes > budget))
             {
                 // Wait for one of its requests to finish; others may go.
                 st.turn.rotate_left(1);
@@ -628,6 +699,32 @@ mod tests {
         assert!(s.admit(&req(1, 1)));
     }
 
+    #[test]
+    fn a_local_read_passes_a_backlog_the_caps_hold() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let s = Sched::new(Policy::Fair);
+        // Layer 7 reads; layer 1 queues 1 MiB writes beside it: two pieces go, the rest
+        // waits for them.
+        assert!(s.admit(&req(7, 1)));
+        s.done(7, false, 4096);
+        s.push(vec![write(1, 256, &tx), write(1, 256, &tx)]);
+        let in_device = send_all(&s);
+        assert_eq!(in_device.len(), 2);
+        // Layer 1's backlog cannot go before a piece ends, so the scheduler would send a
+        // read of layer 7 at once: it goes from the thread that started it.
+        assert!(s.admit(&req(7, 1)));
+        s.done(7, false, 4096);
+        // One piece done: layer 1's next piece could go, so a read now takes its turn in
+        // the queue.
+        let mut in_device = VecDeque::from(in_device);
+        complete(&s, in_device.pop_front().unwrap(), false);
+        assert!(!s.admit(&req(7, 1)));
+        // A third layer's own backlog that could go also comes first.
+        let s = Sched::new(Policy::Fair);
+        s.push(vec![req(2, 1)]);
+        assert!(!s.admit(&req(7, 1)));
+    }
+
     /// A write of `blocks` blocks of one shared buffer; its callback's outcome goes to `tx`
     /// (the length it was handed back, or the error).
     fn write(
@@ -726,6 +823,53 @@ mod tests {
         for r in reads {
             complete(&s, r, false);
         }
+    }
+
+    #[test]
+    fn beside_a_heavier_reader_writes_go_in_smaller_pieces_one_at_a_time() {
+        assert_eq!(
+            write_limits(100, 100),
+            (SPLIT_WRITE_BYTES, READER_WRITE_INFLIGHT_BYTES)
+        );
+        assert_eq!(write_limits(100, 200), (32 << 10, 64 << 10));
+        assert_eq!(
+            write_limits(100, 1000),
+            (MIN_SPLIT_WRITE_BYTES, MIN_SPLIT_WRITE_BYTES)
+        );
+        assert_eq!(write_limits(1, 10_000), write_limits(100, 1000));
+        // A writer heavier than the reader gets more, up to the shared cap.
+        assert_eq!(write_limits(1000, 100), (640 << 10, SHARED_INFLIGHT_BYTES));
+        assert_eq!(
+            write_limits(10_000, 1),
+            (SHARED_INFLIGHT_BYTES, SHARED_INFLIGHT_BYTES)
+        );
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = Sched::new(Policy::Fair);
+        let conf = |weight| ClassConf {
+            weight,
+            ..ClassConf::default()
+        };
+        s.configure(HashMap::from([(7, conf(1000)), (1, conf(100))]));
+        s.push(vec![req(7, 1)]);
+        assert_eq!(send(&s), Some((7, 4096)));
+        s.done(7, false, 4096);
+        // Layer 1 (weight 100) writes 1 MiB beside layer 7 (weight 1000) reading: 16 KiB
+        // pieces, one in the device at a time.
+        s.push(vec![write(1, 256, &tx)]);
+        let mut sent = 0;
+        while sent < (1 << 20) {
+            let now = send_all(&s);
+            assert_eq!(
+                now.iter().map(cost).collect::<Vec<_>>(),
+                [MIN_SPLIT_WRITE_BYTES]
+            );
+            sent += MIN_SPLIT_WRITE_BYTES;
+            for r in now {
+                complete(&s, r, false);
+            }
+        }
+        assert_eq!(rx.try_recv().expect("done").expect("ok"), 1 << 20);
     }
 
     #[test]
