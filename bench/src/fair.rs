@@ -2,7 +2,8 @@
 //!
 //! A *quiet* container (4 KiB random reads at QD1 on an inherited file) runs alone, then beside
 //! a *noisy* one (1 MiB direct writes at QD32 on its own file) under each I/O scheduler
-//! setting of `strata mount` and `strata layer limit`. The figures are the quiet container's
+//! setting of `strata mount` and `strata layer limit` (once with both on one CPU), and the same
+//! pair on plain files of the host's file system for reference. The figures are the quiet container's
 //! completion latency (p50, p99) and IOPS, and the noisy one's MiB/s; the goal is the quiet
 //! p99 with fair queueing within 2× of its p99 alone. The run itself (the daemon, fio) is in
 //! `src/bin/strata-fair-bench.rs`; this module is what it measures and how it is reported:
@@ -36,12 +37,24 @@ impl Policy {
     }
 }
 
+/// Where the two containers' files are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Two clones of a committed layer on the Strata mount.
+    Strata,
+    /// Plain files on the file system that holds the image (ext4 on the bench machine), with
+    /// no I/O control: what the host gives the two without Strata, in the same run.
+    HostFs,
+}
+
 /// One setting the quiet container is measured in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scenario {
     /// For file names and results.json.
     pub id: &'static str,
     pub label: &'static str,
+    pub target: Target,
+    /// The daemon's `--io-scheduler` (Strata only).
     pub policy: Policy,
     /// Whether the noisy container writes during the quiet run.
     pub noisy: bool,
@@ -49,12 +62,15 @@ pub struct Scenario {
     pub quiet_weight: Option<u32>,
     /// `strata layer limit noisy --limit-bps`, else none.
     pub noisy_bps: Option<&'static str>,
+    /// Both fio jobs pinned to CPU 0 (`--cpus_allowed=0`): the kernel then sends both
+    /// containers' requests to the same FUSE queue.
+    pub same_cpu: bool,
 }
 
 impl Scenario {
     /// Whether the goal (p99 ≤ 2× alone) applies: fair queueing with a noisy neighbour.
     pub fn has_goal(&self) -> bool {
-        self.noisy && self.policy == Policy::Fair
+        self.target == Target::Strata && self.noisy && self.policy == Policy::Fair
     }
 
     /// `strata layer limit quiet` arguments after the id (none: limits removed).
@@ -72,47 +88,87 @@ impl Scenario {
     }
 }
 
-/// Every scenario, in run order; the first is the baseline the others are compared with.
-pub const SCENARIOS: [Scenario; 5] = [
+/// Every scenario, in run order; each is compared with the first alone on its target.
+pub const SCENARIOS: [Scenario; 8] = [
     Scenario {
         id: "alone",
         label: "a. quiet alone (fair)",
+        target: Target::Strata,
         policy: Policy::Fair,
         noisy: false,
         quiet_weight: None,
         noisy_bps: None,
+        same_cpu: false,
     },
     Scenario {
         id: "fifo",
         label: "b. + noisy, fifo (no fair queueing)",
+        target: Target::Strata,
         policy: Policy::Fifo,
         noisy: true,
         quiet_weight: None,
         noisy_bps: None,
+        same_cpu: false,
     },
     Scenario {
         id: "fair",
         label: "c. + noisy, fair, equal weights",
+        target: Target::Strata,
         policy: Policy::Fair,
         noisy: true,
         quiet_weight: None,
         noisy_bps: None,
+        same_cpu: false,
     },
     Scenario {
         id: "fair-weighted",
         label: "d. + noisy, fair, quiet weight 1000",
+        target: Target::Strata,
         policy: Policy::Fair,
         noisy: true,
         quiet_weight: Some(1000),
         noisy_bps: None,
+        same_cpu: false,
     },
     Scenario {
         id: "fair-capped",
         label: "e. + noisy, fair, noisy capped at 200M/s",
+        target: Target::Strata,
         policy: Policy::Fair,
         noisy: true,
         quiet_weight: None,
         noisy_bps: Some("200M"),
+        same_cpu: false,
+    },
+    Scenario {
+        id: "fair-weighted-same-cpu",
+        label: "f. + noisy on the quiet one's CPU, fair, quiet weight 1000",
+        target: Target::Strata,
+        policy: Policy::Fair,
+        noisy: true,
+        quiet_weight: Some(1000),
+        noisy_bps: None,
+        same_cpu: true,
+    },
+    Scenario {
+        id: "host-alone",
+        label: "g. host file system: quiet alone",
+        target: Target::HostFs,
+        policy: Policy::Fifo,
+        noisy: false,
+        quiet_weight: None,
+        noisy_bps: None,
+        same_cpu: false,
+    },
+    Scenario {
+        id: "host-noisy",
+        label: "h. host file system: + noisy (no I/O control)",
+        target: Target::HostFs,
+        policy: Policy::Fifo,
+        noisy: true,
+        quiet_weight: None,
+        noisy_bps: None,
+        same_cpu: false,
     },
 ];
 
@@ -220,13 +276,23 @@ pub struct Info {
     pub noisy_rw: String,
     /// io_uring, or libaio where io_uring failed.
     pub noisy_ioengine: String,
+    /// The type of the file system holding the image (`findmnt`), for the host rows.
+    pub host_fs: String,
     /// Errors outside a scenario (setup, the daemon).
     pub failures: Vec<String>,
 }
 
+/// The scenario scenario `i` is compared with: the first without the noisy one on its target.
+pub fn alone_of(outcomes: &[Outcome], i: usize) -> Option<usize> {
+    let target = outcomes.get(i)?.scenario.target;
+    outcomes
+        .iter()
+        .position(|o| o.scenario.target == target && !o.scenario.noisy)
+}
+
 /// The quiet p99 of a scenario over its p99 alone (medians), when both were measured.
 pub fn p99_vs_alone(outcomes: &[Outcome], i: usize) -> Option<f64> {
-    let alone = outcomes.first()?.quiet_p99()?.median;
+    let alone = outcomes.get(alone_of(outcomes, i)?)?.quiet_p99()?.median;
     let p99 = outcomes.get(i)?.quiet_p99()?.median;
     (alone > 0.0).then(|| p99 / alone)
 }
@@ -272,7 +338,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             }
         };
         let ratio = match p99_vs_alone(outcomes, i) {
-            Some(_) if i == 0 => "1.00×".to_string(),
+            Some(_) if alone_of(outcomes, i) == Some(i) => "1.00×".to_string(),
             Some(r) => format!("{r:.2}×"),
             None => "—".into(),
         };
@@ -351,7 +417,13 @@ pub fn markdown(outcomes: &[Outcome], info: &Info) -> String {
          limits are set (`strata layer limit`) before it. Each figure is the median of {} \
          run{}{}; the scenarios take turns, so a change in the host's load reaches all of them. \
          Latencies are fio's completion latency (clat) percentiles. The goal: with fair \
-         queueing, the quiet container's p99 at most {GOAL_P99_VS_ALONE}× its p99 alone.\n",
+         queueing, the quiet container's p99 at most {GOAL_P99_VS_ALONE}× its p99 alone. \
+         The host rows run the same two fio jobs on plain files of the file system that \
+         holds the image ({}), without Strata and without any I/O control (the disk's own \
+         block scheduler): what the machine gives the two containers otherwise, in the same \
+         run; their ratio is to the host's own quiet run alone. In row f both jobs run on CPU 0 \
+         (`--cpus_allowed=0`), so the kernel hands both containers' requests to the same FUSE \
+         queue of the daemon.\n",
         info.image_size,
         info.dir,
         info.cache_size
@@ -373,6 +445,11 @@ pub fn markdown(outcomes: &[Outcome], info: &Info) -> String {
             " (min–max in parentheses)"
         } else {
             ""
+        },
+        if info.host_fs.is_empty() {
+            "type unknown"
+        } else {
+            &info.host_fs
         },
     );
     md.push_str(&table(outcomes));
@@ -428,10 +505,15 @@ pub fn to_json(outcomes: &[Outcome], info: &Info) -> Value {
             json!({
                 "id": sc.id,
                 "label": sc.label,
-                "io_scheduler": sc.policy.name(),
+                "target": match sc.target {
+                    Target::Strata => "strata",
+                    Target::HostFs => "host-fs",
+                },
+                "io_scheduler": (sc.target == Target::Strata).then(|| sc.policy.name()),
                 "noisy": sc.noisy,
                 "quiet_io_weight": sc.quiet_weight,
                 "noisy_limit_bps": sc.noisy_bps,
+                "same_cpu": sc.same_cpu,
                 "samples": o.samples.iter().map(|s| json!({
                     "rep": s.rep + 1,
                     "quiet_iops": s.quiet.iops,
@@ -472,6 +554,7 @@ pub fn to_json(outcomes: &[Outcome], info: &Info) -> Value {
             "image_size": info.image_size,
             "cache_size": info.cache_size,
             "dir": info.dir,
+            "host_fs": info.host_fs,
             "quiet": {"rw": "randread", "bs": "4k", "iodepth": 1, "ioengine": "psync", "direct": true,
                       "file_bytes": info.quiet_file_bytes, "file": "inherited"},
             "noisy": {"rw": info.noisy_rw, "bs": "1M", "iodepth": 32, "ioengine": info.noisy_ioengine,
@@ -537,9 +620,8 @@ pub fn chart(outcomes: &[Outcome], info: &Info) -> String {
         (lo.min(*v), hi.max(*v))
     });
     let log = hi / lo > 20.0;
-    let rules = outcomes
-        .first()
-        .and_then(|o| o.quiet_p99())
+    let rules = alone_of(outcomes, 0)
+        .and_then(|i| outcomes[i].quiet_p99())
         .map(|s| {
             vec![(
                 GOAL_P99_VS_ALONE * s.median,
@@ -601,12 +683,15 @@ mod tests {
     }
 
     fn outcomes() -> Vec<Outcome> {
-        let p99s: [&[f64]; 5] = [
+        let p99s: [&[f64]; 8] = [
             &[300.0, 280.0, 320.0],
             &[9000.0, 12000.0, 8000.0],
             &[500.0, 450.0, 700.0],
             &[400.0],
             &[],
+            &[900.0],
+            &[100.0],
+            &[5000.0],
         ];
         SCENARIOS
             .iter()
@@ -629,7 +714,9 @@ mod tests {
     fn scenarios_and_goals() {
         assert_eq!(SCENARIOS[0].id, "alone");
         assert!(!SCENARIOS[0].has_goal() && !SCENARIOS[1].has_goal());
-        assert!(SCENARIOS[2..].iter().all(Scenario::has_goal));
+        assert!(SCENARIOS[2..6].iter().all(Scenario::has_goal));
+        assert!(!SCENARIOS[6].has_goal() && !SCENARIOS[7].has_goal());
+        assert!(SCENARIOS[5].same_cpu && SCENARIOS.iter().filter(|s| s.same_cpu).count() == 1);
         assert_eq!(SCENARIOS[3].quiet_limits(), ["--io-weight", "1000"]);
         assert!(SCENARIOS[3].noisy_limits().is_empty());
         assert_eq!(SCENARIOS[4].noisy_limits(), ["--limit-bps", "200M"]);
@@ -639,6 +726,11 @@ mod tests {
         assert_eq!(goal_met(&o, 2), Some(true));
         assert!((p99_vs_alone(&o, 2).unwrap() - 500.0 / 300.0).abs() < 1e-12);
         assert_eq!(goal_met(&o, 4), None);
+        // The host rows are compared with the host alone.
+        assert_eq!((alone_of(&o, 7), alone_of(&o, 5)), (Some(6), Some(0)));
+        assert_eq!(p99_vs_alone(&o, 7), Some(50.0));
+        assert_eq!(goal_met(&o, 7), None);
+        assert_eq!(goal_met(&o, 5), Some(false));
     }
 
     #[test]
@@ -653,6 +745,9 @@ mod tests {
         assert!(t.contains(
             "| e. + noisy, fair, noisy capped at 200M/s | error | error | error | — | error | ? |"
         ));
+        assert!(t.contains("| f. + noisy on the quiet one's CPU, fair, quiet weight 1000 | 5,000 | 300 | 900 | 3.00× | 900 | **missed** |"), "{t}");
+        assert!(t.contains("| g. host file system: quiet alone | 5,000 | 33 | 100 | 1.00× | (not running) |  |"), "{t}");
+        assert!(t.contains("| h. host file system: + noisy (no I/O control) | 5,000 | 1,667 | 5,000 | 50.00× | 900 |  |"), "{t}");
     }
 
     #[test]
@@ -663,6 +758,7 @@ mod tests {
             repeats: 3,
             noisy_rw: "write".into(),
             noisy_ioengine: "io_uring".into(),
+            host_fs: "ext4".into(),
             quiet_file_bytes: 1 << 30,
             noisy_file_bytes: 2 << 30,
             ..Info::default()
@@ -671,6 +767,7 @@ mod tests {
         assert!(md.contains("![quiet p99 per scenario](quiet-p99.svg)"));
         assert!(md.contains("## Errors") && md.contains("fio failed second line"));
         assert!(md.contains("on its own 2 GiB file"));
+        assert!(md.contains("holds the image (ext4)"));
         assert!(md.contains(
             "| a. quiet alone (fair) | 300 (280–320) | 250 (250–250) | — | 500 (500–500) | 120 (120–120) | 3.3 (3.3–3.3) | 80 (80–80) | — |"
         ), "{md}");
@@ -683,6 +780,10 @@ mod tests {
         assert_eq!(v["scenarios"][0]["quiet_clat_p99_us"]["median"], 300.0);
         assert_eq!(v["scenarios"][4]["samples"].as_array().unwrap().len(), 0);
         assert_eq!(v["config"]["noisy"]["ioengine"], "io_uring");
+        assert_eq!(v["scenarios"][7]["target"], "host-fs");
+        assert_eq!(v["scenarios"][7]["io_scheduler"], Value::Null);
+        assert_eq!(v["scenarios"][5]["same_cpu"], true);
+        assert_eq!(v["scenarios"][1]["io_scheduler"], "fifo");
         assert_eq!(
             v["scenarios"][0]["samples"][0]["quiet_engine_read_mean_us"],
             120.4

@@ -238,7 +238,20 @@ pub fn run(
     runtime_s: u64,
     json_out: &Path,
 ) -> Res<FioSample> {
+    run_with(job, file, size, runtime_s, json_out, &[])
+}
+
+/// [`run`] with more fio options (`--cpus_allowed=0`).
+pub fn run_with(
+    job: &FioJob,
+    file: &Path,
+    size: u64,
+    runtime_s: u64,
+    json_out: &Path,
+    extra: &[&str],
+) -> Res<FioSample> {
     let mut cmd = command(job, file, size, runtime_s, json_out);
+    cmd.args(extra);
     // A job that hangs (a stuck FUSE request) must not hang the harness.
     let timeout = Duration::from_secs(runtime_s + 120);
     let out = process::run_captured(&mut cmd, timeout)?;

@@ -2,9 +2,10 @@
 //! random reads, psync, QD1, direct, on a file inherited from the image) is measured alone,
 //! then beside a noisy one (fio 1 MiB writes, QD32, direct, io_uring, on its own file), with
 //! `strata mount --io-scheduler fifo`, with `fair` at equal weights, with the quiet layer's
-//! weight at 1000, and with the noisy layer capped at 200 MiB/s. Reports the quiet
-//! container's p50/p99 completion latency and IOPS and the noisy one's MiB/s, medians with
-//! min–max (see `bench/src/fair.rs`). Run as root.
+//! weight at 1000, and with the noisy layer capped at 200 MiB/s; then the same two jobs on
+//! plain files of the file system holding the image, without Strata (what the host gives
+//! them otherwise). Reports the quiet container's p50/p99 completion latency and IOPS and the
+//! noisy one's MiB/s, medians with min–max (see `bench/src/fair.rs`). Run as root.
 //!
 //! `cargo run -p bench --release --bin strata-fair-bench -- --help`
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use bench::fair::{self, DaemonSide, Info, Outcome, Policy, Sample, Scenario, SCENARIOS};
+use bench::fair::{self, DaemonSide, Info, Outcome, Policy, Sample, Scenario, Target, SCENARIOS};
 use bench::fio::{self, FioJob};
 use bench::{cli, host, inputs, interrupt, mounts, process, progress, systems, Res};
 use clap::builder::RangedU64ValueParser;
@@ -32,14 +33,17 @@ const LEAD_S: u64 = 2;
 /// Whether one container can starve another's I/O: a quiet container's 4 KiB random reads
 /// (p50/p99 latency, IOPS) alone, and beside a noisy container's 1 MiB direct writes at QD32
 /// with `--io-scheduler fifo`, `fair` (equal weights), `fair` with the quiet layer at weight
-/// 1000, and `fair` with the noisy layer capped at 200 MiB/s. Run as root; needs fio.
+/// 1000, `fair` with the noisy layer capped at 200 MiB/s, and weight 1000 with both on one
+/// CPU; then both jobs on plain files of the host file system, without Strata. Run as root;
+/// needs fio.
 #[derive(Parser)]
 #[command(
     name = "strata-fair-bench",
     after_help = "\
-A full run takes about 5 minutes: a 4 GiB image, a 1 GiB file in the base layer, a 2 GiB file
-in the noisy layer, then 5 scenarios × 3 repeats of 15 s, the daemon remounted before each.
---quick is one repeat of 5 s runs (about a minute). Results go to bench/results/<date>-fair/:
+A full run takes about 8 minutes: a 4 GiB image, a 1 GiB file in the base layer, a 2 GiB file
+in the noisy layer (and the same two files beside the image for the host rows), then 8
+scenarios × 3 repeats of 15 s, the daemon remounted before each Strata one. --quick is one
+repeat of 5 s runs (about 2 minutes). Results go to bench/results/<date>-fair/:
 results.md (also printed), results.json, quiet-p99.svg, raw fio JSON and the daemon's log."
 )]
 struct Args {
@@ -418,12 +422,13 @@ const QUIET_JOB: FioJob = FioJob {
 };
 
 /// Write the noisy container's own file once (so that the runs rewrite it in place), with
-/// io_uring, or libaio when io_uring fails; returns the engine that worked.
-fn lay_out_noisy(file: &Path, raw: &Path) -> Res<&'static str> {
+/// io_uring, or libaio when io_uring fails; returns the engine that worked. `label` names the
+/// fio output in `raw`.
+fn lay_out_noisy(file: &Path, raw: &Path, label: &str) -> Res<&'static str> {
     let mut errors = Vec::new();
     for ioengine in ["io_uring", "libaio"] {
         let _ = fs::remove_file(file);
-        let json = raw.join(format!("noisy-layout-{ioengine}.json"));
+        let json = raw.join(format!("{label}-layout-{ioengine}.json"));
         let out = process::run_captured(
             Command::new("fio")
                 .arg("--name=layout")
@@ -474,10 +479,16 @@ struct Noisy {
 }
 
 impl Noisy {
-    fn start(job: &FioJob, file: &Path, runtime_s: u64, json: PathBuf, log: PathBuf) -> Res<Noisy> {
+    fn start(
+        job: &FioJob,
+        file: &Path,
+        runtime_s: u64,
+        (json, log): (PathBuf, PathBuf),
+        extra: &[&str],
+    ) -> Res<Noisy> {
         // Runs until stopped: the runtime is only a backstop should we die.
         let mut cmd = fio::command(job, file, NOISY_FILE_BYTES, runtime_s + 120, &json);
-        cmd.arg(format!("--ramp_time={LEAD_S}"));
+        cmd.arg(format!("--ramp_time={LEAD_S}")).args(extra);
         let child = process::spawn_logged(&mut cmd, &log)?;
         Ok(Noisy { child, json, log })
     }
@@ -547,21 +558,43 @@ struct Ctx<'a> {
     noisy_engine: &'static str,
 }
 
-/// One run of `sc`: remount with its policy, set both layers' limits, start the noisy writer
-/// (if any) and run the quiet reader.
+/// The directory of the host rows' plain files (beside the image).
+fn host_dir(d: &Daemon) -> PathBuf {
+    d.dir.join("host")
+}
+
+/// One run of `sc`: on Strata remount with its policy and set both layers' limits; start the
+/// noisy writer (if any) and run the quiet reader.
 fn run_scenario(d: &mut Daemon, c: &Ctx, sc: &Scenario, rep: usize) -> Res<Sample> {
-    d.remount(sc.policy)?;
-    d.layer_limit("quiet", sc.quiet_limits())?;
-    d.layer_limit("noisy", sc.noisy_limits())?;
+    let (quiet_file, noisy_file) = match sc.target {
+        Target::Strata => {
+            d.remount(sc.policy)?;
+            d.layer_limit("quiet", sc.quiet_limits())?;
+            d.layer_limit("noisy", sc.noisy_limits())?;
+            (
+                d.mnt.join("quiet").join("big"),
+                d.mnt.join("noisy").join("big"),
+            )
+        }
+        Target::HostFs => (host_dir(d).join("quiet"), host_dir(d).join("noisy")),
+    };
     let name = |who: &str| format!("raw/{}-r{}-{who}.json", sc.id, rep + 1);
     let runtime = c.a.runtime_s();
+    let pin: &[&str] = if sc.same_cpu {
+        &["--cpus_allowed=0"]
+    } else {
+        &[]
+    };
     let mut noisy = if sc.noisy {
         let n = Noisy::start(
             &noisy_job(c.a.noisy_random, c.noisy_engine),
-            &d.mnt.join("noisy").join("big"),
+            &noisy_file,
             runtime,
-            c.out.join(name("noisy")),
-            c.out.join("raw").join("noisy-fio.log"),
+            (
+                c.out.join(name("noisy")),
+                c.out.join("raw").join("noisy-fio.log"),
+            ),
+            pin,
         )?;
         Some(n)
     } else {
@@ -571,21 +604,25 @@ fn run_scenario(d: &mut Daemon, c: &Ctx, sc: &Scenario, rep: usize) -> Res<Sampl
         sleep(Duration::from_secs(LEAD_S))?;
         n.check_running()?;
     }
-    let q = fio::run(
+    let q = fio::run_with(
         &QUIET_JOB,
-        &d.mnt.join("quiet").join("big"),
+        &quiet_file,
         QUIET_FILE_BYTES,
         runtime,
         &c.out.join(name("quiet")),
+        pin,
     );
     let n = noisy.map(Noisy::stop).transpose();
     let (q, n) = (q?, n?);
-    let daemon = match d.quiet_stats() {
-        Ok(s) => Some(s),
-        Err(e) => {
-            log(&format!("  cannot read the daemon's statistics: {e}"));
-            None
-        }
+    let daemon = match sc.target {
+        Target::HostFs => None,
+        Target::Strata => match d.quiet_stats() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log(&format!("  cannot read the daemon's statistics: {e}"));
+                None
+            }
+        },
     };
     let mut raw = vec![name("quiet")];
     if n.is_some() {
@@ -693,8 +730,18 @@ fn measure(a: &Args, out: &Path, info: &mut Info, outcomes: &mut [Outcome]) -> R
     d.layer(&["clone", "base", "quiet"])?;
     d.layer(&["clone", "base", "noisy"])?;
     log("writing the noisy container's 2 GiB file");
-    let engine = lay_out_noisy(&d.mnt.join("noisy").join("big"), &out.join("raw"))?;
+    let engine = lay_out_noisy(&d.mnt.join("noisy").join("big"), &out.join("raw"), "noisy")?;
     info.noisy_ioengine = engine.to_string();
+    let host = host_dir(&d);
+    fs::create_dir_all(&host).map_err(|e| format!("mkdir {}: {e}", host.display()))?;
+    info.host_fs = mounts::fstype_of(&host).unwrap_or_default();
+    log(&format!(
+        "writing the host rows' files in {} ({})",
+        host.display(),
+        info.host_fs
+    ));
+    inputs::lay_out(&host.join("quiet"), QUIET_FILE_BYTES)?;
+    lay_out_noisy(&host.join("noisy"), &out.join("raw"), "host-noisy")?;
     let ctx = Ctx {
         a,
         out,
