@@ -1,5 +1,6 @@
 #!/bin/bash
-# usage: run.sh LABEL QCPUS [NCPUS]   (NCPUS empty: quiet alone; "-" = unpinned)
+# usage: [B=STRATA_BIN] [LIM=1] pinned.sh LABEL QUIET_CPUS [NOISY_CPUS]  (no NOISY_CPUS: quiet alone; "-" = unpinned).
+# Needs /var/tmp/pin/s.img with layers quiet (weight 1000) and noisy, as the fair bench lays them out.
 cd /var/tmp/pin
 B=${B:-/var/tmp/strata-wl2}
 umount mnt 2>/dev/null; for i in $(seq 50); do pgrep -f "pin/a.sock mount" >/dev/null || break; sleep 0.2; done
