@@ -207,23 +207,33 @@ impl State {
     /// flight, or one sent in the last [`ACTIVE_WINDOW`]), if any: their reads would wait
     /// behind the writes in the device.
     fn reader_near(&self, now: Instant, except: Slot) -> Option<u32> {
-        self.classes
-            .iter()
-            .filter(|(slot, c)| {
-                **slot != except
-                    && (c.reads_queued > 0
-                        || c.reads_inflight > 0
-                        || now - c.last_read < ACTIVE_WINDOW)
-            })
-            .map(|(slot, _)| self.conf.get(slot).map_or(DEFAULT_WEIGHT, |c| c.weight))
-            .max()
+        heaviest_except(&self.top_readers(now), except)
+    }
+
+    /// The two heaviest classes that read (see [`State::reader_near`]), heaviest first: "the
+    /// heaviest reader other than X" for any X, from one pass over the classes.
+    fn top_readers(&self, now: Instant) -> [Option<(Slot, u32)>; 2] {
+        let mut top: [Option<(Slot, u32)>; 2] = [None, None];
+        for (slot, c) in &self.classes {
+            if !(c.reads_queued > 0 || c.reads_inflight > 0 || now - c.last_read < ACTIVE_WINDOW) {
+                continue;
+            }
+            let w = self.conf.get(slot).map_or(DEFAULT_WEIGHT, |c| c.weight);
+            if top[0].is_none_or(|(_, w0)| w > w0) {
+                top[1] = top[0];
+                top[0] = Some((*slot, w));
+            } else if top[1].is_none_or(|(_, w1)| w > w1) {
+                top[1] = Some((*slot, w));
+            }
+        }
+        top
     }
 
     /// Whether backlogged class `slot` could send its head request now: not held by its
     /// tokens, and the in-flight caps of [`Sched::next`] have room for it (for a write beside
-    /// a reader: its first piece). `reader`: the weight of a class about to send a read, to
-    /// count as reading.
-    fn could_send(&self, slot: Slot, now: Instant, cap: u64, reader: Option<u32>) -> bool {
+    /// a reader: its first piece). `reader`: the heaviest weight of the other classes that
+    /// read, counting one about to send a read.
+    fn could_send(&self, slot: Slot, cap: u64, reader: Option<u32>) -> bool {
         let Some(c) = self.classes.get(&slot) else {
             return false;
         };
@@ -239,7 +249,7 @@ impl State {
         let mut bytes = cost(head);
         let mut write_budget = None;
         if head.is_write() {
-            if let Some(r) = self.reader_near(now, slot).max(reader) {
+            if let Some(r) = reader {
                 let w = self.conf.get(&slot).map_or(DEFAULT_WEIGHT, |c| c.weight);
                 let (piece, budget) = write_limits(w, r);
                 bytes = bytes.min(piece);
@@ -261,6 +271,14 @@ impl State {
             c.last_read = now;
         }
     }
+}
+
+/// The weight of the heaviest of `top` (from [`State::top_readers`]) that is not `except`.
+fn heaviest_except(top: &[Option<(Slot, u32)>; 2], except: Slot) -> Option<u32> {
+    top.iter()
+        .flatten()
+        .find(|(s, _)| *s != except)
+        .map(|(_, w)| *w)
 }
 
 /// How a class of weight `weight` writes while a class of weight `reader` reads: the largest
@@ -394,11 +412,11 @@ impl Sched {
         let conf = st.conf.get(&slot).copied().unwrap_or_default();
         let bytes = cost(req);
         let cap = st.inflight_cap(now, Some(slot));
-        let reader = (!req.is_write()).then_some(conf.weight);
-        let others_waiting = st
-            .turn
-            .iter()
-            .any(|&other| other != slot && st.could_send(other, now, cap, reader));
+        let reading = (!req.is_write()).then_some(conf.weight);
+        let top = st.top_readers(now);
+        let others_waiting = st.turn.iter().any(|&other| {
+            other != slot && st.could_send(other, cap, heaviest_except(&top, other).max(reading))
+        });
         if others_waiting {
             return false;
         }
@@ -870,6 +888,23 @@ mod tests {
             }
         }
         assert_eq!(rx.try_recv().expect("done").expect("ok"), 1 << 20);
+
+        // The heaviest reader other than a class: one pass finds it for every class.
+        s.configure(HashMap::from([
+            (7, conf(1000)),
+            (8, conf(500)),
+            (9, conf(100)),
+        ]));
+        for slot in [7, 8, 9] {
+            s.push(vec![req(slot, 1)]);
+            assert_eq!(send(&s).map(|x| x.0), Some(slot));
+            s.done(slot, false, 4096);
+        }
+        let st = s.state.lock();
+        let now = Instant::now();
+        assert_eq!(st.reader_near(now, 7), Some(500));
+        assert_eq!(st.reader_near(now, 8), Some(1000));
+        assert_eq!(st.reader_near(now, 1), Some(1000));
     }
 
     #[test]
