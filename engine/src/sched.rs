@@ -167,20 +167,55 @@ impl Class {
     }
 }
 
+/// Bytes in the device, of all classes.
+#[derive(Clone, Copy, Default)]
+struct InDevice {
+    bytes: u64,
+    /// Of which writes.
+    writes: u64,
+}
+
+impl InDevice {
+    /// Whether the in-flight caps hold back a request of `bytes` of a class with `inflight`
+    /// requests in the device: the shared `cap`, and for a write beside a reader its class's
+    /// `write_budget` ([`write_limits`]). A class with nothing in flight may always send one.
+    fn holds(&self, inflight: u32, bytes: u64, cap: u64, write_budget: Option<u64>) -> bool {
+        inflight > 0
+            && (self.bytes + bytes > cap || write_budget.is_some_and(|b| self.writes + bytes > b))
+    }
+
+    fn add(&mut self, write: bool, bytes: u64) {
+        self.bytes += bytes;
+        if write {
+            self.writes += bytes;
+        }
+    }
+
+    fn remove(&mut self, write: bool, bytes: u64) {
+        self.bytes = self.bytes.saturating_sub(bytes);
+        if write {
+            self.writes = self.writes.saturating_sub(bytes);
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     classes: HashMap<Slot, Class>,
     /// Backlogged classes, in round-robin order.
     turn: VecDeque<Slot>,
     conf: HashMap<Slot, ClassConf>,
-    inflight_bytes: u64,
-    /// Of which writes.
-    write_inflight_bytes: u64,
+    in_device: InDevice,
     /// Fifo policy: one queue.
     fifo: VecDeque<IoReq>,
 }
 
 impl State {
+    /// A class's weight ([`DEFAULT_WEIGHT`] unless configured).
+    fn weight(&self, slot: Slot) -> u32 {
+        self.conf.get(&slot).map_or(DEFAULT_WEIGHT, |c| c.weight)
+    }
+
     /// Bytes that may be in the device at once: [`SHARED_INFLIGHT_BYTES`] while more than one
     /// class is active, else no limit.
     /// `also`: a class to count as active whatever its state (one about to send).
@@ -218,7 +253,7 @@ impl State {
             if !(c.reads_queued > 0 || c.reads_inflight > 0 || now - c.last_read < ACTIVE_WINDOW) {
                 continue;
             }
-            let w = self.conf.get(slot).map_or(DEFAULT_WEIGHT, |c| c.weight);
+            let w = self.weight(*slot);
             if top[0].is_none_or(|(_, w0)| w > w0) {
                 top[1] = top[0];
                 top[0] = Some((*slot, w));
@@ -243,30 +278,25 @@ impl State {
         if c.throttled_since.is_some() {
             return false;
         }
-        if c.inflight == 0 {
-            return true;
-        }
         let mut bytes = cost(head);
         let mut write_budget = None;
         if head.is_write() {
             if let Some(r) = reader {
-                let w = self.conf.get(&slot).map_or(DEFAULT_WEIGHT, |c| c.weight);
-                let (piece, budget) = write_limits(w, r);
+                let (piece, budget) = write_limits(self.weight(slot), r);
                 bytes = bytes.min(piece);
                 write_budget = Some(budget);
             }
         }
-        self.inflight_bytes + bytes <= cap
-            && write_budget.is_none_or(|b| self.write_inflight_bytes + bytes <= b)
+        !self.in_device.holds(c.inflight, bytes, cap, write_budget)
     }
 
     /// Count `req` of class `c` as sent.
     fn count_sent(&mut self, slot: Slot, req: &IoReq, now: Instant) {
-        let bytes = cost(req);
-        self.inflight_bytes += bytes;
+        self.in_device.add(req.is_write(), cost(req));
         if req.is_write() {
-            self.write_inflight_bytes += bytes;
-        } else if let Some(c) = self.classes.get_mut(&slot) {
+            return;
+        }
+        if let Some(c) = self.classes.get_mut(&slot) {
             c.reads_inflight += 1;
             c.last_read = now;
         }
@@ -374,10 +404,7 @@ impl Sched {
             return;
         }
         let mut s = self.state.lock();
-        s.inflight_bytes = s.inflight_bytes.saturating_sub(bytes);
-        if write {
-            s.write_inflight_bytes = s.write_inflight_bytes.saturating_sub(bytes);
-        }
+        s.in_device.remove(write, bytes);
         let mut forget = false;
         if let Some(c) = s.classes.get_mut(&class) {
             c.inflight = c.inflight.saturating_sub(1);
@@ -420,18 +447,18 @@ impl Sched {
         if others_waiting {
             return false;
         }
-        let inflight_bytes = st.inflight_bytes;
+        let in_device = st.in_device;
         // Only reads come here (`local_io`); a write would be split and capped in `next`.
         let write_held = req.is_write()
             && st.reader_near(now, slot).is_some_and(|reader| {
                 let (piece, budget) = write_limits(conf.weight, reader);
-                bytes > piece || st.write_inflight_bytes + bytes > budget
+                bytes > piece || in_device.writes + bytes > budget
             });
         let c = st.classes.entry(slot).or_insert_with(|| Class::new(now));
         if write_held
             || !c.queue.is_empty()
             || !c.wait_for_tokens(&conf, bytes, now).is_zero()
-            || (c.inflight > 0 && inflight_bytes + bytes > cap)
+            || in_device.holds(c.inflight, bytes, cap, None)
         {
             return false;
         }
@@ -522,9 +549,9 @@ impl Sched {
                 }
                 continue;
             }
-            if c.inflight > 0
-                && (st.inflight_bytes + bytes > cap
-                    || limits.is_some_and(|(_, budget)| st.write_inflight_bytes + bytes > budget))
+            if st
+                .in_device
+                .holds(c.inflight, bytes, cap, limits.map(|(_, budget)| budget))
             {
                 // Wait for one of its requests to finish; others may go.
                 st.turn.rotate_left(1);
