@@ -276,13 +276,13 @@ pub struct Info {
     pub noisy_rw: String,
     /// io_uring, or libaio where io_uring failed.
     pub noisy_ioengine: String,
-    /// The type of the file system holding the image (`findmnt`), for the host rows.
+    /// The type of the file system holding the image (`mounts::fstype_of`), for the host rows.
     pub host_fs: String,
     /// Errors outside a scenario (setup, the daemon).
     pub failures: Vec<String>,
 }
 
-/// The scenario scenario `i` is compared with: the first without the noisy one on its target.
+/// The scenario that scenario `i` is compared with: the first without the noisy one on its target.
 pub fn alone_of(outcomes: &[Outcome], i: usize) -> Option<usize> {
     let target = outcomes.get(i)?.scenario.target;
     outcomes
